@@ -1,0 +1,151 @@
+//! Command-line interface. `herd serve --help` is the reference for every flag.
+
+use std::{net::SocketAddr, str::FromStr, time::Duration};
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+/// The Redis address used when none is configured.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+
+/// A multi-process HTTP server: N axum workers on one port, sessions shared through Redis.
+#[derive(Debug, Parser)]
+#[command(name = "herd", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start the primary and its workers.
+    Serve(Box<ServeArgs>),
+    /// Manage users stored in Redis.
+    #[command(subcommand)]
+    Users(UsersCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Create a user or change its password; the password is read from standard input.
+    Add {
+        /// The user name (letters, digits, `_ . @ -`; at most 64).
+        name: String,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
+}
+
+/// Where Redis is.
+#[derive(Debug, Clone, Args)]
+pub struct RedisArgs {
+    /// Redis URL [default: redis://127.0.0.1:6379; with `serve`, a private redis-server is
+    /// started when nothing answers there]
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key herd writes.
+    #[arg(long, env = "HERD_KEY_PREFIX", default_value = herd_session_store::keys::DEFAULT_PREFIX)]
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Number of worker processes [default: number of CPUs]
+    #[arg(long, env = "HERD_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub workers: Option<u16>,
+    /// Address to listen on (port 0 picks a free port, logged at start).
+    #[arg(long, env = "HERD_BIND", default_value = "0.0.0.0:3000")]
+    pub bind: SocketAddr,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    /// How connections reach workers.
+    #[arg(long, env = "HERD_BALANCE", value_enum, default_value_t = Balance::Shared)]
+    pub balance: Balance,
+    /// Longest graceful shutdown; workers still running after it are killed (e.g. 30s, 500ms).
+    #[arg(long, env = "HERD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// Create or update this user at start, as NAME:PASSWORD (repeatable; comma-separated in
+    /// the environment variable).
+    #[arg(long = "demo-user", env = "HERD_DEMO_USER", value_delimiter = ',')]
+    pub demo_users: Vec<DemoUser>,
+    /// Mark the session cookie `Secure` (browsers then send it over HTTPS only). Turn off for
+    /// plain-HTTP demos.
+    #[arg(long, env = "HERD_SECURE_COOKIES", default_value_t = true, action = ArgAction::Set)]
+    pub secure_cookies: bool,
+    /// Name of the session cookie.
+    #[arg(long, env = "HERD_COOKIE_NAME", default_value = "herd_session")]
+    pub cookie_name: String,
+}
+
+/// `--balance` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Balance {
+    /// Every worker accepts on the shared listener; the kernel picks.
+    Shared,
+}
+
+impl From<Balance> for herd_cluster::Balance {
+    fn from(b: Balance) -> Self {
+        match b {
+            Balance::Shared => herd_cluster::Balance::Shared,
+        }
+    }
+}
+
+/// `NAME:PASSWORD` from `--demo-user`.
+#[derive(Debug, Clone)]
+pub struct DemoUser {
+    pub name: String,
+    pub password: String,
+}
+
+impl FromStr for DemoUser {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some((name, password)) if !name.is_empty() && !password.is_empty() => {
+                Ok(DemoUser { name: name.to_owned(), password: password.to_owned() })
+            }
+            _ => Err("expected NAME:PASSWORD, both non-empty".to_owned()),
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (use a form like 30s, 500ms, 2m)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        let cli = Cli::try_parse_from(["herd", "serve"].iter().chain(args))?;
+        match cli.command {
+            Command::Serve(args) => Ok(*args),
+            Command::Users(_) => unreachable!("parsed serve"),
+        }
+    }
+
+    #[test]
+    fn flags_parse() {
+        let args = serve(&[
+            "--workers", "3", "--bind", "127.0.0.1:3000", "--demo-user", "alice:wonder:land",
+            "--secure-cookies", "false", "--shutdown-timeout", "1500ms",
+        ])
+        .expect("valid flags");
+        assert_eq!(args.workers, Some(3));
+        assert_eq!(args.demo_users[0].password, "wonder:land");
+        assert!(!args.secure_cookies);
+        assert_eq!(args.shutdown_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn bad_values_are_clap_errors() {
+        assert!(serve(&["--balance", "fastest"]).is_err());
+        assert!(serve(&["--workers", "0"]).is_err());
+        assert!(serve(&["--demo-user", "nopassword"]).is_err());
+        assert!(serve(&["--shutdown-timeout", "soon"]).is_err());
+        assert!(serve(&["--secure-cookies", "maybe"]).is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! Every failure a handler can meet, and the JSON response each one becomes.
+//!
+//! Responses are `{"error": "..."}` with the status that tells the client what to do: 4xx for
+//! its own mistakes, 503 + `Retry-After` while Redis is unreachable (never "you were logged
+//! out"), 500 only for bugs, with details in the log rather than the body.
+
+use axum::{
+    extract::Request,
+    http::{header, HeaderValue, StatusCode},
+    middleware::Next,
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde_json::json;
+
+use crate::users::UserError;
+
+/// Seconds to wait before retrying while Redis is unavailable.
+const RETRY_AFTER_SECS: &str = "1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The request itself is wrong (bad JSON, too large, bad parameter).
+    #[error("{message}")]
+    BadRequest { status: StatusCode, message: String },
+    /// Wrong user name or password (deliberately not saying which).
+    #[error("invalid username or password")]
+    BadCredentials,
+    /// Redis is unreachable or timed out.
+    #[error("session store unavailable, retry shortly")]
+    Unavailable(String),
+    /// A bug or an unexpected failure.
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl AppError {
+    pub fn bad_request(status: StatusCode, message: impl Into<String>) -> Self {
+        AppError::BadRequest { status, message: message.into() }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            AppError::BadRequest { status, .. } => *status,
+            AppError::BadCredentials => StatusCode::UNAUTHORIZED,
+            AppError::Unavailable(cause) => {
+                tracing::warn!(%cause, "answering 503: Redis unavailable");
+                return unavailable();
+            }
+            AppError::Internal(cause) => {
+                tracing::error!(%cause, "answering 500");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        (status, Json(json!({ "error": self.to_string() }))).into_response()
+    }
+}
+
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
+        Json(json!({ "error": AppError::Unavailable(String::new()).to_string() })),
+    )
+        .into_response()
+}
+
+impl From<tower_sessions::session::Error> for AppError {
+    fn from(err: tower_sessions::session::Error) -> Self {
+        match err {
+            tower_sessions::session::Error::Store(e) => AppError::Unavailable(e.to_string()),
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<UserError> for AppError {
+    fn from(err: UserError) -> Self {
+        match err {
+            UserError::InvalidName | UserError::InvalidPassword => AppError::BadCredentials,
+            UserError::Store(e) if e.is_unavailable() => AppError::Unavailable(e.to_string()),
+            other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// tower-sessions 0.14 answers a failed session save (after the handler ran) with an empty
+/// 500. Our handlers never produce a bodiless 500, so such a response can only be that: turn it
+/// into the same 503 a failed load gets.
+pub async fn session_save_failures(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let bare_500 = response.status() == StatusCode::INTERNAL_SERVER_ERROR
+        && !response.headers().contains_key(header::CONTENT_TYPE);
+    if bare_500 {
+        tracing::warn!("session save failed; answering 503");
+        return unavailable();
+    }
+    response
+}
+
+/// Marks responses that depend on the session as private to this client.
+pub async fn no_store(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}

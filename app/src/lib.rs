@@ -1,0 +1,19 @@
+//! herd: the binary's parts, as a library so tests and benchmarks can reach them.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the command line (every flag also reads an environment variable).
+//! - [`serve`]: `herd serve` — primary-only preparation, then the cluster.
+//! - [`private_redis`]: the `redis-server` child started when no Redis is configured.
+//! - [`users`]: users and argon2 password hashes in Redis, and `herd users`.
+//! - [`routes`]: the HTTP routes and [`routes::router`].
+//! - [`error`]: how failures become JSON responses with the right status.
+//! - [`logging`]: tracing setup; every worker line says which worker wrote it.
+
+pub mod cli;
+pub mod error;
+pub mod logging;
+pub mod private_redis;
+pub mod routes;
+pub mod serve;
+pub mod users;

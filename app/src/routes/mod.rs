@@ -1,0 +1,72 @@
+//! The HTTP routes. [`router`] builds the whole app, so tests can drive it without a server.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /` | who served this request, and this session's user and visit count |
+//! | `POST /login` | JSON or form `{username, password}`; a fresh session id on success |
+//! | `POST /logout` | ends the session server-side |
+//! | `GET /heavy?n=` | sum of 0..n on the blocking pool |
+//! | `GET /healthz`, `GET /readyz` | liveness; readiness including Redis |
+
+mod auth;
+mod health;
+mod heavy;
+mod home;
+
+use axum::{
+    extract::DefaultBodyLimit,
+    middleware,
+    routing::{get, post},
+    Router,
+};
+use fred::clients::Pool;
+use herd_cluster::WorkerContext;
+use herd_session_store::RedisSessionStore;
+use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
+
+use crate::{error, users::Users};
+
+/// Largest request body accepted (logins are tiny; anything big is a mistake or an attack).
+pub const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Sessions end after this long without a request that changes them.
+const SESSION_IDLE: time::Duration = time::Duration::minutes(30);
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub users: Users,
+    pub pool: Pool,
+    pub worker: WorkerContext,
+}
+
+/// How the session cookie is made.
+#[derive(Debug, Clone)]
+pub struct SessionSettings {
+    pub cookie_name: String,
+    /// Send the cookie over HTTPS only.
+    pub secure: bool,
+}
+
+pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSettings) -> Router {
+    let sessions = SessionManagerLayer::new(store)
+        .with_name(settings.cookie_name.clone())
+        .with_secure(settings.secure)
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_expiry(Expiry::OnInactivity(SESSION_IDLE));
+    let with_session = Router::new()
+        .route("/", get(home::home))
+        .route("/login", post(auth::login))
+        .route("/logout", post(auth::logout))
+        .layer(sessions)
+        .layer(middleware::from_fn(error::session_save_failures))
+        .layer(middleware::from_fn(error::no_store));
+    Router::new()
+        .route("/heavy", get(heavy::heavy))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .merge(with_session)
+        .fallback(|| async { error::AppError::bad_request(axum::http::StatusCode::NOT_FOUND, "no such route") })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}

@@ -1,0 +1,152 @@
+//! `herd serve`: the primary prepares Redis (finding one or starting a private one) and the
+//! demo users, then the cluster runs; in workers the same function builds the app.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use fred::{clients::Pool, interfaces::ClientLike};
+use herd_cluster::{ClusterConfig, Outcome, Role, WorkerContext};
+use herd_session_store::{Keys, RedisConfig, RedisSessionStore, StoreError};
+
+use crate::{
+    cli::{ServeArgs, DEFAULT_REDIS_URL},
+    private_redis::{self, PrivateRedis},
+    routes::{self, AppState, SessionSettings},
+    users::Users,
+};
+
+/// Runs `herd serve` in either role; returns the process exit code.
+pub async fn run(args: ServeArgs, role: Role) -> anyhow::Result<i32> {
+    let mut config = ClusterConfig::new(args.bind);
+    if let Some(workers) = args.workers {
+        config.workers = usize::from(workers);
+    }
+    config.shutdown_timeout = args.shutdown_timeout;
+    config.balance = args.balance.into();
+
+    let mut private = None;
+    let redis_url = match role {
+        Role::Primary => {
+            let url = match &args.redis.redis_url {
+                Some(url) => url.clone(),
+                None => {
+                    let redis = find_or_start_redis().await?;
+                    let url = redis.as_ref().map_or_else(|| DEFAULT_REDIS_URL.to_owned(), |r| r.url.clone());
+                    private = redis;
+                    url
+                }
+            };
+            if let Err(err) = seed_demo_users(&url, &args).await {
+                if let Some(redis) = private {
+                    redis.stop().await;
+                }
+                return Err(err);
+            }
+            // Workers must use the Redis the primary settled on, not probe again.
+            config.worker_env.push(("REDIS_URL".into(), url.clone().into()));
+            url
+        }
+        Role::Worker(_) => args.redis.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
+    };
+
+    let settings = SessionSettings { cookie_name: args.cookie_name.clone(), secure: args.secure_cookies };
+    let keys = Keys::new(args.redis.key_prefix.clone());
+    let outcome = herd_cluster::run(config, move |ctx| build_app(ctx, redis_url, keys, settings)).await;
+    if let Some(redis) = private {
+        redis.stop().await;
+    }
+    Ok(match outcome? {
+        Outcome::Primary(report) if report.is_clean() => 0,
+        Outcome::Primary(report) => {
+            tracing::warn!("{} worker(s) had to be killed during shutdown", report.killed);
+            1
+        }
+        Outcome::Worker => 0,
+    })
+}
+
+/// Uses a Redis at the default address if one answers; otherwise starts a private one.
+async fn find_or_start_redis() -> anyhow::Result<Option<PrivateRedis>> {
+    let default_addr = ([127, 0, 0, 1], 6379).into();
+    if private_redis::answers(default_addr).await {
+        return Ok(None);
+    }
+    if !private_redis::available() {
+        bail!(
+            "no Redis configured and none answers at {DEFAULT_REDIS_URL}, and redis-server is not on PATH.\n\
+             Start one (apt-get install redis-server, brew install redis, or `docker compose up redis`),\n\
+             or point herd at one with --redis-url / REDIS_URL."
+        );
+    }
+    let redis = PrivateRedis::start()
+        .await
+        .with_context(|| format!("cannot start a private redis-server in {}", private_redis::data_dir().display()))?;
+    Ok(Some(redis))
+}
+
+async fn seed_demo_users(url: &str, args: &ServeArgs) -> anyhow::Result<()> {
+    let pool = connect_redis(url).await?;
+    let users = Users::new(pool.clone(), Keys::new(args.redis.key_prefix.clone()));
+    for demo in &args.demo_users {
+        users
+            .set_password(&demo.name, &demo.password)
+            .await
+            .with_context(|| format!("cannot create demo user {}", demo.name))?;
+        tracing::info!("demo user {} is ready (log in with its password)", demo.name);
+    }
+    let _ = pool.quit().await;
+    Ok(())
+}
+
+/// Connects to Redis or explains how to get one.
+pub async fn connect_redis(url: &str) -> anyhow::Result<Pool> {
+    herd_session_store::connect(&RedisConfig::new(url)).await.with_context(|| {
+        format!(
+            "cannot reach Redis at {}. Start one (e.g. `redis-server`) or point herd at one with \
+             --redis-url / REDIS_URL",
+            redact(url)
+        )
+    })
+}
+
+/// Builds a worker's app once Redis answers; the worker reports ready only after this.
+async fn build_app(
+    ctx: WorkerContext,
+    redis_url: String,
+    keys: Keys,
+    settings: SessionSettings,
+) -> Result<axum::Router, StoreError> {
+    let config = RedisConfig::new(redis_url);
+    let pool = loop {
+        match herd_session_store::connect(&config).await {
+            Ok(pool) => break pool,
+            Err(err @ StoreError::Url { .. }) => return Err(err),
+            Err(err) => {
+                tracing::warn!("waiting for Redis at {}: {err}", redact(&config.url));
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    let store = RedisSessionStore::new(pool.clone(), keys.clone());
+    let state = AppState { users: Users::new(pool.clone(), keys), pool, worker: ctx };
+    Ok(routes::router(state, store, &settings))
+}
+
+/// Hides the password of a `redis://user:pass@host` URL for log lines.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}://***@{}", &url[..scheme_end], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redact_hides_credentials_only() {
+        assert_eq!(redact("redis://user:secret@host:6379/0"), "redis://***@host:6379/0");
+        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}

@@ -1,0 +1,57 @@
+//! Cluster configuration, validated once when it is built rather than discovered under traffic.
+
+use std::{ffi::OsString, net::SocketAddr, time::Duration};
+
+/// How long a worker may take to drain on shutdown before it is killed.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How connections reach workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Every worker accepts on the inherited listener and the kernel picks (Node's `SCHED_NONE`).
+    #[default]
+    Shared,
+}
+
+impl Balance {
+    /// The name used on the command line and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::Shared => "shared",
+        }
+    }
+}
+
+/// Everything the primary and its workers need to agree on.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    /// Number of worker slots (at least 1).
+    pub workers: usize,
+    /// Address the primary listens on; port 0 picks a free port (logged at start).
+    pub bind: SocketAddr,
+    /// Upper bound for a graceful shutdown; workers still alive after it are killed.
+    pub shutdown_timeout: Duration,
+    /// Dispatch mode.
+    pub balance: Balance,
+    /// Extra environment for workers, on top of the primary's own (e.g. the address of a
+    /// service the primary started).
+    pub worker_env: Vec<(OsString, OsString)>,
+}
+
+impl ClusterConfig {
+    /// A config with one worker per CPU and the default deadlines.
+    pub fn new(bind: SocketAddr) -> Self {
+        Self {
+            workers: default_workers(),
+            bind,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            balance: Balance::default(),
+            worker_env: Vec::new(),
+        }
+    }
+}
+
+/// One worker per CPU the process may use; 1 if that cannot be determined.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}

@@ -1,0 +1,239 @@
+//! Graceful draining of one worker.
+//!
+//! Closing an idle keep-alive connection races with a client that is just sending its next
+//! request on it: the client sees a reset, which is how most "graceful" shutdowns lose requests.
+//! So a draining worker does not close connections under its clients. It
+//!
+//! 1. stops accepting (the [`DrainableListener`] stops calling `accept`, so in shared mode the
+//!    kernel hands new connections to the other workers),
+//! 2. answers every request that still arrives on an open connection with `503` +
+//!    `Retry-After` + `Connection: close` (the [`guard`] middleware), and adds
+//!    `Connection: close` to responses of requests that were already in flight,
+//! 3. waits until no request has been in flight for [`LINGER`], and only then lets axum close
+//!    the connections that are still idle.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use axum::{
+    extract::{Request, State},
+    http::{header, HeaderValue, StatusCode, Version},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+use tokio::{net::TcpStream, sync::Notify, time::Instant};
+
+use crate::shutdown;
+
+/// How long a draining worker keeps idle connections open after its last request finished, so
+/// that a client which already sent a request on one gets an answer instead of a reset.
+pub const LINGER: Duration = Duration::from_millis(500);
+
+/// Seconds a client should wait before retrying a request refused while draining.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Shared state of one worker's drain: are we draining, and how many requests are in flight.
+#[derive(Clone, Default)]
+pub struct Drain {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    draining: AtomicBool,
+    in_flight: AtomicUsize,
+    /// When the last request finished; `None` before any did.
+    last_done: Mutex<Option<Instant>>,
+    /// Woken whenever a request finishes.
+    done: Notify,
+}
+
+impl Drain {
+    /// Creates a drain that is not draining.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// True once [`Drain::start`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Switches to draining: new requests get 503.
+    pub fn start(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// Number of requests currently being handled.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Resolves once no request is in flight and none has finished for [`LINGER`].
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.inner.done.notified();
+            if self.in_flight() == 0 {
+                let quiet_for = self
+                    .inner
+                    .last_done
+                    .lock()
+                    .map(|last| last.map_or(LINGER, |t| t.elapsed()))
+                    .unwrap_or(LINGER);
+                if quiet_for >= LINGER {
+                    return;
+                }
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(LINGER - quiet_for) => {}
+                }
+            } else {
+                notified.await;
+            }
+        }
+    }
+
+    fn begin(&self) -> InFlight {
+        self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+}
+
+/// Counts one request as in flight until dropped (also when the handler panics or the client
+/// goes away and the future is dropped).
+struct InFlight(Drain);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let inner = &self.0.inner;
+        if let Ok(mut last) = inner.last_done.lock() {
+            *last = Some(Instant::now());
+        }
+        inner.in_flight.fetch_sub(1, Ordering::AcqRel);
+        inner.done.notify_waiters();
+    }
+}
+
+/// Middleware: refuse requests while draining, count the others, and ask clients to close
+/// connections whose responses are sent while draining.
+pub async fn guard(State(drain): State<Drain>, request: Request, next: Next) -> Response {
+    let http1 = request.version() <= Version::HTTP_11;
+    if drain.is_draining() {
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
+            axum::Json(serde_json::json!({ "error": "server is shutting down, retry shortly" })),
+        )
+            .into_response();
+        if http1 {
+            close_after(&mut response);
+        }
+        return response;
+    }
+    let _in_flight = drain.begin();
+    let mut response = next.run(request).await;
+    if http1 && drain.is_draining() {
+        close_after(&mut response);
+    }
+    response
+}
+
+fn close_after(response: &mut Response) {
+    // hyper closes an HTTP/1 connection after a response that carries `Connection: close`.
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+/// A TCP listener that stops accepting once the worker drains, leaving queued connections to
+/// other workers, while axum keeps serving the connections it already has.
+pub struct DrainableListener {
+    inner: tokio::net::TcpListener,
+    stop: shutdown::Signal,
+}
+
+impl DrainableListener {
+    pub(crate) fn new(inner: tokio::net::TcpListener, stop: shutdown::Signal) -> Self {
+        Self { inner, stop }
+    }
+}
+
+impl axum::serve::Listener for DrainableListener {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.stop.wait() => std::future::pending::<()>().await,
+                accepted = self.inner.accept() => match accepted {
+                    Ok(pair) => return pair,
+                    Err(err) => handle_accept_error(err).await,
+                },
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+}
+
+/// Errors that concern one connection (the client gave up) are skipped; anything else (out of
+/// file descriptors) is logged and retried after a pause instead of spinning.
+async fn handle_accept_error(err: std::io::Error) {
+    use std::io::ErrorKind::*;
+    if matches!(err.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
+        return;
+    }
+    tracing::error!(error = %err, "accept failed, retrying in 100ms");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::{body::Body, middleware::from_fn_with_state, routing::get, Router};
+    use tower::ServiceExt;
+
+    fn app(drain: &Drain) -> Router {
+        Router::new()
+            .route("/", get(|| async { "ok" }))
+            .layer(from_fn_with_state(drain.clone(), guard))
+    }
+
+    #[tokio::test]
+    async fn draining_answers_503_with_retry_after_and_close() {
+        let drain = Drain::new();
+        let ok = app(&drain).oneshot(Request::new(Body::empty())).await.expect("infallible");
+        assert_eq!(ok.status(), StatusCode::OK);
+        assert!(ok.headers().get(header::CONNECTION).is_none());
+
+        drain.start();
+        let refused = app(&drain).oneshot(Request::new(Body::empty())).await.expect("infallible");
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(refused.headers()[header::CONNECTION], "close");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_waits_for_in_flight_requests_and_the_linger() {
+        let drain = Drain::new();
+        let request = drain.begin();
+        let waiter = tokio::spawn({
+            let drain = drain.clone();
+            async move { drain.idle().await }
+        });
+        tokio::time::sleep(LINGER * 4).await;
+        assert!(!waiter.is_finished(), "idle while a request is in flight");
+        let finished_at = tokio::time::Instant::now();
+        drop(request);
+        waiter.await.expect("waiter");
+        assert!(finished_at.elapsed() >= LINGER, "idle before the linger passed");
+    }
+}

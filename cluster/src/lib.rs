@@ -1,0 +1,93 @@
+//! Run an axum [`Router`](axum::Router) in N supervised worker processes that share one port.
+//!
+//! The process that calls [`run`] first is the **primary**: it binds the listening socket, then
+//! re-executes its own binary once per worker slot with the listener and a private IPC socket
+//! inherited. Each re-executed copy calls [`run`] again, finds itself marked as a **worker**
+//! through its environment, builds your router and serves it. The primary never serves HTTP;
+//! it restarts workers that die (with backoff when they die young), and on SIGTERM/SIGINT drains
+//! them gracefully within a deadline.
+//!
+//! Re-executing instead of `fork()`ing matters: forking a process that already runs a tokio
+//! runtime copies its threads' locks in whatever state they were in. Because a worker runs the
+//! same `main` with the same arguments, your CLI parsing and configuration code runs unchanged
+//! in both roles; use [`Role::detect`] to skip primary-only setup (migrations, seeding) in
+//! workers.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use herd_cluster::{ClusterConfig, WorkerContext};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), herd_cluster::ClusterError> {
+//!     let config = ClusterConfig::new("127.0.0.1:3000".parse().expect("literal address"));
+//!     herd_cluster::run(config, |ctx: WorkerContext| async move {
+//!         let app = Router::new().route("/", get(move || async move {
+//!             format!("hello from worker {} (pid {})", ctx.slot, ctx.pid)
+//!         }));
+//!         Ok::<_, std::convert::Infallible>(app)
+//!     })
+//!     .await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! # Layout
+//!
+//! - [`config`]: what the cluster needs to know (worker count, bind address, deadlines).
+//! - [`role`]: how a process learns whether it is the primary or worker *k*.
+//! - `primary`: the supervisor — spawning, respawn with backoff, graceful shutdown.
+//! - `worker`: serving the router on the inherited listener and draining on request.
+//! - `proto` and `channel`: the typed messages and the `SOCK_SEQPACKET` socket they travel on.
+//! - `fd`: the one place with `unsafe`: adopting file descriptors inherited across `exec`.
+//! - [`drain`]: the middleware and listener that make a worker's shutdown graceful.
+
+pub mod config;
+pub mod drain;
+pub mod role;
+
+mod channel;
+mod error;
+mod fd;
+mod primary;
+mod proto;
+mod shutdown;
+mod worker;
+
+pub use config::{Balance, ClusterConfig};
+pub use error::ClusterError;
+pub use primary::ShutdownReport;
+pub use role::{Role, WorkerIdentity};
+pub use worker::WorkerContext;
+
+use std::future::Future;
+
+/// What [`run`] returns once the process's role is over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// This process was the primary; it shut the cluster down.
+    Primary(ShutdownReport),
+    /// This process was a worker; it drained and stopped serving.
+    Worker,
+}
+
+/// Runs the cluster: as the primary in the first process, as a worker in the processes the
+/// primary starts. `make_app` is only called in workers; the worker reports ready to the
+/// primary after the future it returns resolves, so put readiness checks (database pings)
+/// inside it.
+pub async fn run<F, Fut, E>(config: ClusterConfig, make_app: F) -> Result<Outcome, ClusterError>
+where
+    F: FnOnce(WorkerContext) -> Fut,
+    Fut: Future<Output = Result<axum::Router, E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match Role::detect()? {
+        Role::Primary => {
+            let listener = primary::bind(config.bind)?;
+            primary::run(config, listener).await.map(Outcome::Primary)
+        }
+        Role::Worker(identity) => {
+            worker::run(identity, &config, make_app).await?;
+            Ok(Outcome::Worker)
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The Redis key layout. Everything herd stores is under one prefix (default `herd:`):
+//!
+//! | key | holds |
+//! |---|---|
+//! | `{prefix}sess:{sha256(session id)}` | one session record |
+//! | `{prefix}user:{name}` | a user (hash: `password` = argon2 PHC string) |
+//! | `{prefix}cache:{key}` | shared cache entries |
+
+use sha2::{Digest, Sha256};
+use std::fmt::Write;
+
+/// The default prefix of every key.
+pub const DEFAULT_PREFIX: &str = "herd:";
+
+/// Builds keys under one prefix.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    prefix: String,
+}
+
+impl Default for Keys {
+    fn default() -> Self {
+        Self::new(DEFAULT_PREFIX)
+    }
+}
+
+impl Keys {
+    /// Keys under `prefix` (use something ending in `:`).
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self { prefix: prefix.into() }
+    }
+
+    /// The key of a session. The id itself is never stored: only its SHA-256.
+    pub fn session(&self, session_id: &str) -> String {
+        let digest = Sha256::digest(session_id.as_bytes());
+        let mut key = String::with_capacity(self.prefix.len() + 5 + 64);
+        key.push_str(&self.prefix);
+        key.push_str("sess:");
+        for byte in digest {
+            // Writing to a String cannot fail.
+            let _ = write!(key, "{byte:02x}");
+        }
+        key
+    }
+
+    /// The key of a user record.
+    pub fn user(&self, name: &str) -> String {
+        format!("{}user:{name}", self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_keys_hash_the_id_under_the_prefix() {
+        let keys = Keys::default();
+        let key = keys.session("ZP8aewv7YUQt3lcZ98SYPw");
+        assert!(key.starts_with("herd:sess:"));
+        assert_eq!(key.len(), "herd:sess:".len() + 64);
+        assert!(!key.contains("ZP8aewv7YUQt3lcZ98SYPw"));
+        assert_eq!(key, keys.session("ZP8aewv7YUQt3lcZ98SYPw"), "stable");
+        assert_ne!(key, keys.session("ZP8aewv7YUQt3lcZ98SYPx"));
+    }
+
+    #[test]
+    fn prefix_is_configurable() {
+        assert_eq!(Keys::new("app1:").user("alice"), "app1:user:alice");
+    }
+}

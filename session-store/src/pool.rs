@@ -1,0 +1,70 @@
+//! A fred pool that fails fast while Redis is away and heals when it returns.
+
+use std::time::Duration;
+
+use fred::{
+    clients::Pool,
+    interfaces::ClientLike,
+    types::{
+        config::{Config, ReconnectPolicy, UnresponsiveConfig},
+        Builder,
+    },
+};
+
+use crate::StoreError;
+
+/// How long one Redis command may take before the request using it gets a timeout error.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
+/// Connections per process.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+
+/// How to reach Redis.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:pass@]host:port[/db]` and the other forms fred understands.
+    pub url: String,
+    /// Connections in the pool.
+    pub pool_size: usize,
+    /// Upper bound for one command, including waiting for a reconnection.
+    pub command_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Defaults for everything but the URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self { url: url.into(), pool_size: DEFAULT_POOL_SIZE, command_timeout: DEFAULT_COMMAND_TIMEOUT }
+    }
+}
+
+/// Builds the pool and waits until every connection is up (at most about one command timeout).
+///
+/// Without fred's defaults changed, a pool has no reconnect policy (a Redis restart breaks it
+/// for good) and no command timeout (a Redis outage hangs requests forever). Here:
+/// reconnect forever with exponential backoff capped at 1 s, fail every command that has not
+/// completed within `command_timeout`, and treat a connection that has not answered for twice
+/// that as dead.
+pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
+    let parsed = Config::from_url(&config.url)
+        .map_err(|source| StoreError::Url { url: config.url.clone(), source })?;
+    let timeout = config.command_timeout;
+    let pool = Builder::from_config(parsed)
+        .with_performance_config(|perf| perf.default_command_timeout = timeout)
+        .with_connection_config(|conn| {
+            conn.connection_timeout = timeout;
+            conn.internal_command_timeout = timeout;
+            conn.unresponsive = UnresponsiveConfig { max_timeout: Some(timeout * 2), interval: timeout / 4 };
+        })
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
+        .build_pool(config.pool_size.max(1))?;
+    match tokio::time::timeout(timeout * 3, pool.init()).await {
+        Ok(Ok(_connection_task)) => Ok(pool),
+        Ok(Err(err)) => {
+            let _ = pool.quit().await;
+            Err(err.into())
+        }
+        Err(_elapsed) => {
+            let _ = pool.quit().await;
+            Err(fred::error::Error::new(fred::error::ErrorKind::Timeout, "connecting to Redis timed out").into())
+        }
+    }
+}

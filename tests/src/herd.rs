@@ -1,0 +1,177 @@
+//! The real `herd` binary, started as a user would, with its log captured line by line.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::PathBuf,
+    process::{Child, Command, ExitStatus, Stdio},
+    sync::{Arc, Condvar, Mutex, OnceLock},
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+
+use crate::{http::Client, RedisServer};
+
+/// How long a cluster may take to come up in a debug build on a busy 2-core machine.
+pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Herd {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Arc<Log>,
+    exited: Option<ExitStatus>,
+}
+
+#[derive(Default)]
+struct Log {
+    lines: Mutex<Vec<String>>,
+    grew: Condvar,
+}
+
+impl Herd {
+    /// `herd serve --bind 127.0.0.1:0 --redis-url <redis> --secure-cookies false --demo-user
+    /// alice:wonderland <extra>`, waiting until every worker is ready.
+    pub fn start(redis: &RedisServer, extra: &[&str]) -> Herd {
+        let url = redis.url();
+        let mut args = vec!["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--secure-cookies", "false"];
+        args.extend(["--demo-user", "alice:wonderland"]);
+        args.extend(extra);
+        let herd = Herd::spawn(&args, &[]);
+        herd.wait_log("all workers ready", START_TIMEOUT, |l| l.contains("workers ready"));
+        herd
+    }
+
+    /// Runs the binary with exactly these arguments and environment additions; waits only
+    /// for the listening address.
+    pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Herd {
+        let mut child = Command::new(herd_bin())
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start herd");
+        let log = Arc::new(Log::default());
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if std::env::var_os("HERD_TEST_ECHO").is_some() {
+                    eprintln!("{line}");
+                }
+                let mut lines = sink.lines.lock().expect("log lock");
+                lines.push(line);
+                sink.grew.notify_all();
+            }
+        });
+        let mut herd = Herd { child, addr: "0.0.0.0:0".parse().expect("literal"), log, exited: None };
+        let line = herd.wait_log("the listening address", START_TIMEOUT, |l| l.contains("listening on "));
+        let addr = line.split("listening on ").nth(1).and_then(|rest| rest.split_whitespace().next());
+        herd.addr = addr.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
+        herd
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Every log line so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lines.lock().expect("log lock").clone()
+    }
+
+    /// Waits for a log line matching `pred` (searching the whole log, old lines included).
+    pub fn wait_log(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        self.wait_log_from(0, what, timeout, pred)
+    }
+
+    /// Like [`Herd::wait_log`], but only lines after the first `skip` count.
+    pub fn wait_log_from(&self, skip: usize, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.log.lines.lock().expect("log lock");
+        loop {
+            if let Some(line) = lines.iter().skip(skip).find(|l| pred(l)) {
+                return line.clone();
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                panic!("timed out after {timeout:?} waiting for {what}; log:\n{}", lines.join("\n"));
+            }
+            lines = self.log.grew.wait_timeout(lines, deadline - now).expect("log lock").0;
+        }
+    }
+
+    pub fn log_len(&self) -> usize {
+        self.log.lines.lock().expect("log lock").len()
+    }
+
+    /// Pids of every worker the primary reported starting.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        self.log()
+            .iter()
+            .filter_map(|l| {
+                let rest = l.split("worker ").nth(1)?;
+                let mut words = rest.split_whitespace();
+                let (_slot, pid_word, pid, started) = (words.next()?, words.next()?, words.next()?, words.next()?);
+                (pid_word == "pid" && started == "started").then(|| pid.parse().ok()).flatten()
+            })
+            .collect()
+    }
+
+    pub fn signal(&self, signal: Signal) {
+        crate::signal(self.pid(), signal);
+    }
+
+    /// Waits for the primary to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(status) = self.exited {
+            return status;
+        }
+        let status = crate::wait_for("herd to exit", timeout, || self.child.try_wait().ok().flatten());
+        self.exited = Some(status);
+        status
+    }
+}
+
+impl Drop for Herd {
+    fn drop(&mut self) {
+        let workers = self.worker_pids();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for pid in workers {
+            crate::signal(pid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// The `herd` binary, built once per test process with the same cargo that runs the tests, so
+/// it is never stale. `HERD_BIN` overrides it.
+pub fn herd_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("HERD_BIN") {
+            return PathBuf::from(bin);
+        }
+        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+        let out = Command::new(env!("CARGO"))
+            .args(["build", "--quiet", "-p", "herd", "--bin", "herd", "--message-format=json", "--manifest-path", manifest])
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run cargo build");
+        assert!(out.status.success(), "cargo build -p herd failed");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|msg| msg["target"]["name"] == "herd" && msg["target"]["kind"][0] == "bin")
+            .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported no herd executable")
+    })
+    .clone()
+}

@@ -1,0 +1,72 @@
+//! Bad input gets a clear JSON error with the right 4xx status, never a 500 or a panic.
+
+use herd_e2e::{Herd, RedisServer, Response};
+
+fn assert_json_error(res: &Response, status: u16) {
+    assert_eq!(res.status, status, "body: {}", res.body);
+    assert!(res.header("content-type").is_some_and(|ct| ct.starts_with("application/json")), "{:?}", res.headers);
+    assert!(res.json()["error"].as_str().is_some_and(|e| !e.is_empty()), "{}", res.body);
+}
+
+#[test]
+fn bad_logins_and_bodies_are_4xx_json() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "2"]);
+    let client = herd.client();
+
+    let wrong = client.post_json("/login", r#"{"username":"alice","password":"nope"}"#).expect("wrong password");
+    assert_json_error(&wrong, 401);
+    assert!(wrong.header("set-cookie").is_none());
+    let unknown = client.post_json("/login", r#"{"username":"mallory","password":"x"}"#).expect("unknown user");
+    assert_json_error(&unknown, 401);
+    assert_eq!(unknown.body, wrong.body, "unknown user and wrong password look the same");
+
+    assert_json_error(&client.post_json("/login", r#"{"username":"alice","#).expect("bad json"), 400);
+    assert_json_error(&client.post_json("/login", r#"{"username":"alice"}"#).expect("missing field"), 422);
+    assert_json_error(&client.post_json("/login", r#"{"username":"al ice","password":"x"}"#).expect("bad name"), 401);
+    assert_json_error(&client.request("POST", "/login", &[("Content-Type", "text/plain")], b"hi").expect("type"), 415);
+
+    let huge = format!(r#"{{"username":"alice","password":"{}"}}"#, "x".repeat(1024 * 1024));
+    assert_json_error(&client.post_json("/login", &huge).expect("1 MiB body"), 413);
+
+    assert_json_error(&client.get("/heavy?n=10000000001").expect("n too big"), 400);
+    assert_json_error(&client.get("/heavy?n=lots").expect("n not a number"), 400);
+    assert_json_error(&client.get("/no/such/route").expect("404"), 404);
+
+    // Still healthy after all of that.
+    assert_eq!(client.get("/healthz").expect("healthz").status, 200);
+    assert!(!herd.log().iter().any(|l| l.contains("panicked")), "a worker panicked");
+}
+
+#[test]
+fn malformed_or_unknown_cookies_are_anonymous() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "1"]);
+    let client = herd.client();
+    let long = format!("herd_session={}", "A".repeat(4000));
+    let cookies = [
+        "herd_session=",
+        "herd_session=not-a-session-id",
+        "herd_session=AAAAAAAAAAAAAAAAAAAAAA",
+        "herd_session=%%%%%%%%; other=1",
+        "herd_session=ünïcödé",
+        "=====",
+        long.as_str(),
+    ];
+    for cookie in cookies {
+        let res = client.request("GET", "/", &[("Cookie", cookie)], b"").expect("GET / with a bad cookie");
+        assert_eq!(res.status, 200, "cookie {cookie:?}: {}", res.body);
+        assert_eq!(res.json()["user"], serde_json::Value::Null, "cookie {cookie:?}");
+    }
+}
+
+#[test]
+fn heavy_really_computes_and_reports_its_worker() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "1"]);
+    let body = herd.client().get("/heavy").expect("heavy").json();
+    assert_eq!(body["result"], 49_999_995_000_000u64);
+    assert!(body["pid"].as_u64().is_some());
+    let body = herd.client().get("/heavy?n=1e3").expect("heavy").json();
+    assert_eq!(body["result"], 499_500);
+}

@@ -1,0 +1,150 @@
+//! Login sessions shared by all workers through Redis, as a client sees them.
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant},
+};
+
+use herd_e2e::{wait_for, Herd, RedisServer};
+
+#[test]
+fn login_then_fresh_connections_reach_several_workers_with_one_session() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "3"]);
+    let mut client = herd.client();
+    client.login();
+
+    let mut pids = HashSet::new();
+    for expected in 1..=30u64 {
+        let body = client.get("/").expect("GET /").json();
+        assert_eq!(body["user"], "alice");
+        assert_eq!(body["visits"], expected, "visits go up by exactly one");
+        assert_eq!(body["balance"], "shared");
+        pids.insert(body["pid"].as_u64().expect("pid"));
+    }
+    assert!(pids.len() >= 2, "30 fresh connections all reached one worker: {pids:?}");
+}
+
+#[test]
+fn anonymous_requests_have_no_session_and_create_no_key() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "1"]);
+    for _ in 0..5 {
+        let body = herd.client().get("/").expect("GET /").json();
+        assert_eq!(body["user"], serde_json::Value::Null);
+        assert_eq!(body["visits"], serde_json::Value::Null);
+        assert!(body["pid"].as_u64().is_some() && body["uptime_s"].as_u64().is_some());
+        assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()));
+    }
+    assert_eq!(redis.keys("herd:sess:*"), Vec::<String>::new());
+}
+
+#[test]
+fn session_keys_are_prefixed_hashes_not_the_cookie() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "1"]);
+    let mut client = herd.client();
+    let login = client.login();
+    let set_cookie = login.header("set-cookie").expect("cookie").to_owned();
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"), "{set_cookie}");
+    assert!(!set_cookie.contains("Secure"), "--secure-cookies false: {set_cookie}");
+    let id = client.cookie.as_deref().and_then(|c| c.split_once('=')).map(|(_, v)| v.to_owned()).expect("id");
+    let keys = redis.keys("herd:sess:*");
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert!(!keys[0].contains(&id), "the raw session id must not be the key");
+    assert_eq!(keys[0].len(), "herd:sess:".len() + 64);
+}
+
+#[test]
+fn cookies_are_secure_by_default() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let herd = Herd::spawn(
+        &["serve", "--bind", "127.0.0.1:0", "--workers", "1", "--redis-url", &url, "--demo-user", "alice:wonderland"],
+        &[],
+    );
+    herd.wait_log("ready", herd_e2e::herd::START_TIMEOUT, |l| l.contains("workers ready"));
+    let login = herd.client().post_json("/login", r#"{"username":"alice","password":"wonderland"}"#).expect("login");
+    assert!(login.header("set-cookie").is_some_and(|c| c.contains("Secure")));
+}
+
+#[test]
+fn logout_ends_the_session_server_side() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "2"]);
+    let mut client = herd.client();
+    client.login();
+    assert_eq!(client.get("/").expect("GET /").json()["user"], "alice");
+
+    let logout = client.request("POST", "/logout", &[], b"").expect("logout");
+    assert_eq!(logout.status, 200);
+    assert!(logout.header("set-cookie").is_some_and(|c| c.contains("Max-Age=0")), "removal cookie");
+    assert_eq!(redis.keys("herd:sess:*"), Vec::<String>::new(), "session deleted from Redis");
+
+    // Replaying the old cookie (as a thief would) gets nothing, on every worker.
+    for _ in 0..6 {
+        let body = client.get("/").expect("GET /").json();
+        assert_eq!(body["user"], serde_json::Value::Null);
+    }
+}
+
+#[test]
+fn login_gives_a_new_session_id() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "1"]);
+    let mut client = herd.client();
+    client.login();
+    let first = client.cookie.clone();
+    client.login();
+    assert_ne!(client.cookie, first, "a second login must not keep the old id (fixation)");
+    let mut old = herd.client();
+    old.cookie = first;
+    let replay = old.get("/").expect("GET /").json();
+    assert_eq!(replay["user"], serde_json::Value::Null, "the pre-login id is dead");
+}
+
+#[test]
+fn form_login_works_like_json() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "1"]);
+    let res = herd
+        .client()
+        .request("POST", "/login", &[("Content-Type", "application/x-www-form-urlencoded")], b"username=alice&password=wonderland")
+        .expect("form login");
+    assert_eq!(res.status, 200, "{}", res.body);
+    assert_eq!(res.json()["user"], "alice");
+}
+
+#[test]
+fn redis_outage_is_a_fast_503_and_the_session_survives_a_restart() {
+    let mut redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "2"]);
+    let mut client = herd.client();
+    client.login();
+    assert_eq!(client.get("/").expect("GET /").json()["visits"], 1);
+
+    redis.kill();
+    for _ in 0..4 {
+        let started = Instant::now();
+        let res = client.get("/").expect("a response, not a hang or a reset");
+        let took = started.elapsed();
+        assert_eq!(res.status, 503, "{}", res.body);
+        assert!(took < Duration::from_secs(2), "503 took {took:?}");
+        assert!(res.header("retry-after").is_some());
+        assert!(res.json()["error"].as_str().is_some());
+        assert!(res.header("set-cookie").is_none(), "an outage must not log the user out");
+    }
+    // Anonymous pages and liveness do not need Redis; readiness says it is missing.
+    assert_eq!(herd.client().get("/healthz").expect("healthz").status, 200);
+    assert_eq!(herd.client().get("/readyz").expect("readyz").status, 503);
+
+    redis.restart();
+    // The pool reconnects by itself; the session comes back from the append-only file.
+    let body = wait_for("the session to work again", Duration::from_secs(15), || {
+        let res = client.get("/").ok()?;
+        (res.status == 200).then(|| res.json())
+    });
+    assert_eq!(body["user"], "alice");
+    assert_eq!(body["visits"], 2, "no visit lost or double-counted across the outage");
+    assert_eq!(herd.client().get("/readyz").expect("readyz").status, 200);
+}
