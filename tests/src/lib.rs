@@ -34,9 +34,14 @@ pub fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-/// True while a process with this pid exists (zombies included).
-pub fn process_exists(pid: u32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+/// True while a process with this pid runs. A zombie (dead, not yet reaped by whoever
+/// inherited it) does not count.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state is the first field after the parenthesised command name.
+        Ok(stat) => stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next()).is_some_and(|s| s != "Z" && s != "X"),
+        Err(_) => false,
+    }
 }
 
 /// Sends `signal` to `pid`, ignoring a process that is already gone.
