@@ -45,7 +45,14 @@ impl Herd {
     /// Runs the binary with exactly these arguments and environment additions; waits only
     /// for the listening address.
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Herd {
+        Herd::spawn_in(&std::env::temp_dir(), args, env)
+    }
+
+    /// Like [`Herd::spawn`], in working directory `cwd` and without `REDIS_URL` inherited.
+    pub fn spawn_in(cwd: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Herd {
         let mut child = Command::new(herd_bin())
+            .current_dir(cwd)
+            .env_remove("REDIS_URL")
             .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")

@@ -1,0 +1,20 @@
+# syntax=docker/dockerfile:1
+# Build herd from source, then copy the one binary into a small runtime image.
+FROM rust:1-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p herd && cp target/release/herd /usr/local/bin/herd
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin herd
+COPY --from=build /usr/local/bin/herd /usr/local/bin/herd
+USER herd
+ENV HERD_BIND=0.0.0.0:3000
+EXPOSE 3000
+ENTRYPOINT ["herd"]
+CMD ["serve"]

@@ -1,0 +1,153 @@
+//! The command line as a user meets it: flags, environment variables, `herd users`, and the
+//! no-Docker quick start that runs a private redis-server.
+
+use std::{
+    io::Write,
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use herd_e2e::{herd::herd_bin, process_alive, Herd, RedisServer, TempDir};
+use nix::sys::signal::Signal;
+
+#[test]
+fn bad_flags_are_clear_errors() {
+    for (args, needle) in [
+        (&["serve", "--balance", "fastest"][..], "invalid value 'fastest'"),
+        (&["serve", "--workers", "0"][..], "--workers"),
+        (&["serve", "--shutdown-timeout", "soon"][..], "--shutdown-timeout"),
+        (&["serve", "--demo-user", "alice"][..], "NAME:PASSWORD"),
+        (&["serve", "--bind", "nowhere"][..], "--bind"),
+    ] {
+        let out = Command::new(herd_bin()).args(args).output().expect("run herd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?} should mention {needle:?}: {stderr}");
+    }
+}
+
+#[test]
+fn every_serve_flag_reads_an_environment_variable() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let herd = Herd::spawn(
+        &["serve"],
+        &[
+            ("HERD_BIND", "127.0.0.1:0"),
+            ("HERD_WORKERS", "2"),
+            ("REDIS_URL", &url),
+            ("HERD_DEMO_USER", "alice:wonderland,bob:builder"),
+            ("HERD_SECURE_COOKIES", "false"),
+            ("HERD_COOKIE_NAME", "sid"),
+            ("HERD_BALANCE", "shared"),
+            ("HERD_SHUTDOWN_TIMEOUT", "5s"),
+        ],
+    );
+    herd.wait_log("two workers", herd_e2e::herd::START_TIMEOUT, |l| l.contains("all 2 workers ready"));
+    let res = herd.client().post_json("/login", r#"{"username":"bob","password":"builder"}"#).expect("login");
+    assert_eq!(res.status, 200, "{}", res.body);
+    let cookie = res.header("set-cookie").expect("cookie");
+    assert!(cookie.starts_with("sid=") && !cookie.contains("Secure"), "{cookie}");
+    herd.signal(Signal::SIGTERM);
+    herd.wait_log("the shutdown timeout from HERD_SHUTDOWN_TIMEOUT", Duration::from_secs(10), |l| l.contains("(timeout 5s)"));
+}
+
+#[test]
+fn users_add_reads_the_password_from_stdin() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut child = Command::new(herd_bin())
+        .args(["users", "add", "carol", "--redis-url", &url])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run herd users add");
+    child.stdin.take().expect("stdin").write_all(b"s3cret pass\n").expect("write password");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hash = redis.cli(&["HGET", "herd:user:carol", "password"]).expect("user stored");
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(!hash.contains("s3cret"));
+
+    let herd = Herd::start(&redis, &["--workers", "1"]);
+    let login = herd.client().post_json("/login", r#"{"username":"carol","password":"s3cret pass"}"#).expect("login");
+    assert_eq!(login.status, 200, "{}", login.body);
+
+    let empty = Command::new(herd_bin())
+        .args(["users", "add", "dave", "--redis-url", &url])
+        .stdin(Stdio::null())
+        .output()
+        .expect("run herd users add");
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&empty.stderr).contains("no password"));
+}
+
+#[test]
+fn unreachable_redis_is_a_clear_startup_error() {
+    let port = herd_e2e::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let out = Command::new(herd_bin())
+        .args(["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--workers", "1"])
+        .output()
+        .expect("run herd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("cannot reach Redis") && stderr.contains("--redis-url"), "{stderr}");
+}
+
+/// The quick start without Redis depends on nothing answering at the default address; a
+/// machine that runs its own Redis there cannot show it.
+fn default_redis_is_free() -> bool {
+    let taken = std::net::TcpStream::connect_timeout(&"127.0.0.1:6379".parse().expect("literal"), Duration::from_millis(300)).is_ok();
+    if taken {
+        eprintln!("SKIPPED: something listens on 127.0.0.1:6379, so herd would use it instead of a private redis-server");
+    }
+    !taken
+}
+
+#[test]
+fn without_redis_herd_starts_a_private_one_and_stops_it_on_exit() {
+    if !default_redis_is_free() {
+        return;
+    }
+    let cwd = TempDir::new("private-redis");
+    let mut herd = Herd::spawn_in(
+        cwd.path(),
+        &["serve", "--bind", "127.0.0.1:0", "--workers", "2", "--demo-user", "alice:wonderland", "--secure-cookies", "false"],
+        &[],
+    );
+    let started = herd.wait_log("the private redis", herd_e2e::herd::START_TIMEOUT, |l| l.contains("started a private redis-server"));
+    herd.wait_log("workers", herd_e2e::herd::START_TIMEOUT, |l| l.contains("workers ready"));
+    let redis_pid: u32 = started
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .expect("redis pid in the log");
+    let mut client = herd.client();
+    client.login();
+    assert_eq!(client.get("/").expect("GET /").json()["visits"], 1);
+    assert!(cwd.path().join(".herd/redis").is_dir());
+
+    herd.signal(Signal::SIGTERM);
+    assert_eq!(herd.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    assert!(!process_alive(redis_pid), "the private redis-server outlived herd");
+    assert!(herd.log().iter().any(|l| l.contains("private redis-server stopped")));
+}
+
+#[test]
+fn without_redis_or_redis_server_herd_says_how_to_get_one() {
+    if !default_redis_is_free() {
+        return;
+    }
+    let out = Command::new(herd_bin())
+        .args(["serve", "--bind", "127.0.0.1:0", "--workers", "1"])
+        .env_remove("REDIS_URL")
+        .env("PATH", "/nonexistent")
+        .output()
+        .expect("run herd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("redis-server is not on PATH") && stderr.contains("--redis-url"), "{stderr}");
+}
