@@ -58,8 +58,12 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub redis: RedisArgs,
     /// How connections reach workers.
-    #[arg(long, env = "HERD_BALANCE", value_enum, default_value_t = Balance::Shared)]
+    #[arg(long, env = "HERD_BALANCE", value_enum, default_value_t = Balance::RoundRobin)]
     pub balance: Balance,
+    /// Sticky sessions: the same client IP always reaches the same worker (same as
+    /// `--balance ip-hash`; `STICKY=1` in the environment).
+    #[arg(long, env = "STICKY")]
+    pub sticky: bool,
     /// Longest graceful shutdown; workers still running after it are killed (e.g. 30s, 500ms).
     #[arg(long, env = "HERD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
@@ -79,14 +83,27 @@ pub struct ServeArgs {
 /// `--balance` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Balance {
-    /// Every worker accepts on the shared listener; the kernel picks.
+    /// Every worker accepts on the shared listener; the kernel picks (cheapest, can be uneven).
     Shared,
+    /// The primary accepts and hands each connection to the next ready worker.
+    RoundRobin,
+    /// The primary hands each connection to the worker with the fewest open connections.
+    LeastConn,
+    /// The primary picks the worker from the client IP (sticky; also `--sticky`).
+    IpHash,
 }
 
-impl From<Balance> for herd_cluster::Balance {
-    fn from(b: Balance) -> Self {
-        match b {
+impl ServeArgs {
+    /// The dispatch mode, with `--sticky` taking precedence.
+    pub fn balance(&self) -> herd_cluster::Balance {
+        if self.sticky {
+            return herd_cluster::Balance::IpHash;
+        }
+        match self.balance {
             Balance::Shared => herd_cluster::Balance::Shared,
+            Balance::RoundRobin => herd_cluster::Balance::RoundRobin,
+            Balance::LeastConn => herd_cluster::Balance::LeastConn,
+            Balance::IpHash => herd_cluster::Balance::IpHash,
         }
     }
 }
@@ -138,6 +155,13 @@ mod tests {
         assert_eq!(args.demo_users[0].password, "wonder:land");
         assert!(!args.secure_cookies);
         assert_eq!(args.shutdown_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn sticky_means_ip_hash() {
+        assert_eq!(serve(&[]).expect("defaults").balance(), herd_cluster::Balance::RoundRobin);
+        assert_eq!(serve(&["--sticky"]).expect("sticky").balance(), herd_cluster::Balance::IpHash);
+        assert_eq!(serve(&["--balance", "least-conn"]).expect("lc").balance(), herd_cluster::Balance::LeastConn);
     }
 
     #[test]

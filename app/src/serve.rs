@@ -22,7 +22,7 @@ pub async fn run(args: ServeArgs, role: Role) -> anyhow::Result<i32> {
         config.workers = usize::from(workers);
     }
     config.shutdown_timeout = args.shutdown_timeout;
-    config.balance = args.balance.into();
+    config.balance = args.balance();
 
     let mut private = None;
     let redis_url = match role {

@@ -1,18 +1,21 @@
 //! A typed, message-oriented channel over a `SOCK_SEQPACKET` Unix socket pair.
 //!
 //! `SOCK_SEQPACKET` keeps message boundaries (one `send` = one `recv`), is reliable and ordered,
-//! and reports the peer's death as end-of-file, which is how a worker learns that its primary is
-//! gone even when the primary was killed with SIGKILL.
+//! carries file descriptors (`SCM_RIGHTS`) with the message they belong to, and reports the
+//! peer's death as end-of-file, which is how a worker learns that its primary is gone even
+//! when the primary was killed with SIGKILL. Each message is JSON.
 
 use std::{
     io,
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::{AsFd, OwnedFd, RawFd},
     sync::Arc,
 };
 
-use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockType};
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType};
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::io::{unix::AsyncFd, Interest};
+
+use crate::fd;
 
 /// Largest message accepted; anything bigger is a bug in the peer, not a reason to allocate.
 const MAX_MESSAGE: usize = 64 * 1024;
@@ -37,7 +40,15 @@ pub enum ChannelError {
     Codec(#[from] serde_json::Error),
 }
 
-/// One end of the channel. Cloning shares the socket: one task may receive while others send.
+impl ChannelError {
+    /// True for errors about one message (the channel itself still works).
+    pub(crate) fn is_bad_message(&self) -> bool {
+        matches!(self, ChannelError::Codec(_) | ChannelError::Oversized(_))
+    }
+}
+
+/// One end of the channel. Cloning shares the socket: one task may receive while others send
+/// (each datagram is sent atomically, so concurrent senders never interleave).
 #[derive(Clone)]
 pub(crate) struct Channel {
     fd: Arc<AsyncFd<OwnedFd>>,
@@ -58,46 +69,43 @@ impl Channel {
 
     /// Wraps an already connected, non-blocking `SOCK_SEQPACKET` socket.
     pub(crate) fn from_fd(fd: OwnedFd) -> Result<Channel, ChannelError> {
-        let fd = crate::fd::register(fd).map_err(ChannelError::Setup)?;
-        Ok(Channel { fd: Arc::new(fd) })
+        Ok(Channel { fd: Arc::new(fd::register(fd).map_err(ChannelError::Setup)?) })
     }
 
     /// Sends one message.
     pub(crate) async fn send<T: Serialize>(&self, msg: &T) -> Result<(), ChannelError> {
+        self.send_with_fds(msg, &[]).await
+    }
+
+    /// Sends one message with descriptors attached (at most [`fd::MAX_FDS_PER_MESSAGE`]).
+    pub(crate) async fn send_with_fds<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> Result<(), ChannelError> {
         let bytes = serde_json::to_vec(msg)?;
         if bytes.len() > MAX_MESSAGE {
             return Err(ChannelError::Oversized(bytes.len()));
         }
         self.fd
-            .async_io(Interest::WRITABLE, |fd| {
-                // MSG_NOSIGNAL: a dead peer must be an error here, not a SIGPIPE for the process.
-                socket::send(fd.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL)
-                    .map_err(io::Error::from)
-            })
+            .async_io(Interest::WRITABLE, |sock| fd::send_with_fds(sock.as_fd(), &bytes, fds))
             .await
             .map_err(ChannelError::Send)?;
         Ok(())
     }
 
-    /// Receives one message; `None` when the peer has closed its end.
-    pub(crate) async fn recv<T: DeserializeOwned>(&self) -> Result<Option<T>, ChannelError> {
+    /// Receives one message and the descriptors that came with it; `None` when the peer has
+    /// closed its end.
+    pub(crate) async fn recv<T: DeserializeOwned>(&self) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
         let mut buf = vec![0u8; MAX_MESSAGE];
-        let len = self
+        let received = self
             .fd
-            .async_io(Interest::READABLE, |fd| {
-                // MSG_TRUNC makes recv report the datagram's real length, so an oversized
-                // message is detected instead of silently cut.
-                socket::recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_TRUNC).map_err(io::Error::from)
-            })
+            .async_io(Interest::READABLE, |sock| fd::recv_with_fds(sock.as_fd(), &mut buf))
             .await
             .map_err(ChannelError::Recv)?;
-        if len == 0 {
+        if received.len == 0 && !received.truncated {
             return Ok(None);
         }
-        if len > MAX_MESSAGE {
-            return Err(ChannelError::Oversized(len));
+        if received.truncated {
+            return Err(ChannelError::Oversized(received.len));
         }
-        Ok(Some(serde_json::from_slice(&buf[..len])?))
+        Ok(Some((serde_json::from_slice(&buf[..received.len])?, received.fds)))
     }
 }
 
@@ -105,6 +113,11 @@ impl Channel {
 mod tests {
     use super::*;
     use crate::proto::{ToPrimary, ToWorker};
+    use std::os::fd::AsRawFd;
+
+    async fn recv_msg<T: DeserializeOwned>(ch: &Channel) -> Option<T> {
+        ch.recv::<T>().await.expect("recv").map(|(msg, _)| msg)
+    }
 
     #[tokio::test]
     async fn messages_arrive_in_order_and_eof_is_none() {
@@ -113,17 +126,32 @@ mod tests {
         a.send(&ToWorker::Shutdown).await.expect("send");
         b.send(&ToPrimary::Ready { pid: 7 }).await.expect("send");
         b.send(&ToPrimary::Draining).await.expect("send");
-        assert_eq!(b.recv::<ToWorker>().await.expect("recv"), Some(ToWorker::Shutdown));
-        assert_eq!(a.recv::<ToPrimary>().await.expect("recv"), Some(ToPrimary::Ready { pid: 7 }));
-        assert_eq!(a.recv::<ToPrimary>().await.expect("recv"), Some(ToPrimary::Draining));
+        assert_eq!(recv_msg::<ToWorker>(&b).await, Some(ToWorker::Shutdown));
+        assert_eq!(recv_msg::<ToPrimary>(&a).await, Some(ToPrimary::Ready { pid: 7 }));
+        assert_eq!(recv_msg::<ToPrimary>(&a).await, Some(ToPrimary::Draining));
         drop(b);
-        assert_eq!(a.recv::<ToPrimary>().await.expect("recv"), None);
+        assert_eq!(recv_msg::<ToPrimary>(&a).await, None);
     }
 
     #[tokio::test]
-    async fn garbage_is_a_codec_error_not_a_panic() {
+    async fn descriptors_travel_with_their_message() {
         let (a, b) = Channel::pair().expect("socketpair");
-        socket::send(b.as_raw_fd(), b"{not json", MsgFlags::empty()).expect("raw send");
+        let b = Channel::from_fd(b).expect("wrap");
+        let file = std::fs::File::open("/dev/null").expect("open");
+        a.send_with_fds(&ToWorker::Shutdown, &[file.as_raw_fd()]).await.expect("send");
+        let (msg, fds) = b.recv::<ToWorker>().await.expect("recv").expect("a message");
+        assert_eq!((msg, fds.len()), (ToWorker::Shutdown, 1));
+    }
+
+    #[tokio::test]
+    async fn garbage_and_oversized_messages_are_errors_not_panics() {
+        let (a, b) = Channel::pair().expect("socketpair");
+        fd::send_with_fds(b.as_fd(), b"{not json", &[]).expect("raw send");
         assert!(matches!(a.recv::<ToPrimary>().await, Err(ChannelError::Codec(_))));
+        fd::send_with_fds(b.as_fd(), &vec![b' '; MAX_MESSAGE + 1], &[]).expect("raw send");
+        assert!(matches!(a.recv::<ToPrimary>().await, Err(ChannelError::Oversized(_))));
+        // The channel still works afterwards.
+        fd::send_with_fds(b.as_fd(), br#"{"type":"draining"}"#, &[]).expect("raw send");
+        assert_eq!(recv_msg::<ToPrimary>(&a).await, Some(ToPrimary::Draining));
     }
 }

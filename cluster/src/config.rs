@@ -9,8 +9,17 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Balance {
     /// Every worker accepts on the inherited listener and the kernel picks (Node's `SCHED_NONE`).
-    #[default]
+    /// Cheapest; the kernel's choice can be uneven.
     Shared,
+    /// The primary accepts and hands each connection to the next ready worker (Node's
+    /// `SCHED_RR`).
+    #[default]
+    RoundRobin,
+    /// The primary hands each connection to the ready worker with the fewest open connections.
+    LeastConn,
+    /// The primary picks the worker from the client's IP address (sticky sessions), by
+    /// rendezvous hashing over slots.
+    IpHash,
 }
 
 impl Balance {
@@ -18,7 +27,15 @@ impl Balance {
     pub fn as_str(self) -> &'static str {
         match self {
             Balance::Shared => "shared",
+            Balance::RoundRobin => "round-robin",
+            Balance::LeastConn => "least-conn",
+            Balance::IpHash => "ip-hash",
         }
+    }
+
+    /// True when the primary accepts connections and hands them to workers.
+    pub fn primary_accepts(self) -> bool {
+        self != Balance::Shared
     }
 }
 

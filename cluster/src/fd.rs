@@ -1,12 +1,22 @@
-//! Adopting file descriptors inherited across `exec`. The only module allowed `unsafe`.
+//! File descriptors crossing process boundaries: adopting the ones inherited across `exec`,
+//! and passing accepted connections over a Unix socket with `SCM_RIGHTS`. The only module
+//! allowed `unsafe`, because turning a number the kernel hands us into an owned descriptor is
+//! a promise the compiler cannot check.
 #![allow(unsafe_code)]
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::{
+    io::{self, IoSlice, IoSliceMut},
+    os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
+};
 
 use nix::{
     fcntl::{fcntl, FcntlArg, FdFlag},
-    sys::socket::{getsockopt, sockopt},
+    sys::socket::{getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags},
 };
+
+/// Most descriptors sent in one message. Linux allows 253 (`SCM_MAX_FD`); staying well below
+/// keeps the control buffer small while still batching a burst of connections.
+pub(crate) const MAX_FDS_PER_MESSAGE: usize = 64;
 
 use crate::error::ClusterError;
 
@@ -55,10 +65,129 @@ pub(crate) fn adopt(raw: RawFd, expect: Expect) -> Result<OwnedFd, ClusterError>
     Ok(fd)
 }
 
+/// An owned descriptor type: it closes its descriptor only when dropped and never swaps it.
+pub(crate) trait Owned: AsRawFd {}
+impl Owned for OwnedFd {}
+impl Owned for std::net::TcpListener {}
+
 /// Registers an owned socket with the tokio reactor.
-pub(crate) fn register(fd: OwnedFd) -> std::io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
-    // SAFETY: `OwnedFd` is open for as long as it lives, always returns the same number from
-    // `as_raw_fd`, and is moved into the `AsyncFd`, so it stays open and unchanged for the
-    // `AsyncFd`'s whole lifetime, which is what `register` requires.
-    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(std::io::Error::from)
+pub(crate) fn register<T: Owned>(fd: T) -> io::Result<tokio::io::unix::AsyncFd<T>> {
+    // SAFETY: `T: Owned` holds its descriptor open for as long as it lives and always returns
+    // the same number from `as_raw_fd`; it is moved into the `AsyncFd`, so the descriptor stays
+    // open and unchanged for the `AsyncFd`'s whole lifetime, which is what `register` requires.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
+}
+
+/// Sends `bytes` as one datagram with `fds` attached (`SCM_RIGHTS`). The receiver gets its own
+/// duplicates; ours stay open.
+pub(crate) fn send_with_fds(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    debug_assert!(fds.len() <= MAX_FDS_PER_MESSAGE, "callers batch at most MAX_FDS_PER_MESSAGE fds");
+    let iov = [IoSlice::new(bytes)];
+    let rights = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    // MSG_NOSIGNAL: a dead peer must be an error here, not a SIGPIPE for the process.
+    Ok(sendmsg::<()>(socket.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?)
+}
+
+/// One received datagram: its real length (may exceed the buffer if it was truncated) and the
+/// descriptors that came with it.
+pub(crate) struct Received {
+    pub(crate) len: usize,
+    pub(crate) truncated: bool,
+    pub(crate) fds: Vec<OwnedFd>,
+}
+
+/// Receives one datagram into `buf`, taking ownership of any descriptors attached to it. A
+/// length of 0 means the peer closed its end.
+pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
+    let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
+    let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
+    let mut fds = Vec::new();
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(raw) = cmsg {
+            for fd in raw {
+                // SAFETY: the kernel just installed `fd` in this process for this message
+                // (SCM_RIGHTS), so it is open and nothing else in the process knows its number;
+                // wrapping it here makes it owned exactly once.
+                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Ok(Received { len: msg.bytes, truncated, fds })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+    use std::{
+        io::{Read, Write},
+        os::fd::AsFd,
+    };
+
+    fn pair() -> (OwnedFd, OwnedFd) {
+        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).expect("socketpair")
+    }
+
+    #[test]
+    fn passed_sockets_are_the_same_connection() {
+        let (a, b) = pair();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+
+        send_with_fds(a.as_fd(), b"conn", &[accepted.as_raw_fd()]).expect("send");
+        drop(accepted); // the sender's copy goes; the receiver's must keep the connection up
+        let mut buf = [0u8; 16];
+        let received = recv_with_fds(b.as_fd(), &mut buf).expect("recv");
+        assert_eq!(&buf[..received.len], b"conn");
+        assert_eq!(received.fds.len(), 1);
+
+        let mut server = std::net::TcpStream::from(received.fds.into_iter().next().expect("fd"));
+        client.write_all(b"ping").expect("client write");
+        let mut got = [0u8; 4];
+        server.read_exact(&mut got).expect("server read");
+        assert_eq!(&got, b"ping");
+    }
+
+    #[test]
+    fn a_batch_of_fds_arrives_in_order_in_one_message() {
+        let (a, b) = pair();
+        let files: Vec<std::fs::File> =
+            (0..MAX_FDS_PER_MESSAGE).map(|_| std::fs::File::open("/dev/null").expect("open")).collect();
+        let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        send_with_fds(a.as_fd(), b"batch", &raw).expect("send");
+        let mut buf = [0u8; 16];
+        let received = recv_with_fds(b.as_fd(), &mut buf).expect("recv");
+        assert_eq!(received.fds.len(), MAX_FDS_PER_MESSAGE);
+        assert!(!received.truncated);
+        for fd in &received.fds {
+            let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD).expect("fcntl");
+            assert!(FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC), "received fds are close-on-exec");
+        }
+    }
+
+    #[test]
+    fn messages_without_fds_and_peer_close() {
+        let (a, b) = pair();
+        send_with_fds(a.as_fd(), b"plain", &[]).expect("send");
+        let mut buf = [0u8; 16];
+        let received = recv_with_fds(b.as_fd(), &mut buf).expect("recv");
+        assert_eq!((received.len, received.fds.len()), (5, 0));
+        drop(a);
+        assert_eq!(recv_with_fds(b.as_fd(), &mut buf).expect("eof").len, 0);
+    }
+
+    #[test]
+    fn adopt_rejects_descriptors_that_are_not_the_expected_socket() {
+        use std::os::fd::IntoRawFd;
+        assert!(adopt(987_654, Expect::SeqPacket).is_err(), "a closed number");
+        // `adopt` owns the descriptor from its type check on (and closes it on failure).
+        let raw = std::fs::File::open("/dev/null").expect("open").into_raw_fd();
+        assert!(adopt(raw, Expect::TcpListener).is_err(), "a file");
+        let (a, _b) = pair();
+        assert!(adopt(a.into_raw_fd(), Expect::TcpListener).is_err(), "a Unix socket");
+    }
 }

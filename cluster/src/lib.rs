@@ -35,10 +35,15 @@
 //!
 //! - [`config`]: what the cluster needs to know (worker count, bind address, deadlines).
 //! - [`role`]: how a process learns whether it is the primary or worker *k*.
-//! - `primary`: the supervisor — spawning, respawn with backoff, graceful shutdown.
-//! - `worker`: serving the router on the inherited listener and draining on request.
+//! - `primary`: the supervisor — spawning, respawn with backoff, graceful shutdown, and (in
+//!   primary-accept modes) accepting connections and handing them to workers.
+//! - `dispatch`: which worker gets a connection: round-robin, least-connections, or sticky
+//!   rendezvous hashing of the client IP.
+//! - `worker`: serving the router on the inherited listener or on handed-off connections, and
+//!   draining on request.
 //! - `proto` and `channel`: the typed messages and the `SOCK_SEQPACKET` socket they travel on.
-//! - `fd`: the one place with `unsafe`: adopting file descriptors inherited across `exec`.
+//! - `fd`: the one place with `unsafe`: adopting inherited descriptors and passing accepted
+//!   sockets with `SCM_RIGHTS`.
 //! - [`drain`]: the middleware and listener that make a worker's shutdown graceful.
 
 pub mod config;
@@ -46,6 +51,7 @@ pub mod drain;
 pub mod role;
 
 mod channel;
+mod dispatch;
 mod error;
 mod fd;
 mod primary;

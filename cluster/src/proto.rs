@@ -1,9 +1,26 @@
 //! The messages a primary and its workers exchange, one serde enum per direction.
 //!
 //! Each message is one `SOCK_SEQPACKET` datagram holding JSON, so the kernel keeps message
-//! boundaries and no length prefix is needed. Compatibility rule: a primary and its workers are
-//! always the same build except during a rolling reload, so add variants freely but never change
-//! the meaning of an existing one.
+//! boundaries and no length prefix is needed; accepted connections ride along as `SCM_RIGHTS`
+//! descriptors, in the order of the message's list. Compatibility rule: a primary and its
+//! workers are the same build except during a rolling reload, so add variants freely but never
+//! change the meaning of an existing one.
+//!
+//! The connection handoff, in primary-accept modes:
+//!
+//! ```text
+//! primary                                   worker
+//!   accept() ─┐
+//!   accept() ─┴─ Connections{[(1,peer),(2,peer)]} + fds ──►  wraps fds as TcpStreams
+//!   (keeps its copies)                                      ◄── Accepted{[1,2]}
+//!   closes its copies                                        ... serves ...
+//!                                                           ◄── Closed{n: 2}   (least-conn)
+//! ```
+//!
+//! A draining worker answers `Refused` instead, and the primary hands those connections to
+//! another worker; a worker that dies before acknowledging has its connections re-dispatched.
+
+use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +35,12 @@ pub(crate) enum ToPrimary {
     },
     /// The worker has begun draining (it was asked to, or it got a signal itself).
     Draining,
+    /// These handed-off connections are now the worker's; the primary may close its copies.
+    Accepted { ids: Vec<u64> },
+    /// The worker is draining and will not serve these; the primary should hand them on.
+    Refused { ids: Vec<u64> },
+    /// This many handed-off connections have closed since the last report.
+    Closed { count: u64 },
 }
 
 /// Primary → worker.
@@ -26,4 +49,15 @@ pub(crate) enum ToPrimary {
 pub(crate) enum ToWorker {
     /// Stop accepting, finish in-flight requests, close idle connections, exit.
     Shutdown,
+    /// Accepted connections, one per attached descriptor, in the same order.
+    Connections { conns: Vec<Handoff> },
+}
+
+/// One handed-off connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Handoff {
+    /// The primary's id for acknowledging it.
+    pub(crate) id: u64,
+    /// The client's address, as the primary's `accept` saw it.
+    pub(crate) peer: SocketAddr,
 }

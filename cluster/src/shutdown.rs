@@ -22,6 +22,10 @@ impl Trigger {
 }
 
 impl Signal {
+    pub(crate) fn is_fired(&self) -> bool {
+        *self.0.borrow()
+    }
+
     /// Resolves once the trigger fired (immediately if it already has). If every trigger is
     /// dropped without firing, it never resolves: nobody can ask for shutdown any more.
     pub(crate) async fn wait(&mut self) {

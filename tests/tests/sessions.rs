@@ -19,7 +19,7 @@ fn login_then_fresh_connections_reach_several_workers_with_one_session() {
         let body = client.get("/").expect("GET /").json();
         assert_eq!(body["user"], "alice");
         assert_eq!(body["visits"], expected, "visits go up by exactly one");
-        assert_eq!(body["balance"], "shared");
+        assert_eq!(body["balance"], "round-robin", "the default mode");
         pids.insert(body["pid"].as_u64().expect("pid"));
     }
     assert!(pids.len() >= 2, "30 fresh connections all reached one worker: {pids:?}");

@@ -1,8 +1,14 @@
 //! The worker side: adopt the inherited sockets, build the app, report ready, serve, drain.
 
+mod handoff;
+
 use std::{future::Future, net::SocketAddr, time::Instant};
 
-use axum::{middleware::from_fn_with_state, serve::ListenerExt};
+use axum::{
+    middleware::from_fn_with_state,
+    serve::{Listener, ListenerExt},
+    Router,
+};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -15,6 +21,7 @@ use crate::{
     role::{WorkerIdentity, IPC_FD, LISTEN_FD},
     shutdown,
 };
+use handoff::{HandoffListener, HandoffSink};
 
 /// What a worker's application factory learns about the process it runs in.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +38,14 @@ pub struct WorkerContext {
     pub balance: crate::Balance,
 }
 
+/// Where this worker's connections come from.
+enum Source {
+    /// Shared mode: accept on the inherited listener.
+    Shared(tokio::net::TcpListener),
+    /// Primary-accept modes: connections arrive over IPC.
+    Handoff(HandoffListener, HandoffSink),
+}
+
 pub(crate) async fn run<F, Fut, E>(
     identity: WorkerIdentity,
     config: &ClusterConfig,
@@ -38,7 +53,7 @@ pub(crate) async fn run<F, Fut, E>(
 ) -> Result<(), ClusterError>
 where
     F: FnOnce(WorkerContext) -> Fut,
-    Fut: Future<Output = Result<axum::Router, E>>,
+    Fut: Future<Output = Result<Router, E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let ctx = WorkerContext {
@@ -48,16 +63,20 @@ where
         started: Instant::now(),
         balance: config.balance,
     };
-    let listener = std::net::TcpListener::from(fd::adopt(LISTEN_FD, Expect::TcpListener)?);
     let channel = Channel::from_fd(fd::adopt(IPC_FD, Expect::SeqPacket)?)?;
-    listener
-        .set_nonblocking(true)
-        .map_err(|source| ClusterError::InheritedFd { fd: LISTEN_FD, what: "listening socket", source })?;
-    let listener = tokio::net::TcpListener::from_std(listener)
-        .map_err(|source| ClusterError::InheritedFd { fd: LISTEN_FD, what: "listening socket", source })?;
+    let source = if config.balance.primary_accepts() {
+        let (listener, sink) = handoff::handoff(channel.clone(), config.bind);
+        Source::Handoff(listener, sink)
+    } else {
+        Source::Shared(inherited_listener()?)
+    };
 
     let (trigger, mut stop) = shutdown::channel();
-    watch_primary(channel.clone(), trigger.clone());
+    let sink = match &source {
+        Source::Handoff(_, sink) => Some(sink.clone()),
+        Source::Shared(_) => None,
+    };
+    watch_primary(channel.clone(), trigger.clone(), stop.clone(), sink);
     watch_signals(trigger)?;
 
     // The app may take a while to build (it waits for its database); a shutdown request in the
@@ -70,16 +89,42 @@ where
         }
     };
 
-    let drain = Drain::new();
-    let app = router.layer(from_fn_with_state(drain.clone(), drain::guard));
-    let listener = DrainableListener::new(listener, stop.clone()).tap_io(|tcp| {
-        // Small JSON responses should not wait for Nagle's algorithm.
-        let _ = tcp.set_nodelay(true);
-    });
-
     channel.send(&ToPrimary::Ready { pid: ctx.pid }).await?;
     tracing::info!(slot = ctx.slot, generation = ctx.generation, "worker ready");
+    match source {
+        Source::Shared(listener) => {
+            let listener = DrainableListener::new(listener, stop.clone()).tap_io(|tcp| {
+                // Small JSON responses should not wait for Nagle's algorithm.
+                let _ = tcp.set_nodelay(true);
+            });
+            serve(listener, router, channel, stop, config).await
+        }
+        Source::Handoff(listener, _sink) => {
+            let listener = listener.tap_io(|conn| {
+                let _ = conn.tcp().set_nodelay(true);
+            });
+            serve(listener, router, channel, stop, config).await
+        }
+    }
+    Ok(())
+}
 
+fn inherited_listener() -> Result<tokio::net::TcpListener, ClusterError> {
+    let err = |source| ClusterError::InheritedFd { fd: LISTEN_FD, what: "listening socket", source };
+    let listener = std::net::TcpListener::from(fd::adopt(LISTEN_FD, Expect::TcpListener)?);
+    listener.set_nonblocking(true).map_err(err)?;
+    tokio::net::TcpListener::from_std(listener).map_err(err)
+}
+
+/// Serves `router` until the worker is asked to stop, then drains (see [`crate::drain`]).
+async fn serve<L>(listener: L, router: Router, channel: Channel, stop: shutdown::Signal, config: &ClusterConfig)
+where
+    L: Listener<Addr = SocketAddr>,
+    L::Io: Unpin,
+    SocketAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    let drain = Drain::new();
+    let app = router.layer(from_fn_with_state(drain.clone(), drain::guard));
     let graceful = {
         let (drain, channel, mut stop) = (drain.clone(), channel.clone(), stop.clone());
         async move {
@@ -91,45 +136,65 @@ where
             drain.idle().await;
         }
     };
-    let serve = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(graceful);
     // The primary enforces the deadline by killing us; stopping a little earlier ourselves lets
     // the log say why.
+    let mut stop = stop;
     let deadline = async {
         stop.wait().await;
         tokio::time::sleep(config.shutdown_timeout).await;
     };
     tokio::select! {
-        served = serve => {
-            if let Err(err) = served {
+        result = served => {
+            if let Err(err) = result {
                 tracing::error!(error = %err, "server failed");
             }
             tracing::info!("worker drained");
         }
         _ = deadline => tracing::warn!(in_flight = drain.in_flight(), "shutdown deadline passed with requests in flight"),
     }
-    Ok(())
 }
 
-/// Reads the primary's messages; a shutdown request, or the primary's death (end of file),
-/// starts the drain.
-fn watch_primary(channel: Channel, trigger: shutdown::Trigger) {
+/// Reads the primary's messages: connections to adopt (or refuse while draining), a shutdown
+/// request, or the primary's death (end of file), which starts the drain.
+fn watch_primary(channel: Channel, trigger: shutdown::Trigger, stop: shutdown::Signal, sink: Option<HandoffSink>) {
     tokio::spawn(async move {
         loop {
-            match channel.recv::<ToWorker>().await {
-                Ok(Some(ToWorker::Shutdown)) => {
-                    tracing::debug!("primary asked for shutdown");
-                    trigger.fire();
-                }
+            let (msg, fds) = match channel.recv::<ToWorker>().await {
+                Ok(Some(received)) => received,
                 Ok(None) => {
                     tracing::warn!("primary is gone, draining");
                     trigger.fire();
                     return;
                 }
+                Err(err) if err.is_bad_message() => {
+                    tracing::warn!(error = %err, "ignoring a bad message from the primary");
+                    continue;
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "IPC with the primary failed, draining");
                     trigger.fire();
                     return;
+                }
+            };
+            match msg {
+                ToWorker::Shutdown => {
+                    tracing::debug!("primary asked for shutdown");
+                    trigger.fire();
+                }
+                ToWorker::Connections { conns } => {
+                    let (accepted, refused) = match &sink {
+                        Some(sink) if !stop.is_fired() => sink.adopt(conns, fds),
+                        // Draining (or shared mode): the primary hands them to someone else.
+                        _ => (Vec::new(), conns.iter().map(|c| c.id).collect()),
+                    };
+                    if !accepted.is_empty() {
+                        let _ = channel.send(&ToPrimary::Accepted { ids: accepted }).await;
+                    }
+                    if !refused.is_empty() {
+                        let _ = channel.send(&ToPrimary::Refused { ids: refused }).await;
+                    }
                 }
             }
         }

@@ -1,0 +1,212 @@
+//! Starting one worker process, and the task that links the primary to it for its whole life.
+//!
+//! The worker is this binary re-executed with the IPC socket (and, in shared mode, the
+//! listener) mapped to fixed fd numbers. Its link task owns the `Child`, receives its messages,
+//! sends it the connections the supervisor routes to it (batched: everything queued goes out in
+//! one `sendmsg`), and keeps the primary's copy of each connection until the worker
+//! acknowledges it. When the worker refuses connections or dies, the unacknowledged ones go
+//! back to the supervisor, which hands them to another worker: a client never sees a reset
+//! because of a worker it had not yet been handed to.
+
+use std::{
+    collections::HashMap,
+    ffi::OsString,
+    io,
+    os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
+    path::PathBuf,
+    process::ExitStatus,
+};
+
+use command_fds::{CommandFdExt, FdMapping};
+use tokio::{process::Child, sync::mpsc};
+
+use crate::{
+    channel::Channel,
+    dispatch::Conn,
+    fd::MAX_FDS_PER_MESSAGE,
+    proto::{Handoff, ToPrimary, ToWorker},
+    role::{ENV_GENERATION, ENV_IPC_FD, ENV_LISTEN_FD, ENV_WORKER_SLOT, IPC_FD, LISTEN_FD},
+};
+
+/// What the supervisor hears about its workers.
+#[derive(Debug)]
+pub(crate) enum Event {
+    /// A worker sent a message.
+    Message { slot: usize, generation: u64, msg: ToPrimary },
+    /// A draining worker refused these connections.
+    Refused { slot: usize, generation: u64, conns: Vec<Conn> },
+    /// A worker process ended; `orphans` were handed to it but never acknowledged.
+    Exited { slot: usize, generation: u64, status: io::Result<ExitStatus>, orphans: Vec<Conn> },
+    /// A backoff delay for this slot is over.
+    RespawnDue { slot: usize, generation: u64 },
+}
+
+/// The supervisor's handle on a running worker.
+pub(crate) struct Link {
+    pub(crate) pid: u32,
+    pub(crate) channel: Channel,
+    /// Asks the link task to SIGKILL the process. Going through the task that owns the `Child`
+    /// means we never signal a pid that was already reaped and reused.
+    pub(crate) kill: mpsc::Sender<()>,
+    /// Connections to hand to this worker.
+    pub(crate) outbox: mpsc::UnboundedSender<Conn>,
+}
+
+/// Everything needed to start workers; lives as long as the primary.
+pub(crate) struct Spawner {
+    pub(crate) exe: PathBuf,
+    /// The primary's own argv[0], and its other arguments, which workers get too.
+    pub(crate) arg0: OsString,
+    pub(crate) args: Vec<OsString>,
+    pub(crate) env: Vec<(OsString, OsString)>,
+    /// The listener, passed to workers only in shared mode.
+    pub(crate) shared_listener: Option<std::net::TcpListener>,
+    pub(crate) events: mpsc::UnboundedSender<Event>,
+}
+
+/// Errors starting a worker.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SpawnError {
+    #[error("cannot duplicate the listening socket: {0}")]
+    DupListener(io::Error),
+    #[error(transparent)]
+    Channel(#[from] crate::channel::ChannelError),
+    #[error("cannot map inherited fds: {0}")]
+    FdMapping(#[from] command_fds::FdMappingCollision),
+    #[error("cannot start {exe}: {source}")]
+    Exec { exe: String, source: io::Error },
+}
+
+impl Spawner {
+    pub(crate) fn spawn(&self, slot: usize, generation: u64) -> Result<Link, SpawnError> {
+        let (channel, worker_end) = Channel::pair()?;
+        let mut fds = vec![FdMapping { parent_fd: worker_end, child_fd: IPC_FD }];
+        let mut cmd = tokio::process::Command::new(&self.exe);
+        if let Some(listener) = &self.shared_listener {
+            let dup: OwnedFd = listener.as_fd().try_clone_to_owned().map_err(SpawnError::DupListener)?;
+            fds.push(FdMapping { parent_fd: dup, child_fd: LISTEN_FD });
+            cmd.env(ENV_LISTEN_FD, LISTEN_FD.to_string());
+        }
+        // `ps` shows argv[0]: tell workers apart from the primary, and keep `pkill -f 'herd serve'`
+        // aimed at the primary, which then drains its workers properly.
+        cmd.arg0(format!("{} [worker {slot}]", self.arg0.to_string_lossy()))
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env(ENV_WORKER_SLOT, slot.to_string())
+            .env(ENV_GENERATION, generation.to_string())
+            .env(ENV_IPC_FD, IPC_FD.to_string())
+            .fd_mappings(fds)?;
+        let spawned = cmd.spawn();
+        // The command owns our copies of the worker's fds; drop it now so that the worker's end
+        // of the IPC socket lives only in the worker and its death reads as end-of-file.
+        drop(cmd);
+        let child = spawned.map_err(|source| SpawnError::Exec { exe: self.exe.display().to_string(), source })?;
+        let pid = child.id().unwrap_or_default();
+
+        let (kill, kill_requests) = mpsc::channel(1);
+        let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let task = LinkTask {
+            slot,
+            generation,
+            pid,
+            child,
+            ipc: channel.clone(),
+            kill_requests,
+            outbox: outbox_rx,
+            unacked: HashMap::new(),
+            events: self.events.clone(),
+        };
+        tokio::spawn(task.run());
+        Ok(Link { pid, channel, kill, outbox })
+    }
+}
+
+struct LinkTask {
+    slot: usize,
+    generation: u64,
+    pid: u32,
+    child: Child,
+    ipc: Channel,
+    kill_requests: mpsc::Receiver<()>,
+    outbox: mpsc::UnboundedReceiver<Conn>,
+    /// Connections sent to the worker and not yet acknowledged, by id.
+    unacked: HashMap<u64, Conn>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl LinkTask {
+    async fn run(mut self) {
+        let mut ipc_open = true;
+        let status = loop {
+            tokio::select! {
+                status = self.child.wait() => break status,
+                Some(()) = self.kill_requests.recv() => {
+                    let _ = self.child.start_kill();
+                }
+                received = self.ipc.recv::<ToPrimary>(), if ipc_open => match received {
+                    Ok(Some((msg, _fds))) => self.on_message(msg),
+                    Ok(None) => ipc_open = false,
+                    Err(err) if err.is_bad_message() => {
+                        tracing::warn!(slot = self.slot, pid = self.pid, error = %err, "ignoring a bad message from a worker");
+                    }
+                    Err(err) => {
+                        tracing::warn!(slot = self.slot, pid = self.pid, error = %err, "IPC with worker failed");
+                        ipc_open = false;
+                    }
+                },
+                Some(first) = self.outbox.recv(), if ipc_open => {
+                    if let Err(err) = self.hand_off(first).await {
+                        // The worker is going away; its exit returns these connections.
+                        tracing::debug!(slot = self.slot, pid = self.pid, error = %err, "cannot hand off connections");
+                        ipc_open = false;
+                    }
+                }
+            }
+        };
+        let mut orphans: Vec<Conn> = self.unacked.into_values().collect();
+        self.outbox.close();
+        while let Ok(conn) = self.outbox.try_recv() {
+            orphans.push(conn);
+        }
+        orphans.sort_by_key(|c| c.id);
+        let (slot, generation) = (self.slot, self.generation);
+        let _ = self.events.send(Event::Exited { slot, generation, status, orphans });
+    }
+
+    fn on_message(&mut self, msg: ToPrimary) {
+        let (slot, generation) = (self.slot, self.generation);
+        match msg {
+            ToPrimary::Accepted { ids } => {
+                // The worker has its own copies now; closing ours does not touch the connection.
+                for id in ids {
+                    self.unacked.remove(&id);
+                }
+            }
+            ToPrimary::Refused { ids } => {
+                let conns = ids.iter().filter_map(|id| self.unacked.remove(id)).collect();
+                let _ = self.events.send(Event::Refused { slot, generation, conns });
+            }
+            msg => {
+                let _ = self.events.send(Event::Message { slot, generation, msg });
+            }
+        }
+    }
+
+    /// Sends `first` and whatever else is queued (up to one message's worth) in one `sendmsg`.
+    async fn hand_off(&mut self, first: Conn) -> Result<(), crate::channel::ChannelError> {
+        let mut batch = vec![first];
+        while batch.len() < MAX_FDS_PER_MESSAGE {
+            match self.outbox.try_recv() {
+                Ok(conn) => batch.push(conn),
+                Err(_) => break,
+            }
+        }
+        let conns: Vec<Handoff> = batch.iter().map(|c| Handoff { id: c.id, peer: c.peer }).collect();
+        let fds: Vec<RawFd> = batch.iter().map(|c| c.stream.as_raw_fd()).collect();
+        let sent = self.ipc.send_with_fds(&ToWorker::Connections { conns }, &fds).await;
+        // Sent or not, they stay ours until acknowledged: a failed send means the worker is
+        // dying, and its exit returns everything unacknowledged.
+        self.unacked.extend(batch.into_iter().map(|c| (c.id, c)));
+        sent
+    }
+}

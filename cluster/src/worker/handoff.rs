@@ -1,0 +1,153 @@
+//! The worker side of primary-accept modes: connections arrive over the IPC socket and feed
+//! `axum::serve` through [`HandoffListener`], an ordinary [`axum::serve::Listener`], so
+//! `ConnectInfo<SocketAddr>` shows the real client and graceful shutdown works unchanged.
+
+use std::{
+    io,
+    net::SocketAddr,
+    os::fd::OwnedFd,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpStream,
+    sync::mpsc,
+};
+
+use crate::{
+    channel::Channel,
+    proto::{Handoff, ToPrimary},
+};
+
+/// Yields the connections the primary handed to this worker.
+pub(crate) struct HandoffListener {
+    incoming: mpsc::UnboundedReceiver<(TrackedStream, SocketAddr)>,
+    local: SocketAddr,
+}
+
+/// The IPC reader's end: where received connections go.
+#[derive(Clone)]
+pub(crate) struct HandoffSink {
+    incoming: mpsc::UnboundedSender<(TrackedStream, SocketAddr)>,
+    closed: mpsc::UnboundedSender<()>,
+}
+
+/// Creates the listener, the sink that feeds it, and a task that tells the primary how many
+/// connections closed (least-conn's measure), batching closes that happen together.
+pub(crate) fn handoff(channel: Channel, local: SocketAddr) -> (HandoffListener, HandoffSink) {
+    let (incoming, incoming_rx) = mpsc::unbounded_channel();
+    let (closed, mut closed_rx) = mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        while closed_rx.recv().await.is_some() {
+            let mut count = 1;
+            while closed_rx.try_recv().is_ok() {
+                count += 1;
+            }
+            if channel.send(&ToPrimary::Closed { count }).await.is_err() {
+                return; // the primary is gone; the worker is draining anyway
+            }
+        }
+    });
+    (HandoffListener { incoming: incoming_rx, local }, HandoffSink { incoming, closed })
+}
+
+impl HandoffSink {
+    /// Adopts the received descriptors; returns the ids accepted and the ids refused (a
+    /// descriptor that could not be registered, or a missing one).
+    pub(crate) fn adopt(&self, conns: Vec<Handoff>, fds: Vec<OwnedFd>) -> (Vec<u64>, Vec<u64>) {
+        let (mut accepted, mut refused) = (Vec::with_capacity(conns.len()), Vec::new());
+        let mut fds = fds.into_iter();
+        for handoff in conns {
+            let stream = fds.next().ok_or_else(|| io::Error::other("missing descriptor")).and_then(|fd| {
+                let std_stream = std::net::TcpStream::from(fd);
+                std_stream.set_nonblocking(true)?;
+                TcpStream::from_std(std_stream)
+            });
+            match stream {
+                Ok(stream) => {
+                    let tracked = TrackedStream { inner: stream, closed: self.closed.clone() };
+                    if self.incoming.send((tracked, handoff.peer)).is_ok() {
+                        accepted.push(handoff.id);
+                    } else {
+                        refused.push(handoff.id);
+                    }
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot adopt a handed-off connection");
+                    refused.push(handoff.id);
+                }
+            }
+        }
+        (accepted, refused)
+    }
+}
+
+impl axum::serve::Listener for HandoffListener {
+    type Io = TrackedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TrackedStream, SocketAddr) {
+        match self.incoming.recv().await {
+            Some(conn) => conn,
+            // Every sink is gone: no connection will ever come again.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+/// A handed-off connection that reports its closing to the primary when dropped.
+pub(crate) struct TrackedStream {
+    inner: TcpStream,
+    closed: mpsc::UnboundedSender<()>,
+}
+
+impl TrackedStream {
+    /// The underlying socket.
+    pub(crate) fn tcp(&self) -> &TcpStream {
+        &self.inner
+    }
+}
+
+impl Drop for TrackedStream {
+    fn drop(&mut self) {
+        let _ = self.closed.send(());
+    }
+}
+
+impl AsyncRead for TrackedStream {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TrackedStream {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
