@@ -33,11 +33,16 @@ impl Herd {
     /// `herd serve --bind 127.0.0.1:0 --redis-url <redis> --secure-cookies false --demo-user
     /// alice:wonderland <extra>`, waiting until every worker is ready.
     pub fn start(redis: &RedisServer, extra: &[&str]) -> Herd {
+        Herd::start_with_env(redis, extra, &[])
+    }
+
+    /// Like [`Herd::start`], with extra environment (e.g. a `RUST_LOG` that shows debug lines).
+    pub fn start_with_env(redis: &RedisServer, extra: &[&str], env: &[(&str, &str)]) -> Herd {
         let url = redis.url();
         let mut args = vec!["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--secure-cookies", "false"];
         args.extend(["--demo-user", "alice:wonderland"]);
         args.extend(extra);
-        let herd = Herd::spawn(&args, &[]);
+        let herd = Herd::spawn(&args, env);
         herd.wait_log("all workers ready", START_TIMEOUT, |l| l.contains("workers ready"));
         herd
     }
@@ -54,8 +59,8 @@ impl Herd {
             .current_dir(cwd)
             .env_remove("REDIS_URL")
             .args(args)
-            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -11,10 +11,19 @@ fn pid_in(line: &str) -> u32 {
     line.split(" pid ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|p| p.parse().ok()).expect("pid in line")
 }
 
+/// Supervision must not depend on who accepts connections.
+const MODES: [&str; 2] = ["shared", "round-robin"];
+
 #[test]
 fn killed_workers_are_replaced_in_their_slot_and_the_session_survives() {
+    for mode in MODES {
+        killed_workers_are_replaced(mode);
+    }
+}
+
+fn killed_workers_are_replaced(mode: &str) {
     let redis = RedisServer::start();
-    let herd = Herd::start(&redis, &["--workers", "3"]);
+    let herd = Herd::start(&redis, &["--workers", "3", "--balance", mode]);
     let mut client = herd.client();
     client.login();
     let mut visits = 0;
@@ -79,8 +88,14 @@ fn a_worker_that_exits_by_itself_is_replaced() {
 
 #[test]
 fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
+    for mode in MODES {
+        graceful_sigterm(mode);
+    }
+}
+
+fn graceful_sigterm(mode: &str) {
     let redis = RedisServer::start();
-    let mut herd = Herd::start(&redis, &["--workers", "1", "--shutdown-timeout", "60s"]);
+    let mut herd = Herd::start(&redis, &["--workers", "1", "--shutdown-timeout", "60s", "--balance", mode]);
     let workers = herd.worker_pids();
     let mut idle = herd.client().connect().expect("keep-alive connection");
     assert_eq!(idle.get("/healthz", None).expect("first request").status, 200);

@@ -1,5 +1,7 @@
+use std::net::SocketAddr;
+
 use axum::{
-    extract::{FromRequest, Request, State},
+    extract::{ConnectInfo, FromRequest, Request, State},
     http::header,
     Form, Json,
 };
@@ -47,18 +49,19 @@ impl<S: Send + Sync> FromRequest<S> for Credentials {
 /// is worthless: session fixation) holding only this login.
 pub(super) async fn login(
     State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
     session: Session,
     creds: Credentials,
 ) -> Result<Json<Value>, AppError> {
     if !state.users.verify(&creds.username, &creds.password).await? {
-        tracing::info!(user = %creds.username, "failed login");
+        tracing::info!(user = %creds.username, client = %client.ip(), "failed login");
         return Err(AppError::BadCredentials);
     }
     session.cycle_id().await?;
     session.clear().await;
     session.insert(USER_KEY, &creds.username).await?;
     session.insert(VISITS_KEY, 0u64).await?;
-    tracing::info!(user = %creds.username, "login");
+    tracing::info!(user = %creds.username, client = %client.ip(), "login");
     Ok(Json(json!({ "user": creds.username })))
 }
 

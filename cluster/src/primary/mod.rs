@@ -256,6 +256,7 @@ impl Supervisor {
             }
             ToPrimary::Closed { count } => {
                 worker.open = worker.open.saturating_sub(usize::try_from(count).unwrap_or(usize::MAX));
+                tracing::debug!("worker {slot} pid {} closed {count} connection(s), {} open", worker.pid, worker.open);
             }
             // Handled by the link task.
             ToPrimary::Accepted { .. } | ToPrimary::Refused { .. } => {}
