@@ -15,7 +15,13 @@ fn main() -> ExitCode {
         }
     };
     herd::logging::init(role);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // The primary only supervises and passes sockets on: one thread does that with no
+    // cross-thread wake-ups. Workers serve requests on every core.
+    let mut builder = match role {
+        herd_cluster::Role::Primary => tokio::runtime::Builder::new_current_thread(),
+        herd_cluster::Role::Worker(_) => tokio::runtime::Builder::new_multi_thread(),
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("herd: cannot start the async runtime: {err}");

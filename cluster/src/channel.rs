@@ -91,12 +91,16 @@ impl Channel {
     }
 
     /// Receives one message and the descriptors that came with it; `None` when the peer has
-    /// closed its end.
-    pub(crate) async fn recv<T: DeserializeOwned>(&self) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
-        let mut buf = vec![0u8; MAX_MESSAGE];
+    /// closed its end. `buf` is scratch space the caller keeps between calls (see
+    /// [`RecvBuf`]), so a busy channel does not allocate and zero 64 KiB per message.
+    pub(crate) async fn recv<T: DeserializeOwned>(
+        &self,
+        buf: &mut RecvBuf,
+    ) -> Result<Option<(T, Vec<OwnedFd>)>, ChannelError> {
+        let buf = &mut buf.0;
         let received = self
             .fd
-            .async_io(Interest::READABLE, |sock| fd::recv_with_fds(sock.as_fd(), &mut buf))
+            .async_io(Interest::READABLE, |sock| fd::recv_with_fds(sock.as_fd(), buf))
             .await
             .map_err(ChannelError::Recv)?;
         if received.len == 0 && !received.truncated {
@@ -109,6 +113,15 @@ impl Channel {
     }
 }
 
+/// Receive buffer for [`Channel::recv`], big enough for any valid message.
+pub(crate) struct RecvBuf(Box<[u8]>);
+
+impl Default for RecvBuf {
+    fn default() -> Self {
+        Self(vec![0u8; MAX_MESSAGE].into_boxed_slice())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -116,7 +129,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     async fn recv_msg<T: DeserializeOwned>(ch: &Channel) -> Option<T> {
-        ch.recv::<T>().await.expect("recv").map(|(msg, _)| msg)
+        ch.recv::<T>(&mut RecvBuf::default()).await.expect("recv").map(|(msg, _)| msg)
     }
 
     #[tokio::test]
@@ -139,7 +152,7 @@ mod tests {
         let b = Channel::from_fd(b).expect("wrap");
         let file = std::fs::File::open("/dev/null").expect("open");
         a.send_with_fds(&ToWorker::Shutdown, &[file.as_raw_fd()]).await.expect("send");
-        let (msg, fds) = b.recv::<ToWorker>().await.expect("recv").expect("a message");
+        let (msg, fds) = b.recv::<ToWorker>(&mut RecvBuf::default()).await.expect("recv").expect("a message");
         assert_eq!((msg, fds.len()), (ToWorker::Shutdown, 1));
     }
 
@@ -147,9 +160,10 @@ mod tests {
     async fn garbage_and_oversized_messages_are_errors_not_panics() {
         let (a, b) = Channel::pair().expect("socketpair");
         fd::send_with_fds(b.as_fd(), b"{not json", &[]).expect("raw send");
-        assert!(matches!(a.recv::<ToPrimary>().await, Err(ChannelError::Codec(_))));
+        let mut buf = RecvBuf::default();
+        assert!(matches!(a.recv::<ToPrimary>(&mut buf).await, Err(ChannelError::Codec(_))));
         fd::send_with_fds(b.as_fd(), &vec![b' '; MAX_MESSAGE + 1], &[]).expect("raw send");
-        assert!(matches!(a.recv::<ToPrimary>().await, Err(ChannelError::Oversized(_))));
+        assert!(matches!(a.recv::<ToPrimary>(&mut buf).await, Err(ChannelError::Oversized(_))));
         // The channel still works afterwards.
         fd::send_with_fds(b.as_fd(), br#"{"type":"draining"}"#, &[]).expect("raw send");
         assert_eq!(recv_msg::<ToPrimary>(&a).await, Some(ToPrimary::Draining));

@@ -21,7 +21,7 @@ use command_fds::{CommandFdExt, FdMapping};
 use tokio::{process::Child, sync::mpsc};
 
 use crate::{
-    channel::Channel,
+    channel::{Channel, RecvBuf},
     dispatch::Conn,
     fd::MAX_FDS_PER_MESSAGE,
     proto::{Handoff, ToPrimary, ToWorker},
@@ -137,13 +137,14 @@ struct LinkTask {
 impl LinkTask {
     async fn run(mut self) {
         let mut ipc_open = true;
+        let mut buf = RecvBuf::default();
         let status = loop {
             tokio::select! {
                 status = self.child.wait() => break status,
                 Some(()) = self.kill_requests.recv() => {
                     let _ = self.child.start_kill();
                 }
-                received = self.ipc.recv::<ToPrimary>(), if ipc_open => match received {
+                received = self.ipc.recv::<ToPrimary>(&mut buf), if ipc_open => match received {
                     Ok(Some((msg, _fds))) => self.on_message(msg),
                     Ok(None) => ipc_open = false,
                     Err(err) if err.is_bad_message() => {

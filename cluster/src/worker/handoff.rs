@@ -8,6 +8,7 @@ use std::{
     os::fd::OwnedFd,
     pin::Pin,
     task::{Context, Poll},
+    time::Duration,
 };
 
 use tokio::{
@@ -34,22 +35,30 @@ pub(crate) struct HandoffSink {
     closed: mpsc::UnboundedSender<()>,
 }
 
-/// Creates the listener, the sink that feeds it, and a task that tells the primary how many
-/// connections closed (least-conn's measure), batching closes that happen together.
-pub(crate) fn handoff(channel: Channel, local: SocketAddr) -> (HandoffListener, HandoffSink) {
+/// How long closes are collected into one report: at most one message per window per worker,
+/// however many connections close, so the report costs the primary little under churn.
+const CLOSE_REPORT_WINDOW: Duration = Duration::from_millis(5);
+
+/// Creates the listener and the sink that feeds it. With `report_closes` (least-conn, which
+/// needs the primary to know each worker's open connections) a task tells the primary how many
+/// connections closed, batched per [`CLOSE_REPORT_WINDOW`].
+pub(crate) fn handoff(channel: Channel, local: SocketAddr, report_closes: bool) -> (HandoffListener, HandoffSink) {
     let (incoming, incoming_rx) = mpsc::unbounded_channel();
     let (closed, mut closed_rx) = mpsc::unbounded_channel::<()>();
-    tokio::spawn(async move {
-        while closed_rx.recv().await.is_some() {
-            let mut count = 1;
-            while closed_rx.try_recv().is_ok() {
-                count += 1;
+    if report_closes {
+        tokio::spawn(async move {
+            while closed_rx.recv().await.is_some() {
+                tokio::time::sleep(CLOSE_REPORT_WINDOW).await;
+                let mut count = 1;
+                while closed_rx.try_recv().is_ok() {
+                    count += 1;
+                }
+                if channel.send(&ToPrimary::Closed { count }).await.is_err() {
+                    return; // the primary is gone; the worker is draining anyway
+                }
             }
-            if channel.send(&ToPrimary::Closed { count }).await.is_err() {
-                return; // the primary is gone; the worker is draining anyway
-            }
-        }
-    });
+        });
+    }
     (HandoffListener { incoming: incoming_rx, local }, HandoffSink { incoming, closed })
 }
 

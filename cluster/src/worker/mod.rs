@@ -12,7 +12,7 @@ use axum::{
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
-    channel::Channel,
+    channel::{Channel, RecvBuf},
     config::ClusterConfig,
     drain::{self, Drain, DrainableListener},
     error::ClusterError,
@@ -65,7 +65,8 @@ where
     };
     let channel = Channel::from_fd(fd::adopt(IPC_FD, Expect::SeqPacket)?)?;
     let source = if config.balance.primary_accepts() {
-        let (listener, sink) = handoff::handoff(channel.clone(), config.bind);
+        let report_closes = config.balance == crate::Balance::LeastConn;
+        let (listener, sink) = handoff::handoff(channel.clone(), config.bind, report_closes);
         Source::Handoff(listener, sink)
     } else {
         Source::Shared(inherited_listener()?)
@@ -160,8 +161,9 @@ where
 /// request, or the primary's death (end of file), which starts the drain.
 fn watch_primary(channel: Channel, trigger: shutdown::Trigger, stop: shutdown::Signal, sink: Option<HandoffSink>) {
     tokio::spawn(async move {
+        let mut buf = RecvBuf::default();
         loop {
-            let (msg, fds) = match channel.recv::<ToWorker>().await {
+            let (msg, fds) = match channel.recv::<ToWorker>(&mut buf).await {
                 Ok(Some(received)) => received,
                 Ok(None) => {
                     tracing::warn!("primary is gone, draining");

@@ -1,0 +1,58 @@
+# Shared helpers for the benchmark scripts (sourced, not run).
+# Everything binds to 127.0.0.1 and is killed on exit.
+
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+HERD="$ROOT/target/release/herd"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+need() { command -v "$1" >/dev/null || { echo "bench: $1 is required (apt-get install -y $2)" >&2; exit 1; }; }
+need wrk wrk
+need redis-server redis-server
+need python3 python3
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+build_release() { (cd "$ROOT" && cargo build --release -p herd --quiet); }
+
+# start_redis → sets REDIS_PORT
+start_redis() {
+  REDIS_PORT=$(free_port)
+  REDIS_DIR=$(mktemp -d)
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$REDIS_DIR" >/dev/null &
+  PIDS+=($!)
+  for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return; sleep 0.05; done
+  echo "redis did not start" >&2; exit 1
+}
+
+# start_herd <workers> <extra args...> → sets HERD_PID, HERD_PORT
+start_herd() {
+  local workers=$1; shift
+  HERD_PORT=$(free_port)
+  HERD_LOG=$(mktemp)
+  RUST_LOG=info "$HERD" serve --workers "$workers" --bind "127.0.0.1:$HERD_PORT" \
+    --redis-url "redis://127.0.0.1:$REDIS_PORT" --demo-user alice:wonderland --secure-cookies false "$@" \
+    2>"$HERD_LOG" &
+  HERD_PID=$!
+  PIDS+=("$HERD_PID")
+  for _ in $(seq 600); do
+    grep -q "workers ready" "$HERD_LOG" && return
+    sleep 0.05
+  done
+  echo "herd did not become ready; log:" >&2; cat "$HERD_LOG" >&2; exit 1
+}
+
+stop_herd() { kill -TERM "$HERD_PID" 2>/dev/null || true; wait "$HERD_PID" 2>/dev/null || true; }
+
+# cpu_ticks <pid> → utime+stime in clock ticks
+cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
+# worker_pids <primary pid>
+worker_pids() { pgrep -P "$1" | tr '\n' ' '; }
+
+# wrk_rps <url> <extra wrk args...> → requests/s
+wrk_rps() {
+  local url=$1; shift
+  wrk -t2 -c"${CONNS:-32}" -d"${DURATION:-8}s" "$@" "$url" | awk '/Requests\/sec/ {print $2}'
+}
