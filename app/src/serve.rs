@@ -51,7 +51,9 @@ pub async fn run(args: ServeArgs, role: Role) -> anyhow::Result<i32> {
 
     let settings = SessionSettings { cookie_name: args.cookie_name.clone(), secure: args.secure_cookies };
     let keys = Keys::new(args.redis.key_prefix.clone());
-    let outcome = herd_cluster::run(config, move |ctx| build_app(ctx, redis_url, keys, settings)).await;
+    let demo_users = args.demo_users.iter().map(|u| u.name.clone()).collect();
+    let outcome =
+        herd_cluster::run(config, move |ctx| build_app(ctx, redis_url, keys, settings, demo_users)).await;
     if let Some(redis) = private {
         redis.stop().await;
     }
@@ -115,6 +117,7 @@ async fn build_app(
     redis_url: String,
     keys: Keys,
     settings: SessionSettings,
+    demo_users: std::sync::Arc<[String]>,
 ) -> Result<axum::Router, StoreError> {
     let config = RedisConfig::new(redis_url);
     let pool = loop {
@@ -128,7 +131,7 @@ async fn build_app(
         }
     };
     let store = RedisSessionStore::new(pool.clone(), keys.clone());
-    let state = AppState { users: Users::new(pool.clone(), keys), pool, worker: ctx };
+    let state = AppState { users: Users::new(pool.clone(), keys), pool, worker: ctx, demo_users };
     Ok(routes::router(state, store, &settings))
 }
 

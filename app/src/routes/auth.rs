@@ -2,18 +2,25 @@ use std::net::SocketAddr;
 
 use axum::{
     extract::{ConnectInfo, FromRequest, Request, State},
-    http::header,
+    http::{header, HeaderMap},
+    response::{IntoResponse, Redirect, Response},
     Form, Json,
 };
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::json;
 use tower_sessions::Session;
 
-use super::{home::VISITS_KEY, AppState};
+use super::{
+    home::{now, VISITS_KEY},
+    page::Notice,
+    wants_html, AppState,
+};
 use crate::error::AppError;
 
 /// Session key of the logged-in user's name.
 pub(super) const USER_KEY: &str = "user";
+/// Session key of the login time (unix seconds).
+pub(super) const SINCE_KEY: &str = "since";
 
 /// `{username, password}` from a JSON body or an HTML form.
 #[derive(Deserialize)]
@@ -46,27 +53,52 @@ impl<S: Send + Sync> FromRequest<S> for Credentials {
 }
 
 /// Checks the password, then gives the client a new session id (so an id planted before login
-/// is worthless: session fixation) holding only this login.
+/// is worthless: session fixation) holding only this login. Browsers get redirected back to
+/// the page (with a message on failure); API clients get JSON.
 pub(super) async fn login(
     State(state): State<AppState>,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     session: Session,
-    creds: Credentials,
-) -> Result<Json<Value>, AppError> {
-    if !state.users.verify(&creds.username, &creds.password).await? {
-        tracing::info!(user = %creds.username, client = %client.ip(), "failed login");
-        return Err(AppError::BadCredentials);
+    creds: Result<Credentials, AppError>,
+) -> Response {
+    let result = async {
+        let creds = creds?;
+        if !state.users.verify(&creds.username, &creds.password).await? {
+            tracing::info!(user = %creds.username, client = %client.ip(), "failed login");
+            return Err(AppError::BadCredentials);
+        }
+        session.cycle_id().await?;
+        session.clear().await;
+        session.insert(USER_KEY, &creds.username).await?;
+        session.insert(VISITS_KEY, 0u64).await?;
+        session.insert(SINCE_KEY, now()).await?;
+        tracing::info!(user = %creds.username, client = %client.ip(), "login");
+        Ok(creds.username)
     }
-    session.cycle_id().await?;
-    session.clear().await;
-    session.insert(USER_KEY, &creds.username).await?;
-    session.insert(VISITS_KEY, 0u64).await?;
-    tracing::info!(user = %creds.username, client = %client.ip(), "login");
-    Ok(Json(json!({ "user": creds.username })))
+    .await;
+    match (wants_html(&headers), result) {
+        (false, Ok(user)) => Json(json!({ "user": user })).into_response(),
+        (false, Err(err)) => err.into_response(),
+        (true, Ok(_)) => Redirect::to("/").into_response(),
+        (true, Err(err)) => {
+            let notice = match err {
+                AppError::BadCredentials => Notice::BadLogin,
+                AppError::BadRequest { .. } => Notice::BadInput,
+                AppError::Unavailable(_) | AppError::Internal(_) => Notice::Unavailable,
+            };
+            Redirect::to(&format!("/?error={}", notice.code())).into_response()
+        }
+    }
 }
 
 /// Deletes the session from Redis; the old cookie is worthless afterwards.
-pub(super) async fn logout(session: Session) -> Result<Json<Value>, AppError> {
-    session.flush().await?;
-    Ok(Json(json!({ "user": null })))
+pub(super) async fn logout(headers: HeaderMap, session: Session) -> Response {
+    let result = session.flush().await;
+    match (wants_html(&headers), result) {
+        (false, Ok(())) => Json(json!({ "user": null })).into_response(),
+        (false, Err(err)) => AppError::from(err).into_response(),
+        (true, Ok(())) => Redirect::to("/").into_response(),
+        (true, Err(_)) => Redirect::to(&format!("/?error={}", Notice::Unavailable.code())).into_response(),
+    }
 }

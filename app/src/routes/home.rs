@@ -1,8 +1,17 @@
-use axum::{extract::State, Json};
-use serde::Serialize;
+use axum::{
+    extract::{rejection::QueryRejection, Query, State},
+    http::{header, HeaderMap, HeaderValue, StatusCode, Version},
+    response::{Html, IntoResponse, Response},
+    Json,
+};
+use serde::{Deserialize, Serialize};
 use tower_sessions::Session;
 
-use super::{auth::USER_KEY, AppState};
+use super::{
+    auth::{SINCE_KEY, USER_KEY},
+    page::{self, Notice, PageView},
+    wants_html, AppState,
+};
 use crate::error::AppError;
 
 /// Session key of the number of `GET /` requests this session made.
@@ -19,26 +28,92 @@ pub(super) struct Home {
     visits: Option<u64>,
 }
 
-/// Who served this request, and the session's state. Only logged-in sessions count visits, so
-/// anonymous traffic never creates a Redis key.
-pub(super) async fn home(State(state): State<AppState>, session: Session) -> Result<Json<Home>, AppError> {
-    let user: Option<String> = session.get(USER_KEY).await?;
-    let visits = match user {
-        Some(_) => {
-            let visits = session.get::<u64>(VISITS_KEY).await?.unwrap_or(0) + 1;
-            session.insert(VISITS_KEY, visits).await?;
-            Some(visits)
-        }
-        None => None,
+#[derive(Deserialize)]
+pub(super) struct PageQuery {
+    error: Option<String>,
+}
+
+/// The logged-in user, the updated visit count and the session's age in seconds. Only
+/// logged-in sessions count visits, so anonymous traffic never creates a Redis key.
+async fn visit(session: &Session) -> Result<Option<(String, u64, u64)>, AppError> {
+    let Some(user) = session.get::<String>(USER_KEY).await? else {
+        return Ok(None);
     };
+    let visits = session.get::<u64>(VISITS_KEY).await?.unwrap_or(0) + 1;
+    session.insert(VISITS_KEY, visits).await?;
+    let since = session.get::<i64>(SINCE_KEY).await?.unwrap_or_else(now);
+    Ok(Some((user, visits, u64::try_from(now() - since).unwrap_or(0))))
+}
+
+pub(super) fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// Who served this request, and the session's state: JSON, or the demo page for browsers.
+pub(super) async fn home(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    version: Version,
+    query: Result<Query<PageQuery>, QueryRejection>,
+    session: Session,
+) -> Response {
+    let visited = visit(&session).await;
     let w = &state.worker;
-    Ok(Json(Home {
-        message: format!("Hello from herd worker {} (pid {})", w.slot, w.pid),
+    if !wants_html(&headers) {
+        return match visited {
+            Ok(visit) => {
+                let (user, visits) = visit.map(|(user, visits, _)| (user, visits)).unzip();
+                Json(Home {
+                    message: format!("Hello from herd worker {} (pid {})", w.slot, w.pid),
+                    pid: w.pid,
+                    worker: w.slot,
+                    balance: w.balance.as_str(),
+                    uptime_s: w.started.elapsed().as_secs(),
+                    user,
+                    visits,
+                })
+                .into_response()
+            }
+            Err(err) => err.into_response(),
+        };
+    }
+
+    let requested = query.ok().and_then(|Query(q)| q.error).and_then(|code| Notice::from_code(&code));
+    let (status, visit, notice) = match visited {
+        Ok(visit) => (StatusCode::OK, visit, requested),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, None, Some(Notice::Unavailable)),
+    };
+    let view = PageView {
+        slot: w.slot,
         pid: w.pid,
-        worker: w.slot,
-        balance: w.balance.as_str(),
+        balance: w.balance,
         uptime_s: w.started.elapsed().as_secs(),
-        user,
-        visits,
-    }))
+        session: visit.as_ref().map(|(user, visits, age)| (user.as_str(), *visits, *age)),
+        demo_users: &state.demo_users,
+        notice,
+    };
+    let mut response = (status, Html(page::render(&view))).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    fresh_connection_per_page(&state, version, &mut response);
+    response
+}
+
+/// `{pid, worker, balance}` for the page's "hit it 20 times" chart.
+pub(super) async fn whoami(State(state): State<AppState>, version: Version) -> Response {
+    let w = &state.worker;
+    let body = serde_json::json!({ "pid": w.pid, "worker": w.slot, "balance": w.balance.as_str() });
+    let mut response = Json(body).into_response();
+    fresh_connection_per_page(&state, version, &mut response);
+    response
+}
+
+/// A browser reuses its keep-alive connection for reloads, which would pin every reload to one
+/// worker and hide what the demo is about. Outside sticky mode, ask it to open a new connection
+/// for the next request, so the dispatcher (or the kernel) chooses again.
+fn fresh_connection_per_page(state: &AppState, version: Version, response: &mut Response) {
+    if state.worker.balance != herd_cluster::Balance::IpHash && version <= Version::HTTP_11 {
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
 }

@@ -5,6 +5,7 @@
 //! | `GET /` | who served this request, and this session's user and visit count |
 //! | `POST /login` | JSON or form `{username, password}`; a fresh session id on success |
 //! | `POST /logout` | ends the session server-side |
+//! | `GET /whoami` | `{pid, worker, balance}`, for the page's chart |
 //! | `GET /heavy?n=` | sum of 0..n on the blocking pool |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness including Redis |
 
@@ -12,9 +13,11 @@ mod auth;
 mod health;
 mod heavy;
 mod home;
+mod page;
 
 use axum::{
     extract::DefaultBodyLimit,
+    http::{header, HeaderMap},
     middleware,
     routing::{get, post},
     Router,
@@ -37,6 +40,8 @@ pub struct AppState {
     pub users: Users,
     pub pool: Pool,
     pub worker: WorkerContext,
+    /// Names of the `--demo-user`s, shown as a hint on the login form.
+    pub demo_users: std::sync::Arc<[String]>,
 }
 
 /// How the session cookie is made.
@@ -62,6 +67,7 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .layer(middleware::from_fn(error::session_save_failures))
         .layer(middleware::from_fn(error::no_store));
     Router::new()
+        .route("/whoami", get(home::whoami))
         .route("/heavy", get(heavy::heavy))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -69,4 +75,12 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .fallback(|| async { error::AppError::bad_request(axum::http::StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// True when the client asked for HTML (a browser navigating), not JSON.
+fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"))
 }
