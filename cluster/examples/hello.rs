@@ -1,7 +1,7 @@
 //! Any axum `Router` in a supervised cluster, with the client's real address.
 //!
 //! ```sh
-//! cargo run -p herd-cluster --example hello            # round-robin over 4 workers
+//! cargo run -p herd-cluster --example hello            # round-robin over 4 workers on :3000
 //! HELLO_BALANCE=ip-hash cargo run -p herd-cluster --example hello
 //! curl http://127.0.0.1:3000/                          # run it a few times
 //! ```
@@ -18,7 +18,8 @@ use herd_cluster::{Balance, ClusterConfig, WorkerContext};
 #[tokio::main]
 async fn main() -> Result<(), herd_cluster::ClusterError> {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
-    let mut config = ClusterConfig::new(SocketAddr::from(([127, 0, 0, 1], 3000)));
+    let bind = std::env::var("HELLO_BIND").ok().and_then(|b| b.parse().ok());
+    let mut config = ClusterConfig::new(bind.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 3000))));
     config.workers = 4;
     config.balance = match std::env::var("HELLO_BALANCE").as_deref() {
         Ok("shared") => Balance::Shared,

@@ -55,7 +55,12 @@ impl Herd {
 
     /// Like [`Herd::spawn`], in working directory `cwd` and without `REDIS_URL` inherited.
     pub fn spawn_in(cwd: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Herd {
-        let mut child = Command::new(herd_bin())
+        Herd::spawn_program(&herd_bin(), cwd, args, env)
+    }
+
+    /// Runs any program built on herd-cluster (an example, say) the same way.
+    pub fn spawn_program(program: &std::path::Path, cwd: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Herd {
+        let mut child = Command::new(program)
             .current_dir(cwd)
             .env_remove("REDIS_URL")
             .args(args)
@@ -167,23 +172,33 @@ impl Drop for Herd {
 /// it is never stale. `HERD_BIN` overrides it.
 pub fn herd_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        if let Some(bin) = std::env::var_os("HERD_BIN") {
-            return PathBuf::from(bin);
-        }
-        let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
-        let out = Command::new(env!("CARGO"))
-            .args(["build", "--quiet", "-p", "herd", "--bin", "herd", "--message-format=json", "--manifest-path", manifest])
-            .stderr(Stdio::inherit())
-            .output()
-            .expect("run cargo build");
-        assert!(out.status.success(), "cargo build -p herd failed");
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|msg| msg["target"]["name"] == "herd" && msg["target"]["kind"][0] == "bin")
-            .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
-            .expect("cargo reported no herd executable")
+    BIN.get_or_init(|| match std::env::var_os("HERD_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => cargo_build(&["-p", "herd", "--bin", "herd"], "herd", "bin"),
     })
     .clone()
+}
+
+/// The `hello` example of herd-cluster, built like [`herd_bin`].
+pub fn hello_example() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| cargo_build(&["-p", "herd-cluster", "--example", "hello"], "hello", "example")).clone()
+}
+
+/// Builds one target with the cargo running the tests and returns its executable.
+fn cargo_build(target: &[&str], name: &str, kind: &str) -> PathBuf {
+    let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
+    let out = Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "--message-format=json", "--manifest-path", manifest])
+        .args(target)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build");
+    assert!(out.status.success(), "cargo build {target:?} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|msg| msg["target"]["name"] == name && msg["target"]["kind"][0] == kind)
+        .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo reported no executable for {target:?}"))
 }
