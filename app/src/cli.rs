@@ -1,6 +1,6 @@
 //! Command-line interface. `herd serve --help` is the reference for every flag.
 
-use std::{net::SocketAddr, str::FromStr, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
@@ -22,6 +22,60 @@ pub enum Command {
     /// Manage users stored in Redis.
     #[command(subcommand)]
     Users(UsersCommand),
+    /// Control a running primary through its control socket.
+    Ctl(CtlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The primary's control socket [default: derived from the port of HERD_BIND, as `serve`
+    /// does]
+    #[arg(long, env = "HERD_CONTROL_SOCKET")]
+    pub socket: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Every worker: slot, pid, state, uptime, restarts, memory, open connections.
+    Status {
+        /// Print the raw JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Replace every worker, one at a time, each after its successor is ready; exits non-zero
+    /// with the reason if a new worker fails.
+    Reload,
+    /// Set the number of workers: N, +K or -K.
+    Scale {
+        #[arg(allow_hyphen_values = true)]
+        count: ScaleArg,
+    },
+    /// Gracefully replace the worker of one slot.
+    Restart { slot: usize },
+    /// Shut the cluster down gracefully (like SIGTERM).
+    Stop,
+}
+
+/// `N`, `+K` or `-K`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScaleArg {
+    To(usize),
+    By(i64),
+}
+
+impl FromStr for ScaleArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |_| format!("expected N, +K or -K, not {s:?}");
+        if s.starts_with(['+', '-']) {
+            s.parse().map(ScaleArg::By).map_err(bad)
+        } else {
+            s.parse().map(ScaleArg::To).map_err(bad)
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +121,13 @@ pub struct ServeArgs {
     /// Longest graceful shutdown; workers still running after it are killed (e.g. 30s, 500ms).
     #[arg(long, env = "HERD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
+    /// During a reload, how long each new worker may take to report ready before the reload
+    /// is aborted (the old workers keep serving).
+    #[arg(long, env = "HERD_READY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub ready_timeout: Duration,
+    /// Unix socket for `herd ctl` (mode 0600) [default: $XDG_RUNTIME_DIR or /tmp, herd-PORT.sock]
+    #[arg(long, env = "HERD_CONTROL_SOCKET")]
+    pub control_socket: Option<PathBuf>,
     /// Create or update this user at start, as NAME:PASSWORD (repeatable; comma-separated in
     /// the environment variable).
     #[arg(long = "demo-user", env = "HERD_DEMO_USER", value_delimiter = ',')]
@@ -140,7 +201,7 @@ mod tests {
         let cli = Cli::try_parse_from(["herd", "serve"].iter().chain(args))?;
         match cli.command {
             Command::Serve(args) => Ok(*args),
-            Command::Users(_) => unreachable!("parsed serve"),
+            _ => unreachable!("parsed serve"),
         }
     }
 
@@ -155,6 +216,16 @@ mod tests {
         assert_eq!(args.demo_users[0].password, "wonder:land");
         assert!(!args.secure_cookies);
         assert_eq!(args.shutdown_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn scale_arguments() {
+        assert_eq!("4".parse(), Ok(ScaleArg::To(4)));
+        assert_eq!("+2".parse(), Ok(ScaleArg::By(2)));
+        assert_eq!("-1".parse(), Ok(ScaleArg::By(-1)));
+        assert!("many".parse::<ScaleArg>().is_err());
+        let cli = Cli::try_parse_from(["herd", "ctl", "scale", "-1"]).expect("negative scale parses");
+        assert!(matches!(cli.command, Command::Ctl(CtlArgs { command: CtlCommand::Scale { count: ScaleArg::By(-1) }, .. })));
     }
 
     #[test]

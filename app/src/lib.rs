@@ -4,6 +4,7 @@
 //!
 //! - [`cli`]: the command line (every flag also reads an environment variable).
 //! - [`serve`]: `herd serve` — primary-only preparation, then the cluster.
+//! - [`ctl`]: `herd ctl` — talking to a running primary over its control socket.
 //! - [`private_redis`]: the `redis-server` child started when no Redis is configured.
 //! - [`users`]: users and argon2 password hashes in Redis, and `herd users`.
 //! - [`routes`]: the HTTP routes and [`routes::router`].
@@ -11,6 +12,7 @@
 //! - [`logging`]: tracing setup; every worker line says which worker wrote it.
 
 pub mod cli;
+pub mod ctl;
 pub mod error;
 pub mod logging;
 pub mod private_redis;

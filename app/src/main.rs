@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => herd::serve::run(*args, role).await,
             Command::Users(command) => herd::users::cli::run(command).await,
+            Command::Ctl(args) => herd::ctl::run(args).await,
         }
     });
     let code = match result {

@@ -22,6 +22,8 @@ pub async fn run(args: ServeArgs, role: Role) -> anyhow::Result<i32> {
         config.workers = usize::from(workers);
     }
     config.shutdown_timeout = args.shutdown_timeout;
+    config.ready_timeout = args.ready_timeout;
+    config.control_socket = args.control_socket.clone();
     config.balance = args.balance();
 
     let mut private = None;

@@ -1,9 +1,11 @@
 //! Cluster configuration, validated once when it is built rather than discovered under traffic.
 
-use std::{ffi::OsString, net::SocketAddr, time::Duration};
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
 /// How long a worker may take to drain on shutdown before it is killed.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new worker may take to report ready during a reload before the reload aborts.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How connections reach workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -50,6 +52,11 @@ pub struct ClusterConfig {
     pub shutdown_timeout: Duration,
     /// Dispatch mode.
     pub balance: Balance,
+    /// How long a reload waits for each new worker to report ready.
+    pub ready_timeout: Duration,
+    /// Where the control socket goes; `None` derives it from the port (see
+    /// [`crate::control::default_path`]).
+    pub control_socket: Option<PathBuf>,
     /// Extra environment for workers, on top of the primary's own (e.g. the address of a
     /// service the primary started).
     pub worker_env: Vec<(OsString, OsString)>,
@@ -63,6 +70,8 @@ impl ClusterConfig {
             bind,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             balance: Balance::default(),
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+            control_socket: None,
             worker_env: Vec::new(),
         }
     }

@@ -6,16 +6,18 @@
 //!
 //! 1. stops accepting (the [`DrainableListener`] stops calling `accept`, so in shared mode the
 //!    kernel hands new connections to the other workers),
-//! 2. answers every request that still arrives on an open connection with `503` +
-//!    `Retry-After` + `Connection: close` (the [`guard`] middleware), and adds
-//!    `Connection: close` to responses of requests that were already in flight,
+//! 2. answers each request that still arrives on an open connection, with
+//!    `Connection: close` so the client takes its next request elsewhere (the [`guard`]
+//!    middleware): normally when the worker is only being replaced ([`DrainMode::Retire`], a
+//!    reload or a scale-down: other workers serve the client's next connection), with `503` +
+//!    `Retry-After` when the whole cluster stops ([`DrainMode::Shutdown`]),
 //! 3. waits until no request has been in flight for [`LINGER`], and only then lets axum close
 //!    the connections that are still idle.
 
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicU8, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -29,7 +31,16 @@ use axum::{
 };
 use tokio::{net::TcpStream, sync::Notify, time::Instant};
 
-use crate::shutdown;
+use crate::shutdown::{self, Stop};
+
+impl From<Stop> for DrainMode {
+    fn from(stop: Stop) -> Self {
+        match stop {
+            Stop::Retire => DrainMode::Retire,
+            Stop::Shutdown => DrainMode::Shutdown,
+        }
+    }
+}
 
 /// How long a draining worker keeps idle connections open after its last request finished, so
 /// that a client which already sent a request on one gets an answer instead of a reset.
@@ -38,7 +49,17 @@ pub const LINGER: Duration = Duration::from_millis(500);
 /// Seconds a client should wait before retrying a request refused while draining.
 const RETRY_AFTER_SECS: &str = "1";
 
-/// Shared state of one worker's drain: are we draining, and how many requests are in flight.
+/// How a worker drains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DrainMode {
+    /// Being replaced while the cluster keeps running: serve, then close each connection.
+    Retire = 1,
+    /// The cluster stops: refuse new requests with 503.
+    Shutdown = 2,
+}
+
+/// Shared state of one worker's drain: are we draining (and how), and how many requests are in
+/// flight.
 #[derive(Clone, Default)]
 pub struct Drain {
     inner: Arc<Inner>,
@@ -46,7 +67,8 @@ pub struct Drain {
 
 #[derive(Default)]
 struct Inner {
-    draining: AtomicBool,
+    /// 0: serving; otherwise a [`DrainMode`] discriminant.
+    mode: AtomicU8,
     in_flight: AtomicUsize,
     /// When the last request finished; `None` before any did.
     last_done: Mutex<Option<Instant>>,
@@ -60,14 +82,18 @@ impl Drain {
         Self::default()
     }
 
-    /// True once [`Drain::start`] was called.
-    pub fn is_draining(&self) -> bool {
-        self.inner.draining.load(Ordering::Acquire)
+    /// How the worker drains, once [`Drain::start`] was called.
+    pub fn mode(&self) -> Option<DrainMode> {
+        match self.inner.mode.load(Ordering::Acquire) {
+            1 => Some(DrainMode::Retire),
+            2 => Some(DrainMode::Shutdown),
+            _ => None,
+        }
     }
 
-    /// Switches to draining: new requests get 503.
-    pub fn start(&self) {
-        self.inner.draining.store(true, Ordering::Release);
+    /// Starts draining, or makes an ongoing drain stricter (a retiring worker told to shut down).
+    pub fn start(&self, mode: DrainMode) {
+        self.inner.mode.fetch_max(mode as u8, Ordering::AcqRel);
     }
 
     /// Number of requests currently being handled.
@@ -120,11 +146,11 @@ impl Drop for InFlight {
     }
 }
 
-/// Middleware: refuse requests while draining, count the others, and ask clients to close
-/// connections whose responses are sent while draining.
+/// Middleware: count requests in flight; while draining, refuse them (shutdown) or serve them
+/// (retire), and in both cases ask the client to close the connection after the response.
 pub async fn guard(State(drain): State<Drain>, request: Request, next: Next) -> Response {
     let http1 = request.version() <= Version::HTTP_11;
-    if drain.is_draining() {
+    if drain.mode() == Some(DrainMode::Shutdown) {
         let mut response = (
             StatusCode::SERVICE_UNAVAILABLE,
             [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
@@ -138,7 +164,7 @@ pub async fn guard(State(drain): State<Drain>, request: Request, next: Next) -> 
     }
     let _in_flight = drain.begin();
     let mut response = next.run(request).await;
-    if http1 && drain.is_draining() {
+    if http1 && drain.mode().is_some() {
         close_after(&mut response);
     }
     response
@@ -208,13 +234,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn draining_answers_503_with_retry_after_and_close() {
+    async fn retiring_serves_with_close_and_shutdown_answers_503() {
         let drain = Drain::new();
         let ok = app(&drain).oneshot(Request::new(Body::empty())).await.expect("infallible");
         assert_eq!(ok.status(), StatusCode::OK);
         assert!(ok.headers().get(header::CONNECTION).is_none());
 
-        drain.start();
+        drain.start(DrainMode::Retire);
+        let served = app(&drain).oneshot(Request::new(Body::empty())).await.expect("infallible");
+        assert_eq!(served.status(), StatusCode::OK, "a retiring worker still serves");
+        assert_eq!(served.headers()[header::CONNECTION], "close");
+
+        drain.start(DrainMode::Shutdown);
+        drain.start(DrainMode::Retire); // never weakens
         let refused = app(&drain).oneshot(Request::new(Body::empty())).await.expect("infallible");
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(refused.headers()[header::RETRY_AFTER], "1");

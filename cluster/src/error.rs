@@ -27,6 +27,14 @@ pub enum ClusterError {
         /// What went wrong.
         source: io::Error,
     },
+    /// The control socket could not be set up.
+    #[error("cannot serve the control socket {path}: {source}")]
+    ControlSocket {
+        /// Where it should have been.
+        path: std::path::PathBuf,
+        /// What went wrong.
+        source: io::Error,
+    },
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),

@@ -34,9 +34,11 @@
 //! # Layout
 //!
 //! - [`config`]: what the cluster needs to know (worker count, bind address, deadlines).
+//! - [`control`]: the operator's control socket and its JSON protocol (`herd ctl`).
 //! - [`role`]: how a process learns whether it is the primary or worker *k*.
-//! - `primary`: the supervisor — spawning, respawn with backoff, graceful shutdown, and (in
-//!   primary-accept modes) accepting connections and handing them to workers.
+//! - `primary`: the supervisor — spawning, respawn with backoff, rolling reload, scaling,
+//!   graceful shutdown, and (in primary-accept modes) accepting connections and handing them
+//!   to workers.
 //! - `dispatch`: which worker gets a connection: round-robin, least-connections, or sticky
 //!   rendezvous hashing of the client IP.
 //! - `worker`: serving the router on the inherited listener or on handed-off connections, and
@@ -47,6 +49,7 @@
 //! - [`drain`]: the middleware and listener that make a worker's shutdown graceful.
 
 pub mod config;
+pub mod control;
 pub mod drain;
 pub mod role;
 

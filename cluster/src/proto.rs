@@ -47,8 +47,13 @@ pub(crate) enum ToPrimary {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum ToWorker {
-    /// Stop accepting, finish in-flight requests, close idle connections, exit.
+    /// The cluster stops: stop accepting, finish in-flight requests, refuse new ones on open
+    /// connections with 503, close idle connections, exit.
     Shutdown,
+    /// This worker is being replaced (reload, scale-down) while the others keep serving: stop
+    /// accepting, serve what arrives on open connections but close each after its response,
+    /// exit once idle.
+    Retire,
     /// Accepted connections, one per attached descriptor, in the same order.
     Connections { conns: Vec<Handoff> },
 }

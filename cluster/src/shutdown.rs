@@ -1,36 +1,80 @@
-//! A tiny one-shot, many-waiter shutdown signal (mini-redis's `Shutdown`, on a `watch`).
+//! A tiny many-waiter stop signal (mini-redis's `Shutdown`, on a `watch`) that also says why.
 
 use tokio::sync::watch;
 
-/// Fires the signal. Cheap to clone; firing twice is harmless.
+/// Why a worker stops. Ordered: a stronger reason overrides a weaker one already given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Stop {
+    /// The worker is being replaced (reload, scale-down) while others keep serving: finish
+    /// requests on open connections normally, but close each connection after its response.
+    Retire,
+    /// The whole cluster stops: refuse new requests on open connections with 503.
+    Shutdown,
+}
+
+/// Fires the signal. Cheap to clone; firing again only ever strengthens the reason.
 #[derive(Clone)]
-pub(crate) struct Trigger(watch::Sender<bool>);
+pub(crate) struct Trigger(watch::Sender<Option<Stop>>);
 
 /// Waits for the signal. Once fired it stays fired.
 #[derive(Clone)]
-pub(crate) struct Signal(watch::Receiver<bool>);
+pub(crate) struct Signal(watch::Receiver<Option<Stop>>);
 
 pub(crate) fn channel() -> (Trigger, Signal) {
-    let (tx, rx) = watch::channel(false);
+    let (tx, rx) = watch::channel(None);
     (Trigger(tx), Signal(rx))
 }
 
 impl Trigger {
-    pub(crate) fn fire(&self) {
-        self.0.send_replace(true);
+    pub(crate) fn fire(&self, stop: Stop) {
+        self.0.send_if_modified(|current| {
+            let stronger = current.is_none_or(|c| stop > c);
+            if stronger {
+                *current = Some(stop);
+            }
+            stronger
+        });
     }
 }
 
 impl Signal {
-    pub(crate) fn is_fired(&self) -> bool {
+    /// The reason, once fired.
+    pub(crate) fn fired(&self) -> Option<Stop> {
         *self.0.borrow()
     }
 
-    /// Resolves once the trigger fired (immediately if it already has). If every trigger is
-    /// dropped without firing, it never resolves: nobody can ask for shutdown any more.
-    pub(crate) async fn wait(&mut self) {
-        if self.0.wait_for(|fired| *fired).await.is_err() {
-            std::future::pending::<()>().await;
+    /// Resolves once the trigger fired (immediately if it already has) with the reason at that
+    /// moment. If every trigger is dropped without firing, it never resolves.
+    pub(crate) async fn wait(&mut self) -> Stop {
+        let fired = self.0.wait_for(Option::is_some).await.map(|stop| *stop);
+        match fired {
+            Ok(stop) => stop.unwrap_or(Stop::Shutdown),
+            Err(_) => std::future::pending().await,
         }
+    }
+
+    /// Resolves whenever the reason changes after the first firing (e.g. a retiring worker told
+    /// to shut down).
+    pub(crate) async fn changed(&mut self) -> Option<Stop> {
+        match self.0.changed().await {
+            Ok(()) => *self.0.borrow_and_update(),
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reasons_only_get_stronger() {
+        let (trigger, mut signal) = channel();
+        assert_eq!(signal.fired(), None);
+        trigger.fire(Stop::Retire);
+        assert_eq!(signal.wait().await, Stop::Retire);
+        trigger.fire(Stop::Shutdown);
+        trigger.fire(Stop::Retire);
+        assert_eq!(signal.fired(), Some(Stop::Shutdown));
     }
 }

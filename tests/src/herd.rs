@@ -91,6 +91,28 @@ impl Herd {
         herd
     }
 
+    /// `herd ctl --socket <this primary's socket> <args>`: (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let socket = self.control_socket();
+        let out = Command::new(herd_bin()).arg("ctl").arg("--socket").arg(&socket).args(args).output().expect("run herd ctl");
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    }
+
+    /// The control socket path the primary logged at start.
+    pub fn control_socket(&self) -> PathBuf {
+        let line = self.wait_log("the listening line", START_TIMEOUT, |l| l.contains("listening on "));
+        let path = line.split("control=").nth(1).and_then(|rest| rest.split_whitespace().next());
+        PathBuf::from(path.unwrap_or_else(|| panic!("no control socket in {line:?}")))
+    }
+
+    /// `herd ctl status --json`, parsed.
+    pub fn status(&self) -> serde_json::Value {
+        let (code, out, err) = self.ctl(&["status", "--json"]);
+        assert_eq!(code, 0, "status failed: {err}");
+        serde_json::from_str::<serde_json::Value>(&out).expect("status JSON")["status"].clone()
+    }
+
     pub fn client(&self) -> Client {
         Client::new(self.addr)
     }

@@ -6,10 +6,12 @@
 
 pub mod herd;
 pub mod http;
+pub mod load;
 pub mod redis;
 
 pub use herd::Herd;
 pub use http::{Client, Response};
+pub use load::{Load, LoadReport};
 pub use redis::RedisServer;
 
 use std::time::{Duration, Instant};

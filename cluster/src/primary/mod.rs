@@ -1,14 +1,19 @@
 //! The primary: owns the listening socket for its whole life, keeps one worker per slot,
-//! restarts workers that die, shuts them down gracefully, and in primary-accept modes accepts
-//! connections and hands each to a worker.
+//! restarts workers that die, replaces them one by one on reload, scales, shuts them down
+//! gracefully, and in primary-accept modes accepts connections and hands each to a worker.
 //!
-//! All state lives in one task ([`Supervisor::run`]); link tasks, the acceptor and timers talk
-//! to it through [`Event`]s and `select!` arms, so no lock is needed.
+//! All state lives in one task ([`Supervisor::run`]); link tasks, the acceptor, the control
+//! socket and timers talk to it through events and `select!` arms, so no lock is needed.
+//!
+//! A slot normally holds one worker. During a reload it briefly holds two: the `successor`
+//! starts while the current worker keeps serving, and only when the successor reports ready is
+//! the old one moved to `retiring`, where it drains (see [`crate::drain`]) and exits.
 
 mod acceptor;
 mod backoff;
 mod exit;
 mod link;
+mod rollout;
 
 use std::{
     collections::VecDeque,
@@ -19,13 +24,14 @@ use std::{
 };
 
 use tokio::{
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal as UnixSignal, SignalKind},
     sync::mpsc,
 };
 
 use crate::{
     channel::Channel,
     config::ClusterConfig,
+    control,
     dispatch::{Candidate, Chooser, Conn},
     error::ClusterError,
     proto::{ToPrimary, ToWorker},
@@ -33,6 +39,7 @@ use crate::{
 use acceptor::Acceptor;
 use backoff::Backoff;
 use link::{Event, Link, Spawner};
+use rollout::Rollout;
 
 /// Connections the primary holds while no worker can take them. Beyond this, new connections
 /// wait in the kernel's accept queue (the listen backlog) until workers catch up.
@@ -74,6 +81,11 @@ pub(crate) async fn run(
     } else {
         None
     };
+    let control_path = config.control_socket.clone().unwrap_or_else(|| control::default_path(local.port()));
+    let (commands_tx, commands) = mpsc::channel(16);
+    let _control = control::serve(&control_path, commands_tx)
+        .map_err(|source| ClusterError::ControlSocket { path: control_path.clone(), source })?;
+
     let (events_tx, events) = mpsc::unbounded_channel();
     let mut argv = std::env::args_os();
     let exe = current_exe()?;
@@ -90,24 +102,33 @@ pub(crate) async fn run(
         },
         events: events_tx,
     };
-    tracing::info!(workers = config.workers, balance = config.balance.as_str(), "listening on {local}");
+    tracing::info!(
+        workers = config.workers,
+        balance = config.balance.as_str(),
+        control = %control_path.display(),
+        "listening on {local}"
+    );
     let mut supervisor = Supervisor {
         slots: (0..config.workers).map(|_| Slot::default()).collect(),
+        retiring: Vec::new(),
         spawner,
         chooser: Chooser::new(config.balance),
         queue: VecDeque::new(),
         next_conn_id: 0,
+        rollout: None,
+        last_reload: None,
         config,
         all_ready_logged: false,
         queue_full_logged: false,
     };
-    let report = supervisor.run(events, acceptor.as_ref()).await;
+    let report = supervisor.run(events, commands, acceptor.as_ref()).await;
     drop(listener);
     report
 }
 
 /// The binary to re-execute. After the file was replaced on disk (a rebuild or a deploy), Linux
-/// reports the old inode as "path (deleted)"; the path itself is what we want to start.
+/// reports the old inode as "path (deleted)"; the path itself is what we want to start, so a
+/// reload deploys the binary that is on disk now.
 fn current_exe() -> Result<PathBuf, ClusterError> {
     let exe = std::env::current_exe().map_err(ClusterError::CurrentExe)?;
     let text = exe.to_string_lossy();
@@ -121,16 +142,28 @@ fn current_exe() -> Result<PathBuf, ClusterError> {
 #[derive(Default)]
 struct Slot {
     next_generation: u64,
+    /// The worker serving this slot.
     worker: Option<Worker>,
+    /// Its replacement while a reload starts it.
+    successor: Option<Worker>,
     backoff: Backoff,
+    /// Workers of this slot that died and were replaced.
+    restarts: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Starting,
+    Ready,
+    /// Said it drains (it got a signal itself, or was told to).
+    Draining,
 }
 
 struct Worker {
     generation: u64,
     pid: u32,
     started: Instant,
-    /// Reported ready and not draining: may receive connections.
-    ready: bool,
+    state: State,
     /// Connections handed to it and not yet reported closed (least-conn's measure).
     open: usize,
     channel: Channel,
@@ -138,44 +171,86 @@ struct Worker {
     outbox: mpsc::UnboundedSender<Conn>,
 }
 
+impl Worker {
+    /// Sends a message without holding up the supervisor; a failure means the worker is dying,
+    /// and its link task reports that.
+    fn tell(&self, msg: ToWorker) {
+        let channel = self.channel.clone();
+        tokio::spawn(async move {
+            let _ = channel.send(&msg).await;
+        });
+    }
+
+    fn kill(&self) {
+        let _ = self.kill.try_send(());
+    }
+}
+
 struct Supervisor {
     slots: Vec<Slot>,
+    /// Replaced workers draining before they exit, with their former slot.
+    retiring: Vec<(usize, Worker)>,
     spawner: Spawner,
     chooser: Chooser,
     /// Accepted connections waiting for a ready worker.
     queue: VecDeque<Conn>,
     next_conn_id: u64,
+    rollout: Option<Rollout>,
+    last_reload: Option<String>,
     config: ClusterConfig,
     all_ready_logged: bool,
     queue_full_logged: bool,
 }
 
-/// Set once SIGTERM/SIGINT arrived.
+/// Set once the cluster is shutting down.
 struct Stopping {
     deadline: tokio::time::Instant,
     killed: usize,
+}
+
+/// The Unix signals the primary acts on.
+struct Signals {
+    term: UnixSignal,
+    int: UnixSignal,
+    hup: UnixSignal,
+    ttin: UnixSignal,
+    ttou: UnixSignal,
+}
+
+impl Signals {
+    fn install() -> Result<Self, ClusterError> {
+        let on = |kind| signal(kind).map_err(ClusterError::Signals);
+        Ok(Self {
+            term: on(SignalKind::terminate())?,
+            int: on(SignalKind::interrupt())?,
+            hup: on(SignalKind::hangup())?,
+            ttin: on(SignalKind::from_raw(nix::libc::SIGTTIN))?,
+            ttou: on(SignalKind::from_raw(nix::libc::SIGTTOU))?,
+        })
+    }
 }
 
 impl Supervisor {
     async fn run(
         &mut self,
         mut events: mpsc::UnboundedReceiver<Event>,
+        mut commands: mpsc::Receiver<control::Command>,
         acceptor: Option<&Acceptor>,
     ) -> Result<ShutdownReport, ClusterError> {
-        let mut term = signal(SignalKind::terminate()).map_err(ClusterError::Signals)?;
-        let mut int = signal(SignalKind::interrupt()).map_err(ClusterError::Signals)?;
+        let mut signals = Signals::install()?;
         for slot in 0..self.slots.len() {
             self.start(slot);
         }
         let mut stopping: Option<Stopping> = None;
         loop {
             if let Some(stop) = &stopping {
-                if self.workers().next().is_none() {
+                if self.processes() == 0 {
                     return Ok(ShutdownReport { killed: stop.killed });
                 }
             }
             let accepting = acceptor.is_some() && stopping.is_none() && self.queue.len() < MAX_QUEUED;
             let deadline = stopping.as_ref().map(|s| s.deadline);
+            let rollout_deadline = self.rollout.as_ref().and_then(Rollout::deadline);
             tokio::select! {
                 Some(event) = events.recv() => self.handle(event, stopping.is_some()),
                 (stream, peer) = accept(acceptor), if accepting => {
@@ -183,8 +258,23 @@ impl Supervisor {
                     self.next_conn_id += 1;
                     self.dispatch(Conn { id, stream, peer });
                 }
-                _ = term.recv() => self.on_stop_signal("SIGTERM", &mut stopping).await,
-                _ = int.recv() => self.on_stop_signal("SIGINT", &mut stopping).await,
+                Some((request, reply)) = commands.recv() => {
+                    if request == control::Request::Stop {
+                        let _ = reply.send(control::Response::ok());
+                        self.on_stop("a stop request", &mut stopping);
+                    } else {
+                        self.on_request(request, reply, stopping.is_some());
+                    }
+                }
+                _ = signals.term.recv() => self.on_stop("SIGTERM", &mut stopping),
+                _ = signals.int.recv() => self.on_stop("SIGINT", &mut stopping),
+                _ = signals.hup.recv(), if stopping.is_none() => {
+                    tracing::info!("SIGHUP received: rolling reload");
+                    self.reload(None);
+                }
+                _ = signals.ttin.recv(), if stopping.is_none() => self.scale_by(1),
+                _ = signals.ttou.recv(), if stopping.is_none() => self.scale_by(-1),
+                _ = sleep_until(rollout_deadline) => self.rollout_timed_out(),
                 _ = sleep_until(deadline) => {
                     if let Some(stop) = &mut stopping {
                         stop.killed += self.kill_all("did not stop within the shutdown timeout");
@@ -202,48 +292,73 @@ impl Supervisor {
             Event::Message { slot, generation, msg } => self.on_message(slot, generation, msg),
             Event::Refused { slot, generation, conns } => {
                 if let Some(worker) = self.worker_mut(slot, generation) {
-                    worker.ready = false;
+                    worker.state = State::Draining;
                     worker.open = worker.open.saturating_sub(conns.len());
                 }
                 self.redispatch(conns, stopping);
             }
             Event::Exited { slot, generation, status, orphans } => {
-                let Some(worker) = self.slots[slot].worker.take_if(|w| w.generation == generation) else {
-                    return;
-                };
-                let how = exit::describe(&status);
-                if stopping {
-                    tracing::info!("worker {slot} pid {} {how}", worker.pid);
-                } else {
-                    let delay = self.slots[slot].backoff.on_exit(worker.started.elapsed());
-                    if delay.is_zero() {
-                        tracing::warn!("worker {slot} pid {} {how}, restarting", worker.pid);
-                        self.start(slot);
-                    } else {
-                        tracing::warn!("worker {slot} pid {} {how}, restarting in {delay:?}", worker.pid);
-                        self.respawn_after(slot, delay);
-                    }
-                }
+                self.on_exit(slot, generation, &exit::describe(&status), stopping);
                 self.redispatch(orphans, stopping);
             }
             Event::RespawnDue { slot, generation } => {
-                let s = &self.slots[slot];
-                if !stopping && s.worker.is_none() && s.next_generation == generation {
+                let due = self.slots.get(slot).is_some_and(|s| s.worker.is_none() && s.next_generation == generation);
+                if !stopping && due {
                     self.start(slot);
                 }
             }
         }
     }
 
+    fn on_exit(&mut self, slot: usize, generation: u64, how: &str, stopping: bool) {
+        if let Some(i) = self.retiring.iter().position(|(s, w)| *s == slot && w.generation == generation) {
+            let (_, worker) = self.retiring.swap_remove(i);
+            tracing::info!("worker {slot} pid {} retired ({how})", worker.pid);
+            return;
+        }
+        let Some(s) = self.slots.get_mut(slot) else { return };
+        if let Some(successor) = s.successor.take_if(|w| w.generation == generation) {
+            let reason = format!("the new worker for slot {slot} (pid {}) {how} before it was ready", successor.pid);
+            self.abort_rollout(&reason);
+            return;
+        }
+        let Some(worker) = s.worker.take_if(|w| w.generation == generation) else { return };
+        if stopping {
+            tracing::info!("worker {slot} pid {} {how}", worker.pid);
+            return;
+        }
+        s.restarts += 1;
+        if s.successor.is_some() {
+            // A reload is already starting its replacement.
+            tracing::warn!("worker {slot} pid {} {how}; its successor is starting", worker.pid);
+            return;
+        }
+        let delay = s.backoff.on_exit(worker.started.elapsed());
+        if delay.is_zero() {
+            tracing::warn!("worker {slot} pid {} {how}, restarting", worker.pid);
+            self.start(slot);
+        } else {
+            tracing::warn!("worker {slot} pid {} {how}, restarting in {delay:?}", worker.pid);
+            self.respawn_after(slot, delay);
+        }
+    }
+
     fn on_message(&mut self, slot: usize, generation: u64, msg: ToPrimary) {
+        if let ToPrimary::Ready { .. } = msg {
+            let is_successor = self.slots.get(slot).is_some_and(|s| s.successor.as_ref().is_some_and(|w| w.generation == generation));
+            if is_successor {
+                self.promote_successor(slot);
+                return;
+            }
+        }
         let Some(worker) = self.worker_mut(slot, generation) else {
             return;
         };
         match msg {
             ToPrimary::Ready { .. } => {
-                worker.ready = true;
+                worker.state = State::Ready;
                 tracing::info!("worker {slot} pid {} ready", worker.pid);
-                let ready = self.workers().filter(|(_, w)| w.ready).count();
+                let ready = self.slots.iter().filter(|s| s.worker.as_ref().is_some_and(|w| w.state == State::Ready)).count();
                 if ready == self.slots.len() && !self.all_ready_logged {
                     self.all_ready_logged = true;
                     tracing::info!("all {ready} workers ready");
@@ -251,7 +366,7 @@ impl Supervisor {
                 self.flush_queue();
             }
             ToPrimary::Draining => {
-                worker.ready = false;
+                worker.state = State::Draining;
                 tracing::debug!("worker {slot} pid {} draining", worker.pid);
             }
             ToPrimary::Closed { count } => {
@@ -268,9 +383,10 @@ impl Supervisor {
         let mut conn = conn;
         loop {
             let candidates: Vec<Candidate> = self
-                .workers()
-                .filter(|(_, w)| w.ready)
-                .map(|(slot, w)| Candidate { slot, open: w.open })
+                .slots
+                .iter()
+                .enumerate()
+                .filter_map(|(slot, s)| s.worker.as_ref().filter(|w| w.state == State::Ready).map(|w| Candidate { slot, open: w.open }))
                 .collect();
             let Some(slot) = self.chooser.choose(conn.peer.ip(), &candidates) else {
                 return self.enqueue(conn);
@@ -285,7 +401,7 @@ impl Supervisor {
                 }
                 Err(mpsc::error::SendError(returned)) => {
                     // Its link task has ended: the exit event is on its way. Choose again.
-                    worker.ready = false;
+                    worker.state = State::Draining;
                     conn = returned;
                 }
             }
@@ -314,40 +430,40 @@ impl Supervisor {
 
     /// Hands queued connections to workers, oldest first, as long as one can take them.
     fn flush_queue(&mut self) {
-        let has_candidate = self.workers().any(|(_, w)| w.ready);
-        if !has_candidate {
+        let has_candidate = self.slots.iter().any(|s| s.worker.as_ref().is_some_and(|w| w.state == State::Ready));
+        if !has_candidate || self.queue.is_empty() {
             return;
         }
         let queued = std::mem::take(&mut self.queue);
-        if !queued.is_empty() {
-            tracing::info!("handing {} queued connection(s) to workers", queued.len());
-        }
+        tracing::info!("handing {} queued connection(s) to workers", queued.len());
         self.queue_full_logged = false;
         for conn in queued {
             self.dispatch(conn);
         }
     }
 
-    fn start(&mut self, slot: usize) {
+    /// Starts a worker process for `slot`; `None` (after scheduling a retry) if it could not.
+    fn spawn(&mut self, slot: usize) -> Option<Worker> {
         let generation = self.slots[slot].next_generation;
         self.slots[slot].next_generation += 1;
         match self.spawner.spawn(slot, generation) {
             Ok(Link { pid, channel, kill, outbox }) => {
                 tracing::info!("worker {slot} pid {pid} started");
-                self.slots[slot].worker = Some(Worker {
-                    generation,
-                    pid,
-                    started: Instant::now(),
-                    ready: false,
-                    open: 0,
-                    channel,
-                    kill,
-                    outbox,
-                });
+                Some(Worker { generation, pid, started: Instant::now(), state: State::Starting, open: 0, channel, kill, outbox })
             }
             Err(err) => {
+                tracing::error!("cannot start worker {slot}: {err}");
+                None
+            }
+        }
+    }
+
+    fn start(&mut self, slot: usize) {
+        match self.spawn(slot) {
+            Some(worker) => self.slots[slot].worker = Some(worker),
+            None => {
                 let delay = self.slots[slot].backoff.on_exit(Duration::ZERO);
-                tracing::error!("cannot start worker {slot}: {err}; retrying in {delay:?}");
+                tracing::warn!("retrying worker {slot} in {delay:?}");
                 self.respawn_after(slot, delay);
             }
         }
@@ -362,40 +478,51 @@ impl Supervisor {
         });
     }
 
-    async fn on_stop_signal(&mut self, name: &str, stopping: &mut Option<Stopping>) {
+    fn on_stop(&mut self, why: &str, stopping: &mut Option<Stopping>) {
         if let Some(stop) = stopping {
-            tracing::warn!("{name} again: killing workers now");
+            tracing::warn!("{why} again: killing workers now");
             stop.killed += self.kill_all("killed on a second signal");
             return;
         }
         let timeout = self.config.shutdown_timeout;
-        tracing::info!("{name} received: shutting down gracefully (timeout {timeout:?})");
+        tracing::info!("{why} received: shutting down gracefully (timeout {timeout:?})");
         *stopping = Some(Stopping { deadline: tokio::time::Instant::now() + timeout, killed: 0 });
+        self.abort_rollout("the cluster is shutting down");
         self.queue.clear();
-        for (slot, worker) in self.workers() {
-            if let Err(err) = worker.channel.send(&ToWorker::Shutdown).await {
-                // Its link task will report the exit that this error foreshadows.
-                tracing::debug!(slot, pid = worker.pid, error = %err, "cannot ask worker to shut down");
-            }
+        for (_, worker) in self.all_workers() {
+            worker.tell(ToWorker::Shutdown);
         }
     }
 
     fn kill_all(&self, why: &str) -> usize {
         let mut killed = 0;
-        for (slot, worker) in self.workers() {
+        for (slot, worker) in self.all_workers() {
             tracing::warn!("worker {slot} pid {} {why}, killing it", worker.pid);
-            let _ = worker.kill.try_send(());
+            worker.kill();
             killed += 1;
         }
         killed
     }
 
-    fn workers(&self) -> impl Iterator<Item = (usize, &Worker)> {
-        self.slots.iter().enumerate().filter_map(|(i, s)| s.worker.as_ref().map(|w| (i, w)))
+    /// Every worker process the primary is responsible for, with its slot.
+    fn all_workers(&self) -> impl Iterator<Item = (usize, &Worker)> {
+        let in_slots = self.slots.iter().enumerate().flat_map(|(i, s)| s.worker.iter().chain(s.successor.iter()).map(move |w| (i, w)));
+        in_slots.chain(self.retiring.iter().map(|(slot, w)| (*slot, w)))
     }
 
+    fn processes(&self) -> usize {
+        self.all_workers().count()
+    }
+
+    /// The worker process `(slot, generation)`, wherever it is: serving, starting as a
+    /// successor, or retiring (possibly from a slot that scaling removed).
     fn worker_mut(&mut self, slot: usize, generation: u64) -> Option<&mut Worker> {
-        self.slots[slot].worker.as_mut().filter(|w| w.generation == generation)
+        let is = |w: &Option<Worker>| w.as_ref().is_some_and(|w| w.generation == generation);
+        match self.slots.get(slot).map(|s| (is(&s.worker), is(&s.successor))) {
+            Some((true, _)) => self.slots[slot].worker.as_mut(),
+            Some((_, true)) => self.slots[slot].successor.as_mut(),
+            _ => self.retiring.iter_mut().find(|(s, w)| *s == slot && w.generation == generation).map(|(_, w)| w),
+        }
     }
 }
 

@@ -14,12 +14,12 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     channel::{Channel, RecvBuf},
     config::ClusterConfig,
-    drain::{self, Drain, DrainableListener},
+    drain::{self, Drain, DrainMode, DrainableListener},
     error::ClusterError,
     fd::{self, Expect},
     proto::{ToPrimary, ToWorker},
     role::{WorkerIdentity, IPC_FD, LISTEN_FD},
-    shutdown,
+    shutdown::{self, Stop},
 };
 use handoff::{HandoffListener, HandoffSink};
 
@@ -129,12 +129,18 @@ where
     let graceful = {
         let (drain, channel, mut stop) = (drain.clone(), channel.clone(), stop.clone());
         async move {
-            stop.wait().await;
-            drain.start();
-            tracing::info!(in_flight = drain.in_flight(), "worker draining");
+            let mode = DrainMode::from(stop.wait().await);
+            drain.start(mode);
+            tracing::info!(in_flight = drain.in_flight(), ?mode, "worker draining");
             // The primary may already be gone; nothing to do about a failed notice then.
             let _ = channel.send(&ToPrimary::Draining).await;
-            drain.idle().await;
+            loop {
+                tokio::select! {
+                    _ = drain.idle() => break,
+                    // A retiring worker may be told to shut down while it drains.
+                    Some(stricter) = stop.changed() => drain.start(stricter.into()),
+                }
+            }
         }
     };
     let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
@@ -167,7 +173,7 @@ fn watch_primary(channel: Channel, trigger: shutdown::Trigger, stop: shutdown::S
                 Ok(Some(received)) => received,
                 Ok(None) => {
                     tracing::warn!("primary is gone, draining");
-                    trigger.fire();
+                    trigger.fire(Stop::Shutdown);
                     return;
                 }
                 Err(err) if err.is_bad_message() => {
@@ -176,18 +182,16 @@ fn watch_primary(channel: Channel, trigger: shutdown::Trigger, stop: shutdown::S
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "IPC with the primary failed, draining");
-                    trigger.fire();
+                    trigger.fire(Stop::Shutdown);
                     return;
                 }
             };
             match msg {
-                ToWorker::Shutdown => {
-                    tracing::debug!("primary asked for shutdown");
-                    trigger.fire();
-                }
+                ToWorker::Shutdown => trigger.fire(Stop::Shutdown),
+                ToWorker::Retire => trigger.fire(Stop::Retire),
                 ToWorker::Connections { conns } => {
                     let (accepted, refused) = match &sink {
-                        Some(sink) if !stop.is_fired() => sink.adopt(conns, fds),
+                        Some(sink) if stop.fired().is_none() => sink.adopt(conns, fds),
                         // Draining (or shared mode): the primary hands them to someone else.
                         _ => (Vec::new(), conns.iter().map(|c| c.id).collect()),
                     };
@@ -213,7 +217,7 @@ fn watch_signals(trigger: shutdown::Trigger) -> Result<(), ClusterError> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        trigger.fire();
+        trigger.fire(Stop::Shutdown);
     });
     Ok(())
 }

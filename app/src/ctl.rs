@@ -1,0 +1,72 @@
+//! `herd ctl`: one request to the primary's control socket, printed for a human (or as JSON).
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use anyhow::{bail, Context};
+use herd_cluster::control::{self, Request, Status};
+
+use crate::cli::{CtlArgs, CtlCommand, ScaleArg};
+
+pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
+    let socket = args.socket.unwrap_or_else(default_socket);
+    let (request, json) = match args.command {
+        CtlCommand::Status { json } => (Request::Status, json),
+        CtlCommand::Reload => (Request::Reload, false),
+        CtlCommand::Scale { count: ScaleArg::To(n) } => (Request::Scale { to: Some(n), by: None }, false),
+        CtlCommand::Scale { count: ScaleArg::By(k) } => (Request::Scale { to: None, by: Some(k) }, false),
+        CtlCommand::Restart { slot } => (Request::Restart { slot }, false),
+        CtlCommand::Stop => (Request::Stop, false),
+    };
+    let response = control::request(&socket, &request)
+        .await
+        .with_context(|| format!("cannot talk to a herd primary at {} (is it running? see --socket)", socket.display()))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&response)?);
+        return Ok(if response.ok { 0 } else { 1 });
+    }
+    if !response.ok {
+        bail!("{}", response.error.unwrap_or_else(|| "request failed".to_owned()));
+    }
+    match (request, response.status, response.workers) {
+        (Request::Status, Some(status), _) => print!("{}", table(&status)),
+        (Request::Scale { .. }, _, Some(n)) => println!("scaled to {n} workers"),
+        (Request::Reload, _, _) => println!("reloaded: every worker was replaced"),
+        (Request::Restart { slot }, _, _) => println!("slot {slot} restarted"),
+        (Request::Stop, _, _) => println!("stopping"),
+        _ => println!("ok"),
+    }
+    Ok(0)
+}
+
+/// Where `serve` puts the socket for the port in `HERD_BIND` (default 3000).
+fn default_socket() -> PathBuf {
+    let port = std::env::var("HERD_BIND").ok().and_then(|b| b.parse::<SocketAddr>().ok()).map_or(3000, |a| a.port());
+    control::default_path(port)
+}
+
+/// A `pm2 ls`-style table.
+pub fn table(status: &Status) -> String {
+    let mut out = format!("primary pid {} · balance {}", status.pid, status.balance);
+    if let Some(reload) = &status.last_reload {
+        out.push_str(&format!(" · last reload: {reload}"));
+    }
+    out.push('\n');
+    out.push_str(&format!("{:<5} {:<8} {:<9} {:>8} {:>8} {:>10} {:>6}\n", "slot", "pid", "state", "uptime", "restarts", "rss", "conns"));
+    for w in &status.workers {
+        let rss = w.rss_bytes.map_or("-".to_owned(), |b| format!("{:.1}MiB", b as f64 / (1024.0 * 1024.0)));
+        let conns = w.open_connections.map_or("-".to_owned(), |c| c.to_string());
+        out.push_str(&format!(
+            "{:<5} {:<8} {:<9} {:>8} {:>8} {:>10} {:>6}\n",
+            w.slot, w.pid, w.state, uptime(w.uptime_s), w.restarts, rss, conns
+        ));
+    }
+    out
+}
+
+fn uptime(s: u64) -> String {
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m", s / 60),
+        _ => format!("{}h{}m", s / 3600, s % 3600 / 60),
+    }
+}

@@ -1,0 +1,230 @@
+//! The control socket: a Unix socket (mode 0600) on which the primary answers operators, and
+//! the client side `herd ctl` uses.
+//!
+//! # Protocol
+//!
+//! One JSON object per line in each direction; one request per connection.
+//!
+//! ```text
+//! → {"cmd":"status"}
+//! ← {"ok":true,"status":{"balance":"round-robin","workers":[{"slot":0,"pid":4242,...}],...}}
+//! → {"cmd":"reload"}                 ← {"ok":true} once every slot runs a new worker
+//! → {"cmd":"scale","to":4}           ← {"ok":true,"workers":4}
+//! → {"cmd":"scale","by":-1}
+//! → {"cmd":"restart","slot":2}       ← {"ok":true} once slot 2 runs a new worker
+//! → {"cmd":"stop"}                   ← {"ok":true} then the cluster shuts down gracefully
+//! ← {"ok":false,"error":"..."}       for anything that failed or could not be read
+//! ```
+//!
+//! Requests longer than [`MAX_REQUEST`] bytes, or that are not valid JSON, get an error reply;
+//! the primary keeps running.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+};
+
+/// Longest request line accepted.
+pub const MAX_REQUEST: usize = 64 * 1024;
+/// How long a client may take to send its request.
+const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An operator's request.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// The state of every worker.
+    Status,
+    /// Replace every worker, one slot at a time, each only after its successor is ready.
+    Reload,
+    /// Change the number of workers: to an absolute count, or by a relative amount.
+    Scale {
+        /// Absolute target.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        to: Option<usize>,
+        /// Relative change.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        by: Option<i64>,
+    },
+    /// Gracefully replace one slot's worker.
+    Restart {
+        /// The slot.
+        slot: usize,
+    },
+    /// Shut the cluster down gracefully, as SIGTERM does.
+    Stop,
+}
+
+/// The primary's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// Why not, when it did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// For `status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    /// For `scale`: the worker count now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
+}
+
+impl Response {
+    /// Success without details.
+    pub fn ok() -> Self {
+        Self { ok: true, error: None, status: None, workers: None }
+    }
+
+    /// A failure with its reason.
+    pub fn error(reason: impl Into<String>) -> Self {
+        Self { ok: false, error: Some(reason.into()), status: None, workers: None }
+    }
+}
+
+/// The cluster as `herd ctl status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Dispatch mode.
+    pub balance: String,
+    /// The primary's pid.
+    pub pid: u32,
+    /// One entry per running worker process (a slot being reloaded has two).
+    pub workers: Vec<WorkerStatus>,
+    /// How the last reload ended, if there was one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_reload: Option<String>,
+}
+
+/// One worker process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    /// Its slot.
+    pub slot: usize,
+    /// Its process id.
+    pub pid: u32,
+    /// `starting`, `ready`, `retiring`.
+    pub state: String,
+    /// Seconds since it started.
+    pub uptime_s: u64,
+    /// How many times this slot's worker was replaced after dying.
+    pub restarts: u64,
+    /// Resident memory in bytes, when readable.
+    pub rss_bytes: Option<u64>,
+    /// Connections handed to it and still open (primary-accept modes only).
+    pub open_connections: Option<usize>,
+}
+
+/// A request on its way to the supervisor, with where to send the answer.
+pub(crate) type Command = (Request, oneshot::Sender<Response>);
+
+/// Binds the control socket at `path` (replacing a stale one) with mode 0600 and serves it,
+/// forwarding each request to `commands`.
+pub(crate) fn serve(path: &Path, commands: mpsc::Sender<Command>) -> std::io::Result<ControlSocket> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        use std::os::unix::fs::FileTypeExt;
+        if !meta.file_type().is_socket() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                format!("{} exists and is not a socket", path.display()),
+            ));
+        }
+        // A socket left by a primary that died: connecting to it fails, so it is safe to replace.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AddrInUse,
+                format!("another primary answers on {}", path.display()),
+            ));
+        }
+        std::fs::remove_file(path)?;
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let task = tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(answer(stream, commands.clone()));
+                }
+                Err(err) => {
+                    tracing::warn!(error = %err, "control socket accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+    });
+    Ok(ControlSocket { path: path.to_owned(), task })
+}
+
+/// Removes the socket file and stops serving when dropped.
+pub(crate) struct ControlSocket {
+    path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ControlSocket {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn answer(stream: UnixStream, commands: mpsc::Sender<Command>) {
+    let (read, mut write) = stream.into_split();
+    let response = match tokio::time::timeout(READ_TIMEOUT, read_request(read)).await {
+        Err(_) => Response::error("timed out waiting for the request"),
+        Ok(Err(reason)) => Response::error(reason),
+        Ok(Ok(request)) => {
+            let (reply, answer) = oneshot::channel();
+            if commands.send((request, reply)).await.is_err() {
+                Response::error("the primary is shutting down")
+            } else {
+                answer.await.unwrap_or_else(|_| Response::error("the primary is shutting down"))
+            }
+        }
+    };
+    let mut line = serde_json::to_vec(&response).unwrap_or_else(|_| br#"{"ok":false}"#.to_vec());
+    line.push(b'\n');
+    let _ = write.write_all(&line).await;
+}
+
+async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Request, String> {
+    let mut line = Vec::new();
+    let mut limited = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
+    limited.read_until(b'\n', &mut line).await.map_err(|e| format!("cannot read the request: {e}"))?;
+    if line.len() > MAX_REQUEST {
+        return Err(format!("request longer than {MAX_REQUEST} bytes"));
+    }
+    serde_json::from_slice(&line).map_err(|e| format!("not a valid request: {e}"))
+}
+
+/// Sends one request to the primary listening on `path` and returns its answer.
+pub async fn request(path: &Path, request: &Request) -> std::io::Result<Response> {
+    let stream = UnixStream::connect(path).await?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(request)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut reply = String::new();
+    BufReader::new(read).read_line(&mut reply).await?;
+    serde_json::from_str(&reply).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// The control socket path used when none is configured: one per port, in the runtime
+/// directory (`$XDG_RUNTIME_DIR`, else the temp directory).
+pub fn default_path(port: u16) -> PathBuf {
+    let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    dir.join(format!("herd-{port}.sock"))
+}

@@ -1,0 +1,192 @@
+//! Operating a running cluster: rolling reloads and scaling under load lose no request, a
+//! reload whose new workers cannot start changes nothing, and the control socket survives bad
+//! input.
+
+use std::{collections::HashSet, time::Duration};
+
+use herd_e2e::{Herd, Load, LoadReport, RedisServer};
+use nix::sys::signal::Signal;
+
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn assert_no_loss(report: &LoadReport) {
+    assert!(report.ok > 100, "the load barely ran: {report:?}");
+    assert_eq!(report.failed, 0, "requests failed: {:?}", &report.errors[..report.errors.len().min(5)]);
+    assert_eq!(report.non_2xx, 0, "non-2xx answers: {:?}", &report.errors[..report.errors.len().min(5)]);
+}
+
+fn wait_until_flowing(load: &Load) {
+    herd_e2e::wait_for("the load to flow", Duration::from_secs(10), || (load.ok_so_far() > 50).then_some(()));
+}
+
+/// Keeps the load running on the current workers for a while: pacing, not synchronisation.
+fn carry_load(period: Duration) {
+    std::thread::sleep(period);
+}
+
+fn reloads_under_load_lose_nothing(mode: &str) {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "2", "--balance", mode]);
+    let before: HashSet<u32> = herd.worker_pids().into_iter().collect();
+    let load = Load::start(herd.addr, 16, "/healthz");
+    wait_until_flowing(&load);
+
+    for round in 0..3 {
+        let mark = herd.log_len();
+        if round == 1 {
+            let (code, out, err) = herd.ctl(&["reload"]);
+            assert_eq!(code, 0, "herd ctl reload failed: {out}{err}");
+        } else {
+            herd.signal(Signal::SIGHUP);
+            herd.wait_log_from(mark, "the reload to complete", RELOAD_TIMEOUT, |l| l.contains("reload complete"));
+        }
+        // Three rounds of load on the new workers: about 12 s of load in all, as in the issue.
+        carry_load(Duration::from_secs(4));
+    }
+    let report = load.stop();
+    assert_no_loss(&report);
+
+    ready_workers(&herd, 2); // the last retired workers finish draining
+    let status = herd.status();
+    let now: HashSet<u64> = status["workers"].as_array().expect("workers").iter().map(|w| w["pid"].as_u64().expect("pid")).collect();
+    assert_eq!(now.len(), 2);
+    assert!(now.iter().all(|pid| !before.contains(&(*pid as u32))), "a worker survived three reloads: {before:?} → {now:?}");
+    assert_eq!(status["last_reload"], "reload succeeded");
+    eprintln!("{mode}: {} requests, 0 failed, across 3 reloads", report.ok);
+}
+
+#[test]
+fn reloads_under_load_lose_no_request_round_robin() {
+    reloads_under_load_lose_nothing("round-robin");
+}
+
+#[test]
+fn reloads_under_load_lose_no_request_shared() {
+    reloads_under_load_lose_nothing("shared");
+}
+
+#[test]
+fn a_reload_whose_workers_cannot_start_changes_nothing() {
+    let mut redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "2", "--ready-timeout", "2s"]);
+    let before: HashSet<u64> = worker_pids(&herd.status());
+
+    // New workers wait for Redis before they report ready; without Redis they never do.
+    redis.kill();
+    let (code, _, err) = herd.ctl(&["reload"]);
+    assert_eq!(code, 1, "the reload must fail");
+    assert!(err.contains("not ready within 2s"), "the reason is given: {err}");
+
+    let status = herd.status();
+    assert_eq!(worker_pids(&status), before, "the old workers keep serving");
+    assert!(status["last_reload"].as_str().is_some_and(|r| r.starts_with("reload failed")), "{status}");
+    for _ in 0..4 {
+        let res = herd.client().get("/healthz").expect("the old workers answer");
+        assert_eq!(res.status, 200);
+        assert!(before.contains(&res.json()["pid"].as_u64().expect("pid")));
+    }
+}
+
+fn worker_pids(status: &serde_json::Value) -> HashSet<u64> {
+    status["workers"].as_array().expect("workers").iter().map(|w| w["pid"].as_u64().expect("pid")).collect()
+}
+
+fn ready_workers(herd: &Herd, expected: usize) {
+    herd_e2e::wait_for("the worker count", Duration::from_secs(30), || {
+        let status = herd.status();
+        let workers = status["workers"].as_array().expect("workers");
+        (workers.len() == expected && workers.iter().all(|w| w["state"] == "ready")).then_some(())
+    });
+}
+
+#[test]
+fn scaling_under_load_loses_no_request() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "2"]);
+    let load = Load::start(herd.addr, 16, "/healthz");
+    wait_until_flowing(&load);
+
+    let (code, out, _) = herd.ctl(&["scale", "4"]);
+    assert_eq!((code, out.trim()), (0, "scaled to 4 workers"));
+    ready_workers(&herd, 4);
+    // Kept-alive connections stay where they are; new connections reach the new workers.
+    let fresh: HashSet<u64> = (0..8).map(|_| herd.client().get("/healthz").expect("GET").json()["pid"].as_u64().expect("pid")).collect();
+    assert_eq!(fresh.len(), 4, "new connections reach all four workers: {fresh:?}");
+    carry_load(Duration::from_secs(2));
+
+    let (code, out, _) = herd.ctl(&["scale", "-3"]);
+    assert_eq!((code, out.trim()), (0, "scaled to 1 workers"));
+    ready_workers(&herd, 1);
+    carry_load(Duration::from_secs(2));
+
+    let report = load.stop();
+    assert_no_loss(&report);
+
+    let (code, _, err) = herd.ctl(&["scale", "0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("between 1 and"), "{err}");
+}
+
+#[test]
+fn ttin_and_ttou_add_and_remove_a_worker() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "2"]);
+    herd.signal(Signal::SIGTTIN);
+    ready_workers(&herd, 3);
+    // Signals of one kind do not queue: send the second only after the first was handled.
+    let mark = herd.log_len();
+    herd.signal(Signal::SIGTTOU);
+    herd.wait_log_from(mark, "the first TTOU", Duration::from_secs(10), |l| l.contains("scaling from 3 to 2"));
+    herd.signal(Signal::SIGTTOU);
+    ready_workers(&herd, 1);
+}
+
+#[test]
+fn restart_replaces_one_slot_and_status_is_a_table() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "2"]);
+    let before = herd.status();
+    let (code, out, _) = herd.ctl(&["restart", "1"]);
+    assert_eq!((code, out.trim()), (0, "slot 1 restarted"));
+    let after = herd.status();
+    let pid = |s: &serde_json::Value, slot: u64| {
+        s["workers"].as_array().expect("workers").iter().find(|w| w["slot"] == slot && w["state"] == "ready").map(|w| w["pid"].clone())
+    };
+    assert_eq!(pid(&before, 0), pid(&after, 0), "slot 0 untouched");
+    assert_ne!(pid(&before, 1), pid(&after, 1), "slot 1 replaced");
+
+    let (code, out, _) = herd.ctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(out.lines().nth(1).is_some_and(|h| h.split_whitespace().eq(["slot", "pid", "state", "uptime", "restarts", "rss", "conns"])), "{out}");
+    assert_eq!(out.lines().filter(|l| l.contains(" ready ")).count(), 2, "{out}");
+
+    let (code, _, err) = herd.ctl(&["restart", "7"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no slot 7"), "{err}");
+}
+
+#[test]
+fn malformed_control_requests_get_errors_and_the_primary_keeps_running() {
+    use std::io::{BufRead, BufReader, Write};
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "1"]);
+    let socket = herd.control_socket();
+    let mode = std::fs::metadata(&socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    assert_eq!(mode.ok(), Some(0o600), "the control socket is private to its owner");
+
+    let huge = vec![b'x'; 200 * 1024];
+    for input in [&b"garbage\n"[..], br#"{"cmd":"explode"}"#, b"\n", &huge] {
+        let mut stream = std::os::unix::net::UnixStream::connect(&socket).expect("connect");
+        let _ = stream.write_all(input);
+        let _ = stream.write_all(b"\n");
+        let mut reply = String::new();
+        BufReader::new(&stream).read_line(&mut reply).expect("a reply");
+        let reply: serde_json::Value = serde_json::from_str(&reply).expect("a JSON reply");
+        assert_eq!(reply["ok"], false);
+        assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    assert_eq!(herd.status()["workers"].as_array().map(Vec::len), Some(1), "still running");
+
+    let (code, _, _) = herd.ctl(&["stop"]);
+    assert_eq!(code, 0);
+}
