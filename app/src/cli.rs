@@ -128,6 +128,36 @@ pub struct ServeArgs {
     /// Unix socket for `herd ctl` (mode 0600) [default: $XDG_RUNTIME_DIR or /tmp, herd-PORT.sock]
     #[arg(long, env = "HERD_CONTROL_SOCKET")]
     pub control_socket: Option<PathBuf>,
+    /// Delay before restarting a worker that died soon after starting, as MIN..MAX: MIN first,
+    /// doubling with each further quick death, up to MAX.
+    #[arg(long, env = "HERD_RESTART_BACKOFF", default_value = "100ms..15s", value_parser = parse_backoff)]
+    pub restart_backoff: (Duration, Duration),
+    /// A slot whose workers die more than this many times within --restart-window is marked
+    /// errored and left down (0: never give up).
+    #[arg(long, env = "HERD_MAX_RESTARTS", default_value_t = 10)]
+    pub max_restarts: u32,
+    /// See --max-restarts.
+    #[arg(long, env = "HERD_RESTART_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    pub restart_window: Duration,
+    /// A worker that sends no heartbeat (its runtime is stuck) for this long is killed and
+    /// replaced.
+    #[arg(long, env = "HERD_WORKER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub worker_timeout: Duration,
+    /// Replace a worker gracefully when its resident memory exceeds this (e.g. 512MiB, 2GiB);
+    /// checked every second.
+    #[arg(long, env = "HERD_MAX_MEMORY", value_parser = parse_size)]
+    pub max_memory: Option<u64>,
+    /// Replace a worker gracefully after it served this many requests (plus a random
+    /// 0..=--max-requests-jitter), one slot at a time.
+    #[arg(long, env = "HERD_MAX_REQUESTS")]
+    pub max_requests: Option<u64>,
+    /// See --max-requests.
+    #[arg(long, env = "HERD_MAX_REQUESTS_JITTER", default_value_t = 0)]
+    pub max_requests_jitter: u64,
+    /// Serve /debug/block, /debug/alloc and /debug/crash (for tests and demos; refused unless
+    /// --bind is a loopback address).
+    #[arg(long, env = "HERD_DEBUG_ROUTES")]
+    pub debug_routes: bool,
     /// Create or update this user at start, as NAME:PASSWORD (repeatable; comma-separated in
     /// the environment variable).
     #[arg(long = "demo-user", env = "HERD_DEMO_USER", value_delimiter = ',')]
@@ -193,6 +223,34 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use a form like 30s, 500ms, 2m)"))
 }
 
+fn parse_backoff(s: &str) -> Result<(Duration, Duration), String> {
+    let (min, max) = s.split_once("..").ok_or("expected MIN..MAX, e.g. 100ms..15s")?;
+    let (min, max) = (parse_duration(min)?, parse_duration(max)?);
+    if min.is_zero() || min > max {
+        return Err(format!("MIN must be above zero and at most MAX ({min:?}..{max:?})"));
+    }
+    Ok((min, max))
+}
+
+/// `512MiB`, `2GiB`, `100MB`, `4096` (bytes).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (digits, unit) = s.split_at(split);
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size like 512MiB"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+    };
+    n.checked_mul(factor).filter(|b| *b > 0).ok_or_else(|| format!("{s:?} is not a usable size"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,6 +274,17 @@ mod tests {
         assert_eq!(args.demo_users[0].password, "wonder:land");
         assert!(!args.secure_cookies);
         assert_eq!(args.shutdown_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn sizes_and_backoffs() {
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("100MB"), Ok(100_000_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("lots").is_err() && parse_size("5 parsecs").is_err() && parse_size("0").is_err());
+        assert_eq!(parse_backoff("100ms..15s"), Ok((Duration::from_millis(100), Duration::from_secs(15))));
+        assert!(parse_backoff("15s..100ms").is_err() && parse_backoff("1s").is_err());
     }
 
     #[test]

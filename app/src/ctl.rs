@@ -55,9 +55,10 @@ pub fn table(status: &Status) -> String {
     for w in &status.workers {
         let rss = w.rss_bytes.map_or("-".to_owned(), |b| format!("{:.1}MiB", b as f64 / (1024.0 * 1024.0)));
         let conns = w.open_connections.map_or("-".to_owned(), |c| c.to_string());
+        let pid = w.pid.map_or("-".to_owned(), |p| p.to_string());
         out.push_str(&format!(
             "{:<5} {:<8} {:<9} {:>8} {:>8} {:>10} {:>6}\n",
-            w.slot, w.pid, w.state, uptime(w.uptime_s), w.restarts, rss, conns
+            w.slot, pid, w.state, uptime(w.uptime_s), w.restarts, rss, conns
         ));
     }
     out

@@ -23,6 +23,21 @@ pub async fn run(args: ServeArgs, role: Role) -> anyhow::Result<i32> {
     }
     config.shutdown_timeout = args.shutdown_timeout;
     config.ready_timeout = args.ready_timeout;
+    config.restart = herd_cluster::RestartPolicy {
+        backoff_base: args.restart_backoff.0,
+        backoff_cap: args.restart_backoff.1,
+        max_restarts: args.max_restarts,
+        window: args.restart_window,
+    };
+    config.recycling = herd_cluster::Recycling {
+        worker_timeout: args.worker_timeout,
+        max_memory: args.max_memory,
+        max_requests: args.max_requests,
+        max_requests_jitter: args.max_requests_jitter,
+    };
+    if args.debug_routes && !args.bind.ip().is_loopback() {
+        bail!("--debug-routes can crash and stall workers on request: it is refused unless --bind is a loopback address");
+    }
     config.control_socket = args.control_socket.clone();
     config.balance = args.balance();
 
@@ -51,7 +66,11 @@ pub async fn run(args: ServeArgs, role: Role) -> anyhow::Result<i32> {
         Role::Worker(_) => args.redis.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
     };
 
-    let settings = SessionSettings { cookie_name: args.cookie_name.clone(), secure: args.secure_cookies };
+    let settings = SessionSettings {
+        cookie_name: args.cookie_name.clone(),
+        secure: args.secure_cookies,
+        debug_routes: args.debug_routes,
+    };
     let keys = Keys::new(args.redis.key_prefix.clone());
     let demo_users = args.demo_users.iter().map(|u| u.name.clone()).collect();
     let outcome =

@@ -41,6 +41,51 @@ impl Balance {
     }
 }
 
+/// When to restart workers that die, and when to stop trying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestartPolicy {
+    /// First delay after a worker died soon after starting; doubles with each further one.
+    pub backoff_base: Duration,
+    /// Longest delay between restarts.
+    pub backoff_cap: Duration,
+    /// A slot whose workers die more than this many times within `window` is marked
+    /// `errored` and left down (0: never give up).
+    pub max_restarts: u32,
+    /// See `max_restarts`.
+    pub window: Duration,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            backoff_base: Duration::from_millis(100),
+            backoff_cap: Duration::from_secs(15),
+            max_restarts: 10,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Reasons to replace a healthy-looking worker before it dies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recycling {
+    /// A worker that sent no heartbeat for this long is killed and replaced.
+    pub worker_timeout: Duration,
+    /// A worker whose resident memory exceeds this many bytes is replaced gracefully.
+    pub max_memory: Option<u64>,
+    /// A worker that served this many requests (plus a random 0..=`max_requests_jitter`) is
+    /// replaced gracefully, one slot at a time.
+    pub max_requests: Option<u64>,
+    /// See `max_requests`.
+    pub max_requests_jitter: u64,
+}
+
+impl Default for Recycling {
+    fn default() -> Self {
+        Self { worker_timeout: Duration::from_secs(30), max_memory: None, max_requests: None, max_requests_jitter: 0 }
+    }
+}
+
 /// Everything the primary and its workers need to agree on.
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -54,6 +99,10 @@ pub struct ClusterConfig {
     pub balance: Balance,
     /// How long a reload waits for each new worker to report ready.
     pub ready_timeout: Duration,
+    /// Restarting workers that die.
+    pub restart: RestartPolicy,
+    /// Replacing workers that hang, grow or age.
+    pub recycling: Recycling,
     /// Where the control socket goes; `None` derives it from the port (see
     /// [`crate::control::default_path`]).
     pub control_socket: Option<PathBuf>,
@@ -71,6 +120,8 @@ impl ClusterConfig {
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             balance: Balance::default(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
+            restart: RestartPolicy::default(),
+            recycling: Recycling::default(),
             control_socket: None,
             worker_env: Vec::new(),
         }

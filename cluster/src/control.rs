@@ -110,9 +110,9 @@ pub struct Status {
 pub struct WorkerStatus {
     /// Its slot.
     pub slot: usize,
-    /// Its process id.
-    pub pid: u32,
-    /// `starting`, `ready`, `retiring`.
+    /// Its process id (none for an errored slot).
+    pub pid: Option<u32>,
+    /// `starting`, `ready`, `draining`, `retiring`, or `errored` (a slot left down).
     pub state: String,
     /// Seconds since it started.
     pub uptime_s: u64,

@@ -17,7 +17,7 @@
 use std::{
     net::SocketAddr,
     sync::{
-        atomic::{AtomicU8, AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc, Mutex,
     },
     time::Duration,
@@ -69,6 +69,8 @@ pub struct Drain {
 struct Inner {
     /// 0: serving; otherwise a [`DrainMode`] discriminant.
     mode: AtomicU8,
+    /// Requests this worker has started handling.
+    served: AtomicU64,
     in_flight: AtomicUsize,
     /// When the last request finished; `None` before any did.
     last_done: Mutex<Option<Instant>>,
@@ -94,6 +96,11 @@ impl Drain {
     /// Starts draining, or makes an ongoing drain stricter (a retiring worker told to shut down).
     pub fn start(&self, mode: DrainMode) {
         self.inner.mode.fetch_max(mode as u8, Ordering::AcqRel);
+    }
+
+    /// Requests started since the worker began serving.
+    pub fn served(&self) -> u64 {
+        self.inner.served.load(Ordering::Relaxed)
     }
 
     /// Number of requests currently being handled.
@@ -126,6 +133,7 @@ impl Drain {
     }
 
     fn begin(&self) -> InFlight {
+        self.inner.served.fetch_add(1, Ordering::Relaxed);
         self.inner.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight(self.clone())
     }

@@ -62,7 +62,7 @@ mod proto;
 mod shutdown;
 mod worker;
 
-pub use config::{Balance, ClusterConfig};
+pub use config::{Balance, ClusterConfig, Recycling, RestartPolicy};
 pub use error::ClusterError;
 pub use primary::ShutdownReport;
 pub use role::{Role, WorkerIdentity};

@@ -41,6 +41,11 @@ pub(crate) enum ToPrimary {
     Refused { ids: Vec<u64> },
     /// This many handed-off connections have closed since the last report.
     Closed { count: u64 },
+    /// Sent every second while the worker serves: it is alive and its runtime makes progress.
+    Heartbeat {
+        /// Requests served since the worker started.
+        requests: u64,
+    },
 }
 
 /// Primary → worker.

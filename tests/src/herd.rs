@@ -196,7 +196,7 @@ pub fn herd_bin() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| match std::env::var_os("HERD_BIN") {
         Some(bin) => PathBuf::from(bin),
-        None => cargo_build(&["-p", "herd", "--bin", "herd"], "herd", "bin"),
+        None => cargo_build("herd", "bin"),
     })
     .clone()
 }
@@ -204,23 +204,26 @@ pub fn herd_bin() -> PathBuf {
 /// The `hello` example of herd-cluster, built like [`herd_bin`].
 pub fn hello_example() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| cargo_build(&["-p", "herd-cluster", "--example", "hello"], "hello", "example")).clone()
+    BIN.get_or_init(|| cargo_build("hello", "example")).clone()
 }
 
 /// Builds one target with the cargo running the tests and returns its executable.
-fn cargo_build(target: &[&str], name: &str, kind: &str) -> PathBuf {
+///
+/// `--workspace --all-targets` makes cargo resolve features exactly as `cargo test
+/// --workspace` does, so after a test build this finds everything up to date instead of
+/// compiling a second copy of the dependency tree with other features.
+fn cargo_build(name: &str, kind: &str) -> PathBuf {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
     let out = Command::new(env!("CARGO"))
-        .args(["build", "--quiet", "--message-format=json", "--manifest-path", manifest])
-        .args(target)
+        .args(["build", "--quiet", "--workspace", "--all-targets", "--message-format=json", "--manifest-path", manifest])
         .stderr(Stdio::inherit())
         .output()
         .expect("run cargo build");
-    assert!(out.status.success(), "cargo build {target:?} failed");
+    assert!(out.status.success(), "cargo build failed");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|msg| msg["target"]["name"] == name && msg["target"]["kind"][0] == kind)
+        .filter(|msg| msg["target"]["name"] == name && msg["target"]["kind"][0] == kind && msg["profile"]["test"] == false)
         .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
-        .unwrap_or_else(|| panic!("cargo reported no executable for {target:?}"))
+        .unwrap_or_else(|| panic!("cargo reported no executable for {kind} {name}"))
 }

@@ -70,11 +70,23 @@ async fn browser() -> Option<Browser> {
     ];
     let mut caps = serde_json::Map::new();
     caps.insert("goog:chromeOptions".to_owned(), serde_json::json!({ "binary": CHROMIUM, "args": args }));
-    let client = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&format!("http://127.0.0.1:{port}"))
-        .await
-        .expect("start a Chromium session");
+    // chromedriver accepts connections a moment before it serves sessions: retry until a
+    // deadline rather than guess a delay.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        let attempt = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps.clone())
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await;
+        match attempt {
+            Ok(client) => break client,
+            Err(err) if std::time::Instant::now() < deadline => {
+                eprintln!("chromedriver not ready yet ({err}); retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(err) => panic!("cannot start a Chromium session: {err}"),
+        }
+    };
     Some(Browser { client, driver, _profile: profile })
 }
 

@@ -10,6 +10,7 @@
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness including Redis |
 
 mod auth;
+mod debug;
 mod health;
 mod heavy;
 mod home;
@@ -50,6 +51,8 @@ pub struct SessionSettings {
     pub cookie_name: String,
     /// Send the cookie over HTTPS only.
     pub secure: bool,
+    /// Serve the `/debug/*` routes (`--debug-routes`).
+    pub debug_routes: bool,
 }
 
 pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSettings) -> Router {
@@ -66,7 +69,8 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .layer(sessions)
         .layer(middleware::from_fn(error::session_save_failures))
         .layer(middleware::from_fn(error::no_store));
-    Router::new()
+    let router = if settings.debug_routes { debug::routes() } else { Router::new() };
+    router
         .route("/whoami", get(home::whoami))
         .route("/heavy", get(heavy::heavy))
         .route("/healthz", get(health::healthz))

@@ -12,6 +12,7 @@
 mod acceptor;
 mod backoff;
 mod exit;
+mod health;
 mod link;
 mod rollout;
 
@@ -37,9 +38,12 @@ use crate::{
     proto::{ToPrimary, ToWorker},
 };
 use acceptor::Acceptor;
-use backoff::Backoff;
+use backoff::{Backoff, Verdict};
 use link::{Event, Link, Spawner};
 use rollout::Rollout;
+
+/// How often the primary checks heartbeats, memory and request counts.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Connections the primary holds while no worker can take them. Beyond this, new connections
 /// wait in the kernel's accept queue (the listen backlog) until workers catch up.
@@ -149,6 +153,8 @@ struct Slot {
     backoff: Backoff,
     /// Workers of this slot that died and were replaced.
     restarts: u64,
+    /// Its workers died too often: left down until an operator restarts it.
+    errored: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +172,12 @@ struct Worker {
     state: State,
     /// Connections handed to it and not yet reported closed (least-conn's measure).
     open: usize,
+    /// When it last proved its runtime makes progress (or became ready).
+    last_heartbeat: Instant,
+    /// Requests served, as of its last heartbeat.
+    requests: u64,
+    /// Served requests after which it is recycled (`--max-requests` plus its jitter).
+    recycle_after: Option<u64>,
     channel: Channel,
     kill: mpsc::Sender<()>,
     outbox: mpsc::UnboundedSender<Conn>,
@@ -242,6 +254,8 @@ impl Supervisor {
             self.start(slot);
         }
         let mut stopping: Option<Stopping> = None;
+        let mut checks = tokio::time::interval(CHECK_INTERVAL);
+        checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if let Some(stop) = &stopping {
                 if self.processes() == 0 {
@@ -275,6 +289,7 @@ impl Supervisor {
                 _ = signals.ttin.recv(), if stopping.is_none() => self.scale_by(1),
                 _ = signals.ttou.recv(), if stopping.is_none() => self.scale_by(-1),
                 _ = sleep_until(rollout_deadline) => self.rollout_timed_out(),
+                _ = checks.tick(), if stopping.is_none() => self.check_workers(),
                 _ = sleep_until(deadline) => {
                     if let Some(stop) = &mut stopping {
                         stop.killed += self.kill_all("did not stop within the shutdown timeout");
@@ -333,13 +348,26 @@ impl Supervisor {
             tracing::warn!("worker {slot} pid {} {how}; its successor is starting", worker.pid);
             return;
         }
-        let delay = s.backoff.on_exit(worker.started.elapsed());
-        if delay.is_zero() {
-            tracing::warn!("worker {slot} pid {} {how}, restarting", worker.pid);
-            self.start(slot);
-        } else {
-            tracing::warn!("worker {slot} pid {} {how}, restarting in {delay:?}", worker.pid);
-            self.respawn_after(slot, delay);
+        match s.backoff.on_exit(worker.started.elapsed(), &self.config.restart) {
+            Verdict::RestartIn(delay) if delay.is_zero() => {
+                tracing::warn!("worker {slot} pid {} {how}, restarting", worker.pid);
+                self.start(slot);
+            }
+            Verdict::RestartIn(delay) => {
+                tracing::warn!("worker {slot} pid {} {how}, restarting in {delay:?}", worker.pid);
+                self.respawn_after(slot, delay);
+            }
+            Verdict::GiveUp => {
+                s.errored = true;
+                let policy = &self.config.restart;
+                tracing::error!(
+                    "worker {slot} pid {} {how}; slot {slot} died more than {} times within {:?}: \
+                     marked errored and left down (`herd ctl restart {slot}` brings it back)",
+                    worker.pid,
+                    policy.max_restarts,
+                    policy.window
+                );
+            }
         }
     }
 
@@ -357,6 +385,7 @@ impl Supervisor {
         match msg {
             ToPrimary::Ready { .. } => {
                 worker.state = State::Ready;
+                worker.last_heartbeat = Instant::now();
                 tracing::info!("worker {slot} pid {} ready", worker.pid);
                 let ready = self.slots.iter().filter(|s| s.worker.as_ref().is_some_and(|w| w.state == State::Ready)).count();
                 if ready == self.slots.len() && !self.all_ready_logged {
@@ -372,6 +401,10 @@ impl Supervisor {
             ToPrimary::Closed { count } => {
                 worker.open = worker.open.saturating_sub(usize::try_from(count).unwrap_or(usize::MAX));
                 tracing::debug!("worker {slot} pid {} closed {count} connection(s), {} open", worker.pid, worker.open);
+            }
+            ToPrimary::Heartbeat { requests } => {
+                worker.last_heartbeat = Instant::now();
+                worker.requests = requests;
             }
             // Handled by the link task.
             ToPrimary::Accepted { .. } | ToPrimary::Refused { .. } => {}
@@ -449,7 +482,26 @@ impl Supervisor {
         match self.spawner.spawn(slot, generation) {
             Ok(Link { pid, channel, kill, outbox }) => {
                 tracing::info!("worker {slot} pid {pid} started");
-                Some(Worker { generation, pid, started: Instant::now(), state: State::Starting, open: 0, channel, kill, outbox })
+                let recycling = &self.config.recycling;
+                let recycle_after = recycling.max_requests.map(|max| {
+                    use std::hash::BuildHasher;
+                    // Jitter, so that workers started together do not all recycle together.
+                    let random = std::collections::hash_map::RandomState::new().hash_one((slot, generation));
+                    max + random % (recycling.max_requests_jitter + 1)
+                });
+                Some(Worker {
+                    generation,
+                    pid,
+                    started: Instant::now(),
+                    state: State::Starting,
+                    open: 0,
+                    last_heartbeat: Instant::now(),
+                    requests: 0,
+                    recycle_after,
+                    channel,
+                    kill,
+                    outbox,
+                })
             }
             Err(err) => {
                 tracing::error!("cannot start worker {slot}: {err}");
@@ -461,11 +513,16 @@ impl Supervisor {
     fn start(&mut self, slot: usize) {
         match self.spawn(slot) {
             Some(worker) => self.slots[slot].worker = Some(worker),
-            None => {
-                let delay = self.slots[slot].backoff.on_exit(Duration::ZERO);
-                tracing::warn!("retrying worker {slot} in {delay:?}");
-                self.respawn_after(slot, delay);
-            }
+            None => match self.slots[slot].backoff.on_exit(Duration::ZERO, &self.config.restart) {
+                Verdict::RestartIn(delay) => {
+                    tracing::warn!("retrying worker {slot} in {delay:?}");
+                    self.respawn_after(slot, delay);
+                }
+                Verdict::GiveUp => {
+                    self.slots[slot].errored = true;
+                    tracing::error!("worker {slot} cannot be started: slot marked errored");
+                }
+            },
         }
     }
 

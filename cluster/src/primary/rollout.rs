@@ -34,6 +34,11 @@ impl Rollout {
     pub(super) fn deadline(&self) -> Option<tokio::time::Instant> {
         self.current.map(|(_, deadline)| deadline)
     }
+
+    /// True if `slot` is being or will be replaced.
+    pub(super) fn includes(&self, slot: usize) -> bool {
+        self.current.is_some_and(|(s, _)| s == slot) || self.pending.contains(&slot)
+    }
 }
 
 impl Supervisor {
@@ -53,7 +58,15 @@ impl Supervisor {
             Request::Restart { slot } if slot >= self.slots.len() => {
                 let _ = reply.send(Response::error(format!("no slot {slot} (slots are 0..{})", self.slots.len())));
             }
-            Request::Restart { slot } => self.replace(vec![slot], Some(reply), "restart"),
+            Request::Restart { slot } => {
+                let s = &mut self.slots[slot];
+                if s.errored {
+                    tracing::info!("slot {slot} restarted by an operator after being errored");
+                    s.errored = false;
+                    s.backoff.reset();
+                }
+                self.replace(vec![slot], Some(reply), "restart");
+            }
             Request::Scale { to, by } => {
                 let target = match (to, by) {
                     (Some(n), None) => Ok(n),
@@ -78,7 +91,7 @@ impl Supervisor {
         self.replace(slots, waiter, "reload");
     }
 
-    fn replace(&mut self, slots: Vec<usize>, waiter: Option<oneshot::Sender<Response>>, what: &'static str) {
+    pub(super) fn replace(&mut self, slots: Vec<usize>, waiter: Option<oneshot::Sender<Response>>, what: &'static str) {
         match &mut self.rollout {
             // Join the one in progress rather than starting a second over the same slots.
             Some(rollout) => {
@@ -128,6 +141,7 @@ impl Supervisor {
         let s = &mut self.slots[slot];
         let Some(mut successor) = s.successor.take() else { return };
         successor.state = State::Ready;
+        successor.last_heartbeat = Instant::now();
         let old = s.worker.replace(successor);
         let new_pid = s.worker.as_ref().map_or(0, |w| w.pid);
         match old {
@@ -223,7 +237,7 @@ impl Supervisor {
     pub(super) fn status(&self) -> Status {
         let now = Instant::now();
         let restarts = |slot: usize| self.slots.get(slot).map_or(0, |s| s.restarts);
-        let workers = self
+        let workers: Vec<WorkerStatus> = self
             .all_workers()
             .map(|(slot, w)| {
                 let retiring = self.retiring.iter().any(|(_, r)| r.pid == w.pid);
@@ -235,7 +249,7 @@ impl Supervisor {
                 };
                 WorkerStatus {
                     slot,
-                    pid: w.pid,
+                    pid: Some(w.pid),
                     state: state.to_owned(),
                     uptime_s: now.duration_since(w.started).as_secs(),
                     restarts: restarts(slot),
@@ -243,6 +257,17 @@ impl Supervisor {
                     open_connections: self.config.balance.primary_accepts().then_some(w.open),
                 }
             })
+            .chain(self.slots.iter().enumerate().filter(|(_, s)| s.errored && s.worker.is_none()).map(|(slot, s)| {
+                WorkerStatus {
+                    slot,
+                    pid: None,
+                    state: "errored".to_owned(),
+                    uptime_s: 0,
+                    restarts: s.restarts,
+                    rss_bytes: None,
+                    open_connections: None,
+                }
+            }))
             .collect();
         Status {
             balance: self.config.balance.as_str().to_owned(),
@@ -254,7 +279,7 @@ impl Supervisor {
 }
 
 /// Resident set size of a process, from the `VmRSS` line of `/proc/<pid>/status`.
-fn rss_bytes(pid: u32) -> Option<u64> {
+pub(super) fn rss_bytes(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;

@@ -2,7 +2,7 @@
 
 mod handoff;
 
-use std::{future::Future, net::SocketAddr, time::Instant};
+use std::{future::Future, net::SocketAddr, time::{Duration, Instant}};
 
 use axum::{
     middleware::from_fn_with_state,
@@ -90,24 +90,44 @@ where
         }
     };
 
+    let drain = Drain::new();
     channel.send(&ToPrimary::Ready { pid: ctx.pid }).await?;
     tracing::info!(slot = ctx.slot, generation = ctx.generation, "worker ready");
+    heartbeat(channel.clone(), drain.clone());
     match source {
         Source::Shared(listener) => {
             let listener = DrainableListener::new(listener, stop.clone()).tap_io(|tcp| {
                 // Small JSON responses should not wait for Nagle's algorithm.
                 let _ = tcp.set_nodelay(true);
             });
-            serve(listener, router, channel, stop, config).await
+            serve(listener, router, drain, channel, stop, config).await
         }
         Source::Handoff(listener, _sink) => {
             let listener = listener.tap_io(|conn| {
                 let _ = conn.tcp().set_nodelay(true);
             });
-            serve(listener, router, channel, stop, config).await
+            serve(listener, router, drain, channel, stop, config).await
         }
     }
     Ok(())
+}
+
+/// How often a serving worker tells the primary it is alive.
+const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Tells the primary, every second, that this worker's runtime still makes progress (the task
+/// runs on the same runtime as the requests, so a runtime whose threads are all stuck stops
+/// sending) and how many requests it served.
+fn heartbeat(channel: Channel, drain: Drain) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
+        loop {
+            tick.tick().await;
+            if channel.send(&ToPrimary::Heartbeat { requests: drain.served() }).await.is_err() {
+                return; // the primary is gone; the IPC reader starts the drain
+            }
+        }
+    });
 }
 
 fn inherited_listener() -> Result<tokio::net::TcpListener, ClusterError> {
@@ -118,13 +138,18 @@ fn inherited_listener() -> Result<tokio::net::TcpListener, ClusterError> {
 }
 
 /// Serves `router` until the worker is asked to stop, then drains (see [`crate::drain`]).
-async fn serve<L>(listener: L, router: Router, channel: Channel, stop: shutdown::Signal, config: &ClusterConfig)
-where
+async fn serve<L>(
+    listener: L,
+    router: Router,
+    drain: Drain,
+    channel: Channel,
+    stop: shutdown::Signal,
+    config: &ClusterConfig,
+) where
     L: Listener<Addr = SocketAddr>,
     L::Io: Unpin,
     SocketAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
 {
-    let drain = Drain::new();
     let app = router.layer(from_fn_with_state(drain.clone(), drain::guard));
     let graceful = {
         let (drain, channel, mut stop) = (drain.clone(), channel.clone(), stop.clone());
