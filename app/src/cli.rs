@@ -24,6 +24,9 @@ pub enum Command {
     Users(UsersCommand),
     /// Control a running primary through its control socket.
     Ctl(CtlArgs),
+    /// Print a systemd unit that runs `herd serve` with the given flags (`Type=notify`: the
+    /// primary reports ready once every worker is).
+    SystemdUnit(Box<ServeArgs>),
 }
 
 #[derive(Debug, Args)]

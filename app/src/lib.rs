@@ -5,6 +5,7 @@
 //! - [`cli`]: the command line (every flag also reads an environment variable).
 //! - [`serve`]: `herd serve` — primary-only preparation, then the cluster.
 //! - [`ctl`]: `herd ctl` — talking to a running primary over its control socket.
+//! - [`systemd`]: `herd systemd-unit` — a unit file for the current flags.
 //! - [`private_redis`]: the `redis-server` child started when no Redis is configured.
 //! - [`users`]: users and argon2 password hashes in Redis, and `herd users`.
 //! - [`routes`]: the HTTP routes and [`routes::router`].
@@ -18,4 +19,5 @@ pub mod logging;
 pub mod private_redis;
 pub mod routes;
 pub mod serve;
+pub mod systemd;
 pub mod users;

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => herd::serve::run(*args, role).await,
             Command::Users(command) => herd::users::cli::run(command).await,
             Command::Ctl(args) => herd::ctl::run(args).await,
+            Command::SystemdUnit(args) => herd::systemd::print_unit(&args),
         }
     });
     let code = match result {

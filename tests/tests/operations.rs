@@ -190,3 +190,42 @@ fn malformed_control_requests_get_errors_and_the_primary_keeps_running() {
     let (code, _, _) = herd.ctl(&["stop"]);
     assert_eq!(code, 0);
 }
+
+#[test]
+fn systemd_hears_ready_once_every_worker_is_and_stopping_on_sigterm() {
+    let dir = herd_e2e::TempDir::new("notify");
+    let path = dir.path().join("notify.sock");
+    let systemd = std::os::unix::net::UnixDatagram::bind(&path).expect("bind a notify socket");
+    systemd.set_read_timeout(Some(herd_e2e::herd::START_TIMEOUT)).expect("timeout");
+    let redis = RedisServer::start();
+    let notify = path.to_string_lossy().into_owned();
+    let mut herd = Herd::start_with_env(&redis, &["--workers", "2"], &[("NOTIFY_SOCKET", &notify)]);
+    let mut buf = [0u8; 256];
+    let n = systemd.recv(&mut buf).expect("READY notification");
+    assert_eq!(std::str::from_utf8(&buf[..n]), Ok("READY=1\nSTATUS=2 workers ready"));
+    herd.signal(Signal::SIGTERM);
+    let n = systemd.recv(&mut buf).expect("STOPPING notification");
+    assert_eq!(std::str::from_utf8(&buf[..n]), Ok("STOPPING=1"));
+    assert_eq!(herd.wait_exit(Duration::from_secs(30)).code(), Some(0));
+}
+
+#[test]
+fn systemd_unit_runs_serve_with_the_given_flags() {
+    let out = std::process::Command::new(herd_e2e::herd::herd_bin())
+        .args(["systemd-unit", "--workers", "4", "--bind", "127.0.0.1:8080", "--shutdown-timeout", "20s"])
+        .env("REDIS_URL", "redis://10.0.0.5:6379")
+        .output()
+        .expect("herd systemd-unit");
+    assert!(out.status.success());
+    let unit = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<&str> = unit.lines().collect();
+    let exec = lines.iter().find(|l| l.starts_with("ExecStart=")).expect("ExecStart");
+    assert!(exec.ends_with(" serve --workers 4 --bind 127.0.0.1:8080 --shutdown-timeout 20s"), "{exec}");
+    let program = exec.trim_start_matches("ExecStart=").split(' ').next().expect("program");
+    assert!(std::path::Path::new(program).is_absolute(), "{program}");
+    for expected in ["Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "KillMode=mixed", "TimeoutStopSec=25", "Environment=REDIS_URL=redis://10.0.0.5:6379"] {
+        assert!(lines.contains(&expected), "missing {expected:?} in\n{unit}");
+    }
+    let bad = std::process::Command::new(herd_e2e::herd::herd_bin()).args(["systemd-unit", "--workers", "zero"]).output().expect("run");
+    assert_eq!(bad.status.code(), Some(2), "flags are validated like serve's");
+}

@@ -14,6 +14,7 @@ mod backoff;
 mod exit;
 mod health;
 mod link;
+mod notify;
 mod rollout;
 
 use std::{
@@ -391,6 +392,7 @@ impl Supervisor {
                 if ready == self.slots.len() && !self.all_ready_logged {
                     self.all_ready_logged = true;
                     tracing::info!("all {ready} workers ready");
+                    notify::notify(&format!("READY=1\nSTATUS={ready} workers ready"));
                 }
                 self.flush_queue();
             }
@@ -544,6 +546,7 @@ impl Supervisor {
         let timeout = self.config.shutdown_timeout;
         tracing::info!("{why} received: shutting down gracefully (timeout {timeout:?})");
         *stopping = Some(Stopping { deadline: tokio::time::Instant::now() + timeout, killed: 0 });
+        notify::notify("STOPPING=1");
         self.abort_rollout("the cluster is shutting down");
         self.queue.clear();
         for (_, worker) in self.all_workers() {
