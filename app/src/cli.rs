@@ -57,6 +57,11 @@ pub enum CtlCommand {
     },
     /// Gracefully replace the worker of one slot.
     Restart { slot: usize },
+    /// Send a JSON message to every worker (the app resets its stats on
+    /// '{"type":"reset-stats"}').
+    Broadcast { json: String },
+    /// Send a JSON message to the worker of one slot.
+    Send { slot: usize, json: String },
     /// Shut the cluster down gracefully (like SIGTERM).
     Stop,
 }

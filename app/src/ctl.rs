@@ -16,6 +16,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
         CtlCommand::Scale { count: ScaleArg::By(k) } => (Request::Scale { to: None, by: Some(k) }, false),
         CtlCommand::Restart { slot } => (Request::Restart { slot }, false),
         CtlCommand::Stop => (Request::Stop, false),
+        CtlCommand::Broadcast { json } => (Request::Send { slot: None, payload: parse_json(&json)? }, false),
+        CtlCommand::Send { slot, json } => (Request::Send { slot: Some(slot), payload: parse_json(&json)? }, false),
     };
     let response = control::request(&socket, &request)
         .await
@@ -33,9 +35,14 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
         (Request::Reload, _, _) => println!("reloaded: every worker was replaced"),
         (Request::Restart { slot }, _, _) => println!("slot {slot} restarted"),
         (Request::Stop, _, _) => println!("stopping"),
+        (Request::Send { .. }, _, Some(n)) => println!("sent to {n} worker(s)"),
         _ => println!("ok"),
     }
     Ok(0)
+}
+
+fn parse_json(text: &str) -> anyhow::Result<serde_json::Value> {
+    serde_json::from_str(text).with_context(|| format!("the message must be JSON, e.g. '{{\"type\":\"reset-stats\"}}', not {text:?}"))
 }
 
 /// Where `serve` puts the socket for the port in `HERD_BIND` (default 3000).

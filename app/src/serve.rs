@@ -152,7 +152,9 @@ async fn build_app(
         }
     };
     let store = RedisSessionStore::new(pool.clone(), keys.clone());
-    let state = AppState { users: Users::new(pool.clone(), keys), pool, worker: ctx, demo_users };
+    let counters = std::sync::Arc::new(routes::stats::Counters::default());
+    routes::stats::serve_counters(&ctx.messenger, counters.clone());
+    let state = AppState { users: Users::new(pool.clone(), keys), pool, worker: ctx, demo_users, counters };
     Ok(routes::router(state, store, &settings))
 }
 

@@ -28,8 +28,9 @@ async fn main() -> Result<(), herd_cluster::ClusterError> {
         _ => Balance::RoundRobin,
     };
     herd_cluster::run(config, |ctx: WorkerContext| async move {
+        let (slot, pid) = (ctx.slot, ctx.pid);
         let hello = move |ConnectInfo(client): ConnectInfo<SocketAddr>| async move {
-            format!("hello {client}, this is worker {} (pid {})\n", ctx.slot, ctx.pid)
+            format!("hello {client}, this is worker {slot} (pid {pid})\n")
         };
         Ok::<_, std::convert::Infallible>(Router::new().route("/", get(hello)))
     })

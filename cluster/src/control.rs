@@ -12,6 +12,8 @@
 //! → {"cmd":"scale","to":4}           ← {"ok":true,"workers":4}
 //! → {"cmd":"scale","by":-1}
 //! → {"cmd":"restart","slot":2}       ← {"ok":true} once slot 2 runs a new worker
+//! → {"cmd":"send","payload":{…}}     ← {"ok":true,"workers":4}  (to every worker)
+//! → {"cmd":"send","slot":1,"payload":{…}}
 //! → {"cmd":"stop"}                   ← {"ok":true} then the cluster shuts down gracefully
 //! ← {"ok":false,"error":"..."}       for anything that failed or could not be read
 //! ```
@@ -38,7 +40,7 @@ pub const MAX_REQUEST: usize = 64 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An operator's request.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     /// The state of every worker.
@@ -59,6 +61,14 @@ pub enum Request {
         /// The slot.
         slot: usize,
     },
+    /// Send an application message to one worker, or to all of them without a slot.
+    Send {
+        /// The slot; every worker when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        slot: Option<usize>,
+        /// The message (any JSON).
+        payload: serde_json::Value,
+    },
     /// Shut the cluster down gracefully, as SIGTERM does.
     Stop,
 }
@@ -74,7 +84,7 @@ pub struct Response {
     /// For `status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
-    /// For `scale`: the worker count now.
+    /// For `scale`: the worker count now; for `send`: how many workers got the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
 }

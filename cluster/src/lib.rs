@@ -47,10 +47,12 @@
 //! - `fd`: the one place with `unsafe`: adopting inherited descriptors and passing accepted
 //!   sockets with `SCM_RIGHTS`.
 //! - [`drain`]: the middleware and listener that make a worker's shutdown graceful.
+//! - [`messaging`]: application messages between workers and the primary (broadcast, gather).
 
 pub mod config;
 pub mod control;
 pub mod drain;
+pub mod messaging;
 pub mod role;
 
 mod channel;
@@ -64,6 +66,7 @@ mod worker;
 
 pub use config::{Balance, ClusterConfig, Recycling, RestartPolicy};
 pub use error::ClusterError;
+pub use messaging::{Message, Messenger, Reply};
 pub use primary::ShutdownReport;
 pub use role::{Role, WorkerIdentity};
 pub use worker::WorkerContext;

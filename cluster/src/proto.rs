@@ -23,9 +23,12 @@
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::messaging::Reply;
 
 /// Worker → primary.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum ToPrimary {
     /// The application is built and its dependencies answer; the worker accepts connections.
@@ -46,10 +49,16 @@ pub(crate) enum ToPrimary {
         /// Requests served since the worker started.
         requests: u64,
     },
+    /// Deliver `payload` to every live worker (this one included).
+    Broadcast { payload: Value },
+    /// Ask every ready worker `payload`; the answers come back as [`ToWorker::Gathered`].
+    Gather { id: u64, payload: Value },
+    /// This worker's answer to [`ToWorker::Query`] `id`.
+    Reply { id: u64, payload: Value },
 }
 
 /// Primary → worker.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub(crate) enum ToWorker {
     /// The cluster stops: stop accepting, finish in-flight requests, refuse new ones on open
@@ -61,6 +70,12 @@ pub(crate) enum ToWorker {
     Retire,
     /// Accepted connections, one per attached descriptor, in the same order.
     Connections { conns: Vec<Handoff> },
+    /// An application message, from another worker (`from` = its slot) or the primary.
+    Message { from: Option<usize>, payload: Value },
+    /// A question from a [`ToPrimary::Gather`]; answer with [`ToPrimary::Reply`] and the same id.
+    Query { id: u64, payload: Value },
+    /// The answers to this worker's [`ToPrimary::Gather`] `id`.
+    Gathered { id: u64, replies: Vec<Reply> },
 }
 
 /// One handed-off connection.

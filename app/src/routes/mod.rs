@@ -6,6 +6,7 @@
 //! | `POST /login` | JSON or form `{username, password}`; a fresh session id on success |
 //! | `POST /logout` | ends the session server-side |
 //! | `GET /whoami` | `{pid, worker, balance}`, for the page's chart |
+//! | `GET /stats`, `POST /stats/reset` | every worker's counters, gathered over IPC; reset broadcast |
 //! | `GET /heavy?n=` | sum of 0..n on the blocking pool |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness including Redis |
 
@@ -15,6 +16,7 @@ mod health;
 mod heavy;
 mod home;
 mod page;
+pub mod stats;
 
 use axum::{
     extract::DefaultBodyLimit,
@@ -43,6 +45,8 @@ pub struct AppState {
     pub worker: WorkerContext,
     /// Names of the `--demo-user`s, shown as a hint on the login form.
     pub demo_users: std::sync::Arc<[String]>,
+    /// This worker's request counters, reported by `GET /stats`.
+    pub counters: std::sync::Arc<stats::Counters>,
 }
 
 /// How the session cookie is made.
@@ -72,12 +76,15 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
     let router = if settings.debug_routes { debug::routes() } else { Router::new() };
     router
         .route("/whoami", get(home::whoami))
+        .route("/stats", get(stats::stats))
+        .route("/stats/reset", post(stats::reset))
         .route("/heavy", get(heavy::heavy))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(with_session)
         .fallback(|| async { error::AppError::bad_request(axum::http::StatusCode::NOT_FOUND, "no such route") })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn_with_state(state.clone(), stats::count))
         .with_state(state)
 }
 

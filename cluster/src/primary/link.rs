@@ -44,12 +44,13 @@ pub(crate) enum Event {
 /// The supervisor's handle on a running worker.
 pub(crate) struct Link {
     pub(crate) pid: u32,
-    pub(crate) channel: Channel,
     /// Asks the link task to SIGKILL the process. Going through the task that owns the `Child`
     /// means we never signal a pid that was already reaped and reused.
     pub(crate) kill: mpsc::Sender<()>,
     /// Connections to hand to this worker.
     pub(crate) outbox: mpsc::UnboundedSender<Conn>,
+    /// Messages for this worker, sent in order by its link task.
+    pub(crate) mailbox: mpsc::UnboundedSender<ToWorker>,
 }
 
 /// Everything needed to start workers; lives as long as the primary.
@@ -105,19 +106,21 @@ impl Spawner {
 
         let (kill, kill_requests) = mpsc::channel(1);
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
+        let (mailbox, mailbox_rx) = mpsc::unbounded_channel();
         let task = LinkTask {
             slot,
             generation,
             pid,
             child,
-            ipc: channel.clone(),
+            ipc: channel,
             kill_requests,
             outbox: outbox_rx,
+            mailbox: mailbox_rx,
             unacked: HashMap::new(),
             events: self.events.clone(),
         };
         tokio::spawn(task.run());
-        Ok(Link { pid, channel, kill, outbox })
+        Ok(Link { pid, kill, outbox, mailbox })
     }
 }
 
@@ -129,6 +132,7 @@ struct LinkTask {
     ipc: Channel,
     kill_requests: mpsc::Receiver<()>,
     outbox: mpsc::UnboundedReceiver<Conn>,
+    mailbox: mpsc::UnboundedReceiver<ToWorker>,
     /// Connections sent to the worker and not yet acknowledged, by id.
     unacked: HashMap<u64, Conn>,
     events: mpsc::UnboundedSender<Event>,
@@ -155,6 +159,11 @@ impl LinkTask {
                         ipc_open = false;
                     }
                 },
+                Some(msg) = self.mailbox.recv(), if ipc_open => {
+                    if self.ipc.send(&msg).await.is_err() {
+                        ipc_open = false; // the worker is going away
+                    }
+                }
                 Some(first) = self.outbox.recv(), if ipc_open => {
                     if let Err(err) = self.hand_off(first).await {
                         // The worker is going away; its exit returns these connections.

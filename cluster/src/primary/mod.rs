@@ -15,6 +15,7 @@ mod exit;
 mod health;
 mod link;
 mod notify;
+mod relay;
 mod rollout;
 
 use std::{
@@ -31,7 +32,6 @@ use tokio::{
 };
 
 use crate::{
-    channel::Channel,
     config::ClusterConfig,
     control,
     dispatch::{Candidate, Chooser, Conn},
@@ -41,6 +41,7 @@ use crate::{
 use acceptor::Acceptor;
 use backoff::{Backoff, Verdict};
 use link::{Event, Link, Spawner};
+use relay::Gatherings;
 use rollout::Rollout;
 
 /// How often the primary checks heartbeats, memory and request counts.
@@ -122,6 +123,7 @@ pub(crate) async fn run(
         next_conn_id: 0,
         rollout: None,
         last_reload: None,
+        gatherings: Gatherings::default(),
         config,
         all_ready_logged: false,
         queue_full_logged: false,
@@ -179,19 +181,17 @@ struct Worker {
     requests: u64,
     /// Served requests after which it is recycled (`--max-requests` plus its jitter).
     recycle_after: Option<u64>,
-    channel: Channel,
     kill: mpsc::Sender<()>,
     outbox: mpsc::UnboundedSender<Conn>,
+    mailbox: mpsc::UnboundedSender<ToWorker>,
 }
 
 impl Worker {
-    /// Sends a message without holding up the supervisor; a failure means the worker is dying,
-    /// and its link task reports that.
+    /// Queues a message for the worker's link task, which sends messages in order without
+    /// holding up the supervisor. A failure means the worker is dying, and its link task
+    /// reports that.
     fn tell(&self, msg: ToWorker) {
-        let channel = self.channel.clone();
-        tokio::spawn(async move {
-            let _ = channel.send(&msg).await;
-        });
+        let _ = self.mailbox.send(msg);
     }
 
     fn kill(&self) {
@@ -210,6 +210,8 @@ struct Supervisor {
     next_conn_id: u64,
     rollout: Option<Rollout>,
     last_reload: Option<String>,
+    /// Application gathers waiting for answers.
+    gatherings: Gatherings,
     config: ClusterConfig,
     all_ready_logged: bool,
     queue_full_logged: bool,
@@ -266,6 +268,7 @@ impl Supervisor {
             let accepting = acceptor.is_some() && stopping.is_none() && self.queue.len() < MAX_QUEUED;
             let deadline = stopping.as_ref().map(|s| s.deadline);
             let rollout_deadline = self.rollout.as_ref().and_then(Rollout::deadline);
+            let gather_deadline = self.gatherings.next_deadline();
             tokio::select! {
                 Some(event) = events.recv() => self.handle(event, stopping.is_some()),
                 (stream, peer) = accept(acceptor), if accepting => {
@@ -290,6 +293,7 @@ impl Supervisor {
                 _ = signals.ttin.recv(), if stopping.is_none() => self.scale_by(1),
                 _ = signals.ttou.recv(), if stopping.is_none() => self.scale_by(-1),
                 _ = sleep_until(rollout_deadline) => self.rollout_timed_out(),
+                _ = sleep_until(gather_deadline) => self.finish_gathers(true),
                 _ = checks.tick(), if stopping.is_none() => self.check_workers(),
                 _ = sleep_until(deadline) => {
                     if let Some(stop) = &mut stopping {
@@ -314,6 +318,7 @@ impl Supervisor {
                 self.redispatch(conns, stopping);
             }
             Event::Exited { slot, generation, status, orphans } => {
+                self.forget_in_gathers(slot, generation);
                 self.on_exit(slot, generation, &exit::describe(&status), stopping);
                 self.redispatch(orphans, stopping);
             }
@@ -373,12 +378,27 @@ impl Supervisor {
     }
 
     fn on_message(&mut self, slot: usize, generation: u64, msg: ToPrimary) {
-        if let ToPrimary::Ready { .. } = msg {
-            let is_successor = self.slots.get(slot).is_some_and(|s| s.successor.as_ref().is_some_and(|w| w.generation == generation));
-            if is_successor {
-                self.promote_successor(slot);
+        match msg {
+            ToPrimary::Ready { .. } => {
+                let is_successor = self.slots.get(slot).is_some_and(|s| s.successor.as_ref().is_some_and(|w| w.generation == generation));
+                if is_successor {
+                    self.promote_successor(slot);
+                    return;
+                }
+            }
+            ToPrimary::Broadcast { payload } => {
+                self.relay_broadcast(Some(slot), &payload);
                 return;
             }
+            ToPrimary::Gather { id, payload } => {
+                self.start_gather((slot, generation), id, payload);
+                return;
+            }
+            ToPrimary::Reply { id, payload } => {
+                self.on_reply(slot, generation, id, payload);
+                return;
+            }
+            _ => {}
         }
         let Some(worker) = self.worker_mut(slot, generation) else {
             return;
@@ -408,8 +428,12 @@ impl Supervisor {
                 worker.last_heartbeat = Instant::now();
                 worker.requests = requests;
             }
-            // Handled by the link task.
-            ToPrimary::Accepted { .. } | ToPrimary::Refused { .. } => {}
+            // Handled above, or by the link task.
+            ToPrimary::Broadcast { .. }
+            | ToPrimary::Gather { .. }
+            | ToPrimary::Reply { .. }
+            | ToPrimary::Accepted { .. }
+            | ToPrimary::Refused { .. } => {}
         }
     }
 
@@ -482,7 +506,7 @@ impl Supervisor {
         let generation = self.slots[slot].next_generation;
         self.slots[slot].next_generation += 1;
         match self.spawner.spawn(slot, generation) {
-            Ok(Link { pid, channel, kill, outbox }) => {
+            Ok(Link { pid, kill, outbox, mailbox }) => {
                 tracing::info!("worker {slot} pid {pid} started");
                 let recycling = &self.config.recycling;
                 let recycle_after = recycling.max_requests.map(|max| {
@@ -500,9 +524,9 @@ impl Supervisor {
                     last_heartbeat: Instant::now(),
                     requests: 0,
                     recycle_after,
-                    channel,
                     kill,
                     outbox,
+                    mailbox,
                 })
             }
             Err(err) => {

@@ -81,6 +81,17 @@ impl Supervisor {
                     Err(reason) => Response::error(reason),
                 });
             }
+            Request::Send { slot: Some(slot), payload } => {
+                let _ = reply.send(if self.relay_to(slot, payload) {
+                    Response { workers: Some(1), ..Response::ok() }
+                } else {
+                    Response::error(format!("no worker in slot {slot}"))
+                });
+            }
+            Request::Send { slot: None, payload } => {
+                let sent = self.relay_broadcast(None, &payload);
+                let _ = reply.send(Response { workers: Some(sent), ..Response::ok() });
+            }
             Request::Stop => unreachable!("handled by the run loop"),
         }
     }

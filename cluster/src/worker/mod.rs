@@ -17,6 +17,7 @@ use crate::{
     drain::{self, Drain, DrainMode, DrainableListener},
     error::ClusterError,
     fd::{self, Expect},
+    messaging::Messenger,
     proto::{ToPrimary, ToWorker},
     role::{WorkerIdentity, IPC_FD, LISTEN_FD},
     shutdown::{self, Stop},
@@ -24,7 +25,7 @@ use crate::{
 use handoff::{HandoffListener, HandoffSink};
 
 /// What a worker's application factory learns about the process it runs in.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct WorkerContext {
     /// The slot this worker fills (stable across restarts).
     pub slot: usize,
@@ -36,6 +37,8 @@ pub struct WorkerContext {
     pub started: Instant,
     /// The dispatch mode of the cluster.
     pub balance: crate::Balance,
+    /// Messages to and from the other workers and the primary.
+    pub messenger: Messenger,
 }
 
 /// Where this worker's connections come from.
@@ -56,14 +59,16 @@ where
     Fut: Future<Output = Result<Router, E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let channel = Channel::from_fd(fd::adopt(IPC_FD, Expect::SeqPacket)?)?;
+    let messenger = Messenger::new(channel.clone());
     let ctx = WorkerContext {
         slot: identity.slot,
         generation: identity.generation,
         pid: std::process::id(),
         started: Instant::now(),
         balance: config.balance,
+        messenger: messenger.clone(),
     };
-    let channel = Channel::from_fd(fd::adopt(IPC_FD, Expect::SeqPacket)?)?;
     let source = if config.balance.primary_accepts() {
         let report_closes = config.balance == crate::Balance::LeastConn;
         let (listener, sink) = handoff::handoff(channel.clone(), config.bind, report_closes);
@@ -77,13 +82,13 @@ where
         Source::Handoff(_, sink) => Some(sink.clone()),
         Source::Shared(_) => None,
     };
-    watch_primary(channel.clone(), trigger.clone(), stop.clone(), sink);
+    watch_primary(channel.clone(), trigger.clone(), stop.clone(), sink, messenger);
     watch_signals(trigger)?;
 
     // The app may take a while to build (it waits for its database); a shutdown request in the
     // meantime ends the worker without ever reporting ready.
     let router = tokio::select! {
-        built = make_app(ctx) => built.map_err(|e| ClusterError::App(e.into()))?,
+        built = make_app(ctx.clone()) => built.map_err(|e| ClusterError::App(e.into()))?,
         _ = stop.wait() => {
             tracing::info!("shutdown requested before the worker was ready");
             return Ok(());
@@ -190,7 +195,13 @@ async fn serve<L>(
 
 /// Reads the primary's messages: connections to adopt (or refuse while draining), a shutdown
 /// request, or the primary's death (end of file), which starts the drain.
-fn watch_primary(channel: Channel, trigger: shutdown::Trigger, stop: shutdown::Signal, sink: Option<HandoffSink>) {
+fn watch_primary(
+    channel: Channel,
+    trigger: shutdown::Trigger,
+    stop: shutdown::Signal,
+    sink: Option<HandoffSink>,
+    messenger: Messenger,
+) {
     tokio::spawn(async move {
         let mut buf = RecvBuf::default();
         loop {
@@ -213,6 +224,12 @@ fn watch_primary(channel: Channel, trigger: shutdown::Trigger, stop: shutdown::S
             };
             match msg {
                 ToWorker::Shutdown => trigger.fire(Stop::Shutdown),
+                ToWorker::Message { from, payload } => messenger.deliver(from, payload),
+                ToWorker::Query { id, payload } => {
+                    let messenger = messenger.clone();
+                    tokio::spawn(async move { messenger.answer(id, payload).await });
+                }
+                ToWorker::Gathered { id, replies } => messenger.gathered(id, replies),
                 ToWorker::Retire => trigger.fire(Stop::Retire),
                 ToWorker::Connections { conns } => {
                     let (accepted, refused) = match &sink {
