@@ -9,7 +9,7 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
 /// A multi-process HTTP server: N axum workers on one port, sessions shared through Redis.
 #[derive(Debug, Parser)]
-#[command(name = "herd", version, about)]
+#[command(name = "herd", version, about, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -27,6 +27,15 @@ pub enum Command {
     /// Print a systemd unit that runs `herd serve` with the given flags (`Type=notify`: the
     /// primary reports ready once every worker is).
     SystemdUnit(Box<ServeArgs>),
+    /// Configuration files.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print a commented herd.toml with every key and its default.
+    Example,
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +120,10 @@ pub struct RedisArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
+    /// Read flags from this TOML file (keys are the long flags with _ for -; flags and
+    /// environment variables win). `herd config example` prints one.
+    #[arg(long, env = "HERD_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Number of worker processes [default: number of CPUs]
     #[arg(long, env = "HERD_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,

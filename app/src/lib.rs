@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`cli`]: the command line (every flag also reads an environment variable).
+//! - [`config_file`]: `--config herd.toml`, the ecosystem file.
 //! - [`serve`]: `herd serve` — primary-only preparation, then the cluster.
 //! - [`ctl`]: `herd ctl` — talking to a running primary over its control socket.
 //! - [`systemd`]: `herd systemd-unit` — a unit file for the current flags.
@@ -13,6 +14,7 @@
 //! - [`logging`]: tracing setup; every worker line says which worker wrote it.
 
 pub mod cli;
+pub mod config_file;
 pub mod ctl;
 pub mod error;
 pub mod logging;

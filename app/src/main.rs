@@ -2,11 +2,16 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
-use herd::cli::{Cli, Command};
+use herd::cli::{Command, ConfigCommand};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match herd::config_file::parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            eprintln!("herd: {err:#}");
+            return ExitCode::from(2);
+        }
+    };
     let role = match herd_cluster::Role::detect() {
         Ok(role) => role,
         Err(err) => {
@@ -34,6 +39,10 @@ fn main() -> ExitCode {
             Command::Users(command) => herd::users::cli::run(command).await,
             Command::Ctl(args) => herd::ctl::run(args).await,
             Command::SystemdUnit(args) => herd::systemd::print_unit(&args),
+            Command::Config(ConfigCommand::Example) => {
+                print!("{}", herd::config_file::example());
+                Ok(0)
+            }
         }
     });
     let code = match result {

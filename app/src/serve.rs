@@ -45,11 +45,15 @@ pub async fn run(args: ServeArgs, role: Role) -> anyhow::Result<i32> {
     let redis_url = match role {
         Role::Primary => {
             let url = match &args.redis.redis_url {
+                // Configured (flag, environment or file): workers read it the same way, so a
+                // reload picks up a changed config file.
                 Some(url) => url.clone(),
                 None => {
                     let redis = find_or_start_redis().await?;
                     let url = redis.as_ref().map_or_else(|| DEFAULT_REDIS_URL.to_owned(), |r| r.url.clone());
                     private = redis;
+                    // Workers must use the Redis the primary settled on, not probe again.
+                    config.worker_env.push(("REDIS_URL".into(), url.clone().into()));
                     url
                 }
             };
@@ -59,8 +63,6 @@ pub async fn run(args: ServeArgs, role: Role) -> anyhow::Result<i32> {
                 }
                 return Err(err);
             }
-            // Workers must use the Redis the primary settled on, not probe again.
-            config.worker_env.push(("REDIS_URL".into(), url.clone().into()));
             url
         }
         Role::Worker(_) => args.redis.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),

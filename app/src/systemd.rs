@@ -20,6 +20,10 @@ pub fn print_unit(args: &ServeArgs) -> anyhow::Result<i32> {
     let _ = writeln!(unit, "[Unit]\nDescription=herd: {} workers on {}", args.workers.map_or("one per CPU".into(), |n| n.to_string()), args.bind);
     let _ = writeln!(unit, "After=network-online.target redis-server.service\nWants=network-online.target\n");
     let _ = writeln!(unit, "[Service]\nType=notify\nNotifyAccess=main");
+    // Relative paths in the flags (--config, the private Redis's ./.herd) mean what they mean here.
+    if let Ok(cwd) = std::env::current_dir() {
+        let _ = writeln!(unit, "WorkingDirectory={}", quote(&cwd.to_string_lossy()));
+    }
     let _ = writeln!(unit, "ExecStart={} serve {}", quote(&exe.to_string_lossy()), flags.join(" "));
     let _ = writeln!(unit, "ExecReload=/bin/kill -HUP $MAINPID");
     let _ = writeln!(unit, "KillMode=mixed\nTimeoutStopSec={}", args.shutdown_timeout.as_secs() + 5);

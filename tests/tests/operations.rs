@@ -229,3 +229,48 @@ fn systemd_unit_runs_serve_with_the_given_flags() {
     let bad = std::process::Command::new(herd_e2e::herd::herd_bin()).args(["systemd-unit", "--workers", "zero"]).output().expect("run");
     assert_eq!(bad.status.code(), Some(2), "flags are validated like serve's");
 }
+
+#[test]
+fn a_reload_reads_the_changed_config_file_and_a_bad_one_changes_nothing() {
+    let redis = RedisServer::start();
+    let dir = herd_e2e::TempDir::new("config");
+    let config = dir.path().join("herd.toml");
+    let write = |url: &str| std::fs::write(&config, format!("workers = 2\nredis_url = \"{url}\"\nready_timeout = \"2s\"\n")).expect("write config");
+    write(&redis.url());
+    let path = config.to_string_lossy().into_owned();
+    let herd = Herd::spawn(&["serve", "--bind", "127.0.0.1:0", "--config", &path], &[]);
+    herd.wait_log("two workers", herd_e2e::herd::START_TIMEOUT, |l| l.contains("all 2 workers ready"));
+    let before = worker_pids(&herd.status());
+
+    // Point the file at a Redis that does not exist: new workers can never be ready.
+    write(&format!("redis://127.0.0.1:{}", herd_e2e::free_port()));
+    let (code, _, err) = herd.ctl(&["reload"]);
+    assert_eq!(code, 1, "the reload must fail");
+    assert!(err.contains("reload failed") && err.contains("not ready within 2s"), "a clear reason: {err}");
+    let status = herd.status();
+    assert_eq!(worker_pids(&status), before, "the old workers keep serving");
+    assert!(status["last_reload"].as_str().is_some_and(|r| r.contains("not ready within 2s")), "{status}");
+    assert_eq!(herd.client().get("/healthz").expect("served").status, 200);
+
+    // Fixed again, the next reload goes through.
+    write(&redis.url());
+    let (code, out, err) = herd.ctl(&["reload"]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+#[test]
+fn config_example_is_a_valid_config_file() {
+    let out = std::process::Command::new(herd_e2e::herd::herd_bin()).args(["config", "example"]).output().expect("run");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("# workers = 4") && text.contains("# balance = \"round-robin\""), "{text}");
+    let dir = herd_e2e::TempDir::new("example");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "wrokers = 3\n").expect("write");
+    let bad = std::process::Command::new(herd_e2e::herd::herd_bin())
+        .args(["serve", "--config", &path.to_string_lossy()])
+        .output()
+        .expect("run");
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown key `wrokers`"));
+}
