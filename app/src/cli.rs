@@ -71,6 +71,10 @@ pub enum CtlCommand {
     Broadcast { json: String },
     /// Send a JSON message to the worker of one slot.
     Send { slot: usize, json: String },
+    /// Follow the merged log of the primary and its workers (Ctrl-C to stop).
+    Logs,
+    /// A live `status` view, refreshed every second (Ctrl-C to stop).
+    Top,
     /// Shut the cluster down gracefully (like SIGTERM).
     Stop,
 }
@@ -175,6 +179,15 @@ pub struct ServeArgs {
     /// See --max-requests.
     #[arg(long, env = "HERD_MAX_REQUESTS_JITTER", default_value_t = 0)]
     pub max_requests_jitter: u64,
+    /// Also write every log line (primary and workers) to this file; reopened on SIGUSR1.
+    #[arg(long, env = "HERD_LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+    /// Also write warnings and errors to this file; reopened on SIGUSR1.
+    #[arg(long, env = "HERD_ERROR_LOG_FILE")]
+    pub error_log_file: Option<PathBuf>,
+    /// Log line format.
+    #[arg(long, env = "HERD_LOG_FORMAT", value_enum, default_value_t = crate::logging::LogFormat::Pretty)]
+    pub log_format: crate::logging::LogFormat,
     /// Serve /debug/block, /debug/alloc and /debug/crash (for tests and demos; refused unless
     /// --bind is a loopback address).
     #[arg(long, env = "HERD_DEBUG_ROUTES")]

@@ -9,7 +9,13 @@ use crate::cli::{CtlArgs, CtlCommand, ScaleArg};
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
     let socket = args.socket.unwrap_or_else(default_socket);
+    let unreachable = || format!("cannot talk to a herd primary at {} (is it running? see --socket)", socket.display());
     let (request, json) = match args.command {
+        CtlCommand::Logs => {
+            control::follow_logs(&socket, |line| println!("{line}")).await.with_context(unreachable)?;
+            return Ok(0);
+        }
+        CtlCommand::Top => return top(&socket).await.with_context(unreachable),
         CtlCommand::Status { json } => (Request::Status, json),
         CtlCommand::Reload => (Request::Reload, false),
         CtlCommand::Scale { count: ScaleArg::To(n) } => (Request::Scale { to: Some(n), by: None }, false),
@@ -43,6 +49,22 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
 
 fn parse_json(text: &str) -> anyhow::Result<serde_json::Value> {
     serde_json::from_str(text).with_context(|| format!("the message must be JSON, e.g. '{{\"type\":\"reset-stats\"}}', not {text:?}"))
+}
+
+/// `status`, redrawn every second, like `pm2 monit`.
+async fn top(socket: &std::path::Path) -> std::io::Result<i32> {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let response = control::request(socket, &Request::Status).await?;
+        let Some(status) = response.status else {
+            eprintln!("{}", response.error.unwrap_or_default());
+            return Ok(1);
+        };
+        // Clear the screen and go home, then draw.
+        print!("\x1b[2J\x1b[H{}", table(&status));
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+    }
 }
 
 /// Where `serve` puts the socket for the port in `HERD_BIND` (default 3000).

@@ -19,7 +19,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    herd::logging::init(role);
+    let (format, sink) = match &cli.command {
+        Command::Serve(args) => {
+            let sink = match role {
+                // The primary merges everyone's lines; workers write theirs to its pipe.
+                herd_cluster::Role::Primary => match herd_cluster::logs::LogSink::new(args.log_file.clone(), args.error_log_file.clone()) {
+                    Ok(sink) => Some(sink),
+                    Err(err) => {
+                        eprintln!("herd: cannot open the log files: {err}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+                herd_cluster::Role::Worker(_) => None,
+            };
+            (args.log_format, sink)
+        }
+        _ => (herd::logging::LogFormat::Pretty, None),
+    };
+    herd::logging::init(role, format, sink.clone());
     // The primary only supervises and passes sockets on: one thread does that with no
     // cross-thread wake-ups. Workers serve requests on every core.
     let mut builder = match role {
@@ -35,7 +52,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => herd::serve::run(*args, role).await,
+            Command::Serve(args) => herd::serve::run(*args, role, sink).await,
             Command::Users(command) => herd::users::cli::run(command).await,
             Command::Ctl(args) => herd::ctl::run(args).await,
             Command::SystemdUnit(args) => herd::systemd::print_unit(&args),

@@ -16,8 +16,9 @@ use crate::{
 };
 
 /// Runs `herd serve` in either role; returns the process exit code.
-pub async fn run(args: ServeArgs, role: Role) -> anyhow::Result<i32> {
+pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::LogSink>) -> anyhow::Result<i32> {
     let mut config = ClusterConfig::new(args.bind);
+    config.logs = logs;
     if let Some(workers) = args.workers {
         config.workers = usize::from(workers);
     }

@@ -109,6 +109,9 @@ pub struct ClusterConfig {
     /// Extra environment for workers, on top of the primary's own (e.g. the address of a
     /// service the primary started).
     pub worker_env: Vec<(OsString, OsString)>,
+    /// Where the merged log goes. With a sink, workers' output is captured and merged into it
+    /// (and `herd ctl logs` can follow it); without one, workers write to the inherited stderr.
+    pub logs: Option<crate::logs::LogSink>,
 }
 
 impl ClusterConfig {
@@ -124,6 +127,7 @@ impl ClusterConfig {
             recycling: Recycling::default(),
             control_socket: None,
             worker_env: Vec::new(),
+            logs: None,
         }
     }
 }

@@ -14,6 +14,7 @@
 //! → {"cmd":"restart","slot":2}       ← {"ok":true} once slot 2 runs a new worker
 //! → {"cmd":"send","payload":{…}}     ← {"ok":true,"workers":4}  (to every worker)
 //! → {"cmd":"send","slot":1,"payload":{…}}
+//! → {"cmd":"logs"}                   ← {"ok":true} then every new log line, as plain text lines
 //! → {"cmd":"stop"}                   ← {"ok":true} then the cluster shuts down gracefully
 //! ← {"ok":false,"error":"..."}       for anything that failed or could not be read
 //! ```
@@ -24,6 +25,7 @@
 use std::{
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
+    sync::Arc,
     time::Duration,
 };
 
@@ -69,6 +71,9 @@ pub enum Request {
         /// The message (any JSON).
         payload: serde_json::Value,
     },
+    /// Follow the merged log: after `{"ok":true}`, every new line as it is written, until the
+    /// client disconnects.
+    Logs,
     /// Shut the cluster down gracefully, as SIGTERM does.
     Stop,
 }
@@ -139,7 +144,11 @@ pub(crate) type Command = (Request, oneshot::Sender<Response>);
 
 /// Binds the control socket at `path` (replacing a stale one) with mode 0600 and serves it,
 /// forwarding each request to `commands`.
-pub(crate) fn serve(path: &Path, commands: mpsc::Sender<Command>) -> std::io::Result<ControlSocket> {
+pub(crate) fn serve(
+    path: &Path,
+    commands: mpsc::Sender<Command>,
+    logs: Option<crate::logs::LogSink>,
+) -> std::io::Result<ControlSocket> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         use std::os::unix::fs::FileTypeExt;
         if !meta.file_type().is_socket() {
@@ -166,7 +175,7 @@ pub(crate) fn serve(path: &Path, commands: mpsc::Sender<Command>) -> std::io::Re
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(answer(stream, commands.clone()));
+                    tokio::spawn(answer(stream, commands.clone(), logs.clone()));
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "control socket accept failed");
@@ -191,11 +200,15 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn answer(stream: UnixStream, commands: mpsc::Sender<Command>) {
+async fn answer(stream: UnixStream, commands: mpsc::Sender<Command>, logs: Option<crate::logs::LogSink>) {
     let (read, mut write) = stream.into_split();
     let response = match tokio::time::timeout(READ_TIMEOUT, read_request(read)).await {
         Err(_) => Response::error("timed out waiting for the request"),
         Ok(Err(reason)) => Response::error(reason),
+        Ok(Ok(Request::Logs)) => match logs {
+            Some(sink) => return follow(sink, write).await,
+            None => Response::error("this primary does not capture its workers' logs"),
+        },
         Ok(Ok(request)) => {
             let (reply, answer) = oneshot::channel();
             if commands.send((request, reply)).await.is_err() {
@@ -208,6 +221,44 @@ async fn answer(stream: UnixStream, commands: mpsc::Sender<Command>) {
     let mut line = serde_json::to_vec(&response).unwrap_or_else(|_| br#"{"ok":false}"#.to_vec());
     line.push(b'\n');
     let _ = write.write_all(&line).await;
+}
+
+/// Streams the merged log to one follower until it disconnects.
+async fn follow(sink: crate::logs::LogSink, mut write: tokio::net::unix::OwnedWriteHalf) {
+    let mut lines = sink.follow();
+    if write.write_all(b"{\"ok\":true}\n").await.is_err() {
+        return;
+    }
+    loop {
+        let line = match lines.recv().await {
+            Ok(line) => line,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => Arc::from(format!("[{missed} log lines skipped: the follower was too slow]")),
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        };
+        if write.write_all(line.as_bytes()).await.is_err() || write.write_all(b"\n").await.is_err() {
+            return; // the follower went away
+        }
+    }
+}
+
+/// Follows the merged log of the primary at `path`, calling `on_line` for each line, until the
+/// primary goes away.
+pub async fn follow_logs(path: &Path, mut on_line: impl FnMut(&str)) -> std::io::Result<()> {
+    let stream = UnixStream::connect(path).await?;
+    let (read, mut write) = stream.into_split();
+    let mut line = serde_json::to_vec(&Request::Logs)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut lines = BufReader::new(read).lines();
+    let first = lines.next_line().await?.unwrap_or_default();
+    let response: Response = serde_json::from_str(&first).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    if !response.ok {
+        return Err(std::io::Error::other(response.error.unwrap_or_default()));
+    }
+    while let Some(line) = lines.next_line().await? {
+        on_line(&line);
+    }
+    Ok(())
 }
 
 async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Request, String> {

@@ -48,10 +48,12 @@
 //!   sockets with `SCM_RIGHTS`.
 //! - [`drain`]: the middleware and listener that make a worker's shutdown graceful.
 //! - [`messaging`]: application messages between workers and the primary (broadcast, gather).
+//! - [`logs`]: the merged log of the primary and its workers, its files and followers.
 
 pub mod config;
 pub mod control;
 pub mod drain;
+pub mod logs;
 pub mod messaging;
 pub mod role;
 

@@ -86,7 +86,12 @@ impl Herd {
         });
         let mut herd = Herd { child, addr: "0.0.0.0:0".parse().expect("literal"), log, exited: None };
         let line = herd.wait_log("the listening address", START_TIMEOUT, |l| l.contains("listening on "));
-        let addr = line.split("listening on ").nth(1).and_then(|rest| rest.split_whitespace().next());
+        // Text or JSON logs: the address is what follows, up to the first character that
+        // cannot be part of one.
+        let addr: Option<String> = line
+            .split("listening on ")
+            .nth(1)
+            .map(|rest| rest.chars().take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')).collect());
         herd.addr = addr.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
         herd
     }
@@ -102,7 +107,11 @@ impl Herd {
     /// The control socket path the primary logged at start.
     pub fn control_socket(&self) -> PathBuf {
         let line = self.wait_log("the listening line", START_TIMEOUT, |l| l.contains("listening on "));
-        let path = line.split("control=").nth(1).and_then(|rest| rest.split_whitespace().next());
+        let path = line
+            .split("control=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .or_else(|| line.split(r#""control":""#).nth(1).and_then(|rest| rest.split('"').next()));
         PathBuf::from(path.unwrap_or_else(|| panic!("no control socket in {line:?}")))
     }
 

@@ -62,6 +62,8 @@ pub(crate) struct Spawner {
     pub(crate) env: Vec<(OsString, OsString)>,
     /// The listener, passed to workers only in shared mode.
     pub(crate) shared_listener: Option<std::net::TcpListener>,
+    /// Where workers' output goes, when it is captured.
+    pub(crate) logs: Option<crate::logs::LogSink>,
     pub(crate) events: mpsc::UnboundedSender<Event>,
 }
 
@@ -97,12 +99,19 @@ impl Spawner {
             .env(ENV_GENERATION, generation.to_string())
             .env(ENV_IPC_FD, IPC_FD.to_string())
             .fd_mappings(fds)?;
+        if self.logs.is_some() {
+            cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        }
         let spawned = cmd.spawn();
         // The command owns our copies of the worker's fds; drop it now so that the worker's end
         // of the IPC socket lives only in the worker and its death reads as end-of-file.
         drop(cmd);
-        let child = spawned.map_err(|source| SpawnError::Exec { exe: self.exe.display().to_string(), source })?;
+        let mut child = spawned.map_err(|source| SpawnError::Exec { exe: self.exe.display().to_string(), source })?;
         let pid = child.id().unwrap_or_default();
+        if let Some(sink) = &self.logs {
+            forward_lines(child.stdout.take(), sink.clone());
+            forward_lines(child.stderr.take(), sink.clone());
+        }
 
         let (kill, kill_requests) = mpsc::channel(1);
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
@@ -219,4 +228,16 @@ impl LinkTask {
         self.unacked.extend(batch.into_iter().map(|c| (c.id, c)));
         sent
     }
+}
+
+/// Copies a worker's output, line by line, into the merged log.
+fn forward_lines(output: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>, sink: crate::logs::LogSink) {
+    use tokio::io::AsyncBufReadExt;
+    let Some(output) = output else { return };
+    tokio::spawn(async move {
+        let mut lines = tokio::io::BufReader::new(output).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            sink.write_line(&line);
+        }
+    });
 }

@@ -89,7 +89,7 @@ pub(crate) async fn run(
     };
     let control_path = config.control_socket.clone().unwrap_or_else(|| control::default_path(local.port()));
     let (commands_tx, commands) = mpsc::channel(16);
-    let _control = control::serve(&control_path, commands_tx)
+    let _control = control::serve(&control_path, commands_tx, config.logs.clone())
         .map_err(|source| ClusterError::ControlSocket { path: control_path.clone(), source })?;
 
     let (events_tx, events) = mpsc::unbounded_channel();
@@ -100,6 +100,7 @@ pub(crate) async fn run(
         exe,
         args: argv.collect::<Vec<OsString>>(),
         env: config.worker_env.clone(),
+        logs: config.logs.clone(),
         // The primary keeps `listener` itself, open, in every mode (dropped only on return).
         shared_listener: if acceptor.is_none() {
             Some(listener.try_clone().map_err(|source| ClusterError::Bind { addr: local, source })?)
@@ -230,6 +231,7 @@ struct Signals {
     hup: UnixSignal,
     ttin: UnixSignal,
     ttou: UnixSignal,
+    usr1: UnixSignal,
 }
 
 impl Signals {
@@ -241,6 +243,7 @@ impl Signals {
             hup: on(SignalKind::hangup())?,
             ttin: on(SignalKind::from_raw(nix::libc::SIGTTIN))?,
             ttou: on(SignalKind::from_raw(nix::libc::SIGTTOU))?,
+            usr1: on(SignalKind::user_defined1())?,
         })
     }
 }
@@ -292,6 +295,7 @@ impl Supervisor {
                 }
                 _ = signals.ttin.recv(), if stopping.is_none() => self.scale_by(1),
                 _ = signals.ttou.recv(), if stopping.is_none() => self.scale_by(-1),
+                _ = signals.usr1.recv() => self.reopen_logs(),
                 _ = sleep_until(rollout_deadline) => self.rollout_timed_out(),
                 _ = sleep_until(gather_deadline) => self.finish_gathers(true),
                 _ = checks.tick(), if stopping.is_none() => self.check_workers(),
@@ -575,6 +579,14 @@ impl Supervisor {
         self.queue.clear();
         for (_, worker) in self.all_workers() {
             worker.tell(ToWorker::Shutdown);
+        }
+    }
+
+    fn reopen_logs(&self) {
+        match self.config.logs.as_ref().map(|sink| sink.reopen()) {
+            Some(Ok(())) => tracing::info!("SIGUSR1: log files reopened"),
+            Some(Err(err)) => tracing::error!("SIGUSR1: cannot reopen the log files: {err}"),
+            None => tracing::info!("SIGUSR1: no log files to reopen"),
         }
     }
 

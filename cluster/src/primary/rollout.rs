@@ -92,7 +92,7 @@ impl Supervisor {
                 let sent = self.relay_broadcast(None, &payload);
                 let _ = reply.send(Response { workers: Some(sent), ..Response::ok() });
             }
-            Request::Stop => unreachable!("handled by the run loop"),
+            Request::Stop | Request::Logs => unreachable!("handled by the run loop and the control socket"),
         }
     }
 
