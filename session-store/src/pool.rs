@@ -58,10 +58,8 @@ pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
         .build_pool(config.pool_size.max(1))?;
     match tokio::time::timeout(timeout * 3, pool.init()).await {
         Ok(Ok(_connection_task)) => Ok(pool),
-        Ok(Err(err)) => {
-            let _ = pool.quit().await;
-            Err(err.into())
-        }
+        // fred has already stopped the pool's tasks after a failed init.
+        Ok(Err(err)) => Err(err.into()),
         Err(_elapsed) => {
             let _ = pool.quit().await;
             Err(fred::error::Error::new(fred::error::ErrorKind::Timeout, "connecting to Redis timed out").into())

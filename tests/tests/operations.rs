@@ -274,3 +274,30 @@ fn config_example_is_a_valid_config_file() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown key `wrokers`"));
 }
+
+#[test]
+fn ctl_top_redraws_the_status_table() {
+    use std::io::Read;
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "2"]);
+    let mut top = std::process::Command::new(herd_e2e::herd::herd_bin())
+        .arg("ctl")
+        .arg("--socket")
+        .arg(herd.control_socket())
+        .arg("top")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("herd ctl top");
+    let mut stdout = top.stdout.take().expect("stdout");
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    // Two screens: the view refreshes.
+    while seen.matches("\x1b[2J").count() < 2 {
+        let n = stdout.read(&mut buf).expect("read top's output");
+        assert!(n > 0, "top exited: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let _ = top.kill();
+    let _ = top.wait();
+    assert!(seen.contains("slot") && seen.matches(" ready ").count() >= 4, "{seen}");
+}
