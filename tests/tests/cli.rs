@@ -84,6 +84,19 @@ fn users_add_reads_the_password_from_stdin() {
 }
 
 #[test]
+fn debug_routes_are_refused_off_loopback() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let out = Command::new(herd_bin())
+        .args(["serve", "--bind", "0.0.0.0:0", "--redis-url", &url, "--debug-routes"])
+        .output()
+        .expect("run herd");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--debug-routes") && stderr.contains("loopback"), "{stderr}");
+}
+
+#[test]
 fn unreachable_redis_is_a_clear_startup_error() {
     let port = herd_e2e::free_port();
     let url = format!("redis://127.0.0.1:{port}");
