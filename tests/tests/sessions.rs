@@ -66,6 +66,11 @@ fn cookies_are_secure_by_default() {
     herd.wait_log("ready", herd_e2e::herd::START_TIMEOUT, |l| l.contains("workers ready"));
     let login = herd.client().post_json("/login", r#"{"username":"alice","password":"wonderland"}"#).expect("login");
     assert!(login.header("set-cookie").is_some_and(|c| c.contains("Secure")));
+    let mut client = herd.client();
+    client.cookie = login.cookie();
+    let logout = client.request("POST", "/logout", &[], b"").expect("logout");
+    let removal = logout.header("set-cookie").expect("a removal cookie");
+    assert!(removal.contains("Max-Age=0") && removal.contains("Secure") && removal.contains("HttpOnly"), "{removal}");
 }
 
 #[test]
@@ -78,7 +83,9 @@ fn logout_ends_the_session_server_side() {
 
     let logout = client.request("POST", "/logout", &[], b"").expect("logout");
     assert_eq!(logout.status, 200);
-    assert!(logout.header("set-cookie").is_some_and(|c| c.contains("Max-Age=0")), "removal cookie");
+    let removal = logout.header("set-cookie").expect("a removal cookie").to_owned();
+    assert!(removal.contains("Max-Age=0"), "{removal}");
+    assert!(removal.contains("HttpOnly") && removal.contains("SameSite=Lax"), "the removal cookie keeps the flags: {removal}");
     assert_eq!(redis.keys("herd:sess:*"), Vec::<String>::new(), "session deleted from Redis");
 
     // Replaying the old cookie (as a thief would) gets nothing, on every worker.

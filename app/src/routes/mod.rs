@@ -66,11 +66,16 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
         .with_expiry(Expiry::OnInactivity(SESSION_IDLE));
+    let removal = RemovalCookie { name: settings.cookie_name.clone(), secure: settings.secure };
     let with_session = Router::new()
         .route("/", get(home::home))
         .route("/login", post(auth::login))
         .route("/logout", post(auth::logout))
         .layer(sessions)
+        .layer(middleware::map_response(move |response| {
+            let removal = removal.clone();
+            async move { removal.fix(response) }
+        }))
         .layer(middleware::from_fn(error::session_save_failures))
         .layer(middleware::from_fn(error::no_store));
     let router = if settings.debug_routes { debug::routes() } else { Router::new() };
@@ -86,6 +91,47 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), stats::count))
         .with_state(state)
+}
+
+/// tower-sessions 0.14 sends the cookie that deletes the session on logout without `HttpOnly`,
+/// `SameSite` or `Secure` (fixed upstream after 0.14), which breaks `__Host-` cookie names and
+/// lets a plain-HTTP response carry it. Give the removal cookie the same flags as the session
+/// cookie.
+#[derive(Clone)]
+struct RemovalCookie {
+    name: String,
+    secure: bool,
+}
+
+impl RemovalCookie {
+    fn fix(&self, mut response: axum::response::Response) -> axum::response::Response {
+        let prefix = format!("{}=", self.name);
+        let mut fixed = Vec::new();
+        for value in response.headers().get_all(header::SET_COOKIE) {
+            let Ok(text) = value.to_str() else { continue };
+            let removal = text.starts_with(&prefix) && text.contains("Max-Age=0");
+            let mut cookie = text.to_owned();
+            if removal {
+                for (flag, wanted) in [("HttpOnly", true), ("SameSite=Lax", true), ("Secure", self.secure)] {
+                    if wanted && !cookie.split(';').any(|part| part.trim() == flag) {
+                        cookie.push_str("; ");
+                        cookie.push_str(flag);
+                    }
+                }
+            }
+            fixed.push(cookie);
+        }
+        if fixed.is_empty() {
+            return response;
+        }
+        response.headers_mut().remove(header::SET_COOKIE);
+        for cookie in fixed {
+            if let Ok(value) = header::HeaderValue::from_str(&cookie) {
+                response.headers_mut().append(header::SET_COOKIE, value);
+            }
+        }
+        response
+    }
 }
 
 /// True when the client asked for HTML (a browser navigating), not JSON.
