@@ -26,6 +26,9 @@ pub enum AppError {
     /// Wrong user name or password (deliberately not saying which).
     #[error("invalid username or password")]
     BadCredentials,
+    /// Too many failed logins from this address or for this user name.
+    #[error("too many failed logins, retry in {retry_after} s")]
+    RateLimited { retry_after: u64 },
     /// Redis is unreachable or timed out.
     #[error("session store unavailable, retry shortly")]
     Unavailable(String),
@@ -45,6 +48,10 @@ impl IntoResponse for AppError {
         let status = match &self {
             AppError::BadRequest { status, .. } => *status,
             AppError::BadCredentials => StatusCode::UNAUTHORIZED,
+            AppError::RateLimited { retry_after } => {
+                let body = Json(json!({ "error": self.to_string() }));
+                return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, retry_after.to_string())], body).into_response();
+            }
             AppError::Unavailable(cause) => {
                 tracing::warn!(%cause, "answering 503: Redis unavailable");
                 return unavailable();
@@ -72,6 +79,16 @@ impl From<tower_sessions::session::Error> for AppError {
         match err {
             tower_sessions::session::Error::Store(e) => AppError::Unavailable(e.to_string()),
             other => AppError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<herd_session_store::StoreError> for AppError {
+    fn from(err: herd_session_store::StoreError) -> Self {
+        if err.is_unavailable() {
+            AppError::Unavailable(err.to_string())
+        } else {
+            AppError::Internal(err.to_string())
         }
     }
 }

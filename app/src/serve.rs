@@ -157,7 +157,8 @@ async fn build_app(
     let store = RedisSessionStore::new(pool.clone(), keys.clone());
     let counters = std::sync::Arc::new(routes::stats::Counters::default());
     routes::stats::serve_counters(&ctx.messenger, counters.clone());
-    let state = AppState { users: Users::new(pool.clone(), keys), pool, worker: ctx, demo_users, counters };
+    let limiter = crate::users::limit::LoginLimiter::new(pool.clone(), keys.clone());
+    let state = AppState { users: Users::new(pool.clone(), keys), limiter, pool, worker: ctx, demo_users, counters };
     Ok(routes::router(state, store, &settings))
 }
 

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `{prefix}sess:{sha256(session id)}` | one session record |
 //! | `{prefix}user:{name}` | a user (hash: `password` = argon2 PHC string) |
-//! | `{prefix}cache:{key}` | shared cache entries |
+//! | `{prefix}ratelimit:login:{ip\|user}:{id}` | failed logins in the current window (a counter with a TTL) |
 
 use sha2::{Digest, Sha256};
 use std::fmt::Write;
@@ -46,6 +46,11 @@ impl Keys {
     /// The key of a user record.
     pub fn user(&self, name: &str) -> String {
         format!("{}user:{name}", self.prefix)
+    }
+
+    /// The counter of failed logins for one client address or one user name.
+    pub fn login_failures(&self, by: &str, id: &str) -> String {
+        format!("{}ratelimit:login:{by}:{id}", self.prefix)
     }
 }
 

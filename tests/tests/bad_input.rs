@@ -70,3 +70,32 @@ fn heavy_really_computes_and_reports_its_worker() {
     let body = herd.client().get("/heavy?n=1e3").expect("heavy").json();
     assert_eq!(body["result"], 499_500);
 }
+
+#[test]
+fn repeated_failed_logins_are_rate_limited_across_workers() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "3"]);
+    let from = |n: u8| herd.client().from_ip(std::net::IpAddr::from([127, 0, 0, n]));
+    let login = |n: u8, user: &str, password: &str| {
+        from(n).post_json("/login", &format!(r#"{{"username":"{user}","password":"{password}"}}"#)).expect("login request")
+    };
+    // Five wrong passwords for alice, on fresh connections (so on several workers).
+    for _ in 0..5 {
+        assert_json_error(&login(21, "alice", "guess"), 401);
+    }
+    // Now even the right password is refused, from any address: the limit is per user name.
+    for n in [21, 22] {
+        let refused = login(n, "alice", "wonderland");
+        assert_json_error(&refused, 429);
+        let retry: u64 = refused.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After seconds");
+        assert!((1..=300).contains(&retry), "{retry}");
+    }
+    // Other names from the same address are not locked out by alice's failures...
+    assert_json_error(&login(21, "bob", "guess"), 401);
+    // ...until the address itself has failed too often (20 per window).
+    for i in 0..14 {
+        assert_json_error(&login(21, &format!("user{i}"), "guess"), 401);
+    }
+    assert_json_error(&login(21, "carol", "guess"), 429);
+    assert_json_error(&login(23, "carol", "guess"), 401);
+}

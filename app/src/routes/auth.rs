@@ -64,10 +64,16 @@ pub(super) async fn login(
 ) -> Response {
     let result = async {
         let creds = creds?;
+        if let Some(retry_after) = state.limiter.check(client.ip(), &creds.username).await? {
+            tracing::warn!(user = %creds.username, client = %client.ip(), "login refused: too many failures");
+            return Err(AppError::RateLimited { retry_after });
+        }
         if !state.users.verify(&creds.username, &creds.password).await? {
             tracing::info!(user = %creds.username, client = %client.ip(), "failed login");
+            state.limiter.failed(client.ip(), &creds.username).await?;
             return Err(AppError::BadCredentials);
         }
+        state.limiter.succeeded(&creds.username).await?;
         session.cycle_id().await?;
         session.clear().await;
         session.insert(USER_KEY, &creds.username).await?;
@@ -84,6 +90,7 @@ pub(super) async fn login(
         (true, Err(err)) => {
             let notice = match err {
                 AppError::BadCredentials => Notice::BadLogin,
+                AppError::RateLimited { .. } => Notice::RateLimited,
                 AppError::BadRequest { .. } => Notice::BadInput,
                 AppError::Unavailable(_) | AppError::Internal(_) => Notice::Unavailable,
             };

@@ -41,6 +41,8 @@ const SESSION_IDLE: time::Duration = time::Duration::minutes(30);
 #[derive(Clone)]
 pub struct AppState {
     pub users: Users,
+    /// Failed-login counters shared by every worker.
+    pub limiter: crate::users::limit::LoginLimiter,
     pub pool: Pool,
     pub worker: WorkerContext,
     /// Names of the `--demo-user`s, shown as a hint on the login form.

@@ -13,6 +13,7 @@ use herd_cluster::Balance;
 pub(crate) enum Notice {
     BadLogin,
     BadInput,
+    RateLimited,
     Unavailable,
 }
 
@@ -21,6 +22,7 @@ impl Notice {
         match code {
             "bad-login" => Some(Notice::BadLogin),
             "bad-input" => Some(Notice::BadInput),
+            "rate-limited" => Some(Notice::RateLimited),
             "unavailable" => Some(Notice::Unavailable),
             _ => None,
         }
@@ -30,6 +32,7 @@ impl Notice {
         match self {
             Notice::BadLogin => "bad-login",
             Notice::BadInput => "bad-input",
+            Notice::RateLimited => "rate-limited",
             Notice::Unavailable => "unavailable",
         }
     }
@@ -38,6 +41,7 @@ impl Notice {
         match self {
             Notice::BadLogin => "Wrong user name or password.",
             Notice::BadInput => "That form could not be read; please fill in both fields.",
+            Notice::RateLimited => "Too many failed logins. Please wait a few minutes before trying again.",
             Notice::Unavailable => "The session store (Redis) is unavailable right now. Please retry in a moment.",
         }
     }
@@ -248,7 +252,7 @@ mod tests {
     fn notices_come_from_a_fixed_list() {
         assert_eq!(Notice::from_code("bad-login"), Some(Notice::BadLogin));
         assert_eq!(Notice::from_code("<script>"), None);
-        for notice in [Notice::BadLogin, Notice::BadInput, Notice::Unavailable] {
+        for notice in [Notice::BadLogin, Notice::BadInput, Notice::RateLimited, Notice::Unavailable] {
             assert_eq!(Notice::from_code(notice.code()), Some(notice));
         }
     }

@@ -3,6 +3,7 @@
 //! Hashing runs on the blocking pool so a login never stalls the worker's other requests.
 
 pub mod cli;
+pub mod limit;
 
 use std::sync::{Arc, OnceLock};
 
