@@ -4,8 +4,14 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 
-/// The Redis address used when none is configured.
-pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Where Redis is looked for when none is configured (and where the no-Docker quick start
+/// probes before starting a private one).
+pub const DEFAULT_REDIS_ADDR: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6379);
+/// [`DEFAULT_REDIS_ADDR`] as a URL.
+pub fn default_redis_url() -> String {
+    format!("redis://{DEFAULT_REDIS_ADDR}")
+}
 
 /// A multi-process HTTP server: N axum workers on one port, sessions shared through Redis.
 #[derive(Debug, Parser)]

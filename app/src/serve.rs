@@ -9,7 +9,7 @@ use herd_cluster::{ClusterConfig, Outcome, Role, WorkerContext};
 use herd_session_store::{Keys, RedisConfig, RedisSessionStore, StoreError};
 
 use crate::{
-    cli::{ServeArgs, DEFAULT_REDIS_URL},
+    cli::{default_redis_url, ServeArgs, DEFAULT_REDIS_ADDR},
     private_redis::{self, PrivateRedis},
     routes::{self, AppState, SessionSettings},
     users::Users,
@@ -51,7 +51,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
                 Some(url) => url.clone(),
                 None => {
                     let redis = find_or_start_redis().await?;
-                    let url = redis.as_ref().map_or_else(|| DEFAULT_REDIS_URL.to_owned(), |r| r.url.clone());
+                    let url = redis.as_ref().map_or_else(|| default_redis_url(), |r| r.url.clone());
                     private = redis;
                     // Workers must use the Redis the primary settled on, not probe again.
                     config.worker_env.push(("REDIS_URL".into(), url.clone().into()));
@@ -66,7 +66,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
             }
             url
         }
-        Role::Worker(_) => args.redis.redis_url.clone().unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
+        Role::Worker(_) => args.redis.redis_url.clone().unwrap_or_else(|| default_redis_url()),
     };
 
     let settings = SessionSettings {
@@ -93,15 +93,15 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
 
 /// Uses a Redis at the default address if one answers; otherwise starts a private one.
 async fn find_or_start_redis() -> anyhow::Result<Option<PrivateRedis>> {
-    let default_addr = ([127, 0, 0, 1], 6379).into();
-    if private_redis::answers(default_addr).await {
+    if private_redis::answers(DEFAULT_REDIS_ADDR).await {
         return Ok(None);
     }
     if !private_redis::available() {
         bail!(
-            "no Redis configured and none answers at {DEFAULT_REDIS_URL}, and redis-server is not on PATH.\n\
+            "no Redis configured and none answers at {}, and redis-server is not on PATH.\n\
              Start one (apt-get install redis-server, brew install redis, or `docker compose up redis`),\n\
-             or point herd at one with --redis-url / REDIS_URL."
+             or point herd at one with --redis-url / REDIS_URL.",
+            default_redis_url()
         );
     }
     let redis = PrivateRedis::start()
@@ -176,7 +176,7 @@ mod tests {
 
     #[test]
     fn redact_hides_credentials_only() {
-        assert_eq!(redact("redis://user:secret@host:6379/0"), "redis://***@host:6379/0");
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        assert_eq!(redact("redis://user:secret@host:7000/0"), "redis://***@host:7000/0");
+        assert_eq!(redact("redis://10.0.0.5:7000"), "redis://10.0.0.5:7000");
     }
 }

@@ -19,8 +19,8 @@ pub async fn run(command: UsersCommand) -> anyhow::Result<i32> {
             if password.is_empty() {
                 bail!("no password on standard input (try: echo 'secret' | herd users add {name})");
             }
-            let url = redis.redis_url.as_deref().unwrap_or(crate::cli::DEFAULT_REDIS_URL);
-            let pool = connect_redis(url).await?;
+            let url = redis.redis_url.clone().unwrap_or_else(crate::cli::default_redis_url);
+            let pool = connect_redis(&url).await?;
             Users::new(pool, Keys::new(redis.key_prefix)).set_password(&name, password).await?;
             println!("user {name} saved");
             Ok(0)
