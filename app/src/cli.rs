@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
-use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use clap::{builder::BoolishValueParser, ArgAction, Args, Parser, Subcommand, ValueEnum};
 
 /// Where Redis is looked for when none is configured (and where the no-Docker quick start
 /// probes before starting a private one).
@@ -147,7 +147,7 @@ pub struct ServeArgs {
     pub balance: Balance,
     /// Sticky sessions: the same client IP always reaches the same worker (same as
     /// `--balance ip-hash`; `STICKY=1` in the environment).
-    #[arg(long, env = "STICKY")]
+    #[arg(long, env = "STICKY", value_parser = BoolishValueParser::new())]
     pub sticky: bool,
     /// Longest graceful shutdown; workers still running after it are killed (e.g. 30s, 500ms).
     #[arg(long, env = "HERD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
@@ -196,7 +196,7 @@ pub struct ServeArgs {
     pub log_format: crate::logging::LogFormat,
     /// Serve /debug/block, /debug/alloc and /debug/crash (for tests and demos; refused unless
     /// --bind is a loopback address).
-    #[arg(long, env = "HERD_DEBUG_ROUTES")]
+    #[arg(long, env = "HERD_DEBUG_ROUTES", value_parser = BoolishValueParser::new())]
     pub debug_routes: bool,
     /// Create or update this user at start, as NAME:PASSWORD (repeatable; comma-separated in
     /// the environment variable).
@@ -204,7 +204,7 @@ pub struct ServeArgs {
     pub demo_users: Vec<DemoUser>,
     /// Mark the session cookie `Secure` (browsers then send it over HTTPS only). Turn off for
     /// plain-HTTP demos.
-    #[arg(long, env = "HERD_SECURE_COOKIES", default_value_t = true, action = ArgAction::Set)]
+    #[arg(long, env = "HERD_SECURE_COOKIES", default_value_t = true, action = ArgAction::Set, value_parser = BoolishValueParser::new())]
     pub secure_cookies: bool,
     /// Name of the session cookie.
     #[arg(long, env = "HERD_COOKIE_NAME", default_value = "herd_session")]

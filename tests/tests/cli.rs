@@ -164,3 +164,17 @@ fn without_redis_or_redis_server_herd_says_how_to_get_one() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("redis-server is not on PATH") && stderr.contains("--redis-url"), "{stderr}");
 }
+
+#[test]
+fn sticky_from_the_environment_takes_the_usual_boolean_spellings() {
+    // docker-compose.yml passes STICKY=${STICKY:-0}; `STICKY=1 docker compose up` turns it on.
+    let redis = RedisServer::start();
+    let url = redis.url();
+    for (value, balance) in [("1", "ip-hash"), ("0", "round-robin"), ("yes", "ip-hash"), ("false", "round-robin")] {
+        let herd = Herd::spawn(&["serve", "--bind", "127.0.0.1:0", "--workers", "1", "--redis-url", &url], &[("STICKY", value)]);
+        herd.wait_log("ready", herd_e2e::herd::START_TIMEOUT, |l| l.contains("workers ready"));
+        assert_eq!(herd.client().get("/").expect("GET /").json()["balance"], balance, "STICKY={value}");
+    }
+    let out = Command::new(herd_bin()).args(["serve"]).env("STICKY", "maybe").output().expect("run");
+    assert_eq!(out.status.code(), Some(2), "an unclear value is an error, not a guess");
+}
