@@ -157,16 +157,16 @@ mod tests {
 
     /// A tiny self-cleaning temp file for the tests.
     mod tempfile_path {
-        pub struct Path(pub std::path::PathBuf);
+        pub(super) struct Path(pub(super) std::path::PathBuf);
         impl Path {
-            pub fn new(text: &str) -> Self {
+            pub(super) fn new(text: &str) -> Self {
                 static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
                 let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let path = std::env::temp_dir().join(format!("herd-config-test-{}-{n}.toml", std::process::id()));
                 std::fs::write(&path, text).expect("write");
                 Self(path)
             }
-            pub fn arg(&self) -> String {
+            pub(super) fn arg(&self) -> String {
                 self.0.display().to_string()
             }
         }

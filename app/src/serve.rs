@@ -51,7 +51,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
                 Some(url) => url.clone(),
                 None => {
                     let redis = find_or_start_redis().await?;
-                    let url = redis.as_ref().map_or_else(|| default_redis_url(), |r| r.url.clone());
+                    let url = redis.as_ref().map_or_else(default_redis_url, |r| r.url.clone());
                     private = redis;
                     // Workers must use the Redis the primary settled on, not probe again.
                     config.worker_env.push(("REDIS_URL".into(), url.clone().into()));
@@ -66,7 +66,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
             }
             url
         }
-        Role::Worker(_) => args.redis.redis_url.clone().unwrap_or_else(|| default_redis_url()),
+        Role::Worker(_) => args.redis.redis_url.clone().unwrap_or_else(default_redis_url),
     };
 
     let settings = SessionSettings {
