@@ -15,6 +15,7 @@ mod exit;
 mod health;
 mod link;
 mod notify;
+mod queue;
 mod relay;
 mod rollout;
 
@@ -34,7 +35,7 @@ use tokio::{
 use crate::{
     config::ClusterConfig,
     control,
-    dispatch::{Candidate, Chooser, Conn},
+    dispatch::{Chooser, Conn},
     error::ClusterError,
     proto::{ToPrimary, ToWorker},
 };
@@ -438,70 +439,6 @@ impl Supervisor {
             | ToPrimary::Reply { .. }
             | ToPrimary::Accepted { .. }
             | ToPrimary::Refused { .. } => {}
-        }
-    }
-
-    /// Hands `conn` to the worker the policy picks, or queues it until one is ready.
-    fn dispatch(&mut self, conn: Conn) {
-        let mut conn = conn;
-        loop {
-            let candidates: Vec<Candidate> = self
-                .slots
-                .iter()
-                .enumerate()
-                .filter_map(|(slot, s)| s.worker.as_ref().filter(|w| w.state == State::Ready).map(|w| Candidate { slot, open: w.open }))
-                .collect();
-            let Some(slot) = self.chooser.choose(conn.peer.ip(), &candidates) else {
-                return self.enqueue(conn);
-            };
-            let Some(worker) = self.slots[slot].worker.as_mut() else {
-                return self.enqueue(conn);
-            };
-            match worker.outbox.send(conn) {
-                Ok(()) => {
-                    worker.open += 1;
-                    return;
-                }
-                Err(mpsc::error::SendError(returned)) => {
-                    // Its link task has ended: the exit event is on its way. Choose again.
-                    worker.state = State::Draining;
-                    conn = returned;
-                }
-            }
-        }
-    }
-
-    fn redispatch(&mut self, conns: Vec<Conn>, stopping: bool) {
-        if stopping {
-            return; // dropping them closes them: nobody is left to serve them
-        }
-        for conn in conns {
-            self.dispatch(conn);
-        }
-    }
-
-    fn enqueue(&mut self, conn: Conn) {
-        self.queue.push_back(conn);
-        if self.queue.len() >= MAX_QUEUED && !self.queue_full_logged {
-            self.queue_full_logged = true;
-            tracing::warn!(
-                "dispatch queue full: {MAX_QUEUED} connections wait for a ready worker; further \
-                 connections wait in the kernel's accept queue"
-            );
-        }
-    }
-
-    /// Hands queued connections to workers, oldest first, as long as one can take them.
-    fn flush_queue(&mut self) {
-        let has_candidate = self.slots.iter().any(|s| s.worker.as_ref().is_some_and(|w| w.state == State::Ready));
-        if !has_candidate || self.queue.is_empty() {
-            return;
-        }
-        let queued = std::mem::take(&mut self.queue);
-        tracing::info!("handing {} queued connection(s) to workers", queued.len());
-        self.queue_full_logged = false;
-        for conn in queued {
-            self.dispatch(conn);
         }
     }
 
