@@ -114,6 +114,13 @@ pub enum UsersCommand {
         #[command(flatten)]
         redis: RedisArgs,
     },
+    /// Change a user's password (read from standard input) and end all of its sessions.
+    Passwd {
+        /// The user name.
+        name: String,
+        #[command(flatten)]
+        redis: RedisArgs,
+    },
 }
 
 /// Where Redis is.

@@ -158,7 +158,17 @@ async fn build_app(
     let counters = std::sync::Arc::new(routes::stats::Counters::default());
     routes::stats::serve_counters(&ctx.messenger, counters.clone());
     let limiter = crate::users::limit::LoginLimiter::new(pool.clone(), keys.clone());
-    let state = AppState { users: Users::new(pool.clone(), keys), limiter, pool, worker: ctx, demo_users, counters };
+    let logins = crate::users::sessions::UserSessions::new(pool.clone(), keys.clone());
+    let state = AppState {
+        users: Users::new(pool.clone(), keys),
+        limiter,
+        logins,
+        store: store.clone(),
+        pool,
+        worker: ctx,
+        demo_users,
+        counters,
+    };
     Ok(routes::router(state, store, &settings))
 }
 

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `{prefix}sess:{sha256(session id)}` | one session record |
 //! | `{prefix}user:{name}` | a user (hash: `password` = argon2 PHC string) |
+//! | `{prefix}user:{name}:sessions` | the session keys of the user's logins (for "log out everywhere") |
 //! | `{prefix}ratelimit:login:{ip\|user}:{id}` | failed logins in the current window (a counter with a TTL) |
 
 use sha2::{Digest, Sha256};
@@ -46,6 +47,11 @@ impl Keys {
     /// The key of a user record.
     pub fn user(&self, name: &str) -> String {
         format!("{}user:{name}", self.prefix)
+    }
+
+    /// The set of session keys a user logged in with.
+    pub fn user_sessions(&self, name: &str) -> String {
+        format!("{}user:{name}:sessions", self.prefix)
     }
 
     /// The counter of failed logins for one client address or one user name.

@@ -46,7 +46,8 @@ impl RedisSessionStore {
         Self { pool, keys }
     }
 
-    fn key(&self, id: &Id) -> String {
+    /// The Redis key of a session.
+    pub fn key(&self, id: &Id) -> String {
         self.keys.session(&id.to_string())
     }
 

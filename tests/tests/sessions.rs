@@ -155,3 +155,41 @@ fn redis_outage_is_a_fast_503_and_the_session_survives_a_restart() {
     assert_eq!(body["visits"], 2, "no visit lost or double-counted across the outage");
     assert_eq!(herd.client().get("/readyz").expect("readyz").status, 200);
 }
+
+#[test]
+fn logout_everywhere_and_a_password_change_end_every_session_of_the_user() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "3"]);
+    let me = |c: &herd_e2e::Client| c.get("/me").expect("GET /me").json()["user"].clone();
+    assert_eq!(me(&herd.client()), serde_json::Value::Null, "anonymous");
+
+    let mut devices: Vec<herd_e2e::Client> = (2..5).map(|n| herd.client().from_ip(std::net::IpAddr::from([127, 0, 0, n]))).collect();
+    for device in &mut devices {
+        device.login();
+        assert_eq!(me(device), "alice");
+    }
+    let out = devices[0].request("POST", "/logout?all=true", &[], b"").expect("logout everywhere");
+    assert_eq!(out.status, 200, "{}", out.body);
+    assert_eq!(out.json()["ended_elsewhere"], 2, "the two other devices");
+    for device in &devices {
+        assert_eq!(me(device), serde_json::Value::Null, "every device is logged out");
+    }
+
+    // A password change does the same.
+    devices[1].login();
+    let mut passwd = std::process::Command::new(herd_e2e::herd::herd_bin())
+        .args(["users", "passwd", "alice", "--redis-url", &redis.url()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("herd users passwd");
+    std::io::Write::write_all(&mut passwd.stdin.take().expect("stdin"), b"looking-glass\n").expect("password");
+    let out = passwd.wait_with_output().expect("passwd");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 session(s) ended"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(me(&devices[1]), serde_json::Value::Null);
+    let old = herd.client().post_json("/login", r#"{"username":"alice","password":"wonderland"}"#).expect("old password");
+    assert_eq!(old.status, 401);
+    let new = herd.client().post_json("/login", r#"{"username":"alice","password":"looking-glass"}"#).expect("new password");
+    assert_eq!(new.status, 200);
+}

@@ -1,13 +1,13 @@
 use std::net::SocketAddr;
 
 use axum::{
-    extract::{ConnectInfo, FromRequest, Request, State},
+    extract::{rejection::QueryRejection, ConnectInfo, FromRequest, Query, Request, State},
     http::{header, HeaderMap},
     response::{IntoResponse, Redirect, Response},
     Form, Json,
 };
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use tower_sessions::Session;
 
 use super::{
@@ -79,6 +79,11 @@ pub(super) async fn login(
         session.insert(USER_KEY, &creds.username).await?;
         session.insert(VISITS_KEY, 0u64).await?;
         session.insert(SINCE_KEY, now()).await?;
+        // Saving now gives the session its new id, which the user's login index records.
+        session.save().await?;
+        if let Some(id) = session.id() {
+            state.logins.add(&creds.username, &state.store.key(&id)).await?;
+        }
         tracing::info!(user = %creds.username, client = %client.ip(), "login");
         Ok(creds.username)
     }
@@ -99,13 +104,47 @@ pub(super) async fn login(
     }
 }
 
-/// Deletes the session from Redis; the old cookie is worthless afterwards.
-pub(super) async fn logout(headers: HeaderMap, session: Session) -> Response {
-    let result = session.flush().await;
+#[derive(Deserialize)]
+pub(super) struct LogoutQuery {
+    #[serde(default)]
+    all: bool,
+}
+
+/// Deletes the session from Redis; the old cookie is worthless afterwards. With `?all=true`,
+/// every session of the user, on every device, ends too.
+pub(super) async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<LogoutQuery>, QueryRejection>,
+    session: Session,
+) -> Response {
+    let all = query.map(|Query(q)| q.all).unwrap_or(false);
+    let result = async {
+        let user: Option<String> = session.get(USER_KEY).await?;
+        let key = session.id().map(|id| state.store.key(&id));
+        session.flush().await?;
+        let mut ended = 0;
+        if let Some(user) = &user {
+            if all {
+                ended = state.logins.end_all(user).await?;
+                tracing::info!(user = %user, ended, "logged out everywhere");
+            } else if let Some(key) = key {
+                state.logins.remove(user, &key).await?;
+            }
+        }
+        Ok::<_, AppError>(ended)
+    }
+    .await;
     match (wants_html(&headers), result) {
-        (false, Ok(())) => Json(json!({ "user": null })).into_response(),
-        (false, Err(err)) => AppError::from(err).into_response(),
-        (true, Ok(())) => Redirect::to("/").into_response(),
+        (false, Ok(ended)) => Json(json!({ "user": null, "ended_elsewhere": ended })).into_response(),
+        (false, Err(err)) => err.into_response(),
+        (true, Ok(_)) => Redirect::to("/").into_response(),
         (true, Err(_)) => Redirect::to(&format!("/?error={}", Notice::Unavailable.code())).into_response(),
     }
+}
+
+/// The session's user, without touching anything else: one Redis read.
+pub(super) async fn me(session: Session) -> Result<Json<Value>, AppError> {
+    let user: Option<String> = session.get(USER_KEY).await?;
+    Ok(Json(json!({ "user": user })))
 }

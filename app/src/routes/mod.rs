@@ -4,7 +4,8 @@
 //! |---|---|
 //! | `GET /` | who served this request, and this session's user and visit count |
 //! | `POST /login` | JSON or form `{username, password}`; a fresh session id on success |
-//! | `POST /logout` | ends the session server-side |
+//! | `POST /logout` | ends the session server-side (`?all=true`: every session of the user) |
+//! | `GET /me` | `{user}`: the session's user, read-only |
 //! | `GET /whoami` | `{pid, worker, balance}`, for the page's chart |
 //! | `GET /stats`, `POST /stats/reset` | every worker's counters, gathered over IPC; reset broadcast |
 //! | `GET /heavy?n=` | sum of 0..n on the blocking pool |
@@ -43,6 +44,10 @@ pub struct AppState {
     pub users: Users,
     /// Failed-login counters shared by every worker.
     pub limiter: crate::users::limit::LoginLimiter,
+    /// Every user's logins, for "log out everywhere".
+    pub logins: crate::users::sessions::UserSessions,
+    /// The session store, for the Redis key of a session.
+    pub store: RedisSessionStore,
     pub pool: Pool,
     pub worker: WorkerContext,
     /// Names of the `--demo-user`s, shown as a hint on the login form.
@@ -73,6 +78,7 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .route("/", get(home::home))
         .route("/login", post(auth::login))
         .route("/logout", post(auth::logout))
+        .route("/me", get(auth::me))
         .layer(sessions)
         .layer(middleware::map_response(move |response| {
             let removal = removal.clone();

@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod limit;
+pub mod sessions;
 
 use std::sync::{Arc, OnceLock};
 

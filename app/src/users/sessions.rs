@@ -1,0 +1,53 @@
+//! Every login of a user, so that all of them can be ended at once ("log out everywhere", and
+//! after a password change). Each login adds its session key to `{prefix}user:{name}:sessions`;
+//! ending them all deletes every listed session and the set. The set's TTL slides with each
+//! login, so a user who stops logging in leaves nothing behind; listed sessions that already
+//! expired cost a no-op `DEL`.
+
+use fred::{
+    clients::Pool,
+    interfaces::{KeysInterface, SetsInterface},
+};
+use herd_session_store::{Keys, StoreError};
+
+/// How long the index outlives the last login (longer than any session lives).
+const INDEX_TTL_SECS: i64 = 14 * 24 * 3600;
+
+#[derive(Clone)]
+pub struct UserSessions {
+    pool: Pool,
+    keys: Keys,
+}
+
+impl UserSessions {
+    pub fn new(pool: Pool, keys: Keys) -> Self {
+        Self { pool, keys }
+    }
+
+    /// Records that `session_key` belongs to `user`.
+    pub async fn add(&self, user: &str, session_key: &str) -> Result<(), StoreError> {
+        let index = self.keys.user_sessions(user);
+        let _: i64 = self.pool.sadd(&index, session_key).await?;
+        let _: bool = self.pool.expire(&index, INDEX_TTL_SECS, None).await?;
+        Ok(())
+    }
+
+    /// Forgets one session (a plain logout).
+    pub async fn remove(&self, user: &str, session_key: &str) -> Result<(), StoreError> {
+        let _: i64 = self.pool.srem(self.keys.user_sessions(user), session_key).await?;
+        Ok(())
+    }
+
+    /// Deletes every session of `user`; returns how many were still alive.
+    pub async fn end_all(&self, user: &str) -> Result<u64, StoreError> {
+        let index = self.keys.user_sessions(user);
+        let members: Vec<String> = self.pool.smembers(&index).await?;
+        let mut ended = 0;
+        for key in members {
+            let deleted: i64 = self.pool.del(&key).await?;
+            ended += u64::try_from(deleted).unwrap_or(0);
+        }
+        let _: i64 = self.pool.del(&index).await?;
+        Ok(ended)
+    }
+}
