@@ -38,12 +38,43 @@ struct StoredV1 {
 pub struct RedisSessionStore {
     pool: Pool,
     keys: Keys,
+    read_stock: bool,
 }
 
 impl RedisSessionStore {
     /// A store on `pool` (build it with [`crate::connect`] to get bounded I/O).
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self { pool, keys }
+        Self { pool, keys, read_stock: false }
+    }
+
+    /// Also finds sessions written by `tower-sessions-redis-store` 0.16 (key: the raw session
+    /// id, value: the MessagePack `Record`), so an app switching stores logs nobody out. A
+    /// session found that way is moved under herd's key at once, so the raw id leaves the
+    /// keyspace and the next request is an ordinary read. Costs one extra `GET` for session
+    /// ids herd does not know; turn it off once the old sessions have expired.
+    pub fn reading_stock_sessions(mut self) -> Self {
+        self.read_stock = true;
+        self
+    }
+
+    /// A session the stock store wrote, moved under herd's key.
+    async fn adopt_stock(&self, id: &Id) -> Result<Option<Record>, StoreError> {
+        let raw_key = id.to_string();
+        let value: Option<Vec<u8>> = self.pool.get(&raw_key).await?;
+        let Some(bytes) = value else { return Ok(None) };
+        let record = match rmp_serde::from_slice::<Record>(&bytes) {
+            Ok(record) if record.id == *id && record.expiry_date > OffsetDateTime::now_utc() => record,
+            Ok(_) => return Ok(None),
+            Err(err) => {
+                tracing::warn!(error = %err, "a value under a session id is not a stock tower-sessions record; ignoring it");
+                return Ok(None);
+            }
+        };
+        // NX: if herd already has this session (another worker moved it first), keep that one.
+        self.set(&record, SetOptions::NX).await?;
+        let _: i64 = self.pool.del(&raw_key).await?;
+        tracing::info!("moved a tower-sessions-redis-store session under herd's key");
+        Ok(Some(record))
     }
 
     /// The Redis key of a session.
@@ -87,7 +118,11 @@ impl SessionStore for RedisSessionStore {
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
         let value: Option<Vec<u8>> = self.pool.get(self.key(id)).await.map_err(StoreError::from)?;
-        Ok(value.and_then(|bytes| decode(id, &bytes)))
+        match value {
+            Some(bytes) => Ok(decode(id, &bytes)),
+            None if self.read_stock => Ok(self.adopt_stock(id).await?),
+            None => Ok(None),
+        }
     }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
