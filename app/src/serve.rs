@@ -160,10 +160,11 @@ async fn build_app(
     let limiter = crate::users::limit::LoginLimiter::new(pool.clone(), keys.clone());
     let logins = crate::users::sessions::UserSessions::new(pool.clone(), keys.clone());
     let state = AppState {
-        users: Users::new(pool.clone(), keys),
+        users: Users::new(pool.clone(), keys.clone()),
         limiter,
         logins,
         store: store.clone(),
+        cache: herd_session_store::Cache::new(pool.clone(), keys.clone()),
         pool,
         worker: ctx,
         demo_users,

@@ -5,6 +5,7 @@
 //! | `{prefix}sess:{sha256(session id)}` | one session record |
 //! | `{prefix}user:{name}` | a user (hash: `password` = argon2 PHC string) |
 //! | `{prefix}user:{name}:sessions` | the session keys of the user's logins (for "log out everywhere") |
+//! | `{prefix}cache:{key}` | a shared cache entry (`{key}:lock` while one worker computes it) |
 //! | `{prefix}ratelimit:login:{ip\|user}:{id}` | failed logins in the current window (a counter with a TTL) |
 
 use sha2::{Digest, Sha256};
@@ -47,6 +48,11 @@ impl Keys {
     /// The key of a user record.
     pub fn user(&self, name: &str) -> String {
         format!("{}user:{name}", self.prefix)
+    }
+
+    /// A shared cache entry (and `{key}:lock` for its single-flight lock).
+    pub fn cache(&self, key: &str) -> String {
+        format!("{}cache:{key}", self.prefix)
     }
 
     /// The set of session keys a user logged in with.

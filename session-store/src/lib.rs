@@ -21,11 +21,14 @@
 //! - [`pool`]: building the fred pool with the timeouts that make failure fast.
 //! - [`keys`]: the Redis key layout shared by sessions, users and the cache.
 //! - [`store`]: the `SessionStore` implementation and its value format.
+//! - [`cache`]: a cache shared by all workers, computing each missing value once cluster-wide.
 
+pub mod cache;
 pub mod keys;
 pub mod pool;
 pub mod store;
 
+pub use cache::{Cache, Cached};
 pub use keys::Keys;
 pub use pool::{connect, RedisConfig};
 pub use store::RedisSessionStore;

@@ -99,3 +99,31 @@ fn repeated_failed_logins_are_rate_limited_across_workers() {
     assert_json_error(&login(21, "carol", "guess"), 429);
     assert_json_error(&login(23, "carol", "guess"), 401);
 }
+
+#[test]
+fn concurrent_misses_across_workers_compute_once() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "4"]);
+    // 50 clients at once, each on its own connection, so round-robin spreads them over all
+    // four workers; a fresh n, so every one of them starts with a miss.
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(50));
+    let answers: Vec<serde_json::Value> = (0..50)
+        .map(|_| {
+            let (client, barrier) = (herd.client(), std::sync::Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                barrier.wait();
+                client.get("/heavy/cached?n=20000000").expect("GET /heavy/cached").json()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .collect();
+    let computed = answers.iter().filter(|a| a["cached"] == false).count();
+    assert_eq!(computed, 1, "exactly one request computes: {answers:?}");
+    assert!(answers.iter().all(|a| a["result"] == 199_999_990_000_000u64));
+    let pids: std::collections::HashSet<_> = answers.iter().map(|a| a["pid"].clone()).collect();
+    assert!(pids.len() >= 3, "the requests were spread over the workers: {pids:?}");
+    let computations = herd.log().iter().filter(|l| l.contains("cache miss")).count();
+    assert_eq!(computations, 1, "one computation in the whole cluster");
+}

@@ -29,18 +29,55 @@ pub(super) async fn heavy(
     State(state): State<AppState>,
     params: Result<Query<Params>, QueryRejection>,
 ) -> Result<Json<Heavy>, AppError> {
-    let Query(params) = params.map_err(|r| AppError::bad_request(StatusCode::BAD_REQUEST, r.body_text()))?;
-    let n = match params.n.as_deref() {
-        None => DEFAULT_N,
-        Some(raw) => parse_n(raw).ok_or_else(|| {
-            AppError::bad_request(StatusCode::BAD_REQUEST, format!("n must be an integer from 0 to {MAX_N} (1e10)"))
-        })?,
-    };
+    let n = n_from(params)?;
     tracing::info!(n, "heavy computation started");
     let result = tokio::task::spawn_blocking(move || sum_below(n))
         .await
         .map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(Json(Heavy { result, pid: state.worker.pid }))
+}
+
+#[derive(Serialize)]
+pub(super) struct HeavyCached {
+    result: u128,
+    pid: u32,
+    /// False for the one request in the cluster that computed it.
+    cached: bool,
+}
+
+/// How long a cached sum is kept.
+const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// The same sum through the shared cache: concurrent misses across every worker compute it
+/// once; everyone else gets the stored result.
+pub(super) async fn heavy_cached(
+    State(state): State<AppState>,
+    params: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<HeavyCached>, AppError> {
+    let n = n_from(params)?;
+    let cached = state
+        .cache
+        .get_or_compute(&format!("heavy:{n}"), CACHE_TTL, || async move {
+            tracing::info!(n, "heavy computation started (cache miss)");
+            tokio::task::spawn_blocking(move || sum_below(n).to_string()).await
+        })
+        .await
+        .map_err(|err| match err {
+            herd_session_store::cache::CacheError::Store(e) => AppError::from(e),
+            herd_session_store::cache::CacheError::Compute(e) => AppError::Internal(e.to_string()),
+        })?;
+    let result = cached.value.parse().map_err(|_| AppError::Internal(format!("cached heavy:{n} is not a number")))?;
+    Ok(Json(HeavyCached { result, pid: state.worker.pid, cached: cached.from_cache }))
+}
+
+fn n_from(params: Result<Query<Params>, QueryRejection>) -> Result<u64, AppError> {
+    let Query(params) = params.map_err(|r| AppError::bad_request(StatusCode::BAD_REQUEST, r.body_text()))?;
+    match params.n.as_deref() {
+        None => Ok(DEFAULT_N),
+        Some(raw) => parse_n(raw).ok_or_else(|| {
+            AppError::bad_request(StatusCode::BAD_REQUEST, format!("n must be an integer from 0 to {MAX_N} (1e10)"))
+        }),
+    }
 }
 
 /// Accepts `12345` and `1e7`-style integers up to [`MAX_N`].

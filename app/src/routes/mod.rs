@@ -9,6 +9,7 @@
 //! | `GET /whoami` | `{pid, worker, balance}`, for the page's chart |
 //! | `GET /stats`, `POST /stats/reset` | every worker's counters, gathered over IPC; reset broadcast |
 //! | `GET /heavy?n=` | sum of 0..n on the blocking pool |
+//! | `GET /heavy/cached?n=` | the same through the shared cache, computed once cluster-wide |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness including Redis |
 
 mod auth;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub logins: crate::users::sessions::UserSessions,
     /// The session store, for the Redis key of a session.
     pub store: RedisSessionStore,
+    /// The cache shared by every worker.
+    pub cache: herd_session_store::Cache,
     pub pool: Pool,
     pub worker: WorkerContext,
     /// Names of the `--demo-user`s, shown as a hint on the login form.
@@ -92,6 +95,7 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .route("/stats", get(stats::stats))
         .route("/stats/reset", post(stats::reset))
         .route("/heavy", get(heavy::heavy))
+        .route("/heavy/cached", get(heavy::heavy_cached))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(with_session)
