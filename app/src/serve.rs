@@ -165,6 +165,10 @@ async fn build_app(
         logins,
         store: store.clone(),
         cache: herd_session_store::Cache::new(pool.clone(), keys.clone()),
+        visits: crate::users::visits::Visits::new(
+            pool.clone(),
+            Duration::from_secs(u64::try_from(routes::SESSION_IDLE.whole_seconds()).unwrap_or(1800)),
+        ),
         pool,
         worker: ctx,
         demo_users,

@@ -49,10 +49,12 @@ fn session_keys_are_prefixed_hashes_not_the_cookie() {
     assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"), "{set_cookie}");
     assert!(!set_cookie.contains("Secure"), "--secure-cookies false: {set_cookie}");
     let id = client.cookie.as_deref().and_then(|c| c.split_once('=')).map(|(_, v)| v.to_owned()).expect("id");
-    let keys = redis.keys("herd:sess:*");
-    assert_eq!(keys.len(), 1, "{keys:?}");
-    assert!(!keys[0].contains(&id), "the raw session id must not be the key");
+    let mut keys = redis.keys("herd:sess:*");
+    keys.sort();
+    assert_eq!(keys.len(), 2, "the record and its visit counter: {keys:?}");
+    assert!(keys.iter().all(|k| !k.contains(&id)), "the raw session id must not be a key");
     assert_eq!(keys[0].len(), "herd:sess:".len() + 64);
+    assert_eq!(keys[1], format!("{}:visits", keys[0]));
 }
 
 #[test]
@@ -192,4 +194,33 @@ fn logout_everywhere_and_a_password_change_end_every_session_of_the_user() {
     assert_eq!(old.status, 401);
     let new = herd.client().post_json("/login", r#"{"username":"alice","password":"looking-glass"}"#).expect("new password");
     assert_eq!(new.status, 200);
+}
+
+#[test]
+fn concurrent_visits_of_one_session_are_all_counted() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "4"]);
+    let mut client = herd.client();
+    client.login();
+    // 200 requests of one session, 20 at a time, each on a fresh connection (so on all workers).
+    let pids: Vec<std::collections::HashSet<u64>> = (0..20)
+        .map(|_| {
+            let client = client.clone();
+            std::thread::spawn(move || {
+                (0..10)
+                    .map(|_| {
+                        let body = client.get("/").expect("GET /").json();
+                        assert_eq!(body["user"], "alice");
+                        body["pid"].as_u64().expect("pid")
+                    })
+                    .collect()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|t| t.join().expect("client thread"))
+        .collect();
+    let workers: std::collections::HashSet<u64> = pids.into_iter().flatten().collect();
+    assert_eq!(workers.len(), 4, "spread over every worker");
+    assert_eq!(client.get("/").expect("GET /").json()["visits"], 201, "200 concurrent visits, then this one");
 }

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tower_sessions::Session;
 
 use super::{
-    home::{now, VISITS_KEY},
+    home::{now, TOUCHED_KEY},
     page::Notice,
     wants_html, AppState,
 };
@@ -77,12 +77,14 @@ pub(super) async fn login(
         session.cycle_id().await?;
         session.clear().await;
         session.insert(USER_KEY, &creds.username).await?;
-        session.insert(VISITS_KEY, 0u64).await?;
         session.insert(SINCE_KEY, now()).await?;
+        session.insert(TOUCHED_KEY, now()).await?;
         // Saving now gives the session its new id, which the user's login index records.
         session.save().await?;
         if let Some(id) = session.id() {
-            state.logins.add(&creds.username, &state.store.key(&id)).await?;
+            let key = state.store.key(&id);
+            state.logins.add(&creds.username, &key).await?;
+            state.visits.reset(&key).await?;
         }
         tracing::info!(user = %creds.username, client = %client.ip(), "login");
         Ok(creds.username)
@@ -123,6 +125,9 @@ pub(super) async fn logout(
         let user: Option<String> = session.get(USER_KEY).await?;
         let key = session.id().map(|id| state.store.key(&id));
         session.flush().await?;
+        if let Some(key) = &key {
+            state.visits.forget(key).await?;
+        }
         let mut ended = 0;
         if let Some(user) = &user {
             if all {

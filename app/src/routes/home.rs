@@ -14,8 +14,8 @@ use super::{
 };
 use crate::error::AppError;
 
-/// Session key of the number of `GET /` requests this session made.
-pub(super) const VISITS_KEY: &str = "visits";
+/// Session key of when the record was last rewritten to extend its idle timeout.
+pub(super) const TOUCHED_KEY: &str = "touched";
 
 #[derive(Serialize)]
 pub(super) struct Home {
@@ -35,12 +35,19 @@ pub(super) struct PageQuery {
 
 /// The logged-in user, the updated visit count and the session's age in seconds. Only
 /// logged-in sessions count visits, so anonymous traffic never creates a Redis key.
-async fn visit(session: &Session) -> Result<Option<(String, u64, u64)>, AppError> {
+async fn visit(state: &AppState, session: &Session) -> Result<Option<(String, u64, u64)>, AppError> {
     let Some(user) = session.get::<String>(USER_KEY).await? else {
         return Ok(None);
     };
-    let visits = session.get::<u64>(VISITS_KEY).await?.unwrap_or(0) + 1;
-    session.insert(VISITS_KEY, visits).await?;
+    let Some(id) = session.id() else { return Ok(None) };
+    // Counted atomically beside the record: concurrent requests of one session lose nothing.
+    let visits = state.visits.count(&state.store.key(&id)).await?;
+    // The record itself is rewritten (which extends its idle timeout and the cookie) at most
+    // once per quarter of the idle timeout, not on every visit.
+    let touched = session.get::<i64>(TOUCHED_KEY).await?.unwrap_or(0);
+    if now() - touched >= super::SESSION_IDLE.whole_seconds() / 4 {
+        session.insert(TOUCHED_KEY, now()).await?;
+    }
     let since = session.get::<i64>(SINCE_KEY).await?.unwrap_or_else(now);
     Ok(Some((user, visits, u64::try_from(now() - since).unwrap_or(0))))
 }
@@ -57,7 +64,7 @@ pub(super) async fn home(
     query: Result<Query<PageQuery>, QueryRejection>,
     session: Session,
 ) -> Response {
-    let visited = visit(&session).await;
+    let visited = visit(&state, &session).await;
     let w = &state.worker;
     if !wants_html(&headers) {
         return match visited {

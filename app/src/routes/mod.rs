@@ -37,7 +37,7 @@ use crate::{error, users::Users};
 /// Largest request body accepted (logins are tiny; anything big is a mistake or an attack).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Sessions end after this long without a request that changes them.
-const SESSION_IDLE: time::Duration = time::Duration::minutes(30);
+pub const SESSION_IDLE: time::Duration = time::Duration::minutes(30);
 
 /// What handlers share.
 #[derive(Clone)]
@@ -51,6 +51,8 @@ pub struct AppState {
     pub store: RedisSessionStore,
     /// The cache shared by every worker.
     pub cache: herd_session_store::Cache,
+    /// Each session's `/` visit counter.
+    pub visits: crate::users::visits::Visits,
     pub pool: Pool,
     pub worker: WorkerContext,
     /// Names of the `--demo-user`s, shown as a hint on the login form.

@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod limit;
 pub mod sessions;
+pub mod visits;
 
 use std::sync::{Arc, OnceLock};
 

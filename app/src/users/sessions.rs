@@ -46,6 +46,7 @@ impl UserSessions {
         for key in members {
             let deleted: i64 = self.pool.del(&key).await?;
             ended += u64::try_from(deleted).unwrap_or(0);
+            let _: i64 = self.pool.del(format!("{key}:visits")).await?;
         }
         let _: i64 = self.pool.del(&index).await?;
         Ok(ended)
