@@ -16,6 +16,15 @@
 //! - **Versioned values.** A stored value starts with a format tag; a value in another format
 //!   is a clean miss, never a decode error.
 //!
+//! # Concurrency
+//!
+//! tower-sessions saves a session by rewriting its whole record, so when two requests of one
+//! session run at the same time (two tabs, a page and its XHRs, any number of workers), the
+//! record of the one that finishes last wins and the other's changes to it are lost. A vanished
+//! record (logout elsewhere) is never brought back by a late save. Values that must not lose
+//! updates under concurrency belong beside the record as atomic Redis values under the
+//! session's key (herd's `/` visit count is an `INCR` on `{session key}:visits`), not in it.
+//!
 //! # Layout
 //!
 //! - [`pool`]: building the fred pool with the timeouts that make failure fast.
