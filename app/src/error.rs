@@ -97,7 +97,7 @@ impl From<UserError> for AppError {
     fn from(err: UserError) -> Self {
         match err {
             UserError::InvalidName | UserError::InvalidPassword => AppError::BadCredentials,
-            UserError::Store(e) if e.is_unavailable() => AppError::Unavailable(e.to_string()),
+            UserError::Store(e) => AppError::from(e),
             other => AppError::Internal(other.to_string()),
         }
     }

@@ -7,7 +7,11 @@
 
 use std::time::Duration;
 
-use fred::{clients::Pool, interfaces::KeysInterface, types::Expiration};
+use fred::{
+    clients::Pool,
+    interfaces::KeysInterface,
+    types::Expiration,
+};
 use herd_session_store::StoreError;
 
 #[derive(Clone)]
@@ -29,11 +33,14 @@ impl Visits {
         i64::try_from(self.idle.as_secs()).unwrap_or(i64::MAX)
     }
 
-    /// Counts one visit and returns the new total.
+    /// Counts one visit and returns the new total: `INCR` and `EXPIRE` in one round trip,
+    /// since this runs on every `/` request of a logged-in session.
     pub async fn count(&self, session_key: &str) -> Result<u64, StoreError> {
         let key = key(session_key);
-        let visits: i64 = self.pool.incr(&key).await?;
-        let _: bool = self.pool.expire(&key, self.ttl(), None).await?;
+        let pipeline = self.pool.next().pipeline();
+        let _: () = pipeline.incr(&key).await?;
+        let _: () = pipeline.expire(&key, self.ttl(), None).await?;
+        let (visits, _): (i64, bool) = pipeline.all().await?;
         Ok(u64::try_from(visits).unwrap_or(0))
     }
 
