@@ -55,10 +55,9 @@ impl LogSink {
         })
     }
 
-    /// Writes one line (without its newline) everywhere it belongs.
+    /// Writes one line (without its newline) everywhere it belongs. The files come first, so
+    /// a line seen on stderr or by a follower is already on disk.
     pub fn write_line(&self, line: &str) {
-        let mut stderr = io::stderr().lock();
-        let _ = writeln!(stderr, "{line}");
         if let Ok(mut files) = self.inner.files.lock() {
             if let Some((_, file)) = &mut files.out {
                 let _ = writeln!(file, "{line}");
@@ -69,6 +68,7 @@ impl LogSink {
                 }
             }
         }
+        let _ = writeln!(io::stderr().lock(), "{line}");
         let _ = self.inner.feed.send(Arc::from(line));
     }
 

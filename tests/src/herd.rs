@@ -98,10 +98,16 @@ impl Herd {
 
     /// `herd ctl --socket <this primary's socket> <args>`: (exit code, stdout, stderr).
     pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
-        let socket = self.control_socket();
-        let out = Command::new(herd_bin()).arg("ctl").arg("--socket").arg(&socket).args(args).output().expect("run herd ctl");
+        let out = self.ctl_command(args).output().expect("run herd ctl");
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
+    }
+
+    /// `herd ctl --socket <this primary's socket> <args>`, to spawn (for `logs`, `top`).
+    pub fn ctl_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(herd_bin());
+        cmd.arg("ctl").arg("--socket").arg(self.control_socket()).args(args);
+        cmd
     }
 
     /// The control socket path the primary logged at start.
@@ -208,6 +214,26 @@ pub fn herd_bin() -> PathBuf {
         None => cargo_build("herd", "bin"),
     })
     .clone()
+}
+
+/// Runs `herd <args>` (with `env`; `None` removes a variable) to completion and asserts it
+/// exits with `code` and says each of `needles` on stderr. Returns stderr.
+pub fn assert_herd_fails(args: &[&str], env: &[(&str, Option<&str>)], code: i32, needles: &[&str]) -> String {
+    let mut cmd = Command::new(herd_bin());
+    cmd.args(args);
+    for (key, value) in env {
+        match value {
+            Some(value) => cmd.env(key, value),
+            None => cmd.env_remove(key),
+        };
+    }
+    let out = cmd.output().expect("run herd");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "herd {args:?}: {stderr}");
+    for needle in needles {
+        assert!(stderr.contains(needle), "herd {args:?} should say {needle:?}: {stderr}");
+    }
+    stderr
 }
 
 /// The `hello` example of herd-cluster, built like [`herd_bin`].

@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use herd_e2e::{herd::herd_bin, process_alive, Herd, RedisServer, TempDir};
+use herd_e2e::{
+    herd::{assert_herd_fails, herd_bin},
+    process_alive, Herd, RedisServer, TempDir,
+};
 use nix::sys::signal::Signal;
 
 #[test]
@@ -19,10 +22,7 @@ fn bad_flags_are_clear_errors() {
         (&["serve", "--demo-user", "alice"][..], "NAME:PASSWORD"),
         (&["serve", "--bind", "nowhere"][..], "--bind"),
     ] {
-        let out = Command::new(herd_bin()).args(args).output().expect("run herd");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
-        assert!(stderr.contains(needle), "{args:?} should mention {needle:?}: {stderr}");
+        assert_herd_fails(args, &[], 2, &[needle]);
     }
 }
 
@@ -87,26 +87,15 @@ fn users_add_reads_the_password_from_stdin() {
 fn debug_routes_are_refused_off_loopback() {
     let redis = RedisServer::start();
     let url = redis.url();
-    let out = Command::new(herd_bin())
-        .args(["serve", "--bind", "0.0.0.0:0", "--redis-url", &url, "--debug-routes"])
-        .output()
-        .expect("run herd");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("--debug-routes") && stderr.contains("loopback"), "{stderr}");
+    assert_herd_fails(&["serve", "--bind", "0.0.0.0:0", "--redis-url", &url, "--debug-routes"], &[], 1, &["--debug-routes", "loopback"]);
 }
 
 #[test]
 fn unreachable_redis_is_a_clear_startup_error() {
     let port = herd_e2e::free_port();
     let url = format!("redis://127.0.0.1:{port}");
-    let out = Command::new(herd_bin())
-        .args(["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--workers", "1"])
-        .output()
-        .expect("run herd");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("cannot reach Redis") && stderr.contains("--redis-url"), "{stderr}");
+    let args = ["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--workers", "1"];
+    assert_herd_fails(&args, &[], 1, &["cannot reach Redis", "--redis-url"]);
 }
 
 /// The quick start without Redis depends on nothing answering at the default address; a
@@ -154,15 +143,8 @@ fn without_redis_or_redis_server_herd_says_how_to_get_one() {
     if !default_redis_is_free() {
         return;
     }
-    let out = Command::new(herd_bin())
-        .args(["serve", "--bind", "127.0.0.1:0", "--workers", "1"])
-        .env_remove("REDIS_URL")
-        .env("PATH", "/nonexistent")
-        .output()
-        .expect("run herd");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("redis-server is not on PATH") && stderr.contains("--redis-url"), "{stderr}");
+    let env = [("REDIS_URL", None), ("PATH", Some("/nonexistent"))];
+    assert_herd_fails(&["serve", "--bind", "127.0.0.1:0", "--workers", "1"], &env, 1, &["redis-server is not on PATH", "--redis-url"]);
 }
 
 #[test]
@@ -175,6 +157,6 @@ fn sticky_from_the_environment_takes_the_usual_boolean_spellings() {
         herd.wait_log("ready", herd_e2e::herd::START_TIMEOUT, |l| l.contains("workers ready"));
         assert_eq!(herd.client().get("/").expect("GET /").json()["balance"], balance, "STICKY={value}");
     }
-    let out = Command::new(herd_bin()).args(["serve"]).env("STICKY", "maybe").output().expect("run");
-    assert_eq!(out.status.code(), Some(2), "an unclear value is an error, not a guess");
+    // An unclear value is an error, not a guess.
+    assert_herd_fails(&["serve"], &[("STICKY", Some("maybe"))], 2, &["--sticky"]);
 }

@@ -226,8 +226,8 @@ fn systemd_unit_runs_serve_with_the_given_flags() {
     for expected in ["Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "KillMode=mixed", "TimeoutStopSec=25", "Environment=REDIS_URL=redis://10.0.0.5:6379"] {
         assert!(lines.contains(&expected), "missing {expected:?} in\n{unit}");
     }
-    let bad = std::process::Command::new(herd_e2e::herd::herd_bin()).args(["systemd-unit", "--workers", "zero"]).output().expect("run");
-    assert_eq!(bad.status.code(), Some(2), "flags are validated like serve's");
+    // Flags are validated like serve's.
+    herd_e2e::herd::assert_herd_fails(&["systemd-unit", "--workers", "zero"], &[], 2, &["--workers"]);
 }
 
 #[test]
@@ -267,12 +267,7 @@ fn config_example_is_a_valid_config_file() {
     let dir = herd_e2e::TempDir::new("example");
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "wrokers = 3\n").expect("write");
-    let bad = std::process::Command::new(herd_e2e::herd::herd_bin())
-        .args(["serve", "--config", &path.to_string_lossy()])
-        .output()
-        .expect("run");
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown key `wrokers`"));
+    herd_e2e::herd::assert_herd_fails(&["serve", "--config", &path.to_string_lossy()], &[], 2, &["unknown key `wrokers`"]);
 }
 
 #[test]
@@ -280,14 +275,7 @@ fn ctl_top_redraws_the_status_table() {
     use std::io::Read;
     let redis = RedisServer::start();
     let herd = Herd::start(&redis, &["--workers", "2"]);
-    let mut top = std::process::Command::new(herd_e2e::herd::herd_bin())
-        .arg("ctl")
-        .arg("--socket")
-        .arg(herd.control_socket())
-        .arg("top")
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("herd ctl top");
+    let mut top = herd.ctl_command(&["top"]).stdout(std::process::Stdio::piped()).spawn().expect("herd ctl top");
     let mut stdout = top.stdout.take().expect("stdout");
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
