@@ -133,6 +133,19 @@ pub struct RedisArgs {
     /// Prefix of every Redis key herd writes.
     #[arg(long, env = "HERD_KEY_PREFIX", default_value = herd_session_store::keys::DEFAULT_PREFIX)]
     pub key_prefix: String,
+    /// PEM file of the CA that signed Redis's certificate, for a `rediss://` URL (default: the
+    /// system's roots). A `rediss://` URL is always TLS, never a plaintext fallback.
+    #[arg(long, env = "REDIS_CA_CERT")]
+    pub redis_ca_cert: Option<PathBuf>,
+}
+
+impl RedisArgs {
+    /// How to connect to Redis at `url` with these arguments.
+    pub fn config(&self, url: String) -> herd_session_store::RedisConfig {
+        let mut config = herd_session_store::RedisConfig::new(url);
+        config.ca_cert = self.redis_ca_cert.clone();
+        config
+    }
 }
 
 #[derive(Debug, Clone, Args)]
@@ -216,6 +229,19 @@ pub struct ServeArgs {
     /// Name of the session cookie.
     #[arg(long, env = "HERD_COOKIE_NAME", default_value = "herd_session")]
     pub cookie_name: String,
+    /// A session ends after this long without requests (reads count too).
+    #[arg(long, env = "HERD_SESSION_IDLE", default_value = "30m", value_parser = parse_duration)]
+    pub session_idle: Duration,
+    /// A session ends this long after login, however active.
+    #[arg(long, env = "HERD_SESSION_MAX_AGE", default_value = "12h", value_parser = parse_duration)]
+    pub session_max_age: Duration,
+    /// After a login replaces a session, the old id keeps working this long for requests
+    /// already in flight (read-only in effect: it is never extended).
+    #[arg(long, env = "HERD_SESSION_GRACE", default_value = "5s", value_parser = parse_duration)]
+    pub session_grace: Duration,
+    /// Largest session (names and JSON values); a request that would grow it beyond gets 413.
+    #[arg(long, env = "HERD_SESSION_MAX_BYTES", default_value = "64KiB", value_parser = parse_size)]
+    pub session_max_bytes: u64,
 }
 
 /// `--balance` values.
@@ -349,6 +375,14 @@ mod tests {
         assert_eq!(serve(&[]).expect("defaults").balance(), herd_cluster::Balance::RoundRobin);
         assert_eq!(serve(&["--sticky"]).expect("sticky").balance(), herd_cluster::Balance::IpHash);
         assert_eq!(serve(&["--balance", "least-conn"]).expect("lc").balance(), herd_cluster::Balance::LeastConn);
+    }
+
+    #[test]
+    fn session_limits() {
+        let args = serve(&["--session-idle", "2s", "--session-max-age", "1h", "--session-max-bytes", "1KiB"]).expect("valid");
+        assert_eq!((args.session_idle, args.session_max_age, args.session_max_bytes), (Duration::from_secs(2), Duration::from_secs(3600), 1024));
+        let defaults = serve(&[]).expect("defaults");
+        assert_eq!((defaults.session_idle, defaults.session_max_age), (Duration::from_secs(1800), Duration::from_secs(12 * 3600)));
     }
 
     #[test]

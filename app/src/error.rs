@@ -103,20 +103,6 @@ impl From<UserError> for AppError {
     }
 }
 
-/// tower-sessions 0.14 answers a failed session save (after the handler ran) with an empty
-/// 500. Our handlers never produce a bodiless 500, so such a response can only be that: turn it
-/// into the same 503 a failed load gets.
-pub async fn session_save_failures(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
-    let bare_500 = response.status() == StatusCode::INTERNAL_SERVER_ERROR
-        && !response.headers().contains_key(header::CONTENT_TYPE);
-    if bare_500 {
-        tracing::warn!("session save failed; answering 503");
-        return unavailable();
-    }
-    response
-}
-
 /// Marks responses that depend on the session as private to this client.
 pub async fn no_store(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;

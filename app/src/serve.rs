@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use fred::{clients::Pool, interfaces::ClientLike};
 use herd_cluster::{ClusterConfig, Outcome, Role, WorkerContext};
-use herd_session_store::{Keys, RedisConfig, RedisSessionStore, StoreError};
+use herd_session_store::{Keys, RedisConfig, RedisSessionStore, SessionLimits, StoreError};
 
 use crate::{
     cli::{default_redis_url, ServeArgs, DEFAULT_REDIS_ADDR},
@@ -58,7 +58,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
                     url
                 }
             };
-            if let Err(err) = seed_demo_users(&url, &args).await {
+            if let Err(err) = seed_demo_users(&args.redis.config(url.clone()), &args).await {
                 if let Some(redis) = private {
                     redis.stop().await;
                 }
@@ -69,15 +69,25 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
         Role::Worker(_) => args.redis.redis_url.clone().unwrap_or_else(default_redis_url),
     };
 
+    if args.session_idle.is_zero() || args.session_max_age.is_zero() {
+        bail!("--session-idle and --session-max-age must be longer than zero");
+    }
     let settings = SessionSettings {
         cookie_name: args.cookie_name.clone(),
         secure: args.secure_cookies,
         debug_routes: args.debug_routes,
+        limits: SessionLimits {
+            idle: args.session_idle,
+            max_age: args.session_max_age,
+            max_bytes: usize::try_from(args.session_max_bytes).unwrap_or(usize::MAX),
+            grace: args.session_grace,
+        },
     };
+    let redis_config = args.redis.config(redis_url);
     let keys = Keys::new(args.redis.key_prefix.clone());
     let demo_users = args.demo_users.iter().map(|u| u.name.clone()).collect();
     let outcome =
-        herd_cluster::run(config, move |ctx| build_app(ctx, redis_url, keys, settings, demo_users)).await;
+        herd_cluster::run(config, move |ctx| build_app(ctx, redis_config, keys, settings, demo_users)).await;
     if let Some(redis) = private {
         redis.stop().await;
     }
@@ -110,8 +120,8 @@ async fn find_or_start_redis() -> anyhow::Result<Option<PrivateRedis>> {
     Ok(Some(redis))
 }
 
-async fn seed_demo_users(url: &str, args: &ServeArgs) -> anyhow::Result<()> {
-    let pool = connect_redis(url).await?;
+async fn seed_demo_users(redis: &RedisConfig, args: &ServeArgs) -> anyhow::Result<()> {
+    let pool = connect_redis(redis).await?;
     let users = Users::new(pool.clone(), Keys::new(args.redis.key_prefix.clone()));
     for demo in &args.demo_users {
         users
@@ -125,12 +135,12 @@ async fn seed_demo_users(url: &str, args: &ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Connects to Redis or explains how to get one.
-pub async fn connect_redis(url: &str) -> anyhow::Result<Pool> {
-    herd_session_store::connect(&RedisConfig::new(url)).await.with_context(|| {
+pub async fn connect_redis(config: &RedisConfig) -> anyhow::Result<Pool> {
+    herd_session_store::connect(config).await.with_context(|| {
         format!(
             "cannot reach Redis at {}. Start one (e.g. `redis-server`) or point herd at one with \
              --redis-url / REDIS_URL",
-            redact(url)
+            redact(&config.url)
         )
     })
 }
@@ -138,23 +148,23 @@ pub async fn connect_redis(url: &str) -> anyhow::Result<Pool> {
 /// Builds a worker's app once Redis answers; the worker reports ready only after this.
 async fn build_app(
     ctx: WorkerContext,
-    redis_url: String,
+    config: RedisConfig,
     keys: Keys,
     settings: SessionSettings,
     demo_users: std::sync::Arc<[String]>,
 ) -> Result<axum::Router, StoreError> {
-    let config = RedisConfig::new(redis_url);
     let pool = loop {
         match herd_session_store::connect(&config).await {
             Ok(pool) => break pool,
-            Err(err @ StoreError::Url { .. }) => return Err(err),
+            // Configuration mistakes do not heal by waiting.
+            Err(err @ (StoreError::Url { .. } | StoreError::Tls(_))) => return Err(err),
             Err(err) => {
                 tracing::warn!("waiting for Redis at {}: {err}", redact(&config.url));
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     };
-    let store = RedisSessionStore::new(pool.clone(), keys.clone());
+    let store = RedisSessionStore::new(pool.clone(), keys.clone()).with_limits(settings.limits);
     let counters = std::sync::Arc::new(routes::stats::Counters::default());
     routes::stats::serve_counters(&ctx.messenger, counters.clone());
     let limiter = crate::users::limit::LoginLimiter::new(pool.clone(), keys.clone());
@@ -165,10 +175,7 @@ async fn build_app(
         logins,
         store: store.clone(),
         cache: herd_session_store::Cache::new(pool.clone(), keys.clone()),
-        visits: crate::users::visits::Visits::new(
-            pool.clone(),
-            Duration::from_secs(u64::try_from(routes::SESSION_IDLE.whole_seconds()).unwrap_or(1800)),
-        ),
+        visits: crate::users::visits::Visits::new(pool.clone(), settings.limits.idle),
         pool,
         worker: ctx,
         demo_users,

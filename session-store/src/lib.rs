@@ -16,31 +16,58 @@
 //! - **Versioned values.** A stored value starts with a format tag; a value in another format
 //!   is a clean miss, never a decode error.
 //!
+//! - **Reads extend the idle timeout** ([`SessionLimits::idle`]) with a touch of one field and
+//!   the TTL in the read's own round trip, at most once per quarter of the timeout; an absolute
+//!   lifetime ([`SessionLimits::max_age`]) ends every session eventually. Both are enforced
+//!   from timestamps in the record, not by trusting the cookie.
+//! - **A size cap** ([`SessionLimits::max_bytes`]).
+//! - **TLS that is TLS.** `rediss://` always uses rustls (with a private CA if given); without a
+//!   TLS feature fred would silently connect in plaintext.
+//!
 //! # Concurrency
 //!
-//! tower-sessions saves a session by rewriting its whole record, so when two requests of one
-//! session run at the same time (two tabs, a page and its XHRs, any number of workers), the
-//! record of the one that finishes last wins and the other's changes to it are lost. A vanished
-//! record (logout elsewhere) is never brought back by a late save. Values that must not lose
-//! updates under concurrency belong beside the record as atomic Redis values under the
-//! session's key (herd's `/` visit count is an `INCR` on `{session key}:visits`), not in it.
+//! Under [`SessionScopeLayer`] (wrap it around `SessionManagerLayer`), a save writes only the
+//! values its request changed, one hash field each, in one script:
+//!
+//! - two concurrent requests of one session that change *different* values both keep their
+//!   change, in any worker;
+//! - two that change the *same* value: the one saved last wins for that value. Counters and
+//!   anything else that must not lose updates belong beside the record as atomic Redis values
+//!   (herd's `/` visit count is an `INCR` on `{session key}:visits`);
+//! - a session deleted elsewhere (a logout, "log out everywhere") is never brought back by a
+//!   late save of a request that loaded it before;
+//! - a login (`Session::cycle_id`) writes the new record before retiring the old one, which
+//!   stays readable for [`SessionLimits::grace`] so requests in flight with the old cookie do
+//!   not fail; a login request that fails (5xx) leaves the old session as it was.
+//!
+//! Without the layer, saves replace the whole record (last write wins, as in the stock store)
+//! and deletes are immediate.
 //!
 //! # Layout
 //!
 //! - [`pool`]: building the fred pool with the timeouts that make failure fast.
 //! - [`keys`]: the Redis key layout shared by sessions, users and the cache.
-//! - [`store`]: the `SessionStore` implementation and its value format.
+//! - [`store`]: the `SessionStore` implementation, its record format and expiry.
+//! - [`scope`]: the per-request layer behind merged saves, gap-free logins and typed failures.
+//! - `scripts`: the Lua scripts, one round trip and one key each (so Redis Cluster works).
+//! - [`stock`]: reading sessions the stock `tower-sessions-redis-store` wrote.
+//! - `tls`: the rustls connector for `rediss://`.
 //! - [`cache`]: a cache shared by all workers, computing each missing value once cluster-wide.
 
 pub mod cache;
 pub mod keys;
 pub mod pool;
+pub mod scope;
+mod scripts;
+pub mod stock;
 pub mod store;
+mod tls;
 
 pub use cache::{Cache, Cached};
 pub use keys::Keys;
 pub use pool::{connect, RedisConfig};
-pub use store::RedisSessionStore;
+pub use scope::SessionScopeLayer;
+pub use store::{RedisSessionStore, SessionLimits};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +83,17 @@ pub enum StoreError {
     /// Redis failed, timed out or is unreachable.
     #[error("Redis: {0}")]
     Redis(#[from] fred::error::Error),
+    /// The session would exceed [`SessionLimits::max_bytes`].
+    #[error("session of {size} bytes exceeds the limit of {limit}")]
+    TooLarge {
+        /// Its size (names and JSON values).
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// TLS could not be set up (an unreadable CA file, a URL that cannot be secured).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A session record could not be encoded.
     #[error("cannot encode session: {0}")]
     Encode(#[from] serde_json::Error),

@@ -1,6 +1,6 @@
 //! A fred pool that fails fast while Redis is away and heals when it returns.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use fred::{
     clients::Pool,
@@ -27,12 +27,15 @@ pub struct RedisConfig {
     pub pool_size: usize,
     /// Upper bound for one command, including waiting for a reconnection.
     pub command_timeout: Duration,
+    /// PEM file of the CA that signed the server's certificate (`rediss://` only); without it
+    /// the system's roots are trusted.
+    pub ca_cert: Option<PathBuf>,
 }
 
 impl RedisConfig {
     /// Defaults for everything but the URL.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), pool_size: DEFAULT_POOL_SIZE, command_timeout: DEFAULT_COMMAND_TIMEOUT }
+        Self { url: url.into(), pool_size: DEFAULT_POOL_SIZE, command_timeout: DEFAULT_COMMAND_TIMEOUT, ca_cert: None }
     }
 }
 
@@ -44,8 +47,13 @@ impl RedisConfig {
 /// completed within `command_timeout`, and treat a connection that has not answered for twice
 /// that as dead.
 pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
-    let parsed = Config::from_url(&config.url)
+    let mut parsed = Config::from_url(&config.url)
         .map_err(|source| StoreError::Url { url: config.url.clone(), source })?;
+    if uses_tls(&config.url) {
+        parsed.tls = Some(crate::tls::connector(config.ca_cert.as_deref())?.into());
+    } else if config.ca_cert.is_some() {
+        return Err(StoreError::Tls("a CA certificate was given for a URL without TLS: use rediss://".into()));
+    }
     let timeout = config.command_timeout;
     let pool = Builder::from_config(parsed)
         .with_performance_config(|perf| perf.default_command_timeout = timeout)
@@ -64,5 +72,24 @@ pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
             let _ = pool.quit().await;
             Err(fred::error::Error::new(fred::error::ErrorKind::Timeout, "connecting to Redis timed out").into())
         }
+    }
+}
+
+/// `rediss://`, `rediss-cluster://`, `rediss-sentinel://` (and fred's `valkeys` spellings).
+fn uses_tls(url: &str) -> bool {
+    let scheme = url.split("://").next().unwrap_or_default().to_ascii_lowercase();
+    scheme.starts_with("rediss") || scheme.starts_with("valkeys")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::uses_tls;
+
+    #[test]
+    fn tls_schemes_are_recognised() {
+        assert!(uses_tls("rediss://h:1"));
+        assert!(uses_tls("REDISS-cluster://h:1?node=h:2"));
+        assert!(!uses_tls("redis://h:1"));
+        assert!(!uses_tls("redis-cluster://rediss:1"));
     }
 }

@@ -1,80 +1,128 @@
 //! [`RedisSessionStore`]: a `tower_sessions::SessionStore` on a fred pool.
 //!
-//! # Value format
+//! # Record format
 //!
-//! `h1` followed by JSON `{"data": {...}, "expires": <unix seconds>}`. The two-byte tag names
-//! the format: a value with another tag (a future format, or something else entirely) loads as
-//! "no session" instead of failing the request. The session id is not inside the value; it is
-//! only known to the client, and the key holds its hash.
+//! A session is a Redis hash under [`Keys::session`]:
+//!
+//! | field | holds |
+//! |---|---|
+//! | `v` | the format version, `2`; a key in any other shape is a clean miss, never an error |
+//! | `created` | when the session began (unix ms): the base of the absolute lifetime |
+//! | `seen` | when it was last extended (unix ms): the base of the idle timeout |
+//! | `retired` | present while a replaced session lives out its grace period after a login |
+//! | `d:{name}` | one session value, as JSON |
+//!
+//! One field per value is what lets a save write only what its request changed (see
+//! [`crate::scope`]). The key's TTL mirrors the limits, so Redis reclaims dead sessions by
+//! itself, but the limits are enforced from the timestamps, not by trusting the TTL or the
+//! cookie.
+//!
+//! # Expiry
+//!
+//! A session ends after [`SessionLimits::idle`] without requests, or [`SessionLimits::max_age`]
+//! after it began, whichever comes first. Reads extend the idle timeout too, cheaply: loading a
+//! session whose `seen` is older than a quarter of the idle timeout sets `seen` and the TTL in
+//! the same round trip as the read, never rewriting the data. So a session ends between ¾ of
+//! and the whole idle timeout after its last request, and a read-only request costs one Redis
+//! round trip.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
 use async_trait::async_trait;
-use fred::{
-    clients::Pool,
-    interfaces::KeysInterface,
-    types::{Expiration, SetOptions},
-};
-use serde::{Deserialize, Serialize};
+use fred::{clients::Pool, interfaces::KeysInterface};
+use serde_json::Value;
 use time::OffsetDateTime;
 use tower_sessions::{
     session::{Id, Record},
     session_store, SessionStore,
 };
 
-use crate::{keys::Keys, StoreError};
+use crate::{
+    keys::Keys,
+    scope::{self, Failure, SessionScopeLayer},
+    scripts::{self, Op},
+    StoreError,
+};
 
-/// Tag of the current value format.
-const FORMAT_V1: &[u8] = b"h1";
+/// A session's values by name.
+pub(crate) type Data = HashMap<String, Value>;
 
-#[derive(Serialize, Deserialize)]
-struct StoredV1 {
-    data: HashMap<String, serde_json::Value>,
-    expires: i64,
+/// How long sessions live and how big they may grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// A session ends this long after its last request.
+    pub idle: Duration,
+    /// A session ends this long after it began, however active.
+    pub max_age: Duration,
+    /// Largest session, counting each value's name and JSON; a save beyond it fails (413 under
+    /// [`SessionScopeLayer`]).
+    pub max_bytes: usize,
+    /// How long the session a login replaced keeps answering, for requests already in flight.
+    pub grace: Duration,
 }
 
-/// Sessions in Redis under [`Keys::session`], expiring with the record (`EXAT`).
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            idle: Duration::from_secs(30 * 60),
+            max_age: Duration::from_secs(12 * 3600),
+            max_bytes: 64 * 1024,
+            grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Sessions in Redis under [`Keys::session`], one hash per session.
 #[derive(Debug, Clone)]
 pub struct RedisSessionStore {
-    pool: Pool,
+    pub(crate) pool: Pool,
     keys: Keys,
+    limits: SessionLimits,
     read_stock: bool,
 }
 
+/// How a write treats the names it is not given.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Mode {
+    /// A new record; fails if the key exists.
+    Create,
+    /// Only the given names change.
+    Patch,
+    /// The given names are the whole data.
+    Replace,
+}
+
 impl RedisSessionStore {
-    /// A store on `pool` (build it with [`crate::connect`] to get bounded I/O).
+    /// A store on `pool` (build it with [`crate::connect`] to get bounded I/O), with the
+    /// default [`SessionLimits`].
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self { pool, keys, read_stock: false }
+        Self { pool, keys, limits: SessionLimits::default(), read_stock: false }
     }
 
-    /// Also finds sessions written by `tower-sessions-redis-store` 0.16 (key: the raw session
-    /// id, value: the MessagePack `Record`), so an app switching stores logs nobody out. A
-    /// session found that way is moved under herd's key at once, so the raw id leaves the
-    /// keyspace and the next request is an ordinary read. Costs one extra `GET` for session
-    /// ids herd does not know; turn it off once the old sessions have expired.
+    /// Sets how long sessions live and how big they grow.
+    pub fn with_limits(mut self, limits: SessionLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The limits in force.
+    pub fn limits(&self) -> SessionLimits {
+        self.limits
+    }
+
+    /// Also finds sessions written by `tower-sessions-redis-store` 0.16; see [`crate::stock`].
     pub fn reading_stock_sessions(mut self) -> Self {
         self.read_stock = true;
         self
     }
 
-    /// A session the stock store wrote, moved under herd's key.
-    async fn adopt_stock(&self, id: &Id) -> Result<Option<Record>, StoreError> {
-        let raw_key = id.to_string();
-        let value: Option<Vec<u8>> = self.pool.get(&raw_key).await?;
-        let Some(bytes) = value else { return Ok(None) };
-        let record = match rmp_serde::from_slice::<Record>(&bytes) {
-            Ok(record) if record.id == *id && record.expiry_date > OffsetDateTime::now_utc() => record,
-            Ok(_) => return Ok(None),
-            Err(err) => {
-                tracing::warn!(error = %err, "a value under a session id is not a stock tower-sessions record; ignoring it");
-                return Ok(None);
-            }
-        };
-        // NX: if herd already has this session (another worker moved it first), keep that one.
-        self.set(&record, SetOptions::NX).await?;
-        let _: i64 = self.pool.del(&raw_key).await?;
-        tracing::info!("moved a tower-sessions-redis-store session under herd's key");
-        Ok(Some(record))
+    /// The layer that gives this store merged saves, gap-free logins and typed failures (see
+    /// [`crate::scope`]). Put it outside `SessionManagerLayer`.
+    pub fn scope_layer(&self) -> SessionScopeLayer {
+        SessionScopeLayer::new(self.clone())
     }
 
     /// The Redis key of a session.
@@ -82,88 +130,186 @@ impl RedisSessionStore {
         self.keys.session(&id.to_string())
     }
 
-    /// Writes `record` with the given `SET` condition; returns false when the condition failed.
-    async fn set(&self, record: &Record, condition: SetOptions) -> Result<bool, StoreError> {
-        let expires = record.expiry_date.unix_timestamp();
-        let mut value = FORMAT_V1.to_vec();
-        serde_json::to_writer(&mut value, &StoredV1 { data: record.data.clone(), expires })?;
-        // `SET … NX|XX` answers nil when the condition fails; ask for an Option so that nil is a
-        // value, not a parse error (the stock store's 500 on a vanished key).
-        let reply: Option<String> = self
-            .pool
-            .set(self.key(&record.id), value, Some(Expiration::EXAT(expires)), Some(condition), false)
-            .await?;
-        Ok(reply.is_some())
+    /// The limits as script arguments: now, idle, max age (all ms).
+    fn clock_args(&self) -> Vec<String> {
+        vec![now_ms().to_string(), millis(self.limits.idle).to_string(), millis(self.limits.max_age).to_string()]
     }
-}
 
-#[async_trait]
-impl SessionStore for RedisSessionStore {
-    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+    /// Writes values of `id`: `set` as given, `removed` deleted; false if the condition of
+    /// `mode` failed (key taken for a create, gone otherwise).
+    pub(crate) async fn write(&self, mode: Mode, id: &Id, set: &Data, removed: &[&String]) -> Result<bool, StoreError> {
+        let mut args = self.clock_args();
+        args.push(match mode {
+            Mode::Create => "create",
+            Mode::Patch => "patch",
+            Mode::Replace => "replace",
+        }.to_owned());
+        args.push(set.len().to_string());
+        for (name, value) in set {
+            args.push(name.clone());
+            args.push(serde_json::to_string(value)?);
+        }
+        args.extend(removed.iter().map(|name| (*name).clone()));
+        let written: i64 = scripts::run(&self.pool, Op::Write, &self.key(id), args).await?;
+        Ok(written == 1)
+    }
+
+    /// Writes a new record under a fresh id if `record.id` is taken.
+    async fn insert_new(&self, record: &mut Record) -> Result<(), StoreError> {
+        self.check_size(&record.data)?;
         // 128 random bits make a collision practically impossible, but it would hand one user
         // another's session, so check anyway.
-        while !self.set(record, SetOptions::NX).await? {
+        while !self.write(Mode::Create, &record.id, &record.data, &[]).await? {
             record.id = Id::default();
         }
         Ok(())
     }
 
-    async fn save(&self, record: &Record) -> session_store::Result<()> {
-        if !self.set(record, SetOptions::XX).await? {
+    fn check_size(&self, data: &Data) -> Result<(), StoreError> {
+        let size: usize = data.iter().map(|(name, value)| name.len() + value.to_string().len()).sum();
+        if size > self.limits.max_bytes {
+            return Err(StoreError::TooLarge { size, limit: self.limits.max_bytes });
+        }
+        Ok(())
+    }
+
+    /// Deletes a session now, whatever the request does next.
+    pub(crate) async fn delete_now(&self, id: &Id) -> Result<(), StoreError> {
+        let _: i64 = self.pool.del(self.key(id)).await?;
+        Ok(())
+    }
+
+    /// The old session of a login lives on for the grace period only.
+    async fn retire(&self, old: &Id) -> Result<(), StoreError> {
+        let args = vec!["retire".to_owned(), millis(self.limits.grace).to_string()];
+        let _: i64 = scripts::run(&self.pool, Op::Retire, &self.key(old), args).await?;
+        Ok(())
+    }
+
+    /// A login failed after its new session was written: back to the old one.
+    pub(crate) async fn undo_rotation(&self, old: &Id, new: &Id) -> Result<(), StoreError> {
+        let mut args = vec!["restore".to_owned()];
+        args.extend(self.clock_args());
+        let _: i64 = scripts::run(&self.pool, Op::Retire, &self.key(old), args).await?;
+        self.delete_now(new).await
+    }
+
+    async fn load_record(&self, id: &Id) -> Result<Option<Record>, StoreError> {
+        let mut args = self.clock_args();
+        args.push(millis(self.limits.idle / 4).to_string());
+        let reply: Vec<String> = scripts::run(&self.pool, Op::Load, &self.key(id), args).await?;
+        let mut reply = reply.into_iter();
+        match reply.next().as_deref() {
+            Some("ok") => {}
+            Some("none") if self.read_stock => return self.adopt_stock(id).await,
+            Some("foreign") => {
+                tracing::warn!("session key holds a value in another format; treating it as missing");
+                return Ok(None);
+            }
+            _ => return Ok(None),
+        }
+        let (Some(created), Some(seen)) = (reply.next(), reply.next()) else { return Ok(None) };
+        let mut data = Data::new();
+        while let (Some(name), Some(json)) = (reply.next(), reply.next()) {
+            match serde_json::from_str(&json) {
+                Ok(value) => {
+                    data.insert(name, value);
+                }
+                Err(err) => tracing::warn!(error = %err, name, "corrupt session value; dropping it"),
+            }
+        }
+        let ends_ms = (parse_ms(&seen) + millis(self.limits.idle)).min(parse_ms(&created) + millis(self.limits.max_age));
+        let expiry_date = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ends_ms) * 1_000_000)
+            .unwrap_or_else(|_| OffsetDateTime::now_utc());
+        scope::with(|state| state.loaded.insert(*id, data.clone()));
+        Ok(Some(Record { id: *id, data, expiry_date }))
+    }
+
+    /// Writes what this request changed in `record` (everything, outside a scope).
+    async fn save_record(&self, record: &Record) -> Result<(), StoreError> {
+        self.check_size(&record.data)?;
+        let base = scope::with(|state| state.loaded.get(&record.id).cloned()).flatten();
+        let written = match base {
+            Some(base) => {
+                let set: Data = record
+                    .data
+                    .iter()
+                    .filter(|(name, value)| base.get(*name) != Some(*value))
+                    .map(|(name, value)| (name.clone(), value.clone()))
+                    .collect();
+                let removed: Vec<&String> = base.keys().filter(|name| !record.data.contains_key(*name)).collect();
+                if set.is_empty() && removed.is_empty() {
+                    return Ok(()); // nothing changed; the load already extended the idle timeout
+                }
+                self.write(Mode::Patch, &record.id, &set, &removed).await?
+            }
+            None => self.write(Mode::Replace, &record.id, &record.data, &[]).await?,
+        };
+        if !written {
             // Expired, or deleted by a logout in another worker: do not bring it back.
             tracing::debug!("session vanished before it could be saved; not recreating it");
         }
+        scope::with(|state| state.loaded.insert(record.id, record.data.clone()));
         Ok(())
+    }
+
+    async fn create_record(&self, record: &mut Record) -> Result<(), StoreError> {
+        self.insert_new(record).await?;
+        let replaced = scope::with(|state| {
+            state.loaded.insert(record.id, record.data.clone());
+            state.deleted.pop()
+        });
+        if let Some(Some(old)) = replaced {
+            // A login (`cycle_id`): the new record exists, so the old one may go, after a grace.
+            self.retire(&old).await?;
+            scope::with(|state| state.rotation = Some((old, record.id)));
+        }
+        Ok(())
+    }
+}
+
+/// Records why an operation failed, for [`SessionScopeLayer`]'s answer.
+fn noted<T>(result: Result<T, StoreError>) -> session_store::Result<T> {
+    result.map_err(|err| {
+        if let Some(failure) = Failure::of(&err) {
+            scope::with(|state| state.failure = Some(failure));
+        }
+        err.into()
+    })
+}
+
+#[async_trait]
+impl SessionStore for RedisSessionStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        noted(self.create_record(record).await)
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        noted(self.save_record(record).await)
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
-        let value: Option<Vec<u8>> = self.pool.get(self.key(id)).await.map_err(StoreError::from)?;
-        match value {
-            Some(bytes) => Ok(decode(id, &bytes)),
-            None if self.read_stock => Ok(self.adopt_stock(id).await?),
-            None => Ok(None),
-        }
+        noted(self.load_record(id).await)
     }
 
+    /// Under [`SessionScopeLayer`] the deletion happens when the request has succeeded (and a
+    /// login turns it into a retirement); otherwise at once.
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
-        let _: i64 = self.pool.del(self.key(id)).await.map_err(StoreError::from)?;
-        Ok(())
+        if scope::with(|state| state.deleted.push(*id)).is_some() {
+            return Ok(());
+        }
+        noted(self.delete_now(id).await)
     }
 }
 
-/// Decodes a stored value; anything unexpected is a miss, logged, never an error.
-fn decode(id: &Id, bytes: &[u8]) -> Option<Record> {
-    let Some(json) = bytes.strip_prefix(FORMAT_V1) else {
-        tracing::warn!("session value in an unknown format; treating it as missing");
-        return None;
-    };
-    let stored: StoredV1 = serde_json::from_slice(json)
-        .map_err(|err| tracing::warn!(error = %err, "corrupt session value; treating it as missing"))
-        .ok()?;
-    let expiry_date = OffsetDateTime::from_unix_timestamp(stored.expires).ok()?;
-    if expiry_date <= OffsetDateTime::now_utc() {
-        return None;
-    }
-    Some(Record { id: *id, data: stored.data, expiry_date })
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX).max(1)
+}
 
-    #[test]
-    fn decode_round_trips_and_rejects_other_formats() {
-        let id = Id::default();
-        let expires = (OffsetDateTime::now_utc() + time::Duration::hours(1)).unix_timestamp();
-        let mut value = FORMAT_V1.to_vec();
-        value.extend_from_slice(format!(r#"{{"data":{{"user":"alice"}},"expires":{expires}}}"#).as_bytes());
-        let record = decode(&id, &value).expect("valid value");
-        assert_eq!(record.id, id);
-        assert_eq!(record.data["user"], "alice");
-
-        assert!(decode(&id, b"\x93\xc4\x10stock-msgpack").is_none(), "other format is a miss");
-        assert!(decode(&id, b"h1{not json").is_none(), "corrupt value is a miss");
-        let past = format!(r#"h1{{"data":{{}},"expires":{}}}"#, expires - 7200);
-        assert!(decode(&id, past.as_bytes()).is_none(), "expired record is a miss");
-    }
+fn parse_ms(text: &str) -> i64 {
+    text.parse().unwrap_or(0)
 }

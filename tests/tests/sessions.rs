@@ -98,18 +98,102 @@ fn logout_ends_the_session_server_side() {
 }
 
 #[test]
-fn login_gives_a_new_session_id() {
+fn login_gives_a_new_session_id_and_the_old_one_lives_out_a_short_grace() {
     let redis = RedisServer::start();
-    let herd = Herd::start(&redis, &["--workers", "1"]);
+    let herd = Herd::start(&redis, &["--workers", "2", "--session-grace", "1s"]);
     let mut client = herd.client();
     client.login();
     let first = client.cookie.clone();
     client.login();
     assert_ne!(client.cookie, first, "a second login must not keep the old id (fixation)");
+    assert_eq!(records(&redis).len(), 2, "the new record exists before the old one goes");
+
+    // A request already in flight with the old cookie still works...
     let mut old = herd.client();
     old.cookie = first;
-    let replay = old.get("/").expect("GET /").json();
-    assert_eq!(replay["user"], serde_json::Value::Null, "the pre-login id is dead");
+    assert_eq!(me(&old), "alice", "the old id works during the grace period");
+    // ...for the grace period only, however often it is used.
+    let retired = Instant::now();
+    wait_for("the old id to die", Duration::from_secs(5), || me(&old).is_null().then_some(()));
+    assert!(retired.elapsed() < Duration::from_secs(3), "the grace is not extended by use");
+    assert_eq!(me(&client), "alice", "the new id lives on");
+    assert_eq!(records(&redis).len(), 1);
+}
+
+/// The session records in Redis (not the visit counters beside them).
+fn records(redis: &RedisServer) -> Vec<String> {
+    redis.keys("herd:sess:*").into_iter().filter(|k| !k.ends_with(":visits")).collect()
+}
+
+/// The session's user as `GET /me` reports it.
+fn me(client: &herd_e2e::Client) -> serde_json::Value {
+    let res = client.get("/me").expect("GET /me");
+    assert_eq!(res.status, 200, "{}", res.body);
+    res.json()["user"].clone()
+}
+
+#[test]
+fn reads_extend_the_idle_timeout_with_a_touch_not_a_rewrite() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "2", "--session-idle", "2s"]);
+    let mut client = herd.client();
+    client.login();
+    let key = records(&redis).pop().expect("one session");
+    let field = |name: &str| redis.cli(&["HGET", &key, name]).unwrap_or_default();
+    let since = field("d:since");
+
+    // Only reads, for twice the idle timeout: the session stays.
+    let started = Instant::now();
+    let mut seen = HashSet::new();
+    while started.elapsed() < Duration::from_secs(4) {
+        assert_eq!(me(&client), "alice", "after {:?} of reads", started.elapsed());
+        seen.insert(field("seen"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // About one touch per quarter of the idle timeout (0.5 s), not one per request (~40).
+    assert!((4..=12).contains(&seen.len()), "{} distinct touch times", seen.len());
+    assert_eq!(field("d:since"), since, "the data itself was never rewritten");
+    let ttl: i64 = redis.cli(&["PTTL", &key]).and_then(|t| t.parse().ok()).unwrap_or(-1);
+    assert!((1..=2000).contains(&ttl), "the key's TTL mirrors the idle timeout: {ttl}");
+
+    // Then silence longer than the idle timeout: the session is over, server-side.
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(me(&client), serde_json::Value::Null);
+    assert!(records(&redis).is_empty());
+}
+
+#[test]
+fn the_absolute_lifetime_ends_even_an_active_session() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "1", "--session-idle", "1h", "--session-max-age", "2s"]);
+    let mut client = herd.client();
+    client.login();
+    let started = Instant::now();
+    wait_for("the session to reach its maximum age", Duration::from_secs(6), || {
+        std::thread::sleep(Duration::from_millis(100));
+        client.get("/").expect("GET /").json()["user"].is_null().then_some(())
+    });
+    let lived = started.elapsed();
+    assert!(lived >= Duration::from_millis(1800), "ended after {lived:?}, before its maximum age");
+    // Logging in again starts a new lifetime.
+    client.login();
+    assert_eq!(me(&client), "alice");
+}
+
+#[test]
+fn a_session_over_its_size_cap_is_refused_with_413() {
+    let redis = RedisServer::start();
+    let long = "a-user-with-a-rather-long-name-indeed";
+    let demo = format!("{long}:secret-pw");
+    let herd = Herd::start(&redis, &["--workers", "1", "--session-max-bytes", "48", "--demo-user", &demo]);
+    let body = format!(r#"{{"username":"{long}","password":"secret-pw"}}"#);
+    let res = herd.client().post_json("/login", &body).expect("login");
+    assert_eq!(res.status, 413, "{}", res.body);
+    assert!(res.json()["error"].as_str().is_some_and(|e| e.contains("48 bytes")), "{}", res.body);
+    assert!(res.cookie().is_none(), "no session was created");
+    assert!(redis.keys("herd:sess:*").is_empty(), "and nothing is left in Redis");
+    // A small session fits.
+    herd.client().login();
 }
 
 #[test]

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use tower_sessions::Session;
 
 use super::{
-    home::{now, TOUCHED_KEY},
+    home::now,
     page::Notice,
     wants_html, AppState,
 };
@@ -78,8 +78,9 @@ pub(super) async fn login(
         session.clear().await;
         session.insert(USER_KEY, &creds.username).await?;
         session.insert(SINCE_KEY, now()).await?;
-        session.insert(TOUCHED_KEY, now()).await?;
-        // Saving now gives the session its new id, which the user's login index records.
+        // Saving now gives the session its new id, which the user's login index records. The
+        // old session is retired only now that the new one exists, and comes back if anything
+        // below fails (see herd_session_store::scope).
         session.save().await?;
         if let Some(id) = session.id() {
             let key = state.store.key(&id);
@@ -129,12 +130,12 @@ pub(super) async fn logout(
             state.visits.forget(key).await?;
         }
         let mut ended = 0;
-        if let Some(user) = &user {
+        if let (Some(user), Some(key)) = (&user, &key) {
+            // This session ends when the response is sent; count only the others.
+            state.logins.remove(user, key).await?;
             if all {
                 ended = state.logins.end_all(user).await?;
                 tracing::info!(user = %user, ended, "logged out everywhere");
-            } else if let Some(key) = key {
-                state.logins.remove(user, &key).await?;
             }
         }
         Ok::<_, AppError>(ended)

@@ -14,9 +14,6 @@ use super::{
 };
 use crate::error::AppError;
 
-/// Session key of when the record was last rewritten to extend its idle timeout.
-pub(super) const TOUCHED_KEY: &str = "touched";
-
 #[derive(Serialize)]
 pub(super) struct Home {
     message: String,
@@ -41,13 +38,8 @@ async fn visit(state: &AppState, session: &Session) -> Result<Option<(String, u6
     };
     let Some(id) = session.id() else { return Ok(None) };
     // Counted atomically beside the record: concurrent requests of one session lose nothing.
+    // The record itself is not written: loading it extended its idle timeout.
     let visits = state.visits.count(&state.store.key(&id)).await?;
-    // The record itself is rewritten (which extends its idle timeout and the cookie) at most
-    // once per quarter of the idle timeout, not on every visit.
-    let touched = session.get::<i64>(TOUCHED_KEY).await?.unwrap_or(0);
-    if now() - touched >= super::SESSION_IDLE.whole_seconds() / 4 {
-        session.insert(TOUCHED_KEY, now()).await?;
-    }
     let since = session.get::<i64>(SINCE_KEY).await?.unwrap_or_else(now);
     Ok(Some((user, visits, u64::try_from(now() - since).unwrap_or(0))))
 }

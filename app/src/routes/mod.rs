@@ -36,8 +36,6 @@ use crate::{error, users::Users};
 
 /// Largest request body accepted (logins are tiny; anything big is a mistake or an attack).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
-/// Sessions end after this long without a request that changes them.
-pub const SESSION_IDLE: time::Duration = time::Duration::minutes(30);
 
 /// What handlers share.
 #[derive(Clone)]
@@ -69,15 +67,21 @@ pub struct SessionSettings {
     pub secure: bool,
     /// Serve the `/debug/*` routes (`--debug-routes`).
     pub debug_routes: bool,
+    /// How long sessions live and how big they grow (enforced by the store).
+    pub limits: herd_session_store::SessionLimits,
 }
 
 pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSettings) -> Router {
+    // The store ends sessions (idle timeout, absolute lifetime); the cookie only has to live
+    // as long as a session can, so it is refreshed on writes, not on every read.
+    let cookie_lifetime = time::Duration::try_from(settings.limits.max_age).unwrap_or(time::Duration::weeks(1));
+    let scope = store.scope_layer();
     let sessions = SessionManagerLayer::new(store)
         .with_name(settings.cookie_name.clone())
         .with_secure(settings.secure)
         .with_http_only(true)
         .with_same_site(SameSite::Lax)
-        .with_expiry(Expiry::OnInactivity(SESSION_IDLE));
+        .with_expiry(Expiry::OnInactivity(cookie_lifetime));
     let removal = RemovalCookie { name: settings.cookie_name.clone(), secure: settings.secure };
     let with_session = Router::new()
         .route("/", get(home::home))
@@ -89,7 +93,8 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
             let removal = removal.clone();
             async move { removal.fix(response) }
         }))
-        .layer(middleware::from_fn(error::session_save_failures))
+        // Merged saves, gap-free login, typed 503/413 when the store fails.
+        .layer(scope)
         .layer(middleware::from_fn(error::no_store));
     let router = if settings.debug_routes { debug::routes() } else { Router::new() };
     router
