@@ -1,0 +1,198 @@
+//! herd's session store as a library, in an axum app driven in-process against a real
+//! `redis-server`: what `SessionScopeLayer` adds to the stock tower-sessions semantics.
+
+use std::time::Duration;
+
+use axum::{
+    body::Body,
+    extract::Path,
+    http::{header, Request, StatusCode},
+    routing::{get, post},
+    Json, Router,
+};
+use herd_e2e::RedisServer;
+use herd_session_store::{Keys, RedisConfig, RedisSessionStore, SessionLimits};
+use serde_json::{json, Value};
+use tower::ServiceExt;
+use tower_sessions::{Session, SessionManagerLayer};
+
+/// Loads the session, waits `ms`, then sets `name` (an app that reads, works, then writes).
+async fn set_after(Path((name, ms)): Path<(String, u64)>, session: Session) -> StatusCode {
+    if session.get::<Value>("user").await.is_err() {
+        return StatusCode::SERVICE_UNAVAILABLE;
+    }
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    match session.insert(&name, true).await {
+        Ok(()) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+async fn show(session: Session) -> Json<Value> {
+    let mut shown = json!({});
+    for name in ["user", "a", "b"] {
+        shown[name] = session.get::<Value>(name).await.ok().flatten().unwrap_or(Value::Null);
+    }
+    Json(shown)
+}
+
+async fn start(session: Session) -> StatusCode {
+    match session.insert("user", "guest").await {
+        Ok(()) => StatusCode::OK,
+        Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// A login: new id, new user. `fail` makes the request fail after the new session was saved.
+async fn login(Path(fail): Path<bool>, session: Session) -> StatusCode {
+    let rotated = async {
+        session.cycle_id().await?;
+        session.insert("user", "alice").await?;
+        session.save().await
+    };
+    match (rotated.await, fail) {
+        (Ok(()), false) => StatusCode::OK,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+fn app(store: &RedisSessionStore, scoped: bool) -> Router {
+    let router = Router::new()
+        .route("/start", post(start))
+        .route("/set/{name}/{ms}", post(set_after))
+        .route("/login/{fail}", post(login))
+        .route("/show", get(show))
+        .layer(SessionManagerLayer::new(store.clone()).with_secure(false));
+    if scoped {
+        router.layer(store.scope_layer())
+    } else {
+        router
+    }
+}
+
+/// One request; returns the status, the session cookie it set (if any) and the JSON body.
+async fn call(app: &Router, method: &str, path: &str, cookie: Option<&str>) -> (StatusCode, Option<String>, Value) {
+    let mut request = Request::builder().method(method).uri(path);
+    if let Some(cookie) = cookie {
+        request = request.header(header::COOKIE, cookie);
+    }
+    let response = app.clone().oneshot(request.body(Body::empty()).expect("request")).await.expect("infallible");
+    let status = response.status();
+    let cookie = response
+        .headers()
+        .get(header::SET_COOKIE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .map(str::to_owned);
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+    (status, cookie, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+}
+
+async fn store_on(redis: &RedisServer, limits: SessionLimits) -> RedisSessionStore {
+    let pool = herd_session_store::connect(&RedisConfig::new(redis.url())).await.expect("connect");
+    RedisSessionStore::new(pool, Keys::default()).with_limits(limits)
+}
+
+/// Two overlapping requests of one session: the slow one sets `a`, the quick one sets `b`.
+async fn overlapping_writes(app: &Router) -> Value {
+    let (_, cookie, _) = call(app, "POST", "/start", None).await;
+    let cookie = cookie.expect("a session");
+    let slow = call(app, "POST", "/set/a/300", Some(&cookie));
+    let quick = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        call(app, "POST", "/set/b/0", Some(&cookie)).await
+    };
+    let ((slow, _, _), (quick, _, _)) = tokio::join!(slow, quick);
+    assert_eq!((slow, quick), (StatusCode::OK, StatusCode::OK));
+    call(app, "GET", "/show", Some(&cookie)).await.2
+}
+
+#[tokio::test]
+async fn concurrent_requests_changing_different_values_both_keep_their_change() {
+    let redis = RedisServer::start();
+    let store = store_on(&redis, SessionLimits::default()).await;
+    let shown = overlapping_writes(&app(&store, true)).await;
+    assert_eq!(shown, json!({"user": "guest", "a": true, "b": true}));
+
+    // The same requests without the scope layer: the stock whole-record save loses `b`.
+    let shown = overlapping_writes(&app(&store, false)).await;
+    assert_eq!(shown, json!({"user": "guest", "a": true, "b": null}), "the contrast this layer exists for");
+}
+
+#[tokio::test]
+async fn a_failed_login_leaves_the_old_session_as_it_was() {
+    let redis = RedisServer::start();
+    let store = store_on(&redis, SessionLimits { grace: Duration::from_millis(500), ..SessionLimits::default() }).await;
+    let app = app(&store, true);
+    let (_, cookie, _) = call(&app, "POST", "/start", None).await;
+    let old = cookie.expect("a session");
+
+    let (status, new, _) = call(&app, "POST", "/login/true", Some(&old)).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(new, None, "a failed request sets no cookie");
+    assert_eq!(redis.keys("herd:sess:*").len(), 1, "the new record was removed again");
+    // Still there after the grace period would have ended: the retirement was undone.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(call(&app, "GET", "/show", Some(&old)).await.2["user"], "guest");
+
+    let (status, new, _) = call(&app, "POST", "/login/false", Some(&old)).await;
+    assert_eq!(status, StatusCode::OK);
+    let new = new.expect("the new id");
+    assert_ne!(new, old);
+    assert_eq!(call(&app, "GET", "/show", Some(&new)).await.2["user"], "alice");
+    assert_eq!(call(&app, "GET", "/show", Some(&old)).await.2["user"], "guest", "the old id, in its grace period");
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(call(&app, "GET", "/show", Some(&old)).await.2["user"], Value::Null, "and not after it");
+    assert_eq!(call(&app, "GET", "/show", Some(&new)).await.2["user"], "alice");
+}
+
+#[tokio::test]
+async fn a_late_save_never_brings_back_a_deleted_session() {
+    let redis = RedisServer::start();
+    let store = store_on(&redis, SessionLimits::default()).await;
+    let app = app(&store, true);
+    let (_, cookie, _) = call(&app, "POST", "/start", None).await;
+    let cookie = cookie.expect("a session");
+    let in_flight = call(&app, "POST", "/set/a/300", Some(&cookie));
+    let logout_elsewhere = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        redis.cli(&["DEL", &redis.keys("herd:sess:*")[0]])
+    };
+    let ((status, _, _), deleted) = tokio::join!(in_flight, logout_elsewhere);
+    assert_eq!(deleted.as_deref(), Some("1"));
+    assert_eq!(status, StatusCode::OK);
+    assert!(redis.keys("herd:sess:*").is_empty(), "the save did not recreate the session");
+}
+
+#[tokio::test]
+async fn a_value_in_another_format_is_a_miss_not_an_error() {
+    let redis = RedisServer::start();
+    let store = store_on(&redis, SessionLimits::default()).await;
+    let app = app(&store, true);
+    let (_, cookie, _) = call(&app, "POST", "/start", None).await;
+    let cookie = cookie.expect("a session");
+    let key = redis.keys("herd:sess:*").pop().expect("the record");
+    // An older herd wrote strings; someone else may have written anything.
+    redis.cli(&["SET", &key, "h1{\"data\":{}}"]).expect("overwrite");
+    let (status, _, shown) = call(&app, "GET", "/show", Some(&cookie)).await;
+    assert_eq!((status, shown["user"].clone()), (StatusCode::OK, Value::Null));
+    redis.cli(&["DEL", &key]).expect("delete");
+    redis.cli(&["HSET", &key, "v", "3", "d:user", "\"x\""]).expect("a future format");
+    assert_eq!(call(&app, "GET", "/show", Some(&cookie)).await.2["user"], Value::Null);
+}
+
+#[tokio::test]
+async fn redis_away_is_a_typed_503_from_the_layer() {
+    let mut redis = RedisServer::start();
+    let store = store_on(&redis, SessionLimits::default()).await;
+    let app = app(&store, true);
+    let (_, cookie, _) = call(&app, "POST", "/start", None).await;
+    redis.kill();
+    // The handler swallows the error and says 200; the store's failure still decides.
+    let (status, set_cookie, body) = call(&app, "POST", "/start", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body["error"].as_str().is_some());
+    assert_eq!(set_cookie, None);
+    let (status, _, _) = call(&app, "POST", "/set/a/0", cookie.as_deref()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+}
