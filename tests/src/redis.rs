@@ -12,24 +12,88 @@ pub struct RedisServer {
     pub port: u16,
     dir: TempDir,
     child: Option<Child>,
+    tls: Option<Tls>,
+    password: Option<String>,
+}
+
+/// A CA and a server certificate for 127.0.0.1 it signed, made with `openssl` for one test.
+pub struct Tls {
+    dir: TempDir,
+}
+
+impl Tls {
+    pub fn generate() -> Self {
+        let dir = TempDir::new("tls");
+        let sh = r#"set -e
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=herd-test-ca -keyout ca.key -out ca.crt
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=localhost \
+  -keyout server.key -out server.csr
+printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > ext
+openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext -out server.crt
+"#;
+        let out = Command::new("sh").arg("-c").arg(sh).current_dir(dir.path()).output().expect("openssl must be installed");
+        assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
+        Tls { dir }
+    }
+
+    /// The CA certificate (PEM) clients must trust.
+    pub fn ca(&self) -> String {
+        self.dir.path().join("ca.crt").display().to_string()
+    }
+
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
 }
 
 impl RedisServer {
     pub fn start() -> Self {
-        let mut server = RedisServer { port: crate::free_port(), dir: TempDir::new("redis"), child: None };
+        Self::start_with(None, None)
+    }
+
+    /// A server that speaks only TLS (with `tls`' certificate) and, if given, wants a password.
+    pub fn start_with(tls: Option<Tls>, password: Option<&str>) -> Self {
+        let mut server = RedisServer {
+            port: crate::free_port(),
+            dir: TempDir::new("redis"),
+            child: None,
+            tls,
+            password: password.map(str::to_owned),
+        };
         server.restart();
         server
     }
 
+    /// How herd reaches this server: `rediss://` with the password for a TLS one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        let auth = self.password.as_ref().map(|p| format!("default:{p}@")).unwrap_or_default();
+        format!("{scheme}://{auth}127.0.0.1:{}", self.port)
+    }
+
+    /// The CA to trust, for a TLS server.
+    pub fn ca(&self) -> Option<String> {
+        self.tls.as_ref().map(Tls::ca)
     }
 
     /// Starts (again) on the same port and directory, so data comes back from the AOF.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "redis-server already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        let mut command = Command::new("redis-server");
+        let port = self.port.to_string();
+        match &self.tls {
+            None => command.args(["--port", &port]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"])
+                .args(["--tls-cert-file", &tls.file("server.crt"), "--tls-key-file", &tls.file("server.key")])
+                .args(["--tls-ca-cert-file", &tls.ca()]),
+        };
+        if let Some(password) = &self.password {
+            command.args(["--requirepass", password]);
+        }
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(self.dir.path())
@@ -53,8 +117,15 @@ impl RedisServer {
 
     /// Runs one command through `redis-cli`; `None` if Redis did not answer.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string(), "--raw"])
+        let mut command = Command::new("redis-cli");
+        command.args(["-p", &self.port.to_string(), "--raw"]);
+        if let Some(tls) = &self.tls {
+            command.args(["--tls", "--cacert", &tls.ca()]);
+        }
+        if let Some(password) = &self.password {
+            command.args(["--no-auth-warning", "-a", password]);
+        }
+        let out = command
             .args(args)
             .stderr(Stdio::null())
             .output()
