@@ -38,8 +38,12 @@ impl Herd {
 
     /// Like [`Herd::start`], with extra environment (e.g. a `RUST_LOG` that shows debug lines).
     pub fn start_with_env(redis: &RedisServer, extra: &[&str], env: &[(&str, &str)]) -> Herd {
-        let url = redis.url();
-        let mut args = vec!["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--secure-cookies", "false"];
+        Herd::start_at(&redis.url(), extra, env)
+    }
+
+    /// Like [`Herd::start`], with Redis at any URL (a Redis Cluster, say).
+    pub fn start_at(url: &str, extra: &[&str], env: &[(&str, &str)]) -> Herd {
+        let mut args = vec!["serve", "--bind", "127.0.0.1:0", "--redis-url", url, "--secure-cookies", "false"];
         args.extend(["--demo-user", "alice:wonderland"]);
         args.extend(extra);
         let herd = Herd::spawn(&args, env);

@@ -14,6 +14,7 @@ pub struct RedisServer {
     child: Option<Child>,
     tls: Option<Tls>,
     password: Option<String>,
+    cluster_node: bool,
 }
 
 /// A CA and a server certificate for 127.0.0.1 it signed, made with `openssl` for one test.
@@ -60,6 +61,7 @@ impl RedisServer {
             child: None,
             tls,
             password: password.map(str::to_owned),
+            cluster_node: false,
         };
         server.restart();
         server
@@ -91,6 +93,9 @@ impl RedisServer {
         };
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
+        }
+        if self.cluster_node {
+            command.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
         }
         let child = command
             .args(["--bind", "127.0.0.1", "--save", ""])
@@ -145,5 +150,55 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A Redis Cluster of three primaries on loopback (no replicas), slots spread by
+/// `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                let mut node = RedisServer {
+                    port: crate::free_port(),
+                    dir: TempDir::new("redis-cluster"),
+                    child: None,
+                    tls: None,
+                    password: None,
+                    cluster_node: true,
+                };
+                node.restart();
+                node
+            })
+            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        for node in &nodes {
+            wait_for("the cluster to agree on its slots", Duration::from_secs(20), || {
+                node.cli(&["CLUSTER", "INFO"]).filter(|info| info.contains("cluster_state:ok")).map(|_| ())
+            });
+        }
+        RedisCluster { nodes }
+    }
+
+    /// fred's cluster URL: one seed node, the others as `node=` parameters.
+    pub fn url(&self) -> String {
+        let others: Vec<String> = self.nodes[1..].iter().map(|n| format!("node=127.0.0.1:{}", n.port)).collect();
+        format!("redis-cluster://127.0.0.1:{}?{}", self.nodes[0].port, others.join("&"))
+    }
+
+    /// Keys matching `pattern` on every node.
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.nodes.iter().flat_map(|n| n.keys(pattern)).collect()
     }
 }
