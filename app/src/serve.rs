@@ -145,6 +145,9 @@ pub async fn connect_redis(config: &RedisConfig) -> anyhow::Result<Pool> {
     })
 }
 
+/// How long a worker trusts its local copy of a cache entry.
+const CACHE_LOCAL_TTL: Duration = Duration::from_secs(30);
+
 /// Builds a worker's app once Redis answers; the worker reports ready only after this.
 async fn build_app(
     ctx: WorkerContext,
@@ -165,6 +168,12 @@ async fn build_app(
         }
     };
     let store = RedisSessionStore::new(pool.clone(), keys.clone()).with_limits(settings.limits);
+    // Entries written together expire ±10 % apart; each worker answers repeats from memory for
+    // a few seconds, dropped at once by an invalidation from any worker.
+    let cache = herd_session_store::Cache::new(pool.clone(), keys.clone())
+        .with_jitter(0.1)
+        .with_local_copies(CACHE_LOCAL_TTL)
+        .await?;
     let counters = std::sync::Arc::new(routes::stats::Counters::default());
     routes::stats::serve_counters(&ctx.messenger, counters.clone());
     let limiter = crate::users::limit::LoginLimiter::new(pool.clone(), keys.clone());
@@ -174,7 +183,7 @@ async fn build_app(
         limiter,
         logins,
         store: store.clone(),
-        cache: herd_session_store::Cache::new(pool.clone(), keys.clone()),
+        cache,
         visits: crate::users::visits::Visits::new(pool.clone(), settings.limits.idle),
         pool,
         worker: ctx,

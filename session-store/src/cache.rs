@@ -1,19 +1,36 @@
-//! A cache shared by every worker, on the same Redis pool as the sessions, with cluster-wide
-//! single flight: when many requests in many processes miss the same key at once, exactly one
-//! computes the value while the others wait for it.
+//! A cache shared by every worker, on the same Redis pool as the sessions.
 //!
-//! The one that computes holds a lock key (`SET … NX PX`) that expires by itself if its holder
-//! dies, so a crashed worker never blocks the key for longer than the lock's lifetime. Values
-//! live under `{prefix}cache:{key}`, apart from sessions, so flushing the cache by prefix never
-//! logs anyone out.
+//! - **Single flight, cluster-wide.** When many requests in many processes miss the same key at
+//!   once, exactly one computes the value while the others wait for it. The one that computes
+//!   holds a lock key (`SET … NX PX`) that expires by itself if its holder dies, so a crashed
+//!   worker never blocks the key for longer than the lock's lifetime.
+//! - **TTL jitter.** Each entry lives its TTL ± a random fraction ([`Cache::with_jitter`]), so
+//!   entries written together do not all expire (and get recomputed) together.
+//! - **Negative caching.** A computation may answer "nothing" (`Ok(None)`); that answer is
+//!   cached too, for its own (usually shorter) TTL, so a missing row is not looked up again on
+//!   every request ([`Cache::get_or_compute_optional`]).
+//! - **Local copies.** With [`Cache::with_local_copies`], each process keeps what it read for a
+//!   short time and answers from memory. [`Cache::invalidate`] deletes the entry and publishes
+//!   the key on `{prefix}cache:invalidate`; every process listening drops its copy. A process
+//!   whose subscription drops clears all its copies when it reconnects, since it may have
+//!   missed invalidations meanwhile; a copy is never older than the local TTL either way.
+//!
+//! Values live under `{prefix}cache:{key}`, apart from sessions, so flushing the cache by
+//! prefix never logs anyone out. A stored value is `v` + the value, or `n` for "nothing".
 
-use std::{future::Future, time::Duration};
+use std::{
+    collections::HashMap,
+    future::Future,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use fred::{
-    clients::Pool,
-    interfaces::KeysInterface,
+    clients::{Client, Pool},
+    interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface},
     types::{Expiration, SetOptions},
 };
+use rand::Rng;
 
 use crate::{Keys, StoreError};
 
@@ -33,26 +50,64 @@ pub enum CacheError<E> {
     Compute(E),
 }
 
+/// Where an answer came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// This process's local copy.
+    Local,
+    /// The shared entry in Redis.
+    Redis,
+    /// This request computed it.
+    Computed,
+}
+
+/// A value and where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cached<T = String> {
+    /// The value.
+    pub value: T,
+    /// False for the one request that computed it.
+    pub from_cache: bool,
+    /// Where it came from.
+    pub source: Source,
+}
+
+/// Local copies: value (None: "nothing") and when each stops being trusted.
+type Copies = Arc<Mutex<HashMap<String, (Option<String>, Instant)>>>;
+
 /// The shared cache.
 #[derive(Debug, Clone)]
 pub struct Cache {
     pool: Pool,
     keys: Keys,
-}
-
-/// Where a value came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cached {
-    /// The value.
-    pub value: String,
-    /// False for the one request that computed it.
-    pub from_cache: bool,
+    jitter: f64,
+    local: Option<(Duration, Copies)>,
 }
 
 impl Cache {
-    /// A cache on `pool` with keys under `keys`' prefix.
+    /// A cache on `pool` with keys under `keys`' prefix: no jitter, no local copies.
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self { pool, keys }
+        Self { pool, keys, jitter: 0.0, local: None }
+    }
+
+    /// Each entry lives its TTL scaled by a random factor in `1 ± fraction` (at most 0.5).
+    pub fn with_jitter(mut self, fraction: f64) -> Self {
+        self.jitter = fraction.clamp(0.0, 0.5);
+        self
+    }
+
+    /// Keeps local copies for `ttl` and listens for invalidations on a connection of its own.
+    /// Fails if that connection cannot be set up.
+    pub async fn with_local_copies(mut self, ttl: Duration) -> Result<Self, StoreError> {
+        let copies = Copies::default();
+        listen_for_invalidations(self.pool.next(), self.invalidation_channel(), copies.clone()).await?;
+        self.local = Some((ttl, copies));
+        Ok(self)
+    }
+
+    fn invalidation_channel(&self) -> String {
+        self.keys.cache("invalidate")
     }
 
     /// The value under `key`, or computes it once for the whole cluster and keeps it for `ttl`.
@@ -61,27 +116,65 @@ impl Cache {
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<String, E>>,
     {
+        let cached = self.lookup(key, ttl, ttl, || async move { compute().await.map(Some) }).await?;
+        match cached.value {
+            Some(value) => Ok(Cached { value, from_cache: cached.from_cache, source: cached.source }),
+            // Only this cache writes under its prefix, and `compute` never answers "nothing".
+            None => Err(CacheError::Store(StoreError::Redis(fred::error::Error::new(
+                fred::error::ErrorKind::Parse,
+                format!("cache entry {key} holds \"nothing\" but was never computed as optional"),
+            )))),
+        }
+    }
+
+    /// Like [`Cache::get_or_compute`] for computations that may find nothing: `Ok(None)` is
+    /// cached for `negative_ttl`.
+    pub async fn get_or_compute_optional<F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        negative_ttl: Duration,
+        compute: F,
+    ) -> Result<Cached<Option<String>>, CacheError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<String>, E>>,
+    {
+        self.lookup(key, ttl, negative_ttl, compute).await
+    }
+
+    async fn lookup<F, Fut, E>(&self, key: &str, ttl: Duration, negative_ttl: Duration, compute: F) -> Result<Cached<Option<String>>, CacheError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Option<String>, E>>,
+    {
+        if let Some(value) = self.local_copy(key) {
+            return Ok(Cached { value, from_cache: true, source: Source::Local });
+        }
         let value_key = self.keys.cache(key);
         let lock_key = self.keys.cache(&format!("{key}:lock"));
-        let token = format!("{}:{}", std::process::id(), uuid_like());
+        let token = format!("{}:{:x}", std::process::id(), rand::thread_rng().gen::<u64>());
         let mut compute = Some(compute);
         loop {
-            let hit: Option<String> = self.pool.get(&value_key).await.map_err(StoreError::from)?;
-            if let Some(value) = hit {
-                return Ok(Cached { value, from_cache: true });
+            if let Some(value) = self.shared(key, &value_key).await? {
+                return Ok(Cached { value, from_cache: true, source: Source::Redis });
             }
-            let lock = Expiration::PX(i64::try_from(LOCK_LIFETIME.as_millis()).unwrap_or(i64::MAX));
+            let lock = Expiration::PX(millis(LOCK_LIFETIME));
             let acquired: Option<String> =
                 self.pool.set(&lock_key, token.as_str(), Some(lock), Some(SetOptions::NX), false).await.map_err(StoreError::from)?;
             if acquired.is_some() {
                 let Some(compute) = compute.take() else { break };
-                let computed = compute().await;
-                let result = match computed {
+                let result = match compute().await {
                     Ok(value) => {
-                        let seconds = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+                        let (stored, lifetime) = match &value {
+                            Some(v) => (format!("v{v}"), ttl),
+                            None => ("n".to_owned(), negative_ttl),
+                        };
+                        let expiry = Expiration::PX(millis(self.jittered(lifetime)));
                         let _: Option<String> =
-                            self.pool.set(&value_key, value.as_str(), Some(Expiration::EX(seconds)), None, false).await.map_err(StoreError::from)?;
-                        Ok(Cached { value, from_cache: false })
+                            self.pool.set(&value_key, stored, Some(expiry), None, false).await.map_err(StoreError::from)?;
+                        self.keep_local(key, value.clone());
+                        Ok(Cached { value, from_cache: false, source: Source::Computed })
                     }
                     Err(err) => Err(CacheError::Compute(err)),
                 };
@@ -91,9 +184,8 @@ impl Cache {
             // Someone else computes: wait for the value, or for their lock to go away.
             loop {
                 tokio::time::sleep(POLL).await;
-                let hit: Option<String> = self.pool.get(&value_key).await.map_err(StoreError::from)?;
-                if let Some(value) = hit {
-                    return Ok(Cached { value, from_cache: true });
+                if let Some(value) = self.shared(key, &value_key).await? {
+                    return Ok(Cached { value, from_cache: true, source: Source::Redis });
                 }
                 let held: i64 = self.pool.exists(&lock_key).await.map_err(StoreError::from)?;
                 if held == 0 {
@@ -107,9 +199,52 @@ impl Cache {
         ))))
     }
 
-    /// Deletes `key` everywhere (the next request recomputes it).
+    /// The shared entry: `Some(Some(v))` a value, `Some(None)` a cached "nothing", `None` a miss.
+    async fn shared(&self, key: &str, value_key: &str) -> Result<Option<Option<String>>, StoreError> {
+        let stored: Option<String> = self.pool.get(value_key).await?;
+        let value = match stored.as_deref() {
+            Some("n") => Some(None),
+            Some(v) if v.starts_with('v') => Some(Some(v[1..].to_owned())),
+            _ => None, // missing, or not written by this cache: recompute
+        };
+        if let Some(value) = &value {
+            self.keep_local(key, value.clone());
+        }
+        Ok(value)
+    }
+
+    fn local_copy(&self, key: &str) -> Option<Option<String>> {
+        let (_, copies) = self.local.as_ref()?;
+        let copies = copies.lock().ok()?;
+        copies.get(key).filter(|(_, until)| *until > Instant::now()).map(|(value, _)| value.clone())
+    }
+
+    fn keep_local(&self, key: &str, value: Option<String>) {
+        if let Some((ttl, copies)) = &self.local {
+            if let Ok(mut copies) = copies.lock() {
+                let now = Instant::now();
+                copies.retain(|_, (_, until)| *until > now);
+                copies.insert(key.to_owned(), (value, now + *ttl));
+            }
+        }
+    }
+
+    fn jittered(&self, ttl: Duration) -> Duration {
+        if self.jitter == 0.0 {
+            return ttl;
+        }
+        ttl.mul_f64(rand::thread_rng().gen_range(1.0 - self.jitter..=1.0 + self.jitter))
+    }
+
+    /// Deletes `key` everywhere: in Redis, and in every process's local copies.
     pub async fn invalidate(&self, key: &str) -> Result<(), StoreError> {
         let _: i64 = self.pool.del(self.keys.cache(key)).await?;
+        if let Some((_, copies)) = &self.local {
+            if let Ok(mut copies) = copies.lock() {
+                copies.remove(key);
+            }
+        }
+        let _: i64 = self.pool.next().publish(self.invalidation_channel(), key).await?;
         Ok(())
     }
 
@@ -122,10 +257,40 @@ impl Cache {
     }
 }
 
-/// A token unique enough to tell lock holders apart (time and a process-local counter).
-fn uuid_like() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
-    format!("{nanos:x}-{}", COUNTER.fetch_add(1, Ordering::Relaxed))
+/// Subscribes a new connection to `channel` and drops local copies as invalidations arrive;
+/// all of them after a reconnection, which may have missed some.
+async fn listen_for_invalidations(template: &Client, channel: String, copies: Copies) -> Result<(), StoreError> {
+    let subscriber = template.clone_new();
+    let mut messages = subscriber.message_rx();
+    let mut reconnections = subscriber.reconnect_rx();
+    subscriber.init().await?;
+    subscriber.subscribe(channel.as_str()).await?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                message = messages.recv() => {
+                    let Ok(message) = message else { break };
+                    if let (Some(key), Ok(mut copies)) = (message.value.as_string(), copies.lock()) {
+                        copies.remove(&key);
+                    }
+                }
+                reconnected = reconnections.recv() => {
+                    if reconnected.is_err() {
+                        break;
+                    }
+                    if let Ok(mut copies) = copies.lock() {
+                        copies.clear();
+                    }
+                    if let Err(err) = subscriber.subscribe(channel.as_str()).await {
+                        tracing::warn!(error = %err, "could not resubscribe to cache invalidations");
+                    }
+                }
+            }
+        }
+    });
+    Ok(())
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX).max(1)
 }

@@ -43,6 +43,8 @@ pub(super) struct HeavyCached {
     pid: u32,
     /// False for the one request in the cluster that computed it.
     cached: bool,
+    /// `local` (this worker's copy), `redis` (the shared entry) or `computed`.
+    source: herd_session_store::cache::Source,
 }
 
 /// How long a cached sum is kept.
@@ -57,7 +59,7 @@ pub(super) async fn heavy_cached(
     let n = n_from(params)?;
     let cached = state
         .cache
-        .get_or_compute(&format!("heavy:{n}"), CACHE_TTL, || async move {
+        .get_or_compute(&cache_key(n), CACHE_TTL, || async move {
             tracing::info!(n, "heavy computation started (cache miss)");
             tokio::task::spawn_blocking(move || sum_below(n).to_string()).await
         })
@@ -67,7 +69,21 @@ pub(super) async fn heavy_cached(
             herd_session_store::cache::CacheError::Compute(e) => AppError::Internal(e.to_string()),
         })?;
     let result = cached.value.parse().map_err(|_| AppError::Internal(format!("cached heavy:{n} is not a number")))?;
-    Ok(Json(HeavyCached { result, pid: state.worker.pid, cached: cached.from_cache }))
+    Ok(Json(HeavyCached { result, pid: state.worker.pid, cached: cached.from_cache, source: cached.source }))
+}
+
+/// `DELETE /heavy/cached?n=`: forgets the cached sum in Redis and in every worker's local copy.
+pub(super) async fn forget_cached(
+    State(state): State<AppState>,
+    params: Result<Query<Params>, QueryRejection>,
+) -> Result<Json<serde_json::Value>, AppError> {
+    let n = n_from(params)?;
+    state.cache.invalidate(&cache_key(n)).await?;
+    Ok(Json(serde_json::json!({ "invalidated": n })))
+}
+
+fn cache_key(n: u64) -> String {
+    format!("heavy:{n}")
 }
 
 fn n_from(params: Result<Query<Params>, QueryRejection>) -> Result<u64, AppError> {

@@ -10,6 +10,7 @@
 //! | `GET /stats`, `POST /stats/reset` | every worker's counters, gathered over IPC; reset broadcast |
 //! | `GET /heavy?n=` | sum of 0..n on the blocking pool |
 //! | `GET /heavy/cached?n=` | the same through the shared cache, computed once cluster-wide |
+//! | `DELETE /heavy/cached?n=` | forgets it, in Redis and in every worker's local copy |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness including Redis |
 
 mod auth;
@@ -102,7 +103,7 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .route("/stats", get(stats::stats))
         .route("/stats/reset", post(stats::reset))
         .route("/heavy", get(heavy::heavy))
-        .route("/heavy/cached", get(heavy::heavy_cached))
+        .route("/heavy/cached", get(heavy::heavy_cached).delete(heavy::forget_cached))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(with_session)
