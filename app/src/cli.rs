@@ -239,9 +239,20 @@ pub struct ServeArgs {
     /// already in flight (read-only in effect: it is never extended).
     #[arg(long, env = "HERD_SESSION_GRACE", default_value = "5s", value_parser = parse_duration)]
     pub session_grace: Duration,
+    /// Which session store: herd's, or the stock tower-sessions-redis-store 0.16 (the
+    /// benchmark's baseline: no merged saves, no touch, no typed failures).
+    #[arg(long, env = "HERD_SESSION_STORE", value_enum, default_value_t = SessionStoreKind::Herd, hide = true)]
+    pub session_store: SessionStoreKind,
     /// Largest session (names and JSON values); a request that would grow it beyond gets 413.
     #[arg(long, env = "HERD_SESSION_MAX_BYTES", default_value = "64KiB", value_parser = parse_size)]
     pub session_max_bytes: u64,
+}
+
+/// `--session-store` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SessionStoreKind {
+    Herd,
+    Stock,
 }
 
 /// `--balance` values.

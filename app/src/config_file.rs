@@ -116,7 +116,7 @@ pub fn example() -> String {
          # this file. Uncomment what you want to change.\n",
     );
     let serve = Cli::command().find_subcommand("serve").cloned().unwrap_or_else(|| clap::Command::new("serve"));
-    for arg in serve.get_arguments().filter(|a| a.get_long().is_some() && a.get_id() != "config" && a.get_id() != "help") {
+    for arg in serve.get_arguments().filter(|a| a.get_long().is_some() && !a.is_hide_set() && a.get_id() != "config" && a.get_id() != "help") {
         let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
         out.push('\n');
         for line in help.lines() {

@@ -76,6 +76,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
         cookie_name: args.cookie_name.clone(),
         secure: args.secure_cookies,
         debug_routes: args.debug_routes,
+        stock_store: args.session_store == crate::cli::SessionStoreKind::Stock,
         limits: SessionLimits {
             idle: args.session_idle,
             max_age: args.session_max_age,

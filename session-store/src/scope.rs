@@ -33,7 +33,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 use tower_sessions::session::Id;
 
-use crate::{store::Data, RedisSessionStore, StoreError};
+use crate::{store::Encoded, RedisSessionStore, StoreError};
 
 tokio::task_local! {
     static SCOPE: RefCell<RequestState>;
@@ -43,7 +43,7 @@ tokio::task_local! {
 #[derive(Default)]
 pub(crate) struct RequestState {
     /// Each session's data as this request loaded (or last wrote) it: the base of a merge.
-    pub(crate) loaded: HashMap<Id, Data>,
+    pub(crate) loaded: HashMap<Id, Encoded>,
     /// Sessions deleted by this request: gone for real once it succeeds.
     pub(crate) deleted: Vec<Id>,
     /// A login: the old session retired in favour of the new one.

@@ -1,4 +1,5 @@
-//! The Lua scripts that read and write a session record, each in one round trip.
+//! The Lua scripts that change a session record, each in one round trip. (Reading is a plain
+//! `HGETALL`: the cheapest thing Redis can do for the request that happens most.)
 //!
 //! A record is a Redis hash (see [`crate::store`] for its fields). Every script touches exactly
 //! one key, so they run unchanged on a Redis Cluster. Numbers cross into Lua as strings and are
@@ -11,40 +12,23 @@ use fred::{clients::Pool, prelude::FromValue, types::scripts::Script};
 
 use crate::StoreError;
 
-/// Reads a session, ends it if it is past its idle or absolute limit, and extends its idle
-/// timeout (one field and the TTL, never the data) when the last extension is old enough.
+/// Extends a session's idle timeout: one field and the TTL, never the data; only if nobody
+/// did since `touch after` ms ago (concurrent requests touch once), and never for a retired or
+/// vanished record.
 ///
 /// KEYS[1]: the record. ARGV: now (ms), idle (ms), max age (ms), touch after (ms).
-/// Reply: `{'ok', created, seen, name, json, …}`, `{'none'}`, `{'expired'}` or `{'foreign'}`.
-static LOAD: LazyLock<Script> = LazyLock::new(|| {
+/// Reply: 1 touched, 0 not.
+static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     Script::from_lua(
         r#"
-local kind = redis.call('TYPE', KEYS[1]).ok
-if kind == 'none' then return {'none'} end
-if kind ~= 'hash' then return {'foreign'} end
+if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
 local meta = redis.call('HMGET', KEYS[1], 'v', 'created', 'seen', 'retired')
-local created, seen = tonumber(meta[2]), tonumber(meta[3])
-if meta[1] ~= '2' or not created or not seen then return {'foreign'} end
-local now, idle, max_age = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-if now - seen >= idle or now - created >= max_age then
-  redis.call('DEL', KEYS[1])
-  return {'expired'}
-end
-local seen_out = meta[3]
-if not meta[4] and now - seen >= tonumber(ARGV[4]) then
-  redis.call('HSET', KEYS[1], 'seen', ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], string.format('%d', math.min(idle, created + max_age - now)))
-  seen_out = ARGV[1]
-end
-local reply = {'ok', meta[2], seen_out}
-local fields = redis.call('HGETALL', KEYS[1])
-for i = 1, #fields, 2 do
-  if string.sub(fields[i], 1, 2) == 'd:' then
-    reply[#reply + 1] = string.sub(fields[i], 3)
-    reply[#reply + 1] = fields[i + 1]
-  end
-end
-return reply
+local now, created, seen = tonumber(ARGV[1]), tonumber(meta[2]), tonumber(meta[3])
+if meta[1] ~= '2' or meta[4] or not created or not seen then return 0 end
+if now - seen < tonumber(ARGV[4]) then return 0 end
+redis.call('HSET', KEYS[1], 'seen', ARGV[1])
+redis.call('PEXPIRE', KEYS[1], string.format('%d', math.max(1, math.min(tonumber(ARGV[2]), created + tonumber(ARGV[3]) - now))))
+return 1
 "#,
     )
 });
@@ -121,7 +105,7 @@ return 1
 /// Which script to run.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Op {
-    Load,
+    Touch,
     Write,
     Retire,
 }
@@ -130,7 +114,7 @@ pub(crate) enum Op {
 /// or one that restarted).
 pub(crate) async fn run<R: FromValue>(pool: &Pool, op: Op, key: &str, args: Vec<String>) -> Result<R, StoreError> {
     let script = match op {
-        Op::Load => &*LOAD,
+        Op::Touch => &*TOUCH,
         Op::Write => &*WRITE,
         Op::Retire => &*RETIRE,
     };

@@ -11,7 +11,11 @@ use fred::interfaces::KeysInterface;
 use time::OffsetDateTime;
 use tower_sessions::session::{Id, Record};
 
-use crate::{scope, store::Mode, RedisSessionStore, StoreError};
+use crate::{
+    scope,
+    store::{encode, Mode},
+    RedisSessionStore, StoreError,
+};
 
 impl RedisSessionStore {
     /// A session the stock store wrote, moved under herd's key.
@@ -28,11 +32,12 @@ impl RedisSessionStore {
             }
         };
         // False if another worker moved it first: the same data either way.
-        if self.write(Mode::Create, id, &record.data, &[]).await? {
+        let encoded = encode(&record.data)?;
+        if self.write(Mode::Create, id, &encoded.iter().collect::<Vec<_>>(), &[]).await? {
             tracing::info!("moved a tower-sessions-redis-store session under herd's key");
         }
         let _: i64 = self.pool.del(&raw_key).await?;
-        scope::with(|state| state.loaded.insert(*id, record.data.clone()));
+        scope::with(|state| state.loaded.insert(*id, encoded));
         Ok(Some(record))
     }
 }

@@ -20,11 +20,11 @@
 //! # Expiry
 //!
 //! A session ends after [`SessionLimits::idle`] without requests, or [`SessionLimits::max_age`]
-//! after it began, whichever comes first. Reads extend the idle timeout too, cheaply: loading a
-//! session whose `seen` is older than a quarter of the idle timeout sets `seen` and the TTL in
-//! the same round trip as the read, never rewriting the data. So a session ends between ¾ of
-//! and the whole idle timeout after its last request, and a read-only request costs one Redis
-//! round trip.
+//! after it began, whichever comes first. A read is one `HGETALL`. Reads extend the idle
+//! timeout too, cheaply: loading a session whose `seen` is older than a quarter of the idle
+//! timeout runs a touch script that sets `seen` and the TTL, never rewriting the data. So a
+//! read-only request costs one Redis round trip plus at most one touch per quarter of the idle
+//! timeout, and a session ends between ¾ of and the whole idle timeout after its last request.
 
 use std::{
     collections::HashMap,
@@ -32,7 +32,10 @@ use std::{
 };
 
 use async_trait::async_trait;
-use fred::{clients::Pool, interfaces::KeysInterface};
+use fred::{
+    clients::Pool,
+    interfaces::{HashesInterface, KeysInterface},
+};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tower_sessions::{
@@ -48,7 +51,13 @@ use crate::{
 };
 
 /// A session's values by name.
-pub(crate) type Data = HashMap<String, Value>;
+type Data = HashMap<String, Value>;
+/// A session's values by name, as the JSON stored in Redis: what a save compares against.
+pub(crate) type Encoded = HashMap<String, String>;
+
+pub(crate) fn encode(data: &Data) -> Result<Encoded, StoreError> {
+    data.iter().map(|(name, value)| Ok((name.clone(), serde_json::to_string(value)?))).collect()
+}
 
 /// How long sessions live and how big they may grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,7 +146,7 @@ impl RedisSessionStore {
 
     /// Writes values of `id`: `set` as given, `removed` deleted; false if the condition of
     /// `mode` failed (key taken for a create, gone otherwise).
-    pub(crate) async fn write(&self, mode: Mode, id: &Id, set: &Data, removed: &[&String]) -> Result<bool, StoreError> {
+    pub(crate) async fn write(&self, mode: Mode, id: &Id, set: &[(&String, &String)], removed: &[&String]) -> Result<bool, StoreError> {
         let mut args = self.clock_args();
         args.push(match mode {
             Mode::Create => "create",
@@ -145,9 +154,9 @@ impl RedisSessionStore {
             Mode::Replace => "replace",
         }.to_owned());
         args.push(set.len().to_string());
-        for (name, value) in set {
-            args.push(name.clone());
-            args.push(serde_json::to_string(value)?);
+        for (name, json) in set {
+            args.push((*name).clone());
+            args.push((*json).clone());
         }
         args.extend(removed.iter().map(|name| (*name).clone()));
         let written: i64 = scripts::run(&self.pool, Op::Write, &self.key(id), args).await?;
@@ -155,22 +164,24 @@ impl RedisSessionStore {
     }
 
     /// Writes a new record under a fresh id if `record.id` is taken.
-    async fn insert_new(&self, record: &mut Record) -> Result<(), StoreError> {
-        self.check_size(&record.data)?;
+    async fn insert_new(&self, record: &mut Record) -> Result<Encoded, StoreError> {
+        let encoded = self.encode_capped(&record.data)?;
+        let all: Vec<_> = encoded.iter().collect();
         // 128 random bits make a collision practically impossible, but it would hand one user
         // another's session, so check anyway.
-        while !self.write(Mode::Create, &record.id, &record.data, &[]).await? {
+        while !self.write(Mode::Create, &record.id, &all, &[]).await? {
             record.id = Id::default();
         }
-        Ok(())
+        Ok(encoded)
     }
 
-    fn check_size(&self, data: &Data) -> Result<(), StoreError> {
-        let size: usize = data.iter().map(|(name, value)| name.len() + value.to_string().len()).sum();
+    fn encode_capped(&self, data: &Data) -> Result<Encoded, StoreError> {
+        let encoded = encode(data)?;
+        let size: usize = encoded.iter().map(|(name, json)| name.len() + json.len()).sum();
         if size > self.limits.max_bytes {
             return Err(StoreError::TooLarge { size, limit: self.limits.max_bytes });
         }
-        Ok(())
+        Ok(encoded)
     }
 
     /// Deletes a session now, whatever the request does next.
@@ -195,68 +206,87 @@ impl RedisSessionStore {
     }
 
     async fn load_record(&self, id: &Id) -> Result<Option<Record>, StoreError> {
-        let mut args = self.clock_args();
-        args.push(millis(self.limits.idle / 4).to_string());
-        let reply: Vec<String> = scripts::run(&self.pool, Op::Load, &self.key(id), args).await?;
-        let mut reply = reply.into_iter();
-        match reply.next().as_deref() {
-            Some("ok") => {}
-            Some("none") if self.read_stock => return self.adopt_stock(id).await,
-            Some("foreign") => {
+        let key = self.key(id);
+        let mut fields: HashMap<String, String> = match self.pool.hgetall(&key).await {
+            Ok(fields) => fields,
+            Err(err) if err.details().starts_with("WRONGTYPE") => {
                 tracing::warn!("session key holds a value in another format; treating it as missing");
                 return Ok(None);
             }
-            _ => return Ok(None),
+            Err(err) => return Err(err.into()),
+        };
+        if fields.is_empty() {
+            return if self.read_stock { self.adopt_stock(id).await } else { Ok(None) };
         }
-        let (Some(created), Some(seen)) = (reply.next(), reply.next()) else { return Ok(None) };
-        let mut data = Data::new();
-        while let (Some(name), Some(json)) = (reply.next(), reply.next()) {
+        let stamp = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
+        let (Some("2"), Some(created), Some(seen)) = (fields.get("v").map(String::as_str), stamp("created"), stamp("seen")) else {
+            tracing::warn!("session record in an unknown format; treating it as missing");
+            return Ok(None);
+        };
+        let retired = fields.contains_key("retired");
+        let now = now_ms();
+        let (idle, max_age) = (millis(self.limits.idle), millis(self.limits.max_age));
+        // Enforced here, not only by the TTL (which mirrors these limits).
+        if now - seen >= idle || now - created >= max_age {
+            return Ok(None);
+        }
+        let mut seen = seen;
+        if !retired && now - seen >= idle / 4 {
+            let mut args = self.clock_args();
+            args.push((idle / 4).to_string());
+            // Losing a touch only shortens the session's idle window; the read still stands.
+            match scripts::run::<i64>(&self.pool, Op::Touch, &key, args).await {
+                Ok(_) => seen = now,
+                Err(err) => tracing::warn!(error = %err, "could not extend a session's idle timeout"),
+            }
+        }
+        let (mut data, mut base) = (Data::new(), Encoded::new());
+        for (field, json) in fields.drain() {
+            let Some(name) = field.strip_prefix("d:") else { continue };
             match serde_json::from_str(&json) {
                 Ok(value) => {
-                    data.insert(name, value);
+                    data.insert(name.to_owned(), value);
+                    base.insert(name.to_owned(), json);
                 }
                 Err(err) => tracing::warn!(error = %err, name, "corrupt session value; dropping it"),
             }
         }
-        let ends_ms = (parse_ms(&seen) + millis(self.limits.idle)).min(parse_ms(&created) + millis(self.limits.max_age));
+        let ends_ms = (seen + idle).min(created + max_age);
         let expiry_date = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ends_ms) * 1_000_000)
             .unwrap_or_else(|_| OffsetDateTime::now_utc());
-        scope::with(|state| state.loaded.insert(*id, data.clone()));
+        scope::with(|state| state.loaded.insert(*id, base));
         Ok(Some(Record { id: *id, data, expiry_date }))
     }
 
     /// Writes what this request changed in `record` (everything, outside a scope).
     async fn save_record(&self, record: &Record) -> Result<(), StoreError> {
-        self.check_size(&record.data)?;
-        let base = scope::with(|state| state.loaded.get(&record.id).cloned()).flatten();
-        let written = match base {
+        let encoded = self.encode_capped(&record.data)?;
+        let base = scope::with(|state| state.loaded.remove(&record.id)).flatten();
+        let written = match &base {
             Some(base) => {
-                let set: Data = record
-                    .data
-                    .iter()
-                    .filter(|(name, value)| base.get(*name) != Some(*value))
-                    .map(|(name, value)| (name.clone(), value.clone()))
-                    .collect();
-                let removed: Vec<&String> = base.keys().filter(|name| !record.data.contains_key(*name)).collect();
+                let set: Vec<_> = encoded.iter().filter(|(name, json)| base.get(*name) != Some(*json)).collect();
+                let removed: Vec<&String> = base.keys().filter(|name| !encoded.contains_key(*name)).collect();
                 if set.is_empty() && removed.is_empty() {
-                    return Ok(()); // nothing changed; the load already extended the idle timeout
+                    // Nothing changed; the load already extended the idle timeout.
+                    scope::with(|state| state.loaded.insert(record.id, encoded));
+                    return Ok(());
                 }
                 self.write(Mode::Patch, &record.id, &set, &removed).await?
             }
-            None => self.write(Mode::Replace, &record.id, &record.data, &[]).await?,
+            None => self.write(Mode::Replace, &record.id, &encoded.iter().collect::<Vec<_>>(), &[]).await?,
         };
         if !written {
             // Expired, or deleted by a logout in another worker: do not bring it back.
             tracing::debug!("session vanished before it could be saved; not recreating it");
         }
-        scope::with(|state| state.loaded.insert(record.id, record.data.clone()));
+        scope::with(|state| state.loaded.insert(record.id, encoded));
         Ok(())
     }
 
     async fn create_record(&self, record: &mut Record) -> Result<(), StoreError> {
-        self.insert_new(record).await?;
+        let encoded = self.insert_new(record).await?;
         let replaced = scope::with(|state| {
-            state.loaded.insert(record.id, record.data.clone());
+            state.loaded.insert(record.id, encoded);
             state.deleted.pop()
         });
         if let Some(Some(old)) = replaced {
@@ -308,8 +338,4 @@ fn now_ms() -> i64 {
 
 fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX).max(1)
-}
-
-fn parse_ms(text: &str) -> i64 {
-    text.parse().unwrap_or(0)
 }

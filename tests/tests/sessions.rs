@@ -308,3 +308,84 @@ fn concurrent_visits_of_one_session_are_all_counted() {
     assert_eq!(workers.len(), 4, "spread over every worker");
     assert_eq!(client.get("/").expect("GET /").json()["visits"], 201, "200 concurrent visits, then this one");
 }
+
+/// One client's sessions during the outage test: cookie, visits the server acknowledged, and
+/// requests that failed (their visit may or may not have been counted).
+struct Tracked {
+    cookie: String,
+    acked: u64,
+    failed: u64,
+}
+
+#[test]
+fn killing_redis_mid_load_loses_no_session_and_no_acknowledged_visit() {
+    let mut redis = RedisServer::start(); // append-only, fsync on every write
+    let herd = Herd::start(&redis, &["--workers", "3"]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..12u8)
+        .map(|n| {
+            let client = herd.client().from_ip(std::net::IpAddr::from([127, 0, 1, n + 1]));
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut sessions: Vec<Tracked> = Vec::new();
+                let mut client = client;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    // A new login now and then: sessions created right before the crash count too.
+                    if !sessions.last().is_some_and(|s| s.acked < 15) {
+                        client.cookie = None;
+                        match client.post_json("/login", r#"{"username":"alice","password":"wonderland"}"#) {
+                            Ok(res) if res.status == 200 => {
+                                let cookie = res.cookie().expect("login cookie");
+                                client.cookie = Some(cookie.clone());
+                                sessions.push(Tracked { cookie, acked: 0, failed: 0 });
+                            }
+                            _ => std::thread::sleep(Duration::from_millis(20)),
+                        }
+                        continue;
+                    }
+                    let tracked = sessions.last_mut().expect("a session");
+                    match client.get("/") {
+                        Ok(res) if res.status == 200 => {
+                            assert_eq!(res.json()["user"], "alice", "a live session was never anonymous");
+                            tracked.acked += 1;
+                        }
+                        Ok(res) => {
+                            assert_eq!(res.status, 503, "only 503 while Redis is away: {}", res.body);
+                            tracked.failed += 1;
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(err) => panic!("no response: {err}"),
+                    }
+                }
+                sessions
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(1500));
+    redis.kill();
+    std::thread::sleep(Duration::from_millis(1000));
+    redis.restart();
+    let back = Instant::now();
+    let probe = herd.client();
+    wait_for("Redis to be back for herd", Duration::from_secs(15), || (probe.get("/readyz").ok()?.status == 200).then_some(()));
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(back.elapsed()));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let sessions: Vec<Tracked> = clients.into_iter().flat_map(|t| t.join().expect("client thread")).collect();
+
+    assert!(sessions.len() >= 24, "logins kept happening: {}", sessions.len());
+    assert!(sessions.iter().any(|s| s.failed > 0), "the outage was felt");
+    for (i, tracked) in sessions.iter().enumerate() {
+        let mut client = herd.client();
+        client.cookie = Some(tracked.cookie.clone());
+        let body = client.get("/").expect("GET /").json();
+        assert_eq!(body["user"], "alice", "session {i} survived the crash");
+        let visits = body["visits"].as_u64().expect("visits") - 1;
+        assert!(
+            (tracked.acked..=tracked.acked + tracked.failed).contains(&visits),
+            "session {i}: {visits} visits counted, {} acknowledged, {} failed",
+            tracked.acked,
+            tracked.failed
+        );
+    }
+}

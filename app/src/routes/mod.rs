@@ -70,32 +70,30 @@ pub struct SessionSettings {
     pub debug_routes: bool,
     /// How long sessions live and how big they grow (enforced by the store).
     pub limits: herd_session_store::SessionLimits,
+    /// Use the stock tower-sessions-redis-store instead (the benchmark's baseline).
+    pub stock_store: bool,
 }
 
 pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSettings) -> Router {
-    // The store ends sessions (idle timeout, absolute lifetime); the cookie only has to live
-    // as long as a session can, so it is refreshed on writes, not on every read.
-    let cookie_lifetime = time::Duration::try_from(settings.limits.max_age).unwrap_or(time::Duration::weeks(1));
-    let scope = store.scope_layer();
-    let sessions = SessionManagerLayer::new(store)
-        .with_name(settings.cookie_name.clone())
-        .with_secure(settings.secure)
-        .with_http_only(true)
-        .with_same_site(SameSite::Lax)
-        .with_expiry(Expiry::OnInactivity(cookie_lifetime));
-    let removal = RemovalCookie { name: settings.cookie_name.clone(), secure: settings.secure };
     let with_session = Router::new()
         .route("/", get(home::home))
         .route("/login", post(auth::login))
         .route("/logout", post(auth::logout))
-        .route("/me", get(auth::me))
-        .layer(sessions)
+        .route("/me", get(auth::me));
+    let with_session = if settings.stock_store {
+        let stock = tower_sessions_redis_store::RedisStore::new(state.pool.clone());
+        with_session.layer(session_layer(stock, settings))
+    } else {
+        let scope = store.scope_layer();
+        // Merged saves, gap-free login, typed 503/413 when the store fails.
+        with_session.layer(session_layer(store, settings)).layer(scope)
+    };
+    let removal = RemovalCookie { name: settings.cookie_name.clone(), secure: settings.secure };
+    let with_session = with_session
         .layer(middleware::map_response(move |response| {
             let removal = removal.clone();
             async move { removal.fix(response) }
         }))
-        // Merged saves, gap-free login, typed 503/413 when the store fails.
-        .layer(scope)
         .layer(middleware::from_fn(error::no_store));
     let router = if settings.debug_routes { debug::routes() } else { Router::new() };
     router
@@ -111,6 +109,19 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(state.clone(), stats::count))
         .with_state(state)
+}
+
+/// The session cookie: HttpOnly, SameSite=Lax, Secure unless turned off. The store ends
+/// sessions (idle timeout, absolute lifetime); the cookie only has to live as long as a session
+/// can, so it is refreshed on writes, not on every read.
+fn session_layer<S: tower_sessions::SessionStore + Clone>(store: S, settings: &SessionSettings) -> SessionManagerLayer<S> {
+    let cookie_lifetime = time::Duration::try_from(settings.limits.max_age).unwrap_or(time::Duration::weeks(1));
+    SessionManagerLayer::new(store)
+        .with_name(settings.cookie_name.clone())
+        .with_secure(settings.secure)
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_expiry(Expiry::OnInactivity(cookie_lifetime))
 }
 
 /// tower-sessions 0.14 sends the cookie that deletes the session on logout without `HttpOnly`,
