@@ -44,8 +44,8 @@ impl RedisConfig {
 /// Without fred's defaults changed, a pool has no reconnect policy (a Redis restart breaks it
 /// for good) and no command timeout (a Redis outage hangs requests forever). Here:
 /// reconnect forever with exponential backoff capped at 1 s, fail every command that has not
-/// completed within `command_timeout`, and treat a connection that has not answered for twice
-/// that as dead.
+/// completed within `command_timeout`, treat a connection that has not answered for twice
+/// that as dead, and never resend a command that may already have been applied.
 pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
     let mut parsed = Config::from_url(&config.url)
         .map_err(|source| StoreError::Url { url: config.url.clone(), source })?;
@@ -61,6 +61,10 @@ pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
             conn.connection_timeout = timeout;
             conn.internal_command_timeout = timeout;
             conn.unresponsive = UnresponsiveConfig { max_timeout: Some(timeout * 2), interval: timeout / 4 };
+            // fred resends a command whose connection died in flight (3 attempts by default).
+            // Redis may already have applied it, so an `INCR` would count twice while the
+            // client was told 503: send every command once; the caller answers 503.
+            conn.max_command_attempts = 1;
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
         .build_pool(config.pool_size.max(1))?;

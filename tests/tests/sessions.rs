@@ -322,10 +322,11 @@ fn killing_redis_mid_load_loses_no_session_and_no_acknowledged_visit() {
     let mut redis = RedisServer::start(); // append-only, fsync on every write
     let herd = Herd::start(&redis, &["--workers", "3"]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let clients: Vec<_> = (0..12u8)
         .map(|n| {
             let client = herd.client().from_ip(std::net::IpAddr::from([127, 0, 1, n + 1]));
-            let stop = stop.clone();
+            let (stop, served) = (stop.clone(), served.clone());
             std::thread::spawn(move || {
                 let mut sessions: Vec<Tracked> = Vec::new();
                 let mut client = client;
@@ -348,6 +349,7 @@ fn killing_redis_mid_load_loses_no_session_and_no_acknowledged_visit() {
                         Ok(res) if res.status == 200 => {
                             assert_eq!(res.json()["user"], "alice", "a live session was never anonymous");
                             tracked.acked += 1;
+                            served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         Ok(res) => {
                             assert_eq!(res.status, 503, "only 503 while Redis is away: {}", res.body);
@@ -362,14 +364,16 @@ fn killing_redis_mid_load_loses_no_session_and_no_acknowledged_visit() {
         })
         .collect();
 
-    std::thread::sleep(Duration::from_millis(1500));
+    let served_so_far = || served.load(std::sync::atomic::Ordering::Relaxed);
+    wait_for("the load to flow", Duration::from_secs(30), || (served_so_far() >= 300).then_some(()));
     redis.kill();
     std::thread::sleep(Duration::from_millis(1000));
     redis.restart();
-    let back = Instant::now();
     let probe = herd.client();
     wait_for("Redis to be back for herd", Duration::from_secs(15), || (probe.get("/readyz").ok()?.status == 200).then_some(()));
-    std::thread::sleep(Duration::from_millis(1500).saturating_sub(back.elapsed()));
+    // Keep the load on until plenty of sessions worked again after the restart.
+    let before = served_so_far();
+    wait_for("the load to flow again", Duration::from_secs(30), || (served_so_far() >= before + 300).then_some(()));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let sessions: Vec<Tracked> = clients.into_iter().flat_map(|t| t.join().expect("client thread")).collect();
 
