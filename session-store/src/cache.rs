@@ -14,6 +14,10 @@
 //!   the key on `{prefix}cache:invalidate`; every process listening drops its copy. A process
 //!   whose subscription drops clears all its copies when it reconnects, since it may have
 //!   missed invalidations meanwhile; a copy is never older than the local TTL either way.
+//!   Invalidation is asynchronous: `invalidate` returns once Redis deleted the entry and the
+//!   message is published, and other processes drop their copies as it arrives (normally
+//!   within a millisecond). A read that overlaps an invalidation keeps no copy, so a value
+//!   fetched just before the delete cannot outlive it in memory.
 //!
 //! Values live under `{prefix}cache:{key}`, apart from sessions, so flushing the cache by
 //! prefix never logs anyone out. A stored value is `v` + the value, or `n` for "nothing".
@@ -21,7 +25,10 @@
 use std::{
     collections::HashMap,
     future::Future,
-    sync::{Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
     time::{Duration, Instant},
 };
 
@@ -73,8 +80,29 @@ pub struct Cached<T = String> {
     pub source: Source,
 }
 
-/// Local copies: value (None: "nothing") and when each stops being trusted.
-type Copies = Arc<Mutex<HashMap<String, (Option<String>, Instant)>>>;
+/// One process's local copies.
+#[derive(Debug)]
+struct LocalCopies {
+    ttl: Duration,
+    /// Value (None: "nothing") and when each stops being trusted.
+    entries: Mutex<HashMap<String, (Option<String>, Instant)>>,
+    /// Bumped by every invalidation this process hears of. A read remembers it before asking
+    /// Redis and keeps its answer only if it is unchanged, so a value read just before an
+    /// invalidation is not kept after it.
+    generation: AtomicU64,
+}
+
+impl LocalCopies {
+    fn forget(&self, key: Option<&str>) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut entries) = self.entries.lock() {
+            match key {
+                Some(key) => drop(entries.remove(key)),
+                None => entries.clear(),
+            }
+        }
+    }
+}
 
 /// The shared cache.
 #[derive(Debug, Clone)]
@@ -82,7 +110,7 @@ pub struct Cache {
     pool: Pool,
     keys: Keys,
     jitter: f64,
-    local: Option<(Duration, Copies)>,
+    local: Option<Arc<LocalCopies>>,
 }
 
 impl Cache {
@@ -100,9 +128,9 @@ impl Cache {
     /// Keeps local copies for `ttl` and listens for invalidations on a connection of its own.
     /// Fails if that connection cannot be set up.
     pub async fn with_local_copies(mut self, ttl: Duration) -> Result<Self, StoreError> {
-        let copies = Copies::default();
+        let copies = Arc::new(LocalCopies { ttl, entries: Mutex::default(), generation: AtomicU64::new(0) });
         listen_for_invalidations(self.pool.next(), self.invalidation_channel(), copies.clone()).await?;
-        self.local = Some((ttl, copies));
+        self.local = Some(copies);
         Ok(self)
     }
 
@@ -151,12 +179,13 @@ impl Cache {
         if let Some(value) = self.local_copy(key) {
             return Ok(Cached { value, from_cache: true, source: Source::Local });
         }
+        let generation = self.generation();
         let value_key = self.keys.cache(key);
         let lock_key = self.keys.cache(&format!("{key}:lock"));
         let token = format!("{}:{:x}", std::process::id(), rand::thread_rng().gen::<u64>());
         let mut compute = Some(compute);
         loop {
-            if let Some(value) = self.shared(key, &value_key).await? {
+            if let Some(value) = self.shared(key, &value_key, generation).await? {
                 return Ok(Cached { value, from_cache: true, source: Source::Redis });
             }
             let lock = Expiration::PX(millis(LOCK_LIFETIME));
@@ -173,7 +202,7 @@ impl Cache {
                         let expiry = Expiration::PX(millis(self.jittered(lifetime)));
                         let _: Option<String> =
                             self.pool.set(&value_key, stored, Some(expiry), None, false).await.map_err(StoreError::from)?;
-                        self.keep_local(key, value.clone());
+                        self.keep_local(key, value.clone(), generation);
                         Ok(Cached { value, from_cache: false, source: Source::Computed })
                     }
                     Err(err) => Err(CacheError::Compute(err)),
@@ -184,7 +213,7 @@ impl Cache {
             // Someone else computes: wait for the value, or for their lock to go away.
             loop {
                 tokio::time::sleep(POLL).await;
-                if let Some(value) = self.shared(key, &value_key).await? {
+                if let Some(value) = self.shared(key, &value_key, generation).await? {
                     return Ok(Cached { value, from_cache: true, source: Source::Redis });
                 }
                 let held: i64 = self.pool.exists(&lock_key).await.map_err(StoreError::from)?;
@@ -200,7 +229,7 @@ impl Cache {
     }
 
     /// The shared entry: `Some(Some(v))` a value, `Some(None)` a cached "nothing", `None` a miss.
-    async fn shared(&self, key: &str, value_key: &str) -> Result<Option<Option<String>>, StoreError> {
+    async fn shared(&self, key: &str, value_key: &str, generation: u64) -> Result<Option<Option<String>>, StoreError> {
         let stored: Option<String> = self.pool.get(value_key).await?;
         let value = match stored.as_deref() {
             Some("n") => Some(None),
@@ -208,24 +237,32 @@ impl Cache {
             _ => None, // missing, or not written by this cache: recompute
         };
         if let Some(value) = &value {
-            self.keep_local(key, value.clone());
+            self.keep_local(key, value.clone(), generation);
         }
         Ok(value)
     }
 
     fn local_copy(&self, key: &str) -> Option<Option<String>> {
-        let (_, copies) = self.local.as_ref()?;
-        let copies = copies.lock().ok()?;
-        copies.get(key).filter(|(_, until)| *until > Instant::now()).map(|(value, _)| value.clone())
+        let entries = self.local.as_ref()?.entries.lock().ok()?;
+        entries.get(key).filter(|(_, until)| *until > Instant::now()).map(|(value, _)| value.clone())
     }
 
-    fn keep_local(&self, key: &str, value: Option<String>) {
-        if let Some((ttl, copies)) = &self.local {
-            if let Ok(mut copies) = copies.lock() {
-                let now = Instant::now();
-                copies.retain(|_, (_, until)| *until > now);
-                copies.insert(key.to_owned(), (value, now + *ttl));
+    fn generation(&self) -> u64 {
+        self.local.as_ref().map_or(0, |local| local.generation.load(Ordering::SeqCst))
+    }
+
+    /// Keeps a copy of what was read since `generation`, unless an invalidation came meanwhile.
+    fn keep_local(&self, key: &str, value: Option<String>, generation: u64) {
+        let Some(local) = &self.local else { return };
+        if let Ok(mut entries) = local.entries.lock() {
+            // Checked under the lock `forget` bumps before taking, so no invalidation slips
+            // between the check and the insert.
+            if local.generation.load(Ordering::SeqCst) != generation {
+                return;
             }
+            let now = Instant::now();
+            entries.retain(|_, (_, until)| *until > now);
+            entries.insert(key.to_owned(), (value, now + local.ttl));
         }
     }
 
@@ -239,10 +276,8 @@ impl Cache {
     /// Deletes `key` everywhere: in Redis, and in every process's local copies.
     pub async fn invalidate(&self, key: &str) -> Result<(), StoreError> {
         let _: i64 = self.pool.del(self.keys.cache(key)).await?;
-        if let Some((_, copies)) = &self.local {
-            if let Ok(mut copies) = copies.lock() {
-                copies.remove(key);
-            }
+        if let Some(local) = &self.local {
+            local.forget(Some(key));
         }
         let _: i64 = self.pool.next().publish(self.invalidation_channel(), key).await?;
         Ok(())
@@ -259,7 +294,7 @@ impl Cache {
 
 /// Subscribes a new connection to `channel` and drops local copies as invalidations arrive;
 /// all of them after a reconnection, which may have missed some.
-async fn listen_for_invalidations(template: &Client, channel: String, copies: Copies) -> Result<(), StoreError> {
+async fn listen_for_invalidations(template: &Client, channel: String, copies: Arc<LocalCopies>) -> Result<(), StoreError> {
     let subscriber = template.clone_new();
     let mut messages = subscriber.message_rx();
     let mut reconnections = subscriber.reconnect_rx();
@@ -270,17 +305,17 @@ async fn listen_for_invalidations(template: &Client, channel: String, copies: Co
             tokio::select! {
                 message = messages.recv() => {
                     let Ok(message) = message else { break };
-                    if let (Some(key), Ok(mut copies)) = (message.value.as_string(), copies.lock()) {
-                        copies.remove(&key);
+                    if let Some(key) = message.value.as_string() {
+                        copies.forget(Some(&key));
+                        // Tests wait for this line to know every worker has heard.
+                        tracing::debug!(%key, "dropped the local cache copy");
                     }
                 }
                 reconnected = reconnections.recv() => {
                     if reconnected.is_err() {
                         break;
                     }
-                    if let Ok(mut copies) = copies.lock() {
-                        copies.clear();
-                    }
+                    copies.forget(None);
                     if let Err(err) = subscriber.subscribe(channel.as_str()).await {
                         tracing::warn!(error = %err, "could not resubscribe to cache invalidations");
                     }

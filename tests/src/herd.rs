@@ -253,7 +253,18 @@ pub fn hello_example() -> PathBuf {
 /// compiling a second copy of the dependency tree with other features.
 fn cargo_build(name: &str, kind: &str) -> PathBuf {
     let manifest = concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.toml");
-    let out = Command::new(env!("CARGO"))
+    let mut cargo = Command::new(env!("CARGO"));
+    // `cargo test` gives this process the test crate's package variables; build scripts that
+    // watch one (ring watches CARGO_MANIFEST_DIR) would then see it change between this build
+    // and the next `cargo test`, and every crate above them would be rebuilt twice per run.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        let per_package = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"];
+        if per_package.iter().any(|prefix| key.starts_with(prefix)) {
+            cargo.env_remove(key.as_ref());
+        }
+    }
+    let out = cargo
         .args(["build", "--quiet", "--workspace", "--all-targets", "--message-format=json", "--manifest-path", manifest])
         .stderr(Stdio::inherit())
         .output()

@@ -7,13 +7,14 @@ use std::{
     time::Duration,
 };
 
-use herd_e2e::{Herd, RedisServer};
+use herd_e2e::{wait_for, Herd, RedisServer};
 use herd_session_store::{cache::Source, Cache, Keys, RedisConfig};
 
 #[test]
 fn an_invalidation_reaches_every_workers_local_copy() {
     let redis = RedisServer::start();
-    let herd = Herd::start(&redis, &["--workers", "3"]);
+    let debug_cache = [("RUST_LOG", "info,herd_session_store::cache=debug")];
+    let herd = Herd::start_with_env(&redis, &["--workers", "3"], &debug_cache);
     let get = || herd.client().get("/heavy/cached?n=123456").expect("GET /heavy/cached").json();
 
     // Round-robin over fresh connections: every worker reads it once, then has a local copy.
@@ -22,9 +23,19 @@ fn an_invalidation_reaches_every_workers_local_copy() {
     let locals: HashSet<_> = first.iter().filter(|a| a["source"] == "local").map(|a| a["pid"].clone()).collect();
     assert_eq!(locals.len(), 3, "every worker answers the repeat from memory: {first:?}");
 
-    // One worker invalidates; all of them forget, so the value is computed again once.
+    // One worker invalidates; all of them forget, so the value is computed again once. The
+    // message travels asynchronously: wait until every worker has said it dropped its copy.
     let res = herd.client().request("DELETE", "/heavy/cached?n=123456", &[], b"").expect("DELETE");
     assert_eq!((res.status, res.json()["invalidated"].clone()), (200, 123456.into()), "{}", res.body);
+    wait_for("every worker to drop its copy", Duration::from_secs(5), || {
+        let heard: HashSet<_> = herd
+            .log()
+            .iter()
+            .filter(|l| l.contains("dropped the local cache copy") && l.contains("123456"))
+            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("pid=")).map(str::to_owned))
+            .collect();
+        (heard.len() == 3).then_some(())
+    });
     let after: Vec<_> = (0..6).map(|_| get()).collect();
     assert_eq!(after[0]["source"], "computed", "no worker kept a stale copy: {after:?}");
     assert_eq!(after.iter().filter(|a| a["cached"] == false).count(), 1, "{after:?}");
