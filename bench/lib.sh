@@ -32,7 +32,7 @@ start_herd() {
   local workers=$1; shift
   HERD_PORT=$(free_port)
   HERD_LOG=$(mktemp)
-  RUST_LOG=info "$HERD" serve --workers "$workers" --bind "127.0.0.1:$HERD_PORT" \
+  "$HERD" serve --workers "$workers" --bind "127.0.0.1:$HERD_PORT" \
     --redis-url "redis://127.0.0.1:$REDIS_PORT" --demo-user alice:wonderland --secure-cookies false "$@" \
     2>"$HERD_LOG" &
   HERD_PID=$!

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Session store throughput and Redis cost, herd's store next to the stock
 # tower-sessions-redis-store 0.16 (`--session-store stock`), in one run:
-#   - wrk on /healthz (no session), GET /me (read-only session) and / (logged in: the visit
-#     counter is a write per request), keep-alive;
+#   - wrk on /healthz (no session, no Redis), /readyz (one Redis PING through the same pool, no
+#     session: the floor of any route that makes one round trip), GET /me (read-only session)
+#     and / (logged in: the visit counter is a write per request), keep-alive;
+#   - the workers' CPU time per GET /me (utime+stime over the wrk run ÷ requests), which the
+#     machine's noise moves far less than requests/s;
 #   - Redis commands per GET /me from INFO commandstats before/after a fixed number of
 #     requests, and the idle-timeout touches (PEXPIRE inside the load script) during it.
 #
@@ -25,13 +28,20 @@ login() {
 # calls <command> → cumulative calls of that command in INFO commandstats
 calls() { redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[:=,]' -v c="cmdstat_$1" '$1==c {print $3}' | grep . || echo 0; }
 
-declare -A RPS PER_REQ TOUCHES
+# cpu_us_per_request <rps> <ticks before> <ticks after>
+cpu_us_per_request() { python3 -c "print(f'{($3-$2)/$(getconf CLK_TCK)/($1*${DURATION:-8})*1e6:.1f}')"; }
+workers_ticks() { local t=0; for w in $(worker_pids "$HERD_PID"); do t=$((t + $(cpu_ticks "$w"))); done; echo "$t"; }
+
+declare -A RPS PER_REQ TOUCHES CPU
 for store in herd stock; do
   start_herd "$WORKERS" --session-store "$store" --session-idle "$IDLE"
   base="http://127.0.0.1:$HERD_PORT"
   cookie=$(login "$base")
   RPS[$store,healthz]=$(wrk_rps "$base/healthz")
+  RPS[$store,readyz]=$(wrk_rps "$base/readyz")
+  before=$(workers_ticks)
   RPS[$store,me]=$(wrk_rps "$base/me" -H "Cookie: $cookie")
+  CPU[$store]=$(cpu_us_per_request "${RPS[$store,me]}" "$before" "$(workers_ticks)")
   RPS[$store,home]=$(wrk_rps "$base/" -H "Cookie: $cookie")
 
   # Commands per GET /me: a fixed number of requests on a quiet server.
@@ -54,16 +64,16 @@ PY
   esac
   PER_REQ[$store]=$(python3 -c "print(f'{$sent/$ME_REQUESTS:.3f} sent ({$total/$ME_REQUESTS:.2f} executed incl. script steps)')")
   TOUCHES[$store]="$(calls pexpire) in ${elapsed}s"
-  echo "$store: healthz ${RPS[$store,healthz]} me ${RPS[$store,me]} home ${RPS[$store,home]} req/s; per /me: ${PER_REQ[$store]}; touches ${TOUCHES[$store]}" >&2
+  echo "$store: healthz ${RPS[$store,healthz]} readyz ${RPS[$store,readyz]} me ${RPS[$store,me]} home ${RPS[$store,home]} req/s; per /me: ${PER_REQ[$store]}; touches ${TOUCHES[$store]}" >&2
   stop_herd
 done
 
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 {
-  echo "| store | /healthz req/s | GET /me req/s | / (logged in) req/s | /me ÷ /healthz | Redis commands per /me | touches (PEXPIRE) during $ME_REQUESTS /me |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| store | /healthz req/s | /readyz req/s | GET /me req/s | / (logged in) req/s | /readyz ÷ /healthz | /me ÷ /healthz | worker CPU per /me | Redis commands per /me | touches (PEXPIRE) during $ME_REQUESTS /me |"
+  echo "|---|---|---|---|---|---|---|---|---|---|"
   for store in herd stock; do
-    echo "| $store | ${RPS[$store,healthz]} | ${RPS[$store,me]} | ${RPS[$store,home]} | $(ratio "${RPS[$store,me]}" "${RPS[$store,healthz]}") | ${PER_REQ[$store]} | ${TOUCHES[$store]} |"
+    echo "| $store | ${RPS[$store,healthz]} | ${RPS[$store,readyz]} | ${RPS[$store,me]} | ${RPS[$store,home]} | $(ratio "${RPS[$store,readyz]}" "${RPS[$store,healthz]}") | $(ratio "${RPS[$store,me]}" "${RPS[$store,healthz]}") | ${CPU[$store]} µs | ${PER_REQ[$store]} | ${TOUCHES[$store]} |"
   done
   echo
   echo "herd ÷ stock: GET /me $(ratio "${RPS[herd,me]}" "${RPS[stock,me]}"), / $(ratio "${RPS[herd,home]}" "${RPS[stock,home]}")"

@@ -10,7 +10,7 @@ use clap::ValueEnum;
 use herd_cluster::{logs::LogSink, Role};
 use tracing_subscriber::{fmt::MakeWriter, EnvFilter};
 
-const DEFAULT_FILTER: &str = "info,fred=warn,tower_sessions=warn";
+const DEFAULT_FILTER: &str = "info,fred=warn,tower_sessions=warn,tower_sessions_core=warn";
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]

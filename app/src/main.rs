@@ -4,6 +4,12 @@ use std::process::ExitCode;
 
 use herd::cli::{Command, ConfigCommand};
 
+// glibc's malloc serialises threads on arena locks when memory allocated on one runtime thread
+// (fred's connection task) is freed on another (the request's task); under load that lock and
+// its futex wakeups were a sixth of a worker's CPU (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match herd::config_file::parse() {
         Ok(cli) => cli,

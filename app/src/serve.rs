@@ -179,7 +179,7 @@ async fn build_app(
     routes::stats::serve_counters(&ctx.messenger, counters.clone());
     let limiter = crate::users::limit::LoginLimiter::new(pool.clone(), keys.clone());
     let logins = crate::users::sessions::UserSessions::new(pool.clone(), keys.clone());
-    let state = AppState {
+    let state = AppState::new(routes::Shared {
         users: Users::new(pool.clone(), keys.clone()),
         limiter,
         logins,
@@ -190,7 +190,7 @@ async fn build_app(
         worker: ctx,
         demo_users,
         counters,
-    };
+    });
     Ok(routes::router(state, store, &settings))
 }
 

@@ -35,6 +35,7 @@ use async_trait::async_trait;
 use fred::{
     clients::Pool,
     interfaces::{HashesInterface, KeysInterface},
+    types::Value as FredValue,
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -207,8 +208,10 @@ impl RedisSessionStore {
 
     async fn load_record(&self, id: &Id) -> Result<Option<Record>, StoreError> {
         let key = self.key(id);
-        let mut fields: HashMap<String, String> = match self.pool.hgetall(&key).await {
-            Ok(fields) => fields,
+        // Read as fred's own map and borrow from it: every read pays for this parse.
+        let fields = match self.pool.hgetall::<FredValue, _>(&key).await {
+            Ok(FredValue::Map(fields)) => fields,
+            Ok(_) => return Ok(None),
             Err(err) if err.details().starts_with("WRONGTYPE") => {
                 tracing::warn!("session key holds a value in another format; treating it as missing");
                 return Ok(None);
@@ -218,12 +221,26 @@ impl RedisSessionStore {
         if fields.is_empty() {
             return if self.read_stock { self.adopt_stock(id).await } else { Ok(None) };
         }
-        let stamp = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
-        let (Some("2"), Some(created), Some(seen)) = (fields.get("v").map(String::as_str), stamp("created"), stamp("seen")) else {
+        let (mut version, mut created, mut seen, mut retired) = (None, None, None, false);
+        let mut values = Vec::with_capacity(fields.len());
+        for (field, value) in fields.iter() {
+            let (Some(field), Some(text)) = (field.as_str(), value.as_str()) else { continue };
+            match field {
+                "v" => version = Some(text),
+                "created" => created = text.parse::<i64>().ok(),
+                "seen" => seen = text.parse::<i64>().ok(),
+                "retired" => retired = true,
+                _ => {
+                    if let Some(name) = field.strip_prefix("d:") {
+                        values.push((name, text));
+                    }
+                }
+            }
+        }
+        let (Some("2"), Some(created), Some(seen)) = (version.as_deref(), created, seen) else {
             tracing::warn!("session record in an unknown format; treating it as missing");
             return Ok(None);
         };
-        let retired = fields.contains_key("retired");
         let now = now_ms();
         let (idle, max_age) = (millis(self.limits.idle), millis(self.limits.max_age));
         // Enforced here, not only by the TTL (which mirrors these limits).
@@ -240,13 +257,12 @@ impl RedisSessionStore {
                 Err(err) => tracing::warn!(error = %err, "could not extend a session's idle timeout"),
             }
         }
-        let (mut data, mut base) = (Data::new(), Encoded::new());
-        for (field, json) in fields.drain() {
-            let Some(name) = field.strip_prefix("d:") else { continue };
+        let (mut data, mut base) = (Data::with_capacity(values.len()), Encoded::with_capacity(values.len()));
+        for (name, json) in values {
             match serde_json::from_str(&json) {
                 Ok(value) => {
                     data.insert(name.to_owned(), value);
-                    base.insert(name.to_owned(), json);
+                    base.insert(name.to_owned(), json.into_owned());
                 }
                 Err(err) => tracing::warn!(error = %err, name, "corrupt session value; dropping it"),
             }

@@ -38,9 +38,27 @@ use crate::{error, users::Users};
 /// Largest request body accepted (logins are tiny; anything big is a mistake or an attack).
 pub const MAX_BODY_BYTES: usize = 16 * 1024;
 
-/// What handlers share.
+/// What handlers share: a cheap handle, because axum clones the state for every request (and
+/// every `from_fn_with_state` middleware) and a deep clone of these clients showed up in profiles.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(std::sync::Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The clients, settings and counters behind [`AppState`].
+pub struct Shared {
     pub users: Users,
     /// Failed-login counters shared by every worker.
     pub limiter: crate::users::limit::LoginLimiter,
@@ -88,7 +106,7 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         // Merged saves, gap-free login, typed 503/413 when the store fails.
         with_session.layer(session_layer(store, settings)).layer(scope)
     };
-    let removal = RemovalCookie { name: settings.cookie_name.clone(), secure: settings.secure };
+    let removal = std::sync::Arc::new(RemovalCookie { prefix: format!("{}=", settings.cookie_name), secure: settings.secure });
     let with_session = with_session
         .layer(middleware::map_response(move |response| {
             let removal = removal.clone();
@@ -128,19 +146,18 @@ fn session_layer<S: tower_sessions::SessionStore + Clone>(store: S, settings: &S
 /// `SameSite` or `Secure` (fixed upstream after 0.14), which breaks `__Host-` cookie names and
 /// lets a plain-HTTP response carry it. Give the removal cookie the same flags as the session
 /// cookie.
-#[derive(Clone)]
 struct RemovalCookie {
-    name: String,
+    /// `name=`, what the session cookie's header value starts with.
+    prefix: String,
     secure: bool,
 }
 
 impl RemovalCookie {
     fn fix(&self, mut response: axum::response::Response) -> axum::response::Response {
-        let prefix = format!("{}=", self.name);
         let mut fixed = Vec::new();
         for value in response.headers().get_all(header::SET_COOKIE) {
             let Ok(text) = value.to_str() else { continue };
-            let removal = text.starts_with(&prefix) && text.contains("Max-Age=0");
+            let removal = text.starts_with(&self.prefix) && text.contains("Max-Age=0");
             let mut cookie = text.to_owned();
             if removal {
                 for (flag, wanted) in [("HttpOnly", true), ("SameSite=Lax", true), ("Secure", self.secure)] {
