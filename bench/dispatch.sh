@@ -18,18 +18,16 @@ read -r -a SCENARIOS <<<"${SCENARIOS:-healthz-keepalive healthz-close home-keepa
 for mode in "${MODES[@]}"; do
   start_herd "$WORKERS" --balance "$mode"
   base="http://127.0.0.1:$HERD_PORT"
-  cookie=$(curl -s -i -H 'Content-Type: application/json' -d '{"username":"alice","password":"wonderland"}' "$base/login" \
-    | awk -F'[ ;]' 'tolower($1)=="set-cookie:" {print $2}')
-  workers=$(worker_pids "$HERD_PID")
+  cookie=$(login "$base")
   for scenario in "${SCENARIOS[@]}"; do
     case $scenario in
       healthz-*) url="$base/healthz"; hdr=() ;;
       home-*) url="$base/"; hdr=(-H "Cookie: $cookie") ;;
     esac
     [[ $scenario == *close ]] && hdr+=(-H "Connection: close")
-    p0=$(cpu_ticks "$HERD_PID"); w0=0; for w in $workers; do w0=$((w0 + $(cpu_ticks "$w"))); done
+    p0=$(cpu_ticks "$HERD_PID"); w0=$(workers_ticks)
     RPS[$mode,$scenario]=$(wrk_rps "$url" "${hdr[@]}")
-    p1=$(cpu_ticks "$HERD_PID"); w1=0; for w in $workers; do w1=$((w1 + $(cpu_ticks "$w"))); done
+    p1=$(cpu_ticks "$HERD_PID"); w1=$(workers_ticks)
     PRIMARY_CPU[$mode,$scenario]=$((p1 - p0))
     WORKER_CPU[$mode,$scenario]=$(( (w1 - w0) / WORKERS ))
     echo "$mode $scenario: ${RPS[$mode,$scenario]} req/s (primary ${PRIMARY_CPU[$mode,$scenario]} ticks, avg worker ${WORKER_CPU[$mode,$scenario]} ticks)" >&2

@@ -17,12 +17,13 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 build_release() { (cd "$ROOT" && cargo build --release -p herd --quiet); }
 
-# start_redis → sets REDIS_PORT
+# start_redis → sets REDIS_PORT, REDIS_PID
 start_redis() {
   REDIS_PORT=$(free_port)
   REDIS_DIR=$(mktemp -d)
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$REDIS_DIR" >/dev/null &
-  PIDS+=($!)
+  REDIS_PID=$!
+  PIDS+=("$REDIS_PID")
   for _ in $(seq 100); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && return; sleep 0.05; done
   echo "redis did not start" >&2; exit 1
 }
@@ -50,6 +51,14 @@ stop_herd() { kill -TERM "$HERD_PID" 2>/dev/null || true; wait "$HERD_PID" 2>/de
 cpu_ticks() { awk '{print $14+$15}' "/proc/$1/stat"; }
 # worker_pids <primary pid>
 worker_pids() { pgrep -P "$1" | tr '\n' ' '; }
+# workers_ticks → utime+stime of every worker of $HERD_PID, in clock ticks
+workers_ticks() { local t=0 w; for w in $(worker_pids "$HERD_PID"); do t=$((t + $(cpu_ticks "$w"))); done; echo "$t"; }
+
+# login <base url> → the session cookie (name=value) of the demo user
+login() {
+  curl -s -i -H 'Content-Type: application/json' -d '{"username":"alice","password":"wonderland"}' "$1/login" \
+    | awk -F'[ ;]' 'tolower($1)=="set-cookie:" {print $2}'
+}
 
 # wrk_rps <url> <extra wrk args...> → requests/s
 wrk_rps() {

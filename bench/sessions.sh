@@ -21,16 +21,11 @@ build_release
 start_redis
 OUT="$ROOT/bench/results/sessions.md"
 
-login() {
-  curl -s -i -H 'Content-Type: application/json' -d '{"username":"alice","password":"wonderland"}' "$1/login" \
-    | awk -F'[ ;]' 'tolower($1)=="set-cookie:" {print $2}'
-}
 # calls <command> → cumulative calls of that command in INFO commandstats
 calls() { redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[:=,]' -v c="cmdstat_$1" '$1==c {print $3}' | grep . || echo 0; }
 
 # cpu_us_per_request <rps> <ticks before> <ticks after>
 cpu_us_per_request() { python3 -c "print(f'{($3-$2)/$(getconf CLK_TCK)/($1*${DURATION:-8})*1e6:.1f}')"; }
-workers_ticks() { local t=0; for w in $(worker_pids "$HERD_PID"); do t=$((t + $(cpu_ticks "$w"))); done; echo "$t"; }
 
 declare -A RPS PER_REQ TOUCHES CPU
 for store in herd stock; do
