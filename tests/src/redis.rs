@@ -112,6 +112,11 @@ impl RedisServer {
         });
     }
 
+    /// The running server's pid (to freeze it with `SIGSTOP`, say).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("redis-server is not running").id()
+    }
+
     /// SIGKILL, like a crash.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

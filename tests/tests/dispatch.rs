@@ -184,13 +184,23 @@ fn a_client_arriving_while_every_worker_restarts_is_served_late_not_refused() {
     let herd = Herd::start(&redis, &["--workers", "3"]);
     let old: Vec<u32> = herd.worker_pids();
     let mark = herd.log_len();
+    // A frozen Redis keeps every replacement from becoming ready (each waits for its pool), so
+    // the request below arrives while no worker can take it, however fast workers restart.
+    herd_e2e::signal(redis.pid(), Signal::SIGSTOP);
     for &pid in &old {
         herd_e2e::signal(pid, Signal::SIGKILL);
     }
     wait_for("every worker to be dead", Duration::from_secs(10), || old.iter().all(|&p| !herd_e2e::process_alive(p)).then_some(()));
-    let res = herd.client().get("/").expect("the connection waits in the primary's queue");
+    let res = std::thread::scope(|scope| {
+        let request = scope.spawn(|| herd.client().get("/"));
+        let held = || herd.log().iter().skip(mark).any(|l| l.contains("holding new connections"));
+        wait_for("the primary to hold the connection", Duration::from_secs(10), || held().then_some(()));
+        herd_e2e::signal(redis.pid(), Signal::SIGCONT);
+        request.join().expect("client thread")
+    });
+    let res = res.expect("the connection waits in the primary's queue");
     assert_eq!(res.status, 200);
     let pid = res.json()["pid"].as_u64().expect("pid") as u32;
     assert!(!old.contains(&pid), "served by a dead worker?");
-    assert!(herd.log().iter().skip(mark).any(|l| l.contains("queued connection")), "the connection was not queued");
+    assert!(herd.log().iter().skip(mark).any(|l| l.contains("handing 1 queued connection(s)")), "the held connection was not handed over");
 }

@@ -47,6 +47,10 @@ impl Supervisor {
     }
 
     fn enqueue(&mut self, conn: Conn) {
+        if self.queue.is_empty() {
+            // Once per episode: `flush_queue` empties the queue when a worker is ready again.
+            tracing::info!("no worker is ready: holding new connections until one is");
+        }
         self.queue.push_back(conn);
         if self.queue.len() >= MAX_QUEUED && !self.queue_full_logged {
             self.queue_full_logged = true;
