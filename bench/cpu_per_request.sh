@@ -15,13 +15,7 @@ start_herd "${WORKERS:-2}" --session-store "$STORE"
 base="http://127.0.0.1:$HERD_PORT"
 cookie=$(login "$base")
 for path in "${PATHS[@]}"; do
-  w0=$(workers_ticks); r0=$(cpu_ticks "$REDIS_PID")
-  out=$(wrk -t2 -c"${CONNS:-32}" -d"${DURATION:-8}s" -H "Cookie: $cookie" "$base$path")
-  w1=$(workers_ticks); r1=$(cpu_ticks "$REDIS_PID")
-  requests=$(awk '/requests in/ {print $1}' <<<"$out")
-  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
-  python3 -c "
-hz, n = $(getconf CLK_TCK), $requests
-print(f'$STORE $path: {$rps:.0f} req/s, workers {($w1-$w0)/hz/n*1e6:.1f} µs + redis {($r1-$r0)/hz/n*1e6:.1f} µs CPU per request')"
+  read -r rps worker_us redis_us <<<"$(wrk_cpu "$base$path" -H "Cookie: $cookie")"
+  echo "$STORE $path: $rps req/s, workers $worker_us µs + redis $redis_us µs CPU per request"
 done
 stop_herd

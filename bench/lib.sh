@@ -60,6 +60,20 @@ login() {
     | awk -F'[ ;]' 'tolower($1)=="set-cookie:" {print $2}'
 }
 
+# wrk_cpu <url> <extra wrk args...> → "<requests/s> <worker µs> <redis µs>": one wrk run, and the
+# CPU time (utime+stime) the workers of $HERD_PID and $REDIS_PID spent per request during it
+wrk_cpu() {
+  local url=$1; shift
+  local w0 r0 out requests rps
+  w0=$(workers_ticks); r0=$(cpu_ticks "$REDIS_PID")
+  out=$(wrk -t2 -c"${CONNS:-32}" -d"${DURATION:-8}s" "$@" "$url")
+  requests=$(awk '/requests in/ {print $1}' <<<"$out")
+  rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+  python3 -c "
+hz, n = $(getconf CLK_TCK), $requests
+print(f'$rps {($(workers_ticks)-$w0)/hz/n*1e6:.1f} {($(cpu_ticks "$REDIS_PID")-$r0)/hz/n*1e6:.1f}')"
+}
+
 # wrk_rps <url> <extra wrk args...> → requests/s
 wrk_rps() {
   local url=$1; shift

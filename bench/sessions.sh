@@ -24,9 +24,6 @@ OUT="$ROOT/bench/results/sessions.md"
 # calls <command> → cumulative calls of that command in INFO commandstats
 calls() { redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[:=,]' -v c="cmdstat_$1" '$1==c {print $3}' | grep . || echo 0; }
 
-# cpu_us_per_request <rps> <ticks before> <ticks after>
-cpu_us_per_request() { python3 -c "print(f'{($3-$2)/$(getconf CLK_TCK)/($1*${DURATION:-8})*1e6:.1f}')"; }
-
 declare -A RPS PER_REQ TOUCHES CPU
 for store in herd stock; do
   start_herd "$WORKERS" --session-store "$store" --session-idle "$IDLE"
@@ -34,9 +31,9 @@ for store in herd stock; do
   cookie=$(login "$base")
   RPS[$store,healthz]=$(wrk_rps "$base/healthz")
   RPS[$store,readyz]=$(wrk_rps "$base/readyz")
-  before=$(workers_ticks)
-  RPS[$store,me]=$(wrk_rps "$base/me" -H "Cookie: $cookie")
-  CPU[$store]=$(cpu_us_per_request "${RPS[$store,me]}" "$before" "$(workers_ticks)")
+  read -r me_rps me_cpu _ <<<"$(wrk_cpu "$base/me" -H "Cookie: $cookie")"
+  RPS[$store,me]=$me_rps
+  CPU[$store]=$me_cpu
   RPS[$store,home]=$(wrk_rps "$base/" -H "Cookie: $cookie")
 
   # Commands per GET /me: a fixed number of requests on a quiet server.

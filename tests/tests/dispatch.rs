@@ -193,8 +193,7 @@ fn a_client_arriving_while_every_worker_restarts_is_served_late_not_refused() {
     wait_for("every worker to be dead", Duration::from_secs(10), || old.iter().all(|&p| !herd_e2e::process_alive(p)).then_some(()));
     let res = std::thread::scope(|scope| {
         let request = scope.spawn(|| herd.client().get("/"));
-        let held = || herd.log().iter().skip(mark).any(|l| l.contains("holding new connections"));
-        wait_for("the primary to hold the connection", Duration::from_secs(10), || held().then_some(()));
+        herd.wait_log_from(mark, "the primary to hold the connection", Duration::from_secs(10), |l| l.contains("holding new connections"));
         herd_e2e::signal(redis.pid(), Signal::SIGCONT);
         request.join().expect("client thread")
     });
