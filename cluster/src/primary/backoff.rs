@@ -7,7 +7,8 @@ use tokio::time::Instant;
 
 use crate::config::RestartPolicy;
 
-/// A worker that lived at least this long is considered healthy: its death resets the backoff.
+/// A worker that served (was ready) at least this long is considered healthy: its death resets
+/// the backoff.
 pub(crate) const STABLE_UPTIME: Duration = Duration::from_secs(5);
 
 /// One slot's recent deaths.
@@ -29,7 +30,7 @@ pub(crate) enum Verdict {
 }
 
 impl Backoff {
-    /// Records a death after `uptime`: nothing after a healthy run, then `base`, 2×`base`,
+    /// Records a death after `uptime` of serving: nothing after a healthy run, then `base`, 2×`base`,
     /// 4×`base` … up to `cap`; [`Verdict::GiveUp`] once `max_restarts` deaths fall within
     /// `window`.
     pub(crate) fn on_exit(&mut self, uptime: Duration, policy: &RestartPolicy) -> Verdict {

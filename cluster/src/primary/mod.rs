@@ -175,6 +175,9 @@ struct Worker {
     pid: u32,
     started: Instant,
     state: State,
+    /// When it reported ready: the backoff judges a death by how long the worker served, so a
+    /// slow start followed by a crash still counts as dying young.
+    ready_since: Option<Instant>,
     /// Connections handed to it and not yet reported closed (least-conn's measure).
     open: usize,
     /// When it last proved its runtime makes progress (or became ready).
@@ -198,6 +201,18 @@ impl Worker {
 
     fn kill(&self) {
         let _ = self.kill.try_send(());
+    }
+
+    fn become_ready(&mut self) {
+        let now = Instant::now();
+        self.state = State::Ready;
+        self.last_heartbeat = now;
+        self.ready_since = Some(now);
+    }
+
+    /// How long it has been serving (zero if it never became ready).
+    fn serving_for(&self) -> Duration {
+        self.ready_since.map_or(Duration::ZERO, |since| since.elapsed())
     }
 }
 
@@ -359,7 +374,7 @@ impl Supervisor {
             tracing::warn!("worker {slot} pid {} {how}; its successor is starting", worker.pid);
             return;
         }
-        match s.backoff.on_exit(worker.started.elapsed(), &self.config.restart) {
+        match s.backoff.on_exit(worker.serving_for(), &self.config.restart) {
             Verdict::RestartIn(delay) if delay.is_zero() => {
                 tracing::warn!("worker {slot} pid {} {how}, restarting", worker.pid);
                 self.start(slot);
@@ -410,8 +425,7 @@ impl Supervisor {
         };
         match msg {
             ToPrimary::Ready { .. } => {
-                worker.state = State::Ready;
-                worker.last_heartbeat = Instant::now();
+                worker.become_ready();
                 tracing::info!("worker {slot} pid {} ready", worker.pid);
                 let ready = self.slots.iter().filter(|s| s.worker.as_ref().is_some_and(|w| w.state == State::Ready)).count();
                 if ready == self.slots.len() && !self.all_ready_logged {
@@ -461,6 +475,7 @@ impl Supervisor {
                     pid,
                     started: Instant::now(),
                     state: State::Starting,
+                    ready_since: None,
                     open: 0,
                     last_heartbeat: Instant::now(),
                     requests: 0,

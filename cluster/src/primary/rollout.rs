@@ -151,8 +151,7 @@ impl Supervisor {
     pub(super) fn promote_successor(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
         let Some(mut successor) = s.successor.take() else { return };
-        successor.state = State::Ready;
-        successor.last_heartbeat = Instant::now();
+        successor.become_ready();
         let old = s.worker.replace(successor);
         let new_pid = s.worker.as_ref().map_or(0, |w| w.pid);
         match old {
