@@ -31,6 +31,7 @@ use axum::{
 use fred::clients::Pool;
 use herd_cluster::WorkerContext;
 use herd_session_store::RedisSessionStore;
+use tower::ServiceBuilder;
 use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
 
 use crate::{error, users::Users};
@@ -98,21 +99,23 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .route("/login", post(auth::login))
         .route("/logout", post(auth::logout))
         .route("/me", get(auth::me));
-    let with_session = if settings.stock_store {
-        let stock = tower_sessions_redis_store::RedisStore::new(state.pool.clone());
-        with_session.layer(session_layer(stock, settings))
-    } else {
-        let scope = store.scope_layer();
-        // Merged saves, gap-free login, typed 503/413 when the store fails.
-        with_session.layer(session_layer(store, settings)).layer(scope)
-    };
+    // One `Router::layer` per stack, not one per layer: axum wraps every route in a boxed
+    // service per `layer` call and clones each box on every request.
     let removal = std::sync::Arc::new(RemovalCookie { prefix: format!("{}=", settings.cookie_name), secure: settings.secure });
-    let with_session = with_session
-        .layer(middleware::map_response(move |response| {
+    let cookies = ServiceBuilder::new().layer(middleware::from_fn(error::no_store)).layer(middleware::map_response(
+        move |response| {
             let removal = removal.clone();
             async move { removal.fix(response) }
-        }))
-        .layer(middleware::from_fn(error::no_store));
+        },
+    ));
+    let with_session = if settings.stock_store {
+        let stock = tower_sessions_redis_store::RedisStore::new(state.pool.clone());
+        with_session.layer(cookies.layer(session_layer(stock, settings)))
+    } else {
+        // Merged saves, gap-free login, typed 503/413 when the store fails.
+        let scope = store.scope_layer();
+        with_session.layer(cookies.layer(scope).layer(session_layer(store, settings)))
+    };
     let router = if settings.debug_routes { debug::routes() } else { Router::new() };
     router
         .route("/whoami", get(home::whoami))
@@ -124,8 +127,11 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .route("/readyz", get(health::readyz))
         .merge(with_session)
         .fallback(|| async { error::AppError::bad_request(axum::http::StatusCode::NOT_FOUND, "no such route") })
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn_with_state(state.clone(), stats::count))
+        .layer(
+            ServiceBuilder::new()
+                .layer(middleware::from_fn_with_state(state.clone(), stats::count))
+                .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
+        )
         .with_state(state)
 }
 
