@@ -47,7 +47,8 @@
 //!
 //! - [`pool`]: building the fred pool with the timeouts that make failure fast.
 //! - [`keys`]: the Redis key layout shared by sessions, users and the cache.
-//! - [`store`]: the `SessionStore` implementation, its record format and expiry.
+//! - [`store`]: the `SessionStore` implementation and expiry.
+//! - `record`: how a session is stored (one string: a fixed header, then the values).
 //! - [`scope`]: the per-request layer behind merged saves, gap-free logins and typed failures.
 //! - `scripts`: the Lua scripts, one round trip and one key each (so Redis Cluster works).
 //! - [`stock`]: reading sessions the stock `tower-sessions-redis-store` wrote.
@@ -57,6 +58,7 @@
 pub mod cache;
 pub mod keys;
 pub mod pool;
+mod record;
 pub mod scope;
 mod scripts;
 pub mod stock;

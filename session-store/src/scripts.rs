@@ -1,10 +1,10 @@
 //! The Lua scripts that change a session record, each in one round trip. (Reading is a plain
-//! `HGETALL`: the cheapest thing Redis can do for the request that happens most.)
+//! `GET`: the cheapest thing Redis can do for the request that happens most.)
 //!
-//! A record is a Redis hash (see [`crate::store`] for its fields). Every script touches exactly
-//! one key, so they run unchanged on a Redis Cluster. Numbers cross into Lua as strings and are
-//! written back with `%d`: Lua 5.1 numbers are doubles, and `tostring` would turn a millisecond
-//! timestamp into `1.7e+12`.
+//! A record is one string in format 3 (see [`crate::record`]). Every script touches exactly one
+//! key, so they run unchanged on a Redis Cluster. Timestamps cross into Lua as the header's
+//! zero-padded strings and are written back as received: Lua 5.1 numbers are doubles, and
+//! `tostring` would turn a millisecond timestamp into `1.7e+12`.
 
 use std::sync::LazyLock;
 
@@ -12,22 +12,44 @@ use fred::{clients::Pool, prelude::FromValue, types::scripts::Script};
 
 use crate::StoreError;
 
-/// Extends a session's idle timeout: one field and the TTL, never the data; only if nobody
-/// did since `touch after` ms ago (concurrent requests touch once), and never for a retired or
-/// vanished record.
+/// What every script shares: reading the header of a format-3 record (see [`crate::record`]).
+/// `head(blob)` gives the header's created (as stored and as a number), seen and retired, or
+/// nil for anything that is not a record.
+const PRELUDE: &str = r#"
+local HEADER = 39
+local function head(blob)
+  if #blob < HEADER or string.sub(blob, 1, 3) ~= 'h3:' then return nil end
+  local created, seen, flag = string.sub(blob, 4, 19), tonumber(string.sub(blob, 21, 36)), string.sub(blob, 38, 38)
+  if not tonumber(created) or not seen or (flag ~= '-' and flag ~= 'r') then return nil end
+  return created, tonumber(created), seen, flag == 'r'
+end
+local function header_of(key)
+  if redis.call('TYPE', key).ok ~= 'string' then return nil end
+  return head(redis.call('GETRANGE', key, 0, HEADER - 1))
+end
+local function lifetime(now, idle, max_age, created)
+  return string.format('%d', math.max(1, math.min(idle, created + max_age - now)))
+end
+"#;
+
+fn script(body: &str) -> Script {
+    Script::from_lua(format!("{PRELUDE}{body}"))
+}
+
+/// Extends a session's idle timeout: `seen` in place and the TTL, never the data; only if
+/// nobody did since `touch after` ms ago (concurrent requests touch once), and never for a
+/// retired or vanished record.
 ///
-/// KEYS[1]: the record. ARGV: now (ms), idle (ms), max age (ms), touch after (ms).
+/// KEYS[1]: the record. ARGV: now (a header stamp), idle (ms), max age (ms), touch after (ms).
 /// Reply: 1 touched, 0 not.
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
+    script(
         r#"
-if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
-local meta = redis.call('HMGET', KEYS[1], 'v', 'created', 'seen', 'retired')
-local now, created, seen = tonumber(ARGV[1]), tonumber(meta[2]), tonumber(meta[3])
-if meta[1] ~= '2' or meta[4] or not created or not seen then return 0 end
-if now - seen < tonumber(ARGV[4]) then return 0 end
-redis.call('HSET', KEYS[1], 'seen', ARGV[1])
-redis.call('PEXPIRE', KEYS[1], string.format('%d', math.max(1, math.min(tonumber(ARGV[2]), created + tonumber(ARGV[3]) - now))))
+local _, created, seen, retired = header_of(KEYS[1])
+local now = tonumber(ARGV[1])
+if not created or retired or now - seen < tonumber(ARGV[4]) then return 0 end
+redis.call('SETRANGE', KEYS[1], 20, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], lifetime(now, tonumber(ARGV[2]), tonumber(ARGV[3]), created))
 return 1
 "#,
     )
@@ -35,44 +57,63 @@ return 1
 
 /// Creates a record, or applies a request's changes to one.
 ///
-/// KEYS[1]: the record. ARGV: now, idle, max age, mode, n, then n name/JSON pairs to set, then
-/// names to delete. Modes: `create` (only if the key is free), `patch` (set and delete the
-/// given names, leave the others alone), `replace` (the given names become the whole data).
-/// `patch` and `replace` never bring back a record that is gone. A retired record (replaced by
-/// a login, living out its grace period) takes changes but is never extended.
+/// KEYS[1]: the record. ARGV: now (a header stamp), idle, max age, mode, n, then n name/JSON
+/// pairs to set, then names to delete. Modes: `create` (only if the key is free), `patch` (set
+/// and delete the given names, leave the others alone), `replace` (the given names become the
+/// whole data). `patch` and `replace` never bring back a record that is gone. A retired record
+/// (replaced by a login, living out its grace period) takes changes but is never extended.
 /// Reply: 1 written, 0 not (key taken for `create`, gone otherwise).
 static WRITE: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
+    script(
         r#"
 local now, idle, max_age, mode = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local n = tonumber(ARGV[5])
-local created, retired = now, false
+local stamp, created, seen, retired = ARGV[1], now, ARGV[1], false
+local names, values = {}, {}
 if mode == 'create' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-  redis.call('HSET', KEYS[1], 'v', '2', 'created', ARGV[1])
 else
-  if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
-  local meta = redis.call('HMGET', KEYS[1], 'v', 'created', 'retired')
-  created = tonumber(meta[2])
-  if meta[1] ~= '2' or not created then return 0 end
+  if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return 0 end
+  local blob, _ = redis.call('GET', KEYS[1]), nil
+  stamp, created, _, retired = head(blob)
+  if not stamp then return 0 end
   if now - created >= max_age then
     redis.call('DEL', KEYS[1])
     return 0
   end
-  retired = meta[3] ~= false
-  if mode == 'replace' then
-    local keep = {}
-    for i = 0, n - 1 do keep['d:' .. ARGV[6 + 2 * i]] = true end
-    for _, field in ipairs(redis.call('HKEYS', KEYS[1])) do
-      if string.sub(field, 1, 2) == 'd:' and not keep[field] then redis.call('HDEL', KEYS[1], field) end
+  if retired then seen = string.sub(blob, 21, 36) end
+  if mode == 'patch' then
+    local pos = HEADER + 1
+    while pos <= #blob do
+      local entry = {}
+      for part = 1, 2 do
+        local colon = string.find(blob, ':', pos, true)
+        local len = colon and tonumber(string.sub(blob, pos, colon - 1))
+        -- Damaged (it was read as a record moments ago): as good as gone.
+        if not len or colon + len > #blob then return 0 end
+        entry[part] = string.sub(blob, colon + 1, colon + len)
+        pos = colon + len + 1
+      end
+      if values[entry[1]] == nil then names[#names + 1] = entry[1] end
+      values[entry[1]] = entry[2]
     end
   end
 end
-for i = 0, n - 1 do redis.call('HSET', KEYS[1], 'd:' .. ARGV[6 + 2 * i], ARGV[7 + 2 * i]) end
-for i = 6 + 2 * n, #ARGV do redis.call('HDEL', KEYS[1], 'd:' .. ARGV[i]) end
-if not retired then
-  redis.call('HSET', KEYS[1], 'seen', ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], string.format('%d', math.min(idle, created + max_age - now)))
+for i = 0, n - 1 do
+  local name = ARGV[6 + 2 * i]
+  if values[name] == nil then names[#names + 1] = name end
+  values[name] = ARGV[7 + 2 * i]
+end
+for i = 6 + 2 * n, #ARGV do values[ARGV[i]] = false end
+local parts = {'h3:', stamp, ':', seen, ':', retired and 'r' or '-', '\n'}
+for _, name in ipairs(names) do
+  local json = values[name]
+  if json then parts[#parts + 1] = #name .. ':' .. name .. #json .. ':' .. json end
+end
+if retired then
+  redis.call('SET', KEYS[1], table.concat(parts), 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], table.concat(parts), 'PX', lifetime(now, idle, max_age, created))
 end
 return 1
 "#,
@@ -84,19 +125,18 @@ return 1
 ///
 /// KEYS[1]: the old record. ARGV: `retire` and grace (ms), or `restore`, now, idle, max age.
 static RETIRE: LazyLock<Script> = LazyLock::new(|| {
-    Script::from_lua(
+    script(
         r#"
-if redis.call('TYPE', KEYS[1]).ok ~= 'hash' then return 0 end
+local _, created = header_of(KEYS[1])
+if not created then return 0 end
 if ARGV[1] == 'retire' then
-  redis.call('HSET', KEYS[1], 'retired', '1')
+  redis.call('SETRANGE', KEYS[1], 37, 'r')
   local ttl = redis.call('PTTL', KEYS[1])
   if ttl < 0 or ttl > tonumber(ARGV[2]) then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
   return 1
 end
-redis.call('HDEL', KEYS[1], 'retired')
-local now, idle, max_age = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local created = tonumber(redis.call('HGET', KEYS[1], 'created')) or now
-redis.call('PEXPIRE', KEYS[1], string.format('%d', math.max(1, math.min(idle, created + max_age - now))))
+redis.call('SETRANGE', KEYS[1], 37, '-')
+redis.call('PEXPIRE', KEYS[1], lifetime(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), created))
 return 1
 "#,
     )

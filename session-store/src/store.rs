@@ -1,28 +1,18 @@
 //! [`RedisSessionStore`]: a `tower_sessions::SessionStore` on a fred pool.
 //!
-//! # Record format
-//!
-//! A session is a Redis hash under [`Keys::session`]:
-//!
-//! | field | holds |
-//! |---|---|
-//! | `v` | the format version, `2`; a key in any other shape is a clean miss, never an error |
-//! | `created` | when the session began (unix ms): the base of the absolute lifetime |
-//! | `seen` | when it was last extended (unix ms): the base of the idle timeout |
-//! | `retired` | present while a replaced session lives out its grace period after a login |
-//! | `d:{name}` | one session value, as JSON |
-//!
-//! One field per value is what lets a save write only what its request changed (see
-//! [`crate::scope`]). The key's TTL mirrors the limits, so Redis reclaims dead sessions by
-//! itself, but the limits are enforced from the timestamps, not by trusting the TTL or the
-//! cookie.
+//! A session is one Redis string under [`Keys::session`], in the format of [`crate::record`]:
+//! a header with when the session began (`created`, the base of the absolute lifetime), when it
+//! was last extended (`seen`, the base of the idle timeout) and whether a login retired it,
+//! then one entry per session value, as JSON. The key's TTL mirrors the limits, so Redis
+//! reclaims dead sessions by itself, but the limits are enforced from the timestamps, not by
+//! trusting the TTL or the cookie.
 //!
 //! # Expiry
 //!
 //! A session ends after [`SessionLimits::idle`] without requests, or [`SessionLimits::max_age`]
-//! after it began, whichever comes first. A read is one `HGETALL`. Reads extend the idle
-//! timeout too, cheaply: loading a session whose `seen` is older than a quarter of the idle
-//! timeout runs a touch script that sets `seen` and the TTL, never rewriting the data. So a
+//! after it began, whichever comes first. A read is one `GET`. Reads extend the idle timeout
+//! too, cheaply: loading a session whose `seen` is older than a quarter of the idle timeout
+//! runs a touch script that rewrites `seen` in place and sets the TTL, never the data. So a
 //! read-only request costs one Redis round trip plus at most one touch per quarter of the idle
 //! timeout, and a session ends between ¾ of and the whole idle timeout after its last request.
 
@@ -32,11 +22,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use fred::{
-    clients::Pool,
-    interfaces::{HashesInterface, KeysInterface},
-    types::Value as FredValue,
-};
+use fred::{clients::Pool, interfaces::KeysInterface, types::Value as FredValue};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tower_sessions::{
@@ -46,6 +32,7 @@ use tower_sessions::{
 
 use crate::{
     keys::Keys,
+    record,
     scope::{self, Failure, SessionScopeLayer},
     scripts::{self, Op},
     StoreError,
@@ -85,7 +72,7 @@ impl Default for SessionLimits {
     }
 }
 
-/// Sessions in Redis under [`Keys::session`], one hash per session.
+/// Sessions in Redis under [`Keys::session`], one string per session.
 #[derive(Debug, Clone)]
 pub struct RedisSessionStore {
     pub(crate) pool: Pool,
@@ -140,9 +127,9 @@ impl RedisSessionStore {
         self.keys.session(&id.to_string())
     }
 
-    /// The limits as script arguments: now, idle, max age (all ms).
+    /// The limits as script arguments: now (a header stamp), idle, max age (ms).
     fn clock_args(&self) -> Vec<String> {
-        vec![now_ms().to_string(), millis(self.limits.idle).to_string(), millis(self.limits.max_age).to_string()]
+        vec![record::stamp(now_ms()), millis(self.limits.idle).to_string(), millis(self.limits.max_age).to_string()]
     }
 
     /// Writes values of `id`: `set` as given, `removed` deleted; false if the condition of
@@ -208,38 +195,15 @@ impl RedisSessionStore {
 
     async fn load_record(&self, id: &Id) -> Result<Option<Record>, StoreError> {
         let key = self.key(id);
-        // Read as fred's own map and borrow from it: every read pays for this parse.
-        let fields = match self.pool.hgetall::<FredValue, _>(&key).await {
-            Ok(FredValue::Map(fields)) => fields,
-            Ok(_) => return Ok(None),
-            Err(err) if err.details().starts_with("WRONGTYPE") => {
-                tracing::warn!("session key holds a value in another format; treating it as missing");
-                return Ok(None);
-            }
+        let text = match self.pool.get::<FredValue, _>(&key).await {
+            Ok(FredValue::String(text)) => text,
+            Ok(FredValue::Null) => return if self.read_stock { self.adopt_stock(id).await } else { Ok(None) },
+            Ok(_) => return Ok(unknown_format()),
+            Err(err) if err.details().starts_with("WRONGTYPE") => return Ok(unknown_format()),
             Err(err) => return Err(err.into()),
         };
-        if fields.is_empty() {
-            return if self.read_stock { self.adopt_stock(id).await } else { Ok(None) };
-        }
-        let (mut version, mut created, mut seen, mut retired) = (None, None, None, false);
-        let mut values = Vec::with_capacity(fields.len());
-        for (field, value) in fields.iter() {
-            let (Some(field), Some(text)) = (field.as_str(), value.as_str()) else { continue };
-            match field {
-                "v" => version = Some(text),
-                "created" => created = text.parse::<i64>().ok(),
-                "seen" => seen = text.parse::<i64>().ok(),
-                "retired" => retired = true,
-                _ => {
-                    if let Some(name) = field.strip_prefix("d:") {
-                        values.push((name, text));
-                    }
-                }
-            }
-        }
-        let (Some("2"), Some(created), Some(seen)) = (version.as_deref(), created, seen) else {
-            tracing::warn!("session record in an unknown format; treating it as missing");
-            return Ok(None);
+        let Some(record::Stored { created, seen, retired, values }) = record::parse(&text) else {
+            return Ok(unknown_format());
         };
         let now = now_ms();
         let (idle, max_age) = (millis(self.limits.idle), millis(self.limits.max_age));
@@ -259,10 +223,10 @@ impl RedisSessionStore {
         }
         let (mut data, mut base) = (Data::with_capacity(values.len()), Encoded::with_capacity(values.len()));
         for (name, json) in values {
-            match serde_json::from_str(&json) {
+            match serde_json::from_str(json) {
                 Ok(value) => {
                     data.insert(name.to_owned(), value);
-                    base.insert(name.to_owned(), json.into_owned());
+                    base.insert(name.to_owned(), json.to_owned());
                 }
                 Err(err) => tracing::warn!(error = %err, name, "corrupt session value; dropping it"),
             }
@@ -346,6 +310,13 @@ impl SessionStore for RedisSessionStore {
         }
         noted(self.delete_now(id).await)
     }
+}
+
+/// What a read makes of a key that holds something else than a session in format 3 (an older
+/// herd's, a future one's, another program's): no session, and a line in the log.
+fn unknown_format() -> Option<Record> {
+    tracing::warn!("session key holds a value in another format; treating it as missing");
+    None
 }
 
 fn now_ms() -> i64 {
