@@ -23,7 +23,6 @@
 
 use std::{
     cell::RefCell,
-    collections::HashMap,
     future::Future,
     pin::Pin,
     task::{Context, Poll},
@@ -33,7 +32,7 @@ use http::{header, HeaderValue, Request, Response, StatusCode};
 use tower::{Layer, Service};
 use tower_sessions::session::Id;
 
-use crate::{store::Encoded, RedisSessionStore, StoreError};
+use crate::{store::Base, RedisSessionStore, StoreError};
 
 tokio::task_local! {
     static SCOPE: RefCell<RequestState>;
@@ -42,8 +41,10 @@ tokio::task_local! {
 /// What happened to sessions during one request.
 #[derive(Default)]
 pub(crate) struct RequestState {
-    /// Each session's data as this request loaded (or last wrote) it: the base of a merge.
-    pub(crate) loaded: HashMap<Id, Encoded>,
+    /// Each session's data as this request loaded (or last wrote) it: the base of a merge. A
+    /// list, not a map: a request almost always has one session, and hashing its id twice cost
+    /// more than scanning.
+    loaded: Vec<(Id, Base)>,
     /// Sessions deleted by this request: gone for real once it succeeds.
     pub(crate) deleted: Vec<Id>,
     /// A login: the old session retired in favour of the new one.
@@ -53,6 +54,20 @@ pub(crate) struct RequestState {
 }
 
 impl RequestState {
+    /// Keeps `base` as what session `id` holds in Redis now.
+    pub(crate) fn remember(&mut self, id: Id, base: Base) {
+        match self.loaded.iter_mut().find(|(known, _)| *known == id) {
+            Some(entry) => entry.1 = base,
+            None => self.loaded.push((id, base)),
+        }
+    }
+
+    /// What session `id` held when this request last read or wrote it.
+    pub(crate) fn take_base(&mut self, id: &Id) -> Option<Base> {
+        let at = self.loaded.iter().position(|(known, _)| known == id)?;
+        Some(self.loaded.swap_remove(at).1)
+    }
+
     /// Nothing is left to do once the response is known: no deletion, login or failure.
     fn is_settled(&self) -> bool {
         self.deleted.is_empty() && self.rotation.is_none() && self.failure.is_none()
@@ -152,12 +167,12 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        // The clone that was polled ready is the one to call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        // Called here, not inside the future, so the inner service needs no clone per request.
+        // The scope covers the inner future, which is where tower-sessions uses the store.
+        let response = self.inner.call(request);
         let store = self.store.clone();
         Box::pin(SCOPE.scope(RefCell::new(RequestState::default()), async move {
-            let response = inner.call(request).await?;
+            let response = response.await?;
             let state = with(std::mem::take).unwrap_or_default();
             if state.is_settled() {
                 return Ok(response);

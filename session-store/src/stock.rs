@@ -13,7 +13,7 @@ use tower_sessions::session::{Id, Record};
 
 use crate::{
     scope,
-    store::{encode, Mode},
+    store::{encode, pairs, Base, Mode},
     RedisSessionStore, StoreError,
 };
 
@@ -33,11 +33,11 @@ impl RedisSessionStore {
         };
         // False if another worker moved it first: the same data either way.
         let encoded = encode(&record.data)?;
-        if self.write(Mode::Create, id, &encoded.iter().collect::<Vec<_>>(), &[]).await? {
+        if self.write(Mode::Create, id, &pairs(&encoded), &[]).await? {
             tracing::info!("moved a tower-sessions-redis-store session under herd's key");
         }
         let _: i64 = self.pool.del(&raw_key).await?;
-        scope::with(|state| state.loaded.insert(*id, encoded));
+        scope::with(|state| state.remember(*id, Base::Written(encoded)));
         Ok(Some(record))
     }
 }

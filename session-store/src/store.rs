@@ -22,7 +22,7 @@ use std::{
 };
 
 use async_trait::async_trait;
-use fred::{clients::Pool, interfaces::KeysInterface, types::Value as FredValue};
+use fred::{bytes_utils::Str, clients::Pool, interfaces::KeysInterface, types::Value as FredValue};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tower_sessions::{
@@ -40,8 +40,32 @@ use crate::{
 
 /// A session's values by name.
 type Data = HashMap<String, Value>;
-/// A session's values by name, as the JSON stored in Redis: what a save compares against.
+/// A session's values by name, as the JSON stored in Redis.
 pub(crate) type Encoded = HashMap<String, String>;
+
+/// What a save compares against: the session as this request last saw it in Redis.
+#[derive(Debug)]
+pub(crate) enum Base {
+    /// The record as loaded (a shared handle on the reply's bytes), split into values again
+    /// only if the request saves: most requests only read.
+    Loaded(Str),
+    /// What this request wrote.
+    Written(Encoded),
+}
+
+impl Base {
+    fn values(&self) -> HashMap<&str, &str> {
+        match self {
+            Base::Loaded(text) => record::parse(text).map(|stored| stored.values.into_iter().collect()).unwrap_or_default(),
+            Base::Written(encoded) => encoded.iter().map(|(name, json)| (name.as_str(), json.as_str())).collect(),
+        }
+    }
+}
+
+/// The values as the write script takes them.
+pub(crate) fn pairs(encoded: &Encoded) -> Vec<(&str, &str)> {
+    encoded.iter().map(|(name, json)| (name.as_str(), json.as_str())).collect()
+}
 
 pub(crate) fn encode(data: &Data) -> Result<Encoded, StoreError> {
     data.iter().map(|(name, value)| Ok((name.clone(), serde_json::to_string(value)?))).collect()
@@ -134,7 +158,7 @@ impl RedisSessionStore {
 
     /// Writes values of `id`: `set` as given, `removed` deleted; false if the condition of
     /// `mode` failed (key taken for a create, gone otherwise).
-    pub(crate) async fn write(&self, mode: Mode, id: &Id, set: &[(&String, &String)], removed: &[&String]) -> Result<bool, StoreError> {
+    pub(crate) async fn write(&self, mode: Mode, id: &Id, set: &[(&str, &str)], removed: &[&str]) -> Result<bool, StoreError> {
         let mut args = self.clock_args();
         args.push(match mode {
             Mode::Create => "create",
@@ -143,10 +167,10 @@ impl RedisSessionStore {
         }.to_owned());
         args.push(set.len().to_string());
         for (name, json) in set {
-            args.push((*name).clone());
-            args.push((*json).clone());
+            args.push((*name).to_owned());
+            args.push((*json).to_owned());
         }
-        args.extend(removed.iter().map(|name| (*name).clone()));
+        args.extend(removed.iter().map(|name| (*name).to_owned()));
         let written: i64 = scripts::run(&self.pool, Op::Write, &self.key(id), args).await?;
         Ok(written == 1)
     }
@@ -154,7 +178,7 @@ impl RedisSessionStore {
     /// Writes a new record under a fresh id if `record.id` is taken.
     async fn insert_new(&self, record: &mut Record) -> Result<Encoded, StoreError> {
         let encoded = self.encode_capped(&record.data)?;
-        let all: Vec<_> = encoded.iter().collect();
+        let all = pairs(&encoded);
         // 128 random bits make a collision practically impossible, but it would hand one user
         // another's session, so check anyway.
         while !self.write(Mode::Create, &record.id, &all, &[]).await? {
@@ -221,52 +245,53 @@ impl RedisSessionStore {
                 Err(err) => tracing::warn!(error = %err, "could not extend a session's idle timeout"),
             }
         }
-        let (mut data, mut base) = (Data::with_capacity(values.len()), Encoded::with_capacity(values.len()));
+        let mut data = Data::with_capacity(values.len());
         for (name, json) in values {
             match serde_json::from_str(json) {
                 Ok(value) => {
                     data.insert(name.to_owned(), value);
-                    base.insert(name.to_owned(), json.to_owned());
                 }
+                // Dropped here, and from Redis by the next save.
                 Err(err) => tracing::warn!(error = %err, name, "corrupt session value; dropping it"),
             }
         }
         let ends_ms = (seen + idle).min(created + max_age);
         let expiry_date = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ends_ms) * 1_000_000)
             .unwrap_or_else(|_| OffsetDateTime::now_utc());
-        scope::with(|state| state.loaded.insert(*id, base));
+        scope::with(|state| state.remember(*id, Base::Loaded(text)));
         Ok(Some(Record { id: *id, data, expiry_date }))
     }
 
     /// Writes what this request changed in `record` (everything, outside a scope).
     async fn save_record(&self, record: &Record) -> Result<(), StoreError> {
         let encoded = self.encode_capped(&record.data)?;
-        let base = scope::with(|state| state.loaded.remove(&record.id)).flatten();
-        let written = match &base {
+        let written = match scope::with(|state| state.take_base(&record.id)).flatten() {
             Some(base) => {
-                let set: Vec<_> = encoded.iter().filter(|(name, json)| base.get(*name) != Some(*json)).collect();
-                let removed: Vec<&String> = base.keys().filter(|name| !encoded.contains_key(*name)).collect();
+                let values = base.values();
+                let set: Vec<_> = pairs(&encoded).into_iter().filter(|(name, json)| values.get(name) != Some(json)).collect();
+                let removed: Vec<&str> = values.keys().copied().filter(|name| !encoded.contains_key(*name)).collect();
                 if set.is_empty() && removed.is_empty() {
                     // Nothing changed; the load already extended the idle timeout.
-                    scope::with(|state| state.loaded.insert(record.id, encoded));
+                    drop(values);
+                    scope::with(|state| state.remember(record.id, base));
                     return Ok(());
                 }
                 self.write(Mode::Patch, &record.id, &set, &removed).await?
             }
-            None => self.write(Mode::Replace, &record.id, &encoded.iter().collect::<Vec<_>>(), &[]).await?,
+            None => self.write(Mode::Replace, &record.id, &pairs(&encoded), &[]).await?,
         };
         if !written {
             // Expired, or deleted by a logout in another worker: do not bring it back.
             tracing::debug!("session vanished before it could be saved; not recreating it");
         }
-        scope::with(|state| state.loaded.insert(record.id, encoded));
+        scope::with(|state| state.remember(record.id, Base::Written(encoded)));
         Ok(())
     }
 
     async fn create_record(&self, record: &mut Record) -> Result<(), StoreError> {
         let encoded = self.insert_new(record).await?;
         let replaced = scope::with(|state| {
-            state.loaded.insert(record.id, encoded);
+            state.remember(record.id, Base::Written(encoded));
             state.deleted.pop()
         });
         if let Some(Some(old)) = replaced {
