@@ -137,6 +137,13 @@ pub struct RedisArgs {
     /// system's roots). A `rediss://` URL is always TLS, never a plaintext fallback.
     #[arg(long, env = "REDIS_CA_CERT")]
     pub redis_ca_cert: Option<PathBuf>,
+    /// Redis connections per process. Redis runs one command at a time, so one connection
+    /// carrying all of a worker's concurrent commands (pipelined: one write and one read for
+    /// many) costs both sides less than several; more only help when a slow command must not
+    /// hold up the others.
+    #[arg(long, env = "HERD_REDIS_POOL_SIZE", default_value_t = herd_session_store::pool::DEFAULT_POOL_SIZE,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub redis_pool_size: u16,
 }
 
 impl RedisArgs {
@@ -144,6 +151,7 @@ impl RedisArgs {
     pub fn config(&self, url: String) -> herd_session_store::RedisConfig {
         let mut config = herd_session_store::RedisConfig::new(url);
         config.ca_cert = self.redis_ca_cert.clone();
+        config.pool_size = usize::from(self.redis_pool_size);
         config
     }
 }

@@ -27,7 +27,7 @@
 //! # Concurrency
 //!
 //! Under [`SessionScopeLayer`] (wrap it around `SessionManagerLayer`), a save writes only the
-//! values its request changed, one hash field each, in one script:
+//! values its request changed, in one script that merges them into the record:
 //!
 //! - two concurrent requests of one session that change *different* values both keep their
 //!   change, in any worker;
