@@ -76,12 +76,13 @@ fn prefixed(text: &str) -> Option<(&str, &str)> {
     Some((rest.get(..len)?, rest.get(len..)?))
 }
 
-/// A non-negative decimal (no sign, no spaces: `str::parse` alone would take `+1`).
+/// A non-negative decimal of at most 18 digits (so it cannot overflow), no sign, no spaces
+/// (`str::parse` would take `+1`).
 fn digits(text: &str) -> Option<i64> {
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+    if text.is_empty() || text.len() > 18 {
         return None;
     }
-    text.parse().ok()
+    text.bytes().try_fold(0, |n, b| b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0')))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use std::{
     cell::RefCell,
     future::Future,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -127,12 +128,12 @@ pub(crate) fn with<R>(f: impl FnOnce(&mut RequestState) -> R) -> Option<R> {
 /// ```
 #[derive(Debug, Clone)]
 pub struct SessionScopeLayer {
-    store: RedisSessionStore,
+    store: Arc<RedisSessionStore>,
 }
 
 impl SessionScopeLayer {
     pub(crate) fn new(store: RedisSessionStore) -> Self {
-        Self { store }
+        Self { store: Arc::new(store) }
     }
 }
 
@@ -148,7 +149,9 @@ impl<S> Layer<S> for SessionScopeLayer {
 #[derive(Debug, Clone)]
 pub struct SessionScope<S> {
     inner: S,
-    store: RedisSessionStore,
+    /// Shared: axum clones the service for every request, and the store is only needed when a
+    /// request leaves something to settle.
+    store: Arc<RedisSessionStore>,
 }
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionScope<S>
