@@ -79,3 +79,6 @@ wrk_rps() {
   local url=$1; shift
   wrk -t2 -c"${CONNS:-32}" -d"${DURATION:-8}s" "$@" "$url" | awk '/Requests\/sec/ {print $2}'
 }
+
+# median <numbers...> → their median, one decimal (the scripts that let runs take turns)
+median() { python3 -c "import statistics, sys; print(f'{statistics.median(float(x) for x in sys.argv[1:]):.1f}')" "$@"; }

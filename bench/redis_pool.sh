@@ -29,7 +29,6 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-median() { python3 -c "import statistics, sys; print(f'{statistics.median(float(x) for x in sys.argv[1:]):.1f}')" "$@"; }
 {
   echo "| connections per worker | route | req/s | worker CPU per request | Redis CPU per request |"
   echo "|---:|---|---:|---:|---:|"

@@ -28,8 +28,6 @@ OUT="$ROOT/bench/results/sessions.md"
 
 # calls <command> → cumulative calls of that command in INFO commandstats
 calls() { redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[:=,]' -v c="cmdstat_$1" '$1==c {print $3}' | grep . || echo 0; }
-# median <numbers...>
-median() { python3 -c "import statistics, sys; print(statistics.median(float(x) for x in sys.argv[1:]))" "$@"; }
 
 declare -A RUNS PER_REQ TOUCHES
 for round in $(seq "$ROUNDS"); do

@@ -16,10 +16,10 @@
 //! - **Versioned values.** A stored value starts with a format tag; a value in another format
 //!   is a clean miss, never a decode error.
 //!
-//! - **Reads extend the idle timeout** ([`SessionLimits::idle`]) with a touch of one field and
-//!   the TTL in the read's own round trip, at most once per quarter of the timeout; an absolute
-//!   lifetime ([`SessionLimits::max_age`]) ends every session eventually. Both are enforced
-//!   from timestamps in the record, not by trusting the cookie.
+//! - **Reads extend the idle timeout** ([`SessionLimits::idle`]) with a touch (the record's
+//!   `seen` stamp rewritten in place, and the TTL), at most once per quarter of the timeout;
+//!   an absolute lifetime ([`SessionLimits::max_age`]) ends every session eventually. Both
+//!   are enforced from timestamps in the record, not by trusting the cookie.
 //! - **A size cap** ([`SessionLimits::max_bytes`]).
 //! - **TLS that is TLS.** `rediss://` always uses rustls (with a private CA if given); without a
 //!   TLS feature fred would silently connect in plaintext.

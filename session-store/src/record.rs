@@ -14,10 +14,11 @@
 //!
 //! Why a string and not a hash with a field per value (format 2): a read is the request that
 //! happens most, and `GET` of one bulk string is what the stock store pays, while `HGETALL`
-//! cost two bulk strings per field to send, decode and map, 40 % more instructions per
-//! `GET /me` in all (`bench/instructions_per_request.sh`). Merges still apply per value:
-//! the write script splits the entries, changes the ones a request changed and joins them
-//! again, in Redis, in one step (see [`crate::scripts`]).
+//! returned two bulk strings per field for the client to decode and map: format 2 cost 17 %
+//! more worker instructions per `GET /me` (`bench/instructions_per_request.sh`) and Redis
+//! more CPU. Merges still apply per value: the write script splits the entries, changes the
+//! ones a request changed and joins them again, in Redis, in one step (see
+//! [`crate::scripts`]).
 //!
 //! Anything else under a session key (a format-2 hash, format 1, a future format, garbage) is a
 //! clean miss, never an error.

@@ -57,7 +57,7 @@ impl Base {
     fn values(&self) -> HashMap<&str, &str> {
         match self {
             Base::Loaded(text) => record::parse(text).map(|stored| stored.values.into_iter().collect()).unwrap_or_default(),
-            Base::Written(encoded) => encoded.iter().map(|(name, json)| (name.as_str(), json.as_str())).collect(),
+            Base::Written(encoded) => pairs(encoded).into_iter().collect(),
         }
     }
 }
