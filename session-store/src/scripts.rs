@@ -13,15 +13,18 @@ use fred::{clients::Pool, prelude::FromValue, types::scripts::Script};
 use crate::StoreError;
 
 /// What every script shares: reading the header of a format-3 record (see [`crate::record`]).
-/// `head(blob)` gives the header's created (as stored and as a number), seen and retired, or
-/// nil for anything that is not a record.
+/// `head(blob)` gives `{created, seen}` (numbers), the same as stored (`created_stamp`,
+/// `seen_stamp`, to write back unchanged) and `retired`, or nil for anything that is not a
+/// record.
 const PRELUDE: &str = r#"
 local HEADER = 39
 local function head(blob)
   if #blob < HEADER or string.sub(blob, 1, 3) ~= 'h3:' then return nil end
-  local created, seen, flag = string.sub(blob, 4, 19), tonumber(string.sub(blob, 21, 36)), string.sub(blob, 38, 38)
-  if not tonumber(created) or not seen or (flag ~= '-' and flag ~= 'r') then return nil end
-  return created, tonumber(created), seen, flag == 'r'
+  local h = {created_stamp = string.sub(blob, 4, 19), seen_stamp = string.sub(blob, 21, 36)}
+  local flag = string.sub(blob, 38, 38)
+  h.created, h.seen, h.retired = tonumber(h.created_stamp), tonumber(h.seen_stamp), flag == 'r'
+  if not h.created or not h.seen or (flag ~= '-' and flag ~= 'r') then return nil end
+  return h
 end
 local function header_of(key)
   if redis.call('TYPE', key).ok ~= 'string' then return nil end
@@ -45,11 +48,10 @@ fn script(body: &str) -> Script {
 static TOUCH: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local _, created, seen, retired = header_of(KEYS[1])
-local now = tonumber(ARGV[1])
-if not created or retired or now - seen < tonumber(ARGV[4]) then return 0 end
+local h, now = header_of(KEYS[1]), tonumber(ARGV[1])
+if not h or h.retired or now - h.seen < tonumber(ARGV[4]) then return 0 end
 redis.call('SETRANGE', KEYS[1], 20, ARGV[1])
-redis.call('PEXPIRE', KEYS[1], lifetime(now, tonumber(ARGV[2]), tonumber(ARGV[3]), created))
+redis.call('PEXPIRE', KEYS[1], lifetime(now, tonumber(ARGV[2]), tonumber(ARGV[3]), h.created))
 return 1
 "#,
     )
@@ -74,14 +76,15 @@ if mode == 'create' then
   if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 else
   if redis.call('TYPE', KEYS[1]).ok ~= 'string' then return 0 end
-  local blob, _ = redis.call('GET', KEYS[1]), nil
-  stamp, created, _, retired = head(blob)
-  if not stamp then return 0 end
-  if now - created >= max_age then
+  local blob = redis.call('GET', KEYS[1])
+  local h = head(blob)
+  if not h then return 0 end
+  if now - h.created >= max_age then
     redis.call('DEL', KEYS[1])
     return 0
   end
-  if retired then seen = string.sub(blob, 21, 36) end
+  stamp, created, retired = h.created_stamp, h.created, h.retired
+  if retired then seen = h.seen_stamp end
   if mode == 'patch' then
     local pos = HEADER + 1
     while pos <= #blob do
@@ -127,8 +130,8 @@ return 1
 static RETIRE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"
-local _, created = header_of(KEYS[1])
-if not created then return 0 end
+local h = header_of(KEYS[1])
+if not h then return 0 end
 if ARGV[1] == 'retire' then
   redis.call('SETRANGE', KEYS[1], 37, 'r')
   local ttl = redis.call('PTTL', KEYS[1])
@@ -136,7 +139,7 @@ if ARGV[1] == 'retire' then
   return 1
 end
 redis.call('SETRANGE', KEYS[1], 37, '-')
-redis.call('PEXPIRE', KEYS[1], lifetime(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), created))
+redis.call('PEXPIRE', KEYS[1], lifetime(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), h.created))
 return 1
 "#,
     )
