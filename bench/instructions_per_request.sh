@@ -22,19 +22,6 @@ start_redis
 OUT="$ROOT/bench/results/instructions.md"
 CG_DIR=$(mktemp -d)
 
-# requests <port> <cookie> <path> <n>: n sequential GETs on one connection, each must be 200
-requests() {
-  python3 - "$@" <<'PY'
-import http.client, sys
-port, cookie, path, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
-conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-for _ in range(n):
-    conn.request("GET", path, headers={"Cookie": cookie})
-    r = conn.getresponse(); body = r.read()
-    assert r.status == 200, (path, r.status, body)
-PY
-}
-
 # count <store> <path> → instructions per request of the worker
 count() {
   local store=$1 path=$2 port log pid worker cookie file total
@@ -49,9 +36,9 @@ count() {
   grep -q "workers ready" "$log" || { echo "herd under valgrind did not become ready:" >&2; cat "$log" >&2; exit 1; }
   worker=$(pgrep -P "$pid" | head -1)
   cookie=$(login "http://127.0.0.1:$port")
-  requests "$port" "$cookie" "$path" "$WARMUP"
+  get_many "$port" "$cookie" "$path" "$WARMUP"
   callgrind_control -z "$worker" >/dev/null
-  requests "$port" "$cookie" "$path" "$REQUESTS"
+  get_many "$port" "$cookie" "$path" "$REQUESTS"
   callgrind_control -d "$worker" >/dev/null
   # The dump is written asynchronously, by the worker's next scheduling of valgrind's thread.
   for _ in $(seq 100); do file=$(ls "$CG_DIR/callgrind.$worker".* 2>/dev/null | head -1); [ -n "$file" ] && break; sleep 0.1; done
@@ -74,7 +61,7 @@ done
   echo "| route | herd store | stock store | herd ÷ stock |"
   echo "|---|---:|---:|---:|"
   for path in "${PATHS[@]}"; do
-    echo "| \`GET $path\` | ${INSN[herd,$path]} | ${INSN[stock,$path]} | $(python3 -c "print(f'{${INSN[herd,$path]}/${INSN[stock,$path]}:.2f}')") |"
+    echo "| \`GET $path\` | ${INSN[herd,$path]} | ${INSN[stock,$path]} | $(ratio "${INSN[herd,$path]}" "${INSN[stock,$path]}") |"
   done
   echo
   echo "(user-space instructions per request in the worker, callgrind; $REQUESTS sequential requests after $WARMUP, one worker, one keep-alive connection, logged in)"

@@ -80,5 +80,23 @@ wrk_rps() {
   wrk -t2 -c"${CONNS:-32}" -d"${DURATION:-8}s" "$@" "$url" | awk '/Requests\/sec/ {print $2}'
 }
 
+# ratio <a> <b> → a ÷ b, two decimals
+ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
+
 # median <numbers...> → their median, one decimal (the scripts that let runs take turns)
 median() { python3 -c "import statistics, sys; print(f'{statistics.median(float(x) for x in sys.argv[1:]):.1f}')" "$@"; }
+
+# get_many <port> <cookie> <path> <n> [text]: n GETs one after another on one keep-alive
+# connection; each must answer 200 (and hold text, if given)
+get_many() {
+  python3 - "$@" <<'PY'
+import http.client, sys
+port, cookie, path, n = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+must = sys.argv[5].encode() if len(sys.argv) > 5 else b""
+conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+for _ in range(n):
+    conn.request("GET", path, headers={"Cookie": cookie})
+    r = conn.getresponse(); body = r.read()
+    assert r.status == 200 and must in body, (path, r.status, body)
+PY
+}

@@ -46,15 +46,7 @@ for round in $(seq "$ROUNDS"); do
       # Commands per GET /me: a fixed number of requests on a quiet server.
       redis-cli -p "$REDIS_PORT" config resetstat >/dev/null
       started=$(date +%s.%N)
-      python3 - "$HERD_PORT" "$cookie" "$ME_REQUESTS" <<'PY'
-import http.client, sys
-port, cookie, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-conn = http.client.HTTPConnection("127.0.0.1", port)
-for _ in range(n):
-    conn.request("GET", "/me", headers={"Cookie": cookie})
-    r = conn.getresponse(); body = r.read()
-    assert r.status == 200 and b"alice" in body, (r.status, body)
-PY
+      get_many "$HERD_PORT" "$cookie" /me "$ME_REQUESTS" alice
       elapsed=$(python3 -c "import time; print(round(time.time() - $started, 1))")
       total=$(redis-cli -p "$REDIS_PORT" info commandstats | awk -F'[:=,]' '/^cmdstat_/ && $1!="cmdstat_config" && $1!="cmdstat_info" {s+=$3} END {print s+0}')
       # Both stores read with GET; herd's touches are EVALSHA.
@@ -73,7 +65,6 @@ for store in herd stock; do
     MED[$store,$figure]=$(median ${RUNS[$store,$figure]})
   done
 done
-ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 # ratios <figure>: herd ÷ stock of each round, as "a, b, c"
 ratios() {
   python3 -c "import sys; h, s = sys.argv[1].split(), sys.argv[2].split(); print(', '.join(f'{float(a)/float(b):.2f}' for a, b in zip(h, s)))" \
