@@ -165,6 +165,12 @@ pub struct ServeArgs {
     /// Number of worker processes [default: number of CPUs]
     #[arg(long, env = "HERD_WORKERS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub workers: Option<u16>,
+    /// Async runtime threads per worker. 1 is a process per core, as in Node's cluster and
+    /// gunicorn: a request and its Redis reply never wake another thread, which measured
+    /// 10-20 % less worker CPU per Redis-backed request (docs/benchmarks.md). More threads let
+    /// one worker use several cores (`--workers 1 --threads 4`).
+    #[arg(long, env = "HERD_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
     /// Address to listen on (port 0 picks a free port, logged at start).
     #[arg(long, env = "HERD_BIND", default_value = "0.0.0.0:3000")]
     pub bind: SocketAddr,
@@ -363,6 +369,8 @@ mod tests {
         ])
         .expect("valid flags");
         assert_eq!(args.workers, Some(3));
+        assert_eq!(args.threads, 1, "a single-threaded runtime per worker unless asked");
+        assert_eq!(serve(&["--threads", "4"]).expect("threads").threads, 4);
         assert_eq!(args.demo_users[0].password, "wonder:land");
         assert!(!args.secure_cookies);
         assert_eq!(args.shutdown_timeout, Duration::from_millis(1500));
@@ -408,6 +416,7 @@ mod tests {
     fn bad_values_are_clap_errors() {
         assert!(serve(&["--balance", "fastest"]).is_err());
         assert!(serve(&["--workers", "0"]).is_err());
+        assert!(serve(&["--threads", "0"]).is_err());
         assert!(serve(&["--demo-user", "nopassword"]).is_err());
         assert!(serve(&["--shutdown-timeout", "soon"]).is_err());
         assert!(serve(&["--secure-cookies", "maybe"]).is_err());

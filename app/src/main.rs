@@ -44,10 +44,18 @@ fn main() -> ExitCode {
     };
     herd::logging::init(role, format, sink.clone());
     // The primary only supervises and passes sockets on: one thread does that with no
-    // cross-thread wake-ups. Workers serve requests on every core.
-    let mut builder = match role {
-        herd_cluster::Role::Primary => tokio::runtime::Builder::new_current_thread(),
-        herd_cluster::Role::Worker(_) => tokio::runtime::Builder::new_multi_thread(),
+    // cross-thread wake-ups. Workers have `--threads` (default 1: the cores are used by
+    // running a worker per core, not threads per worker).
+    let threads = match (&cli.command, role) {
+        (Command::Serve(args), herd_cluster::Role::Worker(_)) => usize::from(args.threads),
+        _ => 1,
+    };
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(threads);
+        builder
     };
     let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,

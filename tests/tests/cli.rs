@@ -52,6 +52,26 @@ fn every_serve_flag_reads_an_environment_variable() {
     herd.wait_log("the shutdown timeout from HERD_SHUTDOWN_TIMEOUT", Duration::from_secs(10), |l| l.contains("(timeout 5s)"));
 }
 
+/// The README's flag table is where users look: a flag or environment variable that `herd serve
+/// --help` offers but the table lacks is a doc that fell behind the code.
+#[test]
+fn the_readme_lists_every_serve_flag_and_its_environment_variable() {
+    let help = Command::new(herd_bin()).args(["serve", "--help"]).output().expect("herd serve --help");
+    let help = String::from_utf8_lossy(&help.stdout);
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
+    let flags: Vec<&str> = help
+        .lines()
+        .map(str::trim_start)
+        .filter(|line| line.starts_with('-'))
+        .filter_map(|line| line.split([' ', ',']).find(|word| word.starts_with("--")))
+        .filter(|flag| *flag != "--help")
+        .collect();
+    let envs: Vec<&str> = help.split("[env: ").skip(1).filter_map(|rest| rest.split('=').next()).collect();
+    assert!(flags.contains(&"--threads") && envs.contains(&"HERD_THREADS"), "parsed the help: {flags:?} {envs:?}");
+    let missing: Vec<&&str> = flags.iter().chain(&envs).filter(|name| !readme.contains(&format!("`{name}"))).collect();
+    assert!(missing.is_empty(), "README.md's flag table lacks {missing:?}");
+}
+
 #[test]
 fn users_add_reads_the_password_from_stdin() {
     let redis = RedisServer::start();
@@ -159,4 +179,16 @@ fn sticky_from_the_environment_takes_the_usual_boolean_spellings() {
     }
     // An unclear value is an error, not a guess.
     assert_herd_fails(&["serve"], &[("STICKY", Some("maybe"))], 2, &["--sticky"]);
+}
+
+/// `--threads` sets each worker's async runtime: one thread by default, N if asked (the worker
+/// logs what its runtime reports).
+#[test]
+fn threads_sets_the_runtime_threads_of_each_worker() {
+    let redis = RedisServer::start();
+    for (args, expected) in [(&["--workers", "1"][..], "threads=1"), (&["--workers", "1", "--threads", "3"][..], "threads=3")] {
+        let herd = Herd::start(&redis, args);
+        let ready = herd.wait_log("the worker's ready line", Duration::from_secs(5), |l| l.contains("worker ready"));
+        assert!(ready.contains(expected), "a worker started with {args:?} logged {ready}");
+    }
 }

@@ -97,7 +97,8 @@ where
 
     let drain = Drain::new();
     channel.send(&ToPrimary::Ready { pid: ctx.pid }).await?;
-    tracing::info!(slot = ctx.slot, generation = ctx.generation, "worker ready");
+    let threads = tokio::runtime::Handle::current().metrics().num_workers();
+    tracing::info!(slot = ctx.slot, generation = ctx.generation, threads, "worker ready");
     heartbeat(channel.clone(), drain.clone());
     match source {
         Source::Shared(listener) => {
