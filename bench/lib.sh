@@ -83,8 +83,8 @@ wrk_rps() {
 # ratio <a> <b> → a ÷ b, two decimals
 ratio() { python3 -c "print(f'{$1/$2:.2f}')"; }
 
-# median <numbers...> → their median, one decimal (the scripts that let runs take turns)
-median() { python3 -c "import statistics, sys; print(f'{statistics.median(float(x) for x in sys.argv[1:]):.1f}')" "$@"; }
+# median <numbers...> → their median, one decimal (MEDIAN_DIGITS=2 for ratios)
+median() { python3 -c "import statistics, sys; print(f'{statistics.median(float(x) for x in sys.argv[1:]):.${MEDIAN_DIGITS:-1}f}')" "$@"; }
 
 # get_many <port> <cookie> <path> <n> [text]: n GETs one after another on one keep-alive
 # connection; each must answer 200 (and hold text, if given)
