@@ -6,6 +6,7 @@
 # change from noise, which wrk on a shared 2-core machine cannot.
 #
 #   bench/instructions_per_request.sh [path...]      # default: /healthz /readyz /me /
+#   KEEP=/tmp/cg bench/instructions_per_request.sh /me   # keeps the dumps for callgrind_annotate
 #
 # One worker under callgrind (the primary runs under it too, unmeasured), one keep-alive
 # connection, requests one after another: WARMUP requests, then the counters are zeroed, then
@@ -45,6 +46,7 @@ count() {
   [ -n "$file" ] || { echo "no callgrind dump from worker $worker" >&2; exit 1; }
   total=$(awk '/^(summary|totals):/ {print $2; exit}' "$file")
   kill -TERM "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true
+  if [ -n "${KEEP:-}" ]; then mkdir -p "$KEEP" && cp "$file" "$KEEP/callgrind.$store${path//\//_}"; fi
   rm -f "$CG_DIR"/callgrind.*
   echo $((total / REQUESTS))
 }

@@ -8,7 +8,9 @@
 //! | `{prefix}cache:{key}` | a shared cache entry (`{key}:lock` while one worker computes it) |
 //! | `{prefix}ratelimit:login:{ip\|user}:{id}` | failed logins in the current window (a counter with a TTL) |
 
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use sha2::{Digest, Sha256};
+use tower_sessions::session::Id;
 
 /// The default prefix of every key.
 pub const DEFAULT_PREFIX: &str = "herd:";
@@ -33,18 +35,33 @@ impl Keys {
     }
 
     /// The key of a session. The id itself is never stored: only its SHA-256.
-    pub fn session(&self, session_id: &str) -> String {
-        let digest = Sha256::digest(session_id.as_bytes());
+    pub fn session(&self, session_id: impl AsRef<[u8]>) -> String {
+        let digest = Sha256::digest(session_id);
+        // Every session read builds this key: a table into a buffer beats 32 `write!` calls
+        // and 64 `String::push`es.
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 64];
+        for (pair, byte) in hex.chunks_exact_mut(2).zip(digest) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0xf)];
+        }
         let mut key = String::with_capacity(self.prefix.len() + 5 + 64);
         key.push_str(&self.prefix);
         key.push_str("sess:");
-        // Every session read builds this key: a table beats 32 `write!` calls.
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        for byte in digest {
-            key.push(char::from(HEX[usize::from(byte >> 4)]));
-            key.push(char::from(HEX[usize::from(byte & 0xf)]));
-        }
+        // Only table bytes, all ASCII: this never takes the empty default.
+        key.push_str(std::str::from_utf8(&hex).unwrap_or_default());
         key
+    }
+
+    /// The key of the session with this id: [`Keys::session`] of the id as its cookie carries
+    /// it (tower-sessions: URL-safe base64 of its 16 little-endian bytes), encoded on the
+    /// stack; `to_string` went through a formatter and an allocation on every read.
+    pub fn session_of(&self, id: &Id) -> String {
+        let mut text = [0u8; 22];
+        match URL_SAFE_NO_PAD.encode_slice(id.0.to_le_bytes(), &mut text) {
+            Ok(len) => self.session(&text[..len]),
+            Err(_) => self.session(id.to_string()),
+        }
     }
 
     /// The key of a user record.
@@ -81,6 +98,21 @@ mod tests {
         assert!(!key.contains("ZP8aewv7YUQt3lcZ98SYPw"));
         assert_eq!(key, keys.session("ZP8aewv7YUQt3lcZ98SYPw"), "stable");
         assert_ne!(key, keys.session("ZP8aewv7YUQt3lcZ98SYPx"));
+    }
+
+    #[test]
+    fn the_key_is_the_sha256_hex_of_the_id() {
+        let key = Keys::new("p:").session("abc");
+        assert_eq!(key, "p:sess:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    }
+
+    #[test]
+    fn an_ids_key_hashes_the_text_its_cookie_carries() {
+        let keys = Keys::default();
+        let random = (0..200).map(|_| rand::random::<i128>());
+        for id in [0, -1, 1, i128::MIN, i128::MAX].into_iter().chain(random).map(Id) {
+            assert_eq!(keys.session_of(&id), keys.session(id.to_string()), "{id}");
+        }
     }
 
     #[test]

@@ -148,7 +148,7 @@ impl RedisSessionStore {
 
     /// The Redis key of a session.
     pub fn key(&self, id: &Id) -> String {
-        self.keys.session(&id.to_string())
+        self.keys.session_of(id)
     }
 
     /// The limits as script arguments: now (a header stamp), idle, max age (ms).
