@@ -18,7 +18,8 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connections per process. One: Redis executes commands one at a time anyway, and a single
 /// connection lets fred pipeline every concurrent request's command into one write and read
 /// all their replies at once. Against four connections per worker that cut Redis's CPU per
-/// `GET /me` by about a third and raised requests/s by about a fifth (`bench/flag.sh --redis-pool-size 1 4`).
+/// `GET /me` by about a third and raised requests/s by 7 % (single-threaded workers) to 24 %
+/// (multi-threaded) (`bench/flag.sh --redis-pool-size 1 4`).
 pub const DEFAULT_POOL_SIZE: u16 = 1;
 
 /// How to reach Redis.
