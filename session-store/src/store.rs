@@ -1,6 +1,6 @@
 //! [`RedisSessionStore`]: a `tower_sessions::SessionStore` on a fred pool.
 //!
-//! A session is one Redis string under [`Keys::session`], in the format of [`crate::record`]:
+//! A session is one Redis string under [`Keys::session`], in the format of `record.rs`:
 //! a header with when the session began (`created`, the base of the absolute lifetime), when it
 //! was last extended (`seen`, the base of the idle timeout) and whether a login retired it,
 //! then one entry per session value, as JSON. The key's TTL mirrors the limits, so Redis
