@@ -122,10 +122,15 @@ async fn store_on(redis: &RedisServer, limits: SessionLimits) -> RedisSessionSto
     RedisSessionStore::new(pool, Keys::default()).with_limits(limits)
 }
 
+/// `POST /start` on a fresh client: the new session's cookie.
+async fn begin_session(app: &Router) -> String {
+    let (_, cookie, _) = call(app, "POST", "/start", None).await;
+    cookie.expect("a session")
+}
+
 /// Two overlapping requests of one session: the slow one sets `a`, the quick one sets `b`.
 async fn overlapping_writes(app: &Router) -> Value {
-    let (_, cookie, _) = call(app, "POST", "/start", None).await;
-    let cookie = cookie.expect("a session");
+    let cookie = begin_session(app).await;
     let slow = call(app, "POST", "/set/a/300", Some(&cookie));
     let quick = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -153,8 +158,7 @@ async fn a_failed_login_leaves_the_old_session_as_it_was() {
     let redis = RedisServer::start();
     let store = store_on(&redis, SessionLimits { grace: Duration::from_millis(500), ..SessionLimits::default() }).await;
     let app = app(&store, true);
-    let (_, cookie, _) = call(&app, "POST", "/start", None).await;
-    let old = cookie.expect("a session");
+    let old = begin_session(&app).await;
 
     let (status, new, _) = call(&app, "POST", "/login/true", Some(&old)).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -180,8 +184,7 @@ async fn a_late_save_never_brings_back_a_deleted_session() {
     let redis = RedisServer::start();
     let store = store_on(&redis, SessionLimits::default()).await;
     let app = app(&store, true);
-    let (_, cookie, _) = call(&app, "POST", "/start", None).await;
-    let cookie = cookie.expect("a session");
+    let cookie = begin_session(&app).await;
     let in_flight = call(&app, "POST", "/set/a/300", Some(&cookie));
     let logout_elsewhere = async {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -198,8 +201,7 @@ async fn a_value_in_another_format_is_a_miss_not_an_error() {
     let redis = RedisServer::start();
     let store = store_on(&redis, SessionLimits::default()).await;
     let app = app(&store, true);
-    let (_, cookie, _) = call(&app, "POST", "/start", None).await;
-    let cookie = cookie.expect("a session");
+    let cookie = begin_session(&app).await;
     let key = redis.keys("herd:sess:*").pop().expect("the record");
     let stored = redis.cli(&["GET", &key]).expect("a record");
     assert!(stored.starts_with("h3:") && stored.contains("4:user7:\"guest\""), "{stored}");
@@ -244,13 +246,13 @@ async fn redis_away_is_a_typed_503_from_the_layer() {
     let mut redis = RedisServer::start();
     let store = store_on(&redis, SessionLimits::default()).await;
     let app = app(&store, true);
-    let (_, cookie, _) = call(&app, "POST", "/start", None).await;
+    let cookie = begin_session(&app).await;
     redis.kill();
     // The handler swallows the error and says 200; the store's failure still decides.
     let (status, set_cookie, body) = call(&app, "POST", "/start", None).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body["error"].as_str().is_some());
     assert_eq!(set_cookie, None);
-    let (status, _, _) = call(&app, "POST", "/set/a/0", cookie.as_deref()).await;
+    let (status, _, _) = call(&app, "POST", "/set/a/0", Some(&cookie)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
