@@ -260,6 +260,12 @@ pub struct ServeArgs {
     /// Largest session (names and JSON values); a request that would grow it beyond gets 413.
     #[arg(long, env = "HERD_SESSION_MAX_BYTES", default_value = "64KiB", value_parser = parse_size)]
     pub session_max_bytes: u64,
+    /// File descriptors each herd process keeps free for its own work (starting workers, the
+    /// control socket, logs, Redis): a connection that would use one is closed at once, with a
+    /// rate-limited warning. At most half the open files limit, which herd raises to the hard
+    /// limit at start.
+    #[arg(long, env = "HERD_FD_RESERVE", default_value_t = herd_cluster::config::DEFAULT_FD_RESERVE)]
+    pub fd_reserve: usize,
 }
 
 /// `--session-store` values.

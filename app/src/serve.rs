@@ -42,6 +42,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
         );
     }
     config.control_socket = args.control_socket.clone();
+    config.fd_reserve = args.fd_reserve;
     config.balance = args.balance();
 
     let mut private = None;
@@ -198,7 +199,9 @@ async fn build_app(
 /// Hides the password of a `redis://user:pass@host` URL for log lines.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}://***@{}", &url[..scheme_end], &url[at + 1..]),
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }

@@ -12,6 +12,10 @@ use crate::cli::ServeArgs;
 /// Environment variables `herd serve` reads, copied into the unit when set here.
 const ENV_PREFIXES: [&str; 3] = ["HERD_", "REDIS_URL", "STICKY"];
 
+/// The open files limit (`LimitNOFILE`, soft and hard) the unit gives herd: room for tens of
+/// thousands of connections, well below the kernel's default `nr_open` (1048576).
+const UNIT_LIMIT_NOFILE: u32 = 65536;
+
 pub fn print_unit(args: &ServeArgs) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("cannot find the herd executable")?;
     // The flags exactly as given after `systemd-unit`; clap has already validated them.
@@ -33,6 +37,10 @@ pub fn print_unit(args: &ServeArgs) -> anyhow::Result<i32> {
     let _ = writeln!(unit, "ExecReload=/bin/kill -HUP $MAINPID");
     let _ = writeln!(unit, "KillMode=mixed\nTimeoutStopSec={}", args.shutdown_timeout.as_secs() + 5);
     let _ = writeln!(unit, "Restart=on-failure\nRestartSec=1");
+    // systemd's default soft limit is 1024 open files; every held connection costs one in the
+    // primary (until a worker takes it) and one in a worker. herd raises its soft limit to this
+    // hard one at start.
+    let _ = writeln!(unit, "LimitNOFILE={UNIT_LIMIT_NOFILE}");
     for (key, value) in std::env::vars().filter(|(k, _)| ENV_PREFIXES.iter().any(|p| k.starts_with(p))) {
         let _ = writeln!(unit, "Environment={}", quote(&format!("{key}={value}")));
     }

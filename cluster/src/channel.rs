@@ -45,6 +45,13 @@ impl ChannelError {
     pub(crate) fn is_bad_message(&self) -> bool {
         matches!(self, ChannelError::Codec(_) | ChannelError::Oversized(_))
     }
+
+    /// True when sending or receiving failed for want of descriptors or kernel memory (too
+    /// many descriptors in flight, say): the channel still works, and trying again once
+    /// connections close succeeds.
+    pub(crate) fn is_exhaustion(&self) -> bool {
+        matches!(self, ChannelError::Recv(err) | ChannelError::Send(err) if crate::fdlimit::is_exhaustion(err))
+    }
 }
 
 /// One end of the channel. Cloning shares the socket: one task may receive while others send
@@ -91,7 +98,10 @@ impl Channel {
     }
 
     /// Receives one message and the descriptors that came with it; `None` when the peer has
-    /// closed its end. `buf` is scratch space the caller keeps between calls (see
+    /// closed its end. When this process is out of descriptors the kernel delivers the message
+    /// with only those it could install (the first ones, in order) and drops the rest; a
+    /// message that lists what it carries ([`crate::proto::ToWorker::Connections`]) shows the
+    /// shortfall. `buf` is scratch space the caller keeps between calls (see
     /// [`RecvBuf`]), so a busy channel does not allocate and zero 64 KiB per message.
     pub(crate) async fn recv<T: DeserializeOwned>(
         &self,
@@ -108,6 +118,13 @@ impl Channel {
         }
         if received.truncated {
             return Err(ChannelError::Oversized(received.len));
+        }
+        if received.fds_truncated {
+            // Not an error: the message is whole, and its receiver sheds what did not arrive.
+            tracing::debug!(
+                arrived = received.fds.len(),
+                "descriptors dropped by the kernel: this process is out of them"
+            );
         }
         Ok(Some((serde_json::from_slice(&buf[..received.len])?, received.fds)))
     }

@@ -6,6 +6,10 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a new worker may take to report ready during a reload before the reload aborts.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// File descriptors each herd process keeps free for its own work (starting workers, the
+/// control socket, log files, Redis connections): connections beyond the open-files limit
+/// minus this are shed. At most half the limit is kept, so a small limit still serves.
+pub const DEFAULT_FD_RESERVE: usize = 64;
 
 /// How connections reach workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,6 +116,9 @@ pub struct ClusterConfig {
     /// Where the merged log goes. With a sink, workers' output is captured and merged into it
     /// (and `herd ctl logs` can follow it); without one, workers write to the inherited stderr.
     pub logs: Option<crate::logs::LogSink>,
+    /// File descriptors each process keeps free for its own work; connections that would use
+    /// them are closed at once (see [`DEFAULT_FD_RESERVE`]).
+    pub fd_reserve: usize,
 }
 
 impl ClusterConfig {
@@ -128,6 +135,7 @@ impl ClusterConfig {
             control_socket: None,
             worker_env: Vec::new(),
             logs: None,
+            fd_reserve: DEFAULT_FD_RESERVE,
         }
     }
 }

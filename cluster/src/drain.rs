@@ -16,6 +16,7 @@
 
 use std::{
     net::SocketAddr,
+    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering},
         Arc, Mutex,
@@ -31,7 +32,10 @@ use axum::{
 };
 use tokio::{net::TcpStream, sync::Notify, time::Instant};
 
-use crate::shutdown::{self, Stop};
+use crate::{
+    fdlimit::{FdBudget, ShedLog},
+    shutdown::{self, Stop},
+};
 
 impl From<Stop> for DrainMode {
     fn from(stop: Stop) -> Self {
@@ -180,15 +184,18 @@ fn close_after(response: &mut Response) {
 }
 
 /// A TCP listener that stops accepting once the worker drains, leaving queued connections to
-/// other workers, while axum keeps serving the connections it already has.
+/// other workers, while axum keeps serving the connections it already has. Connections that
+/// would eat into the worker's descriptor reserve are closed at once (see [`crate::fdlimit`]).
 pub struct DrainableListener {
     inner: tokio::net::TcpListener,
     stop: shutdown::Signal,
+    budget: FdBudget,
+    shed: ShedLog,
 }
 
 impl DrainableListener {
-    pub(crate) fn new(inner: tokio::net::TcpListener, stop: shutdown::Signal) -> Self {
-        Self { inner, stop }
+    pub(crate) fn new(inner: tokio::net::TcpListener, stop: shutdown::Signal, budget: FdBudget) -> Self {
+        Self { inner, stop, budget, shed: ShedLog::default() }
     }
 }
 
@@ -202,6 +209,10 @@ impl axum::serve::Listener for DrainableListener {
                 biased;
                 _ = self.stop.wait() => std::future::pending::<()>().await,
                 accepted = self.inner.accept() => match accepted {
+                    Ok((stream, _)) if !self.budget.admits(stream.as_raw_fd()) => {
+                        drop(stream);
+                        self.shed.shed(1, "this worker is at its open files limit less --fd-reserve");
+                    }
                     Ok(pair) => return pair,
                     Err(err) => handle_accept_error(err).await,
                 },

@@ -5,13 +5,13 @@
 #![allow(unsafe_code)]
 
 use std::{
-    io::{self, IoSlice, IoSliceMut},
+    io::{self, IoSlice},
     os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd},
 };
 
 use nix::{
     fcntl::{fcntl, FcntlArg, FdFlag},
-    sys::socket::{getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags},
+    sys::socket::{getsockopt, sendmsg, sockopt, ControlMessage, MsgFlags},
 };
 
 /// Most descriptors sent in one message. Linux allows 253 (`SCM_MAX_FD`); staying well below
@@ -94,28 +94,67 @@ pub(crate) fn send_with_fds(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd])
 pub(crate) struct Received {
     pub(crate) len: usize,
     pub(crate) truncated: bool,
+    /// Fewer descriptors arrived than were sent (`MSG_CTRUNC`): the kernel could not install
+    /// the rest because this process is out of descriptors, and dropped them. `fds` holds the
+    /// ones that did arrive, in order; the message itself is intact.
+    pub(crate) fds_truncated: bool,
     pub(crate) fds: Vec<OwnedFd>,
 }
 
+/// Control buffer for [`recv_with_fds`], in `u64`s so it is aligned for `cmsghdr`: room for
+/// one `SCM_RIGHTS` header and [`MAX_FDS_PER_MESSAGE`] descriptors, with slack for padding.
+const CONTROL_WORDS: usize = (MAX_FDS_PER_MESSAGE * std::mem::size_of::<RawFd>()) / 8 + 8;
+
 /// Receives one datagram into `buf`, taking ownership of any descriptors attached to it. A
 /// length of 0 means the peer closed its end.
+///
+/// This calls `recvmsg(2)` directly rather than through nix, because nix refuses to read the
+/// control data of a message marked `MSG_CTRUNC`, and that is exactly the case where the
+/// descriptors that did arrive must be taken (and closed, or used) instead of leaked.
 pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
-    let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
-    let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
+    use nix::libc;
+    let mut control = [0u64; CONTROL_WORDS];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: an all-zero `msghdr` is a valid empty header (null pointers, zero lengths).
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = std::mem::size_of_val(&control) as _;
+    // SAFETY: `msg` points at `iov` (which covers exactly `buf`) and at `control`, all of which
+    // outlive the call; the kernel writes at most `iov_len` and `msg_controllen` bytes into them.
+    let received = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+    let len = usize::try_from(received).map_err(|_| io::Error::last_os_error())?;
     let mut fds = Vec::new();
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(raw) = cmsg {
-            for fd in raw {
-                // SAFETY: the kernel just installed `fd` in this process for this message
-                // (SCM_RIGHTS), so it is open and nothing else in the process knows its number;
-                // wrapping it here makes it owned exactly once.
-                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    // SAFETY: the kernel set `msg_controllen` to the bytes of control data it wrote into
+    // `control`, so the CMSG_* macros walk only initialised, in-bounds headers; each header's
+    // `cmsg_len` covers its data.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: `cmsg` is non-null and points at a header inside `control` (see above).
+        let header = unsafe { &*cmsg };
+        if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: pure arithmetic on a constant.
+            let data_len = header.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+            // SAFETY: as above; the data follows the header within `cmsg_len`.
+            let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
+            for i in 0..data_len / std::mem::size_of::<RawFd>() {
+                // SAFETY: `i` indexes within the header's data; the data may be unaligned for
+                // `RawFd`, hence `read_unaligned`. The kernel just installed this descriptor in
+                // this process for this message (SCM_RIGHTS), so it is open and nothing else in
+                // the process knows its number; wrapping it here makes it owned exactly once.
+                fds.push(unsafe { OwnedFd::from_raw_fd(data.add(i).read_unaligned()) });
             }
         }
+        // SAFETY: `cmsg` is a header of `msg`'s control data (see above).
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
-    Ok(Received { len: msg.bytes, truncated, fds })
+    Ok(Received {
+        len,
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        fds_truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        fds,
+    })
 }
 
 #[cfg(test)]
@@ -167,6 +206,29 @@ mod tests {
             let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD).expect("fcntl");
             assert!(FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC), "received fds are close-on-exec");
         }
+    }
+
+    #[test]
+    fn descriptors_that_do_not_fit_are_reported_and_the_ones_that_came_are_owned() {
+        // More descriptors than the receive side makes room for: the kernel installs what fits
+        // and sets MSG_CTRUNC, as it does when the receiver runs out of descriptors.
+        let (a, b) = pair();
+        let files: Vec<std::fs::File> = (0..100).map(|_| std::fs::File::open("/dev/null").expect("open")).collect();
+        let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
+        let rights = [ControlMessage::ScmRights(&raw)];
+        sendmsg::<()>(a.as_raw_fd(), &[IoSlice::new(b"many")], &rights, MsgFlags::empty(), None).expect("send");
+        let mut buf = [0u8; 16];
+        let received = recv_with_fds(b.as_fd(), &mut buf).expect("a truncated transfer is not an error");
+        assert_eq!(&buf[..received.len], b"many");
+        assert!(received.fds_truncated);
+        assert!(!received.fds.is_empty() && received.fds.len() < 100, "{} fds", received.fds.len());
+        for fd in &received.fds {
+            fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD).expect("each received fd is open and ours");
+        }
+        // The channel goes on working.
+        send_with_fds(a.as_fd(), b"next", &[]).expect("send");
+        let next = recv_with_fds(b.as_fd(), &mut buf).expect("recv");
+        assert_eq!((&buf[..next.len], next.fds_truncated), (&b"next"[..], false));
     }
 
     #[test]

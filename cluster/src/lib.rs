@@ -46,6 +46,8 @@
 //! - `proto` and `channel`: the typed messages and the `SOCK_SEQPACKET` socket they travel on.
 //! - `fd`: the one place with `unsafe`: adopting inherited descriptors and passing accepted
 //!   sockets with `SCM_RIGHTS`.
+//! - `fdlimit`: the open-files limit, the reserve each process keeps for its own work, and
+//!   shedding the connections that would eat into it.
 //! - [`drain`]: the middleware and listener that make a worker's shutdown graceful.
 //! - [`messaging`]: application messages between workers and the primary (broadcast, gather).
 //! - [`logs`]: the merged log of the primary and its workers, its files and followers.
@@ -61,6 +63,7 @@ mod channel;
 mod dispatch;
 mod error;
 mod fd;
+mod fdlimit;
 mod primary;
 mod proto;
 mod shutdown;

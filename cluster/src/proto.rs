@@ -18,7 +18,8 @@
 //! ```
 //!
 //! A draining worker answers `Refused` instead, and the primary hands those connections to
-//! another worker; a worker that dies before acknowledging has its connections re-dispatched.
+//! another worker; a worker out of file descriptors answers `Shed`, and the primary closes
+//! them; a worker that dies before acknowledging has its connections re-dispatched.
 
 use std::net::SocketAddr;
 
@@ -42,6 +43,9 @@ pub(crate) enum ToPrimary {
     Accepted { ids: Vec<u64> },
     /// The worker is draining and will not serve these; the primary should hand them on.
     Refused { ids: Vec<u64> },
+    /// The worker is out of file descriptors (its reserve, or the kernel could not install
+    /// them): it serves on, but cannot take these. The primary closes them.
+    Shed { ids: Vec<u64> },
     /// This many handed-off connections have closed since the last report.
     Closed { count: u64 },
     /// Sent every second while the worker serves: it is alive and its runtime makes progress.

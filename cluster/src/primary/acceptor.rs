@@ -2,36 +2,56 @@
 //!
 //! Accepted sockets are plain `std` sockets that never touch the primary's event loop: the
 //! primary only passes them on, so registering each one with epoll would be wasted syscalls.
+//!
+//! A connection that lands in the primary's descriptor reserve is closed at once (shed), so
+//! the primary always has descriptors left to start workers and answer its control socket.
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{io, net::SocketAddr, os::fd::AsRawFd, sync::Mutex, time::Duration};
 
 use tokio::io::{unix::AsyncFd, Interest};
 
-use crate::fd;
+use crate::{
+    fd,
+    fdlimit::{self, FdBudget, ShedLog},
+};
 
 pub(crate) struct Acceptor {
     listener: AsyncFd<std::net::TcpListener>,
+    budget: FdBudget,
+    /// Behind a lock only because `accept` takes `&self`; the supervisor is its only user.
+    shed: Mutex<ShedLog>,
 }
 
 impl Acceptor {
-    /// Accepts on a duplicate of `listener`.
-    pub(crate) fn new(listener: &std::net::TcpListener) -> io::Result<Self> {
+    /// Accepts on a duplicate of `listener`, keeping connections out of `budget`'s reserve.
+    pub(crate) fn new(listener: &std::net::TcpListener, budget: FdBudget) -> io::Result<Self> {
         let listener = listener.try_clone()?;
         listener.set_nonblocking(true)?;
-        Ok(Self { listener: fd::register(listener)? })
+        Ok(Self { listener: fd::register(listener)?, budget, shed: Mutex::new(ShedLog::default()) })
     }
 
     /// The next connection. Errors that concern one connection (the client already gave up)
-    /// are skipped; resource errors (out of file descriptors) pause accepting for a moment
-    /// instead of spinning on a listener that stays readable.
+    /// are skipped, and so are connections shed for want of descriptors; resource errors (out
+    /// of file descriptors all the same) pause accepting for a moment instead of spinning on a
+    /// listener that stays readable.
     pub(crate) async fn accept(&self) -> (std::net::TcpStream, SocketAddr) {
         loop {
             match self.listener.async_io(Interest::READABLE, |l| l.accept()).await {
+                Ok((stream, _)) if !self.budget.admits(stream.as_raw_fd()) => {
+                    drop(stream);
+                    if let Ok(mut shed) = self.shed.lock() {
+                        shed.shed(1, "the primary is at its open files limit less --fd-reserve");
+                    }
+                }
                 Ok(accepted) => return accepted,
                 Err(err) if matches!(err.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) => {
                 }
                 Err(err) => {
-                    tracing::error!(error = %err, "accept failed; pausing accepts for 100ms");
+                    if fdlimit::is_exhaustion(&err) {
+                        tracing::warn!(error = %err, "accept failed: out of descriptors within the reserve; pausing accepts for 100ms");
+                    } else {
+                        tracing::error!(error = %err, "accept failed; pausing accepts for 100ms");
+                    }
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }

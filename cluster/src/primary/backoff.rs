@@ -11,11 +11,18 @@ use crate::config::RestartPolicy;
 /// the backoff.
 pub(crate) const STABLE_UPTIME: Duration = Duration::from_secs(5);
 
+/// Longest delay between retries of a start that failed for want of descriptors or memory:
+/// a failed start costs nothing, and the slot should be back within a second of the shortage
+/// ending.
+const SHORTAGE_RETRY_CAP: Duration = Duration::from_secs(1);
+
 /// One slot's recent deaths.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Backoff {
     /// Consecutive deaths soon after start.
     streak: u32,
+    /// Consecutive starts that failed for want of descriptors or memory (not deaths).
+    shortages: u32,
     /// When the slot's workers died, within the policy's window.
     deaths: VecDeque<Instant>,
 }
@@ -34,6 +41,7 @@ impl Backoff {
     /// 4×`base` … up to `cap`; [`Verdict::GiveUp`] once `max_restarts` deaths fall within
     /// `window`.
     pub(crate) fn on_exit(&mut self, uptime: Duration, policy: &RestartPolicy) -> Verdict {
+        self.shortages = 0; // a worker ran, so the last start found what it needed
         let now = Instant::now();
         self.deaths.push_back(now);
         while self.deaths.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
@@ -49,6 +57,15 @@ impl Backoff {
         self.streak = self.streak.saturating_add(1);
         let doublings = (self.streak - 1).min(16);
         Verdict::RestartIn(policy.backoff_base.saturating_mul(1 << doublings).min(policy.backoff_cap))
+    }
+
+    /// The delay before retrying a start that failed because the primary or the machine was
+    /// out of descriptors or memory: the same doubling as for deaths, but never recorded as a
+    /// death, so a shortage can never mark the slot errored.
+    pub(crate) fn on_shortage(&mut self, policy: &RestartPolicy) -> Duration {
+        self.shortages = self.shortages.saturating_add(1);
+        let doublings = (self.shortages - 1).min(16);
+        policy.backoff_base.saturating_mul(1 << doublings).min(policy.backoff_cap).min(SHORTAGE_RETRY_CAP)
     }
 
     /// Forgets the history (an operator restarted the slot by hand).
@@ -88,6 +105,20 @@ mod tests {
         b.on_exit(Duration::ZERO, &p);
         assert_eq!(b.on_exit(STABLE_UPTIME, &p), Verdict::RestartIn(Duration::ZERO));
         assert_eq!(b.on_exit(Duration::ZERO, &p), Verdict::RestartIn(Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn shortages_back_off_but_never_count_toward_giving_up() {
+        let mut b = Backoff::default();
+        let p = policy(3);
+        let delays: Vec<u128> = (0..20).map(|_| b.on_shortage(&p).as_millis()).collect();
+        assert_eq!(delays[..5], [100, 200, 400, 800, 1000]);
+        assert_eq!(delays[19], 1000);
+        // Twenty failed starts later, the slot still has its whole crash allowance.
+        for _ in 0..3 {
+            assert!(matches!(b.on_exit(Duration::ZERO, &p), Verdict::RestartIn(_)));
+        }
+        assert_eq!(b.on_shortage(&p), Duration::from_millis(100), "a worker ran: the shortage streak restarts");
     }
 
     #[test]

@@ -35,10 +35,22 @@ pub(crate) enum Event {
     Message { slot: usize, generation: u64, msg: ToPrimary },
     /// A draining worker refused these connections.
     Refused { slot: usize, generation: u64, conns: Vec<Conn> },
+    /// These many connections for this worker were closed because it (or the primary, passing
+    /// them) was out of file descriptors.
+    Shed { slot: usize, generation: u64, count: usize, why: ShedReason },
     /// A worker process ended; `orphans` were handed to it but never acknowledged.
     Exited { slot: usize, generation: u64, status: io::Result<ExitStatus>, orphans: Vec<Conn> },
     /// A backoff delay for this slot is over.
     RespawnDue { slot: usize, generation: u64 },
+}
+
+/// Why connections for a worker were shed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ShedReason {
+    /// The worker said it has no descriptors to spare.
+    WorkerFull,
+    /// Passing them failed for want of descriptors or kernel memory.
+    SendExhausted,
 }
 
 /// The supervisor's handle on a running worker.
@@ -67,6 +79,10 @@ pub(crate) struct Spawner {
     pub(crate) events: mpsc::UnboundedSender<Event>,
 }
 
+/// How long a link waits before reading again after the kernel lacked the memory or
+/// descriptors to deliver a message.
+const EXHAUSTED_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Errors starting a worker.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SpawnError {
@@ -78,6 +94,21 @@ pub(crate) enum SpawnError {
     FdMapping(#[from] command_fds::FdMappingCollision),
     #[error("cannot start {exe}: {source}")]
     Exec { exe: String, source: io::Error },
+}
+
+impl SpawnError {
+    /// True when the primary (or the machine) is out of descriptors, processes or memory for
+    /// now: nothing is wrong with the worker, so the failure must not count as a crash.
+    pub(crate) fn is_exhaustion(&self) -> bool {
+        use crate::fdlimit::is_exhaustion;
+        match self {
+            SpawnError::DupListener(err) | SpawnError::Exec { source: err, .. } => {
+                is_exhaustion(err) || err.raw_os_error() == Some(nix::libc::EAGAIN)
+            }
+            SpawnError::Channel(crate::channel::ChannelError::Setup(err)) => is_exhaustion(err),
+            SpawnError::Channel(_) | SpawnError::FdMapping(_) => false,
+        }
+    }
 }
 
 impl Spawner {
@@ -163,6 +194,11 @@ impl LinkTask {
                     Err(err) if err.is_bad_message() => {
                         tracing::warn!(slot = self.slot, pid = self.pid, error = %err, "ignoring a bad message from a worker");
                     }
+                    Err(err) if err.is_exhaustion() => {
+                        // Out of memory or descriptors for a moment: the link itself is fine.
+                        tracing::warn!(slot = self.slot, pid = self.pid, error = %err, "IPC receive from a worker failed for want of resources; retrying");
+                        tokio::time::sleep(EXHAUSTED_RETRY).await;
+                    }
                     Err(err) => {
                         tracing::warn!(slot = self.slot, pid = self.pid, error = %err, "IPC with worker failed");
                         ipc_open = false;
@@ -205,6 +241,11 @@ impl LinkTask {
                 let conns = ids.iter().filter_map(|id| self.unacked.remove(id)).collect();
                 let _ = self.events.send(Event::Refused { slot, generation, conns });
             }
+            ToPrimary::Shed { ids } => {
+                // Dropping our copies closes the connections: the worker has none.
+                let count = ids.iter().filter_map(|id| self.unacked.remove(id)).count();
+                let _ = self.events.send(Event::Shed { slot, generation, count, why: ShedReason::WorkerFull });
+            }
             msg => {
                 let _ = self.events.send(Event::Message { slot, generation, msg });
             }
@@ -223,6 +264,16 @@ impl LinkTask {
         let conns: Vec<Handoff> = batch.iter().map(|c| Handoff { id: c.id, peer: c.peer }).collect();
         let fds: Vec<RawFd> = batch.iter().map(|c| c.stream.as_raw_fd()).collect();
         let sent = self.ipc.send_with_fds(&ToWorker::Connections { conns }, &fds).await;
+        if let Err(err) = &sent {
+            if err.is_exhaustion() {
+                // Too many descriptors in flight, or no kernel memory: the worker is fine, these
+                // connections are what cannot be afforded. Dropping them closes them.
+                tracing::debug!(slot = self.slot, pid = self.pid, error = %err, "cannot pass connections");
+                let (slot, generation, count) = (self.slot, self.generation, batch.len());
+                let _ = self.events.send(Event::Shed { slot, generation, count, why: ShedReason::SendExhausted });
+                return Ok(());
+            }
+        }
         // Sent or not, they stay ours until acknowledged: a failed send means the worker is
         // dying, and its exit returns everything unacknowledged.
         self.unacked.extend(batch.into_iter().map(|c| (c.id, c)));

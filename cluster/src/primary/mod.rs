@@ -37,11 +37,12 @@ use crate::{
     control,
     dispatch::{Chooser, Conn},
     error::ClusterError,
+    fdlimit::{self, FdBudget, ShedLog},
     proto::{ToPrimary, ToWorker},
 };
 use acceptor::Acceptor;
 use backoff::{Backoff, Verdict};
-use link::{Event, Link, Spawner};
+use link::{Event, Link, ShedReason, SpawnError, Spawner};
 use relay::Gatherings;
 use rollout::Rollout;
 
@@ -83,8 +84,10 @@ pub(crate) async fn run(
     listener: std::net::TcpListener,
 ) -> Result<ShutdownReport, ClusterError> {
     let local = listener.local_addr().map_err(|source| ClusterError::Bind { addr: config.bind, source })?;
+    fdlimit::raise_to_hard_limit();
+    let budget = FdBudget::current(config.fd_reserve);
     let acceptor = if config.balance.primary_accepts() {
-        Some(Acceptor::new(&listener).map_err(|source| ClusterError::Bind { addr: local, source })?)
+        Some(Acceptor::new(&listener, budget).map_err(|source| ClusterError::Bind { addr: local, source })?)
     } else {
         None
     };
@@ -129,6 +132,7 @@ pub(crate) async fn run(
         config,
         all_ready_logged: false,
         queue_full_logged: false,
+        shed_log: ShedLog::default(),
     };
     let report = supervisor.run(events, commands, acceptor.as_ref()).await;
     drop(listener);
@@ -232,6 +236,8 @@ struct Supervisor {
     config: ClusterConfig,
     all_ready_logged: bool,
     queue_full_logged: bool,
+    /// Connections closed because a worker, or passing to it, ran out of descriptors.
+    shed_log: ShedLog,
 }
 
 /// Set once the cluster is shutting down.
@@ -314,7 +320,10 @@ impl Supervisor {
                 _ = signals.usr1.recv() => self.reopen_logs(),
                 _ = sleep_until(rollout_deadline) => self.rollout_timed_out(),
                 _ = sleep_until(gather_deadline) => self.finish_gathers(true),
-                _ = checks.tick(), if stopping.is_none() => self.check_workers(),
+                _ = checks.tick(), if stopping.is_none() => {
+                    self.check_workers();
+                    self.drop_departed();
+                }
                 _ = sleep_until(deadline) => {
                     if let Some(stop) = &mut stopping {
                         stop.killed += self.kill_all("did not stop within the shutdown timeout");
@@ -337,6 +346,16 @@ impl Supervisor {
                 }
                 self.redispatch(conns, stopping);
             }
+            Event::Shed { slot, generation, count, why } => {
+                if let Some(worker) = self.worker_mut(slot, generation) {
+                    worker.open = worker.open.saturating_sub(count);
+                }
+                let why = match why {
+                    ShedReason::WorkerFull => "workers are at their open files limit less --fd-reserve",
+                    ShedReason::SendExhausted => "too many descriptors in flight to the workers",
+                };
+                self.shed_log.shed(u64::try_from(count).unwrap_or(u64::MAX), why);
+            }
             Event::Exited { slot, generation, status, orphans } => {
                 self.forget_in_gathers(slot, generation);
                 self.on_exit(slot, generation, &exit::describe(&status), stopping);
@@ -357,13 +376,17 @@ impl Supervisor {
             tracing::info!("worker {slot} pid {} retired ({how})", worker.pid);
             return;
         }
-        let Some(s) = self.slots.get_mut(slot) else { return };
+        let Some(s) = self.slots.get_mut(slot) else {
+            return;
+        };
         if let Some(successor) = s.successor.take_if(|w| w.generation == generation) {
             let reason = format!("the new worker for slot {slot} (pid {}) {how} before it was ready", successor.pid);
             self.abort_rollout(&reason);
             return;
         }
-        let Some(worker) = s.worker.take_if(|w| w.generation == generation) else { return };
+        let Some(worker) = s.worker.take_if(|w| w.generation == generation) else {
+            return;
+        };
         if stopping {
             tracing::info!("worker {slot} pid {} {how}", worker.pid);
             return;
@@ -456,12 +479,17 @@ impl Supervisor {
             | ToPrimary::Gather { .. }
             | ToPrimary::Reply { .. }
             | ToPrimary::Accepted { .. }
-            | ToPrimary::Refused { .. } => {}
+            | ToPrimary::Refused { .. }
+            | ToPrimary::Shed { .. } => {}
         }
     }
 
-    /// Starts a worker process for `slot`; `None` (after scheduling a retry) if it could not.
+    /// Starts a worker process for `slot`; `None` (logged) if it could not.
     fn spawn(&mut self, slot: usize) -> Option<Worker> {
+        self.try_spawn(slot).inspect_err(|err| tracing::error!("cannot start worker {slot}: {err}")).ok()
+    }
+
+    fn try_spawn(&mut self, slot: usize) -> Result<Worker, SpawnError> {
         let generation = self.slots[slot].next_generation;
         self.slots[slot].next_generation += 1;
         match self.spawner.spawn(slot, generation) {
@@ -474,7 +502,7 @@ impl Supervisor {
                     let random = std::collections::hash_map::RandomState::new().hash_one((slot, generation));
                     max + random % (recycling.max_requests_jitter + 1)
                 });
-                Some(Worker {
+                Ok(Worker {
                     generation,
                     pid,
                     started: Instant::now(),
@@ -489,24 +517,28 @@ impl Supervisor {
                     mailbox,
                 })
             }
-            Err(err) => {
-                tracing::error!("cannot start worker {slot}: {err}");
-                None
-            }
+            Err(err) => Err(err),
         }
     }
 
     fn start(&mut self, slot: usize) {
-        match self.spawn(slot) {
-            Some(worker) => self.slots[slot].worker = Some(worker),
-            None => match self.slots[slot].backoff.on_exit(Duration::ZERO, &self.config.restart) {
+        match self.try_spawn(slot) {
+            Ok(worker) => self.slots[slot].worker = Some(worker),
+            // Out of descriptors or memory is the machine's state, not the worker's fault, and
+            // passes as connections close: retry, and never count it toward `errored`.
+            Err(err) if err.is_exhaustion() => {
+                let delay = self.slots[slot].backoff.on_shortage(&self.config.restart);
+                tracing::warn!("cannot start worker {slot}: {err}; retrying in {delay:?} (not counted as a crash)");
+                self.respawn_after(slot, delay);
+            }
+            Err(err) => match self.slots[slot].backoff.on_exit(Duration::ZERO, &self.config.restart) {
                 Verdict::RestartIn(delay) => {
-                    tracing::warn!("retrying worker {slot} in {delay:?}");
+                    tracing::warn!("cannot start worker {slot}: {err}; retrying in {delay:?}");
                     self.respawn_after(slot, delay);
                 }
                 Verdict::GiveUp => {
                     self.slots[slot].errored = true;
-                    tracing::error!("worker {slot} cannot be started: slot marked errored");
+                    tracing::error!("worker {slot} cannot be started ({err}): slot marked errored");
                 }
             },
         }

@@ -5,7 +5,7 @@
 use std::{
     io,
     net::SocketAddr,
-    os::fd::OwnedFd,
+    os::fd::{AsRawFd, OwnedFd},
     pin::Pin,
     task::{Context, Poll},
     time::Duration,
@@ -19,6 +19,7 @@ use tokio::{
 
 use crate::{
     channel::Channel,
+    fdlimit::FdBudget,
     proto::{Handoff, ToPrimary},
 };
 
@@ -62,34 +63,50 @@ pub(crate) fn handoff(channel: Channel, local: SocketAddr, report_closes: bool) 
     (HandoffListener { incoming: incoming_rx, local }, HandoffSink { incoming, closed })
 }
 
+/// What became of one message's connections.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Adopted {
+    /// Now this worker's.
+    pub(crate) accepted: Vec<u64>,
+    /// Not served here (the listener is gone): for another worker.
+    pub(crate) refused: Vec<u64>,
+    /// This worker is out of descriptors for them: to be closed.
+    pub(crate) shed: Vec<u64>,
+}
+
 impl HandoffSink {
-    /// Adopts the received descriptors; returns the ids accepted and the ids refused (a
-    /// descriptor that could not be registered, or a missing one).
-    pub(crate) fn adopt(&self, conns: Vec<Handoff>, fds: Vec<OwnedFd>) -> (Vec<u64>, Vec<u64>) {
-        let (mut accepted, mut refused) = (Vec::with_capacity(conns.len()), Vec::new());
+    /// Adopts the received descriptors, in the order of `conns`. A connection whose descriptor
+    /// is missing (the kernel could not install it: this process is out of descriptors), lands
+    /// in the reserve of `budget`, or cannot be registered is shed: taking it would leave the
+    /// worker without descriptors for its own work.
+    pub(crate) fn adopt(&self, conns: Vec<Handoff>, fds: Vec<OwnedFd>, budget: FdBudget) -> Adopted {
+        let mut adopted = Adopted { accepted: Vec::with_capacity(conns.len()), ..Adopted::default() };
         let mut fds = fds.into_iter();
         for handoff in conns {
-            let stream = fds.next().ok_or_else(|| io::Error::other("missing descriptor")).and_then(|fd| {
+            let Some(fd) = fds.next().filter(|fd| budget.admits(fd.as_raw_fd())) else {
+                adopted.shed.push(handoff.id);
+                continue; // dropping the descriptor closes our copy
+            };
+            let stream = {
                 let std_stream = std::net::TcpStream::from(fd);
-                std_stream.set_nonblocking(true)?;
-                TcpStream::from_std(std_stream)
-            });
+                std_stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(std_stream))
+            };
             match stream {
                 Ok(stream) => {
                     let tracked = TrackedStream { inner: stream, closed: self.closed.clone() };
                     if self.incoming.send((tracked, handoff.peer)).is_ok() {
-                        accepted.push(handoff.id);
+                        adopted.accepted.push(handoff.id);
                     } else {
-                        refused.push(handoff.id);
+                        adopted.refused.push(handoff.id);
                     }
                 }
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot adopt a handed-off connection");
-                    refused.push(handoff.id);
+                    adopted.shed.push(handoff.id);
                 }
             }
         }
-        (accepted, refused)
+        adopted
     }
 }
 

@@ -21,6 +21,7 @@ use crate::{
     drain::{self, Drain, DrainMode, DrainableListener},
     error::ClusterError,
     fd::{self, Expect},
+    fdlimit::FdBudget,
     messaging::Messenger,
     proto::{ToPrimary, ToWorker},
     role::{WorkerIdentity, IPC_FD, LISTEN_FD},
@@ -86,7 +87,8 @@ where
         Source::Handoff(_, sink) => Some(sink.clone()),
         Source::Shared(_) => None,
     };
-    watch_primary(channel.clone(), trigger.clone(), stop.clone(), sink, messenger);
+    let budget = FdBudget::current(config.fd_reserve);
+    watch_primary(channel.clone(), trigger.clone(), stop.clone(), sink.map(|sink| (sink, budget)), messenger);
     watch_signals(trigger)?;
 
     // The app may take a while to build (it waits for its database); a shutdown request in the
@@ -106,7 +108,7 @@ where
     heartbeat(channel.clone(), drain.clone());
     match source {
         Source::Shared(listener) => {
-            let listener = DrainableListener::new(listener, stop.clone()).tap_io(|tcp| {
+            let listener = DrainableListener::new(listener, stop.clone(), budget).tap_io(|tcp| {
                 // Small JSON responses should not wait for Nagle's algorithm.
                 let _ = tcp.set_nodelay(true);
             });
@@ -198,13 +200,18 @@ async fn serve<L>(
     }
 }
 
-/// Reads the primary's messages: connections to adopt (or refuse while draining), a shutdown
-/// request, or the primary's death (end of file), which starts the drain.
+/// How long the IPC reader waits before reading again after the kernel lacked the memory or
+/// descriptors to deliver a message.
+const EXHAUSTED_RETRY: Duration = Duration::from_millis(50);
+
+/// Reads the primary's messages: connections to adopt (or refuse while draining, or shed when
+/// out of descriptors), a shutdown request, or the primary's death (end of file), which starts
+/// the drain. Running out of descriptors or memory is never a reason to leave.
 fn watch_primary(
     channel: Channel,
     trigger: shutdown::Trigger,
     stop: shutdown::Signal,
-    sink: Option<HandoffSink>,
+    sink: Option<(HandoffSink, FdBudget)>,
     messenger: Messenger,
 ) {
     tokio::spawn(async move {
@@ -219,6 +226,11 @@ fn watch_primary(
                 }
                 Err(err) if err.is_bad_message() => {
                     tracing::warn!(error = %err, "ignoring a bad message from the primary");
+                    continue;
+                }
+                Err(err) if err.is_exhaustion() => {
+                    tracing::warn!(error = %err, "IPC receive failed for want of resources; retrying");
+                    tokio::time::sleep(EXHAUSTED_RETRY).await;
                     continue;
                 }
                 Err(err) => {
@@ -237,16 +249,20 @@ fn watch_primary(
                 ToWorker::Gathered { id, replies } => messenger.gathered(id, replies),
                 ToWorker::Retire => trigger.fire(Stop::Retire),
                 ToWorker::Connections { conns } => {
-                    let (accepted, refused) = match &sink {
-                        Some(sink) if stop.fired().is_none() => sink.adopt(conns, fds),
+                    let adopted = match &sink {
+                        Some((sink, budget)) if stop.fired().is_none() => sink.adopt(conns, fds, *budget),
                         // Draining (or shared mode): the primary hands them to someone else.
-                        _ => (Vec::new(), conns.iter().map(|c| c.id).collect()),
+                        _ => handoff::Adopted { refused: conns.iter().map(|c| c.id).collect(), ..Default::default() },
                     };
+                    let handoff::Adopted { accepted, refused, shed } = adopted;
                     if !accepted.is_empty() {
                         let _ = channel.send(&ToPrimary::Accepted { ids: accepted }).await;
                     }
                     if !refused.is_empty() {
                         let _ = channel.send(&ToPrimary::Refused { ids: refused }).await;
+                    }
+                    if !shed.is_empty() {
+                        let _ = channel.send(&ToPrimary::Shed { ids: shed }).await;
                     }
                 }
             }

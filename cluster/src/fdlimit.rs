@@ -1,0 +1,162 @@
+//! The open-files limit (`RLIMIT_NOFILE`) and the share of it herd keeps for its own work.
+//!
+//! A process out of descriptors cannot start a worker, answer its control socket, open a log
+//! file or reconnect to Redis, so every herd process keeps a *reserve* free and sheds (closes)
+//! connections that would eat into it.
+//!
+//! The measure costs no syscall: `accept` and `SCM_RIGHTS` install a descriptor at the lowest
+//! free number (POSIX requires it of every call that creates one), so a connection that lands
+//! at number `limit − reserve` or above proves every number below it is taken. Closing each
+//! such connection at once means connections never hold the top `reserve` numbers, which stay
+//! free for everything else the process does.
+
+use std::{
+    os::fd::RawFd,
+    time::{Duration, Instant},
+};
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+/// How often at most a process logs that it shed connections (with the count since the last
+/// line), so an attack cannot flood the log.
+pub(crate) const SHED_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Raises the soft open-files limit to the hard limit (the most an unprivileged process may
+/// have) and logs the figure. Called once by the primary; workers inherit the raised limit.
+pub(crate) fn raise_to_hard_limit() {
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(err) => {
+            tracing::warn!("cannot read the open files limit: {err}");
+            return;
+        }
+    };
+    if soft >= hard {
+        tracing::info!("open files limit is {soft}");
+        return;
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => tracing::info!("open files limit raised from {soft} to {hard}"),
+        Err(err) => tracing::warn!("open files limit is {soft}; cannot raise it to {hard}: {err}"),
+    }
+}
+
+/// Which descriptor numbers a connection may occupy in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FdBudget {
+    /// The first number kept for the process's own work.
+    first_reserved: u64,
+}
+
+impl FdBudget {
+    /// The budget under this process's current soft limit, keeping `reserve` descriptors.
+    pub(crate) fn current(reserve: usize) -> Self {
+        // Unreadable limits are unheard of on Linux; the common default keeps the arithmetic sane.
+        let limit = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+        Self::new(limit, reserve)
+    }
+
+    /// The budget for a process allowed `limit` descriptors that keeps `reserve` of them. The
+    /// reserve is capped at half the limit, so a small limit still leaves room to serve.
+    pub(crate) fn new(limit: u64, reserve: usize) -> Self {
+        let reserve = u64::try_from(reserve).unwrap_or(u64::MAX).min(limit / 2);
+        Self { first_reserved: limit - reserve }
+    }
+
+    /// True when a connection that was given descriptor `fd` may be kept.
+    pub(crate) fn admits(self, fd: RawFd) -> bool {
+        u64::try_from(fd).is_ok_and(|fd| fd < self.first_reserved)
+    }
+}
+
+/// Counts shed connections and says when to log them: the first at once, then at most one
+/// line per interval, carrying the count since the previous line.
+#[derive(Debug)]
+pub(crate) struct ShedLog {
+    interval: Duration,
+    last_line: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Default for ShedLog {
+    fn default() -> Self {
+        Self::new(SHED_LOG_INTERVAL)
+    }
+}
+
+impl ShedLog {
+    pub(crate) fn new(interval: Duration) -> Self {
+        Self { interval, last_line: None, unlogged: 0 }
+    }
+
+    /// Records `count` more shed connections and logs them, `why` they were shed, when a line
+    /// is due.
+    pub(crate) fn shed(&mut self, count: u64, why: &str) {
+        if let Some(count) = self.due(count, Instant::now()) {
+            tracing::warn!("shed {count} connection(s) (closed at once): {why}");
+        }
+    }
+
+    /// Records `count` more shed connections at `now`; `Some(total)` when a line is due, with
+    /// the number shed since the last line.
+    fn due(&mut self, count: u64, now: Instant) -> Option<u64> {
+        self.unlogged = self.unlogged.saturating_add(count);
+        if self.last_line.is_some_and(|last| now.duration_since(last) < self.interval) {
+            return None;
+        }
+        self.last_line = Some(now);
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+/// True for errors that mean "out of descriptors or kernel memory, for now": they pass when
+/// connections close, so they call for shedding or a retry, never for giving up.
+pub(crate) fn is_exhaustion(err: &std::io::Error) -> bool {
+    use nix::libc::{EMFILE, ENFILE, ENOBUFS, ENOMEM, ETOOMANYREFS};
+    matches!(err.raw_os_error(), Some(EMFILE | ENFILE | ENOBUFS | ENOMEM | ETOOMANYREFS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_stay_below_the_reserve() {
+        let budget = FdBudget::new(256, 64);
+        assert!(budget.admits(0));
+        assert!(budget.admits(191));
+        assert!(!budget.admits(192), "192..256 are the reserve");
+        assert!(!budget.admits(255));
+        assert!(!budget.admits(-1));
+    }
+
+    #[test]
+    fn the_reserve_is_at_most_half_the_limit() {
+        let budget = FdBudget::new(100, 64);
+        assert!(budget.admits(49));
+        assert!(!budget.admits(50));
+        assert_eq!(FdBudget::new(1024, 0), FdBudget { first_reserved: 1024 });
+        assert_eq!(FdBudget::new(0, 64), FdBudget { first_reserved: 0 });
+        assert_eq!(FdBudget::new(u64::MAX, usize::MAX), FdBudget { first_reserved: u64::MAX - u64::MAX / 2 });
+    }
+
+    #[test]
+    fn shed_lines_are_one_per_interval_with_the_count_since_the_last() {
+        let mut log = ShedLog::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert_eq!(log.due(1, t0), Some(1), "the first shed is logged at once");
+        assert_eq!(log.due(5, t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.due(3, t0 + Duration::from_secs(9)), None);
+        assert_eq!(log.due(1, t0 + Duration::from_secs(10)), Some(9));
+        assert_eq!(log.due(2, t0 + Duration::from_secs(11)), None);
+        assert_eq!(log.due(0, t0 + Duration::from_secs(30)), Some(2));
+    }
+
+    #[test]
+    fn exhaustion_errors() {
+        assert!(is_exhaustion(&std::io::Error::from_raw_os_error(nix::libc::EMFILE)));
+        assert!(is_exhaustion(&std::io::Error::from_raw_os_error(nix::libc::ENOBUFS)));
+        assert!(!is_exhaustion(&std::io::Error::from_raw_os_error(nix::libc::EBADF)));
+        assert!(!is_exhaustion(&std::io::Error::other("no errno")));
+    }
+}
