@@ -185,7 +185,7 @@ fn close_after(response: &mut Response) {
 
 /// A TCP listener that stops accepting once the worker drains, leaving queued connections to
 /// other workers, while axum keeps serving the connections it already has. Connections that
-/// would eat into the worker's descriptor reserve are closed at once (see [`crate::fdlimit`]).
+/// would eat into the worker's descriptor reserve (`--fd-reserve`) are closed at once.
 pub struct DrainableListener {
     inner: tokio::net::TcpListener,
     stop: shutdown::Signal,

@@ -376,17 +376,13 @@ impl Supervisor {
             tracing::info!("worker {slot} pid {} retired ({how})", worker.pid);
             return;
         }
-        let Some(s) = self.slots.get_mut(slot) else {
-            return;
-        };
+        let Some(s) = self.slots.get_mut(slot) else { return };
         if let Some(successor) = s.successor.take_if(|w| w.generation == generation) {
             let reason = format!("the new worker for slot {slot} (pid {}) {how} before it was ready", successor.pid);
             self.abort_rollout(&reason);
             return;
         }
-        let Some(worker) = s.worker.take_if(|w| w.generation == generation) else {
-            return;
-        };
+        let Some(worker) = s.worker.take_if(|w| w.generation == generation) else { return };
         if stopping {
             tracing::info!("worker {slot} pid {} {how}", worker.pid);
             return;
