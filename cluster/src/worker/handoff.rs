@@ -177,3 +177,36 @@ impl AsyncWrite for TrackedStream {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp_fd(listener: &std::net::TcpListener) -> (std::net::TcpStream, OwnedFd) {
+        let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (accepted, _) = listener.accept().expect("accept");
+        (client, OwnedFd::from(accepted))
+    }
+
+    #[tokio::test]
+    async fn connections_without_a_descriptor_or_in_the_reserve_are_shed() {
+        let (channel, _worker_end) = Channel::pair().expect("socketpair");
+        let local: SocketAddr = "127.0.0.1:0".parse().expect("literal");
+        let (mut listener, sink) = handoff(channel, local, false);
+        let tcp = std::net::TcpListener::bind(local).expect("bind");
+        let (_c1, first) = tcp_fd(&tcp);
+        let (_c2, second) = tcp_fd(&tcp);
+        let mut fds = [first, second];
+        fds.sort_by_key(|fd| fd.as_raw_fd());
+        // The higher of the two numbers starts the reserve.
+        let high = u64::try_from(fds[1].as_raw_fd()).expect("fd");
+        let budget = FdBudget::new(2 * high, usize::try_from(high).expect("fd"));
+        let peer = local;
+        let conns = (1..=3).map(|id| Handoff { id, peer }).collect();
+        // The kernel delivered two of three descriptors (MSG_CTRUNC): the third is missing.
+        let adopted = sink.adopt(conns, fds.into(), budget);
+        assert_eq!(adopted, Adopted { accepted: vec![1], refused: vec![], shed: vec![2, 3] });
+        let (_stream, addr) = axum::serve::Listener::accept(&mut listener).await;
+        assert_eq!(addr, peer);
+    }
+}
