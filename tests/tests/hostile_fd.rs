@@ -189,6 +189,8 @@ fn measure(herd: &Herd, workers: usize, after_hold: impl FnOnce(&Herd)) -> Figur
 fn attack(mode: &str) {
     let redis = RedisServer::start();
     let herd = start_low_fd(&redis, &["--workers", "2", "--balance", mode], true);
+    // Soft and hard are both 256 here: herd reports the figure it runs with.
+    herd.wait_log("the open files limit", Duration::from_secs(5), |l| l.contains("open files limit is 256"));
     let figures = measure(&herd, 2, |_| {});
     eprintln!("{mode}: {figures}");
     assert_eq!(figures.fatal_ipc, 0, "fd exhaustion must not kill workers: {figures:?}");
@@ -234,6 +236,51 @@ fn the_primary_keeps_a_reserve_of_fds_while_no_worker_can_take_connections() {
     assert!(dropped.is_some(), "queued connections whose client left are dropped");
     assert_eq!(figures.errored, 0, "{figures:?}");
     assert!(figures.recovered_in.is_some() && figures.answered == 20, "{figures:?}");
+}
+
+/// With no reserve at all (`--fd-reserve 0`) the primary does run out of descriptors: a worker
+/// that must be started then cannot be (`socketpair` fails with EMFILE). That must be retried
+/// until descriptors are free again, never count as a crash, never mark the slot `errored`.
+#[test]
+fn a_primary_out_of_fds_retries_starting_workers_and_never_marks_a_slot_errored() {
+    let mut redis = RedisServer::start();
+    let herd = start_low_fd(&redis, &["--workers", "2", "--fd-reserve", "0", "--max-restarts", "2"], true);
+    redis.kill();
+    // The replacements wait for Redis, so connections queue in the primary until it is full.
+    for pid in herd.worker_pids() {
+        herd_e2e::signal(pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    wait_for("replacements started", Duration::from_secs(30), || (herd.worker_pids().len() >= 4).then_some(()));
+    let mark = herd.log_len();
+    let conns = hold(herd.addr, HELD);
+    log_shows(&herd, mark, Duration::from_secs(30), |l| l.contains("Too many open files"));
+    // Each slot has had one death; this is its second (of the two allowed). Its restart finds
+    // the primary out of descriptors.
+    let pids = herd.worker_pids();
+    for pid in &pids[pids.len() - 2..] {
+        herd_e2e::signal(*pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    let failed_start = log_shows(&herd, mark, Duration::from_secs(30), |l| l.contains("cannot start worker"));
+    let errored_early = log_shows(&herd, mark, Duration::from_secs(3), |l| l.contains("errored"));
+    drop(conns);
+    redis.restart();
+    let deadline = Instant::now() + RECOVERY;
+    let mut after = Vec::new();
+    while Instant::now() < deadline {
+        after = status_within(&herd, Duration::from_secs(5)).map(|s| states(&s)).unwrap_or_default();
+        if after.len() == 2 && after.iter().all(|s| s == "ready") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let answered = (0..20).filter(|_| herd.client().get("/").is_ok_and(|r| r.status == 200)).count();
+    eprintln!(
+        "primary out of fds: {failed_start:?}; errored: {errored_early:?}; after: {after:?}, {answered}/20 answered"
+    );
+    assert!(failed_start.is_some(), "the test must make a start fail for want of descriptors");
+    assert!(errored_early.is_none(), "a shortage of descriptors marked a slot errored: {errored_early:?}");
+    assert_eq!(after, ["ready", "ready"], "every slot is back once descriptors are free");
+    assert_eq!(answered, 20);
 }
 
 /// The generated unit raises the limit: under systemd the default soft limit is 1024.
