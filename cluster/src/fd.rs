@@ -121,10 +121,21 @@ pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Resul
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
     msg.msg_controllen = std::mem::size_of_val(&control) as _;
-    // SAFETY: `msg` points at `iov` (which covers exactly `buf`) and at `control`, all of which
-    // outlive the call; the kernel writes at most `iov_len` and `msg_controllen` bytes into them.
-    let received = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    let len = usize::try_from(received).map_err(|_| io::Error::last_os_error())?;
+    let len = loop {
+        // SAFETY: `msg` points at `iov` (which covers exactly `buf`) and at `control`, all of
+        // which outlive the call; the kernel writes at most `iov_len` and `msg_controllen` bytes
+        // into them.
+        let received = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+        match usize::try_from(received) {
+            Ok(len) => break len,
+            Err(_) => {
+                let err = io::Error::last_os_error();
+                if err.kind() != io::ErrorKind::Interrupted {
+                    return Err(err);
+                }
+            }
+        }
+    };
     let mut fds = Vec::new();
     // SAFETY: the kernel set `msg_controllen` to the bytes of control data it wrote into
     // `control`, so the CMSG_* macros walk only initialised, in-bounds headers; each header's
@@ -135,7 +146,7 @@ pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Resul
         let header = unsafe { &*cmsg };
         if header.cmsg_level == libc::SOL_SOCKET && header.cmsg_type == libc::SCM_RIGHTS {
             // SAFETY: pure arithmetic on a constant.
-            let data_len = header.cmsg_len as usize - unsafe { libc::CMSG_LEN(0) } as usize;
+            let data_len = (header.cmsg_len as usize).saturating_sub(unsafe { libc::CMSG_LEN(0) } as usize);
             // SAFETY: as above; the data follows the header within `cmsg_len`.
             let data = unsafe { libc::CMSG_DATA(cmsg) }.cast::<RawFd>();
             for i in 0..data_len / std::mem::size_of::<RawFd>() {
