@@ -33,7 +33,7 @@ use axum::{
 use tokio::{net::TcpStream, sync::Notify, time::Instant};
 
 use crate::{
-    fdlimit::{FdBudget, ShedLog},
+    fdlimit::{AcceptErrorLog, FdBudget, ShedLog},
     shutdown::{self, Stop},
 };
 
@@ -191,11 +191,12 @@ pub struct DrainableListener {
     stop: shutdown::Signal,
     budget: FdBudget,
     shed: ShedLog,
+    accept_errors: AcceptErrorLog,
 }
 
 impl DrainableListener {
     pub(crate) fn new(inner: tokio::net::TcpListener, stop: shutdown::Signal, budget: FdBudget) -> Self {
-        Self { inner, stop, budget, shed: ShedLog::default() }
+        Self { inner, stop, budget, shed: ShedLog::default(), accept_errors: AcceptErrorLog::default() }
     }
 }
 
@@ -214,7 +215,7 @@ impl axum::serve::Listener for DrainableListener {
                         self.shed.shed(1, "this worker is at its open files limit less --fd-reserve");
                     }
                     Ok(pair) => return pair,
-                    Err(err) => handle_accept_error(err).await,
+                    Err(err) => handle_accept_error(err, &mut self.accept_errors).await,
                 },
             }
         }
@@ -226,14 +227,16 @@ impl axum::serve::Listener for DrainableListener {
 }
 
 /// Errors that concern one connection (the client gave up) are skipped; anything else (out of
-/// file descriptors) is logged and retried after a pause instead of spinning.
-async fn handle_accept_error(err: std::io::Error) {
+/// file descriptors) is logged (at most once per interval) and retried after a pause instead
+/// of spinning.
+async fn handle_accept_error(err: std::io::Error, log: &mut AcceptErrorLog) {
     use std::io::ErrorKind::*;
     if matches!(err.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
         return;
     }
-    tracing::error!(error = %err, "accept failed, retrying in 100ms");
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    const PAUSE: Duration = Duration::from_millis(100);
+    log.failed(&err, PAUSE);
+    tokio::time::sleep(PAUSE).await;
 }
 
 #[cfg(test)]

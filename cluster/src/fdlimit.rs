@@ -69,36 +69,22 @@ impl FdBudget {
     }
 }
 
-/// Counts shed connections and says when to log them: the first at once, then at most one
-/// line per interval, carrying the count since the previous line.
+/// Counts events and says when to log them: the first at once, then at most one line per
+/// interval, carrying the count since the previous line.
 #[derive(Debug)]
-pub(crate) struct ShedLog {
+struct Tally {
     interval: Duration,
     last_line: Option<Instant>,
     unlogged: u64,
 }
 
-impl Default for ShedLog {
-    fn default() -> Self {
-        Self::new(SHED_LOG_INTERVAL)
-    }
-}
-
-impl ShedLog {
-    pub(crate) fn new(interval: Duration) -> Self {
+impl Tally {
+    fn new(interval: Duration) -> Self {
         Self { interval, last_line: None, unlogged: 0 }
     }
 
-    /// Records `count` more shed connections and logs them, `why` they were shed, when a line
-    /// is due.
-    pub(crate) fn shed(&mut self, count: u64, why: &str) {
-        if let Some(count) = self.due(count, Instant::now()) {
-            tracing::warn!("shed {count} connection(s) (closed at once): {why}");
-        }
-    }
-
-    /// Records `count` more shed connections at `now`; `Some(total)` when a line is due, with
-    /// the number shed since the last line.
+    /// Records `count` more events at `now`; `Some(total)` when a line is due, with the number
+    /// since the last line.
     fn due(&mut self, count: u64, now: Instant) -> Option<u64> {
         self.unlogged = self.unlogged.saturating_add(count);
         if self.last_line.is_some_and(|last| now.duration_since(last) < self.interval) {
@@ -106,6 +92,46 @@ impl ShedLog {
         }
         self.last_line = Some(now);
         Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+/// The log of connections shed at one place, at most one line per [`SHED_LOG_INTERVAL`].
+#[derive(Debug)]
+pub(crate) struct ShedLog(Tally);
+
+impl Default for ShedLog {
+    fn default() -> Self {
+        Self(Tally::new(SHED_LOG_INTERVAL))
+    }
+}
+
+impl ShedLog {
+    /// Records `count` more shed connections and logs them, `why` they were shed, when a line
+    /// is due.
+    pub(crate) fn shed(&mut self, count: u64, why: &str) {
+        if let Some(count) = self.0.due(count, Instant::now()) {
+            tracing::warn!("shed {count} connection(s) (closed at once): {why}");
+        }
+    }
+}
+
+/// The log of failed `accept` calls at one place (out of descriptors although the reserve
+/// should prevent it, say), at most one line per [`SHED_LOG_INTERVAL`].
+#[derive(Debug)]
+pub(crate) struct AcceptErrorLog(Tally);
+
+impl Default for AcceptErrorLog {
+    fn default() -> Self {
+        Self(Tally::new(SHED_LOG_INTERVAL))
+    }
+}
+
+impl AcceptErrorLog {
+    /// Records one failed accept and logs it when a line is due; the caller pauses `pause`.
+    pub(crate) fn failed(&mut self, err: &std::io::Error, pause: Duration) {
+        if let Some(count) = self.0.due(1, Instant::now()) {
+            tracing::error!(error = %err, "accept failed ({count} time(s) since the last report); pausing {pause:?} each time");
+        }
     }
 }
 
@@ -142,7 +168,7 @@ mod tests {
 
     #[test]
     fn shed_lines_are_one_per_interval_with_the_count_since_the_last() {
-        let mut log = ShedLog::new(Duration::from_secs(10));
+        let mut log = Tally::new(Duration::from_secs(10));
         let t0 = Instant::now();
         assert_eq!(log.due(1, t0), Some(1), "the first shed is logged at once");
         assert_eq!(log.due(5, t0 + Duration::from_secs(1)), None);

@@ -12,14 +12,18 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 use crate::{
     fd,
-    fdlimit::{self, FdBudget, ShedLog},
+    fdlimit::{AcceptErrorLog, FdBudget, ShedLog},
 };
+
+/// How long accepting pauses after a failure that is not about one connection.
+const PAUSE: Duration = Duration::from_millis(100);
 
 pub(crate) struct Acceptor {
     listener: AsyncFd<std::net::TcpListener>,
     budget: FdBudget,
-    /// Behind a lock only because `accept` takes `&self`; the supervisor is its only user.
+    /// Behind locks only because `accept` takes `&self`; the supervisor is its only user.
     shed: Mutex<ShedLog>,
+    errors: Mutex<AcceptErrorLog>,
 }
 
 impl Acceptor {
@@ -27,7 +31,12 @@ impl Acceptor {
     pub(crate) fn new(listener: &std::net::TcpListener, budget: FdBudget) -> io::Result<Self> {
         let listener = listener.try_clone()?;
         listener.set_nonblocking(true)?;
-        Ok(Self { listener: fd::register(listener)?, budget, shed: Mutex::new(ShedLog::default()) })
+        Ok(Self {
+            listener: fd::register(listener)?,
+            budget,
+            shed: Mutex::new(ShedLog::default()),
+            errors: Mutex::new(AcceptErrorLog::default()),
+        })
     }
 
     /// The next connection. Errors that concern one connection (the client already gave up)
@@ -35,6 +44,7 @@ impl Acceptor {
     /// of file descriptors all the same) pause accepting for a moment instead of spinning on a
     /// listener that stays readable.
     pub(crate) async fn accept(&self) -> (std::net::TcpStream, SocketAddr) {
+        use io::ErrorKind::{ConnectionAborted, ConnectionReset};
         loop {
             match self.listener.async_io(Interest::READABLE, |l| l.accept()).await {
                 Ok((stream, _)) if !self.budget.admits(stream.as_raw_fd()) => {
@@ -44,15 +54,12 @@ impl Acceptor {
                     }
                 }
                 Ok(accepted) => return accepted,
-                Err(err) if matches!(err.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) => {
-                }
+                Err(err) if matches!(err.kind(), ConnectionAborted | ConnectionReset) => {}
                 Err(err) => {
-                    if fdlimit::is_exhaustion(&err) {
-                        tracing::warn!(error = %err, "accept failed: out of descriptors within the reserve; pausing accepts for 100ms");
-                    } else {
-                        tracing::error!(error = %err, "accept failed; pausing accepts for 100ms");
+                    if let Ok(mut errors) = self.errors.lock() {
+                        errors.failed(&err, PAUSE);
                     }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    tokio::time::sleep(PAUSE).await;
                 }
             }
         }
