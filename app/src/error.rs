@@ -2,7 +2,8 @@
 //!
 //! Responses are `{"error": "..."}` with the status that tells the client what to do: 4xx for
 //! its own mistakes, 503 + `Retry-After` while Redis is unreachable (never "you were logged
-//! out"), 500 only for bugs, with details in the log rather than the body.
+//! out") or the server is too busy, 507 while Redis is full (an operator problem, logged once
+//! per interval), 500 only for bugs, with details in the log rather than the body.
 
 use axum::{
     extract::Request,
@@ -32,6 +33,17 @@ pub enum AppError {
     /// Redis is unreachable or timed out.
     #[error("session store unavailable, retry shortly")]
     Unavailable(String),
+    /// Redis reached `maxmemory` and refuses writes: not transient, so 507 without
+    /// `Retry-After` (a 503 would invite clients and balancers to retry into the same wall).
+    #[error("{}", herd_session_store::operator::STORE_FULL)]
+    StoreFull(String),
+    /// This worker already runs as many computations of this kind as it may; the client may
+    /// retry after `retry_after` seconds.
+    #[error("server busy: too many {what} at once, retry in {retry_after} s")]
+    Busy {
+        what: &'static str,
+        retry_after: u64,
+    },
     /// A bug or an unexpected failure.
     #[error("internal error")]
     Internal(String),
@@ -39,7 +51,10 @@ pub enum AppError {
 
 impl AppError {
     pub fn bad_request(status: StatusCode, message: impl Into<String>) -> Self {
-        AppError::BadRequest { status, message: message.into() }
+        AppError::BadRequest {
+            status,
+            message: message.into(),
+        }
     }
 }
 
@@ -50,11 +65,29 @@ impl IntoResponse for AppError {
             AppError::BadCredentials => StatusCode::UNAUTHORIZED,
             AppError::RateLimited { retry_after } => {
                 let body = Json(json!({ "error": self.to_string() }));
-                return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, retry_after.to_string())], body).into_response();
+                return (
+                    StatusCode::TOO_MANY_REQUESTS,
+                    [(header::RETRY_AFTER, retry_after.to_string())],
+                    body,
+                )
+                    .into_response();
             }
             AppError::Unavailable(cause) => {
                 tracing::warn!(%cause, "answering 503: Redis unavailable");
                 return unavailable();
+            }
+            AppError::StoreFull(cause) => {
+                herd_session_store::operator::redis_full(cause);
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            AppError::Busy { retry_after, .. } => {
+                let body = Json(json!({ "error": self.to_string() }));
+                return (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(header::RETRY_AFTER, retry_after.to_string())],
+                    body,
+                )
+                    .into_response();
             }
             AppError::Internal(cause) => {
                 tracing::error!(%cause, "answering 500");
@@ -85,7 +118,9 @@ impl From<tower_sessions::session::Error> for AppError {
 
 impl From<herd_session_store::StoreError> for AppError {
     fn from(err: herd_session_store::StoreError) -> Self {
-        if err.is_unavailable() {
+        if err.is_out_of_memory() {
+            AppError::StoreFull(err.to_string())
+        } else if err.is_unavailable() {
             AppError::Unavailable(err.to_string())
         } else {
             AppError::Internal(err.to_string())
@@ -106,6 +141,8 @@ impl From<UserError> for AppError {
 /// Marks responses that depend on the session as private to this client.
 pub async fn no_store(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

@@ -15,8 +15,9 @@
 //!   undone: the new record goes, the old one is restored. A plain `flush`/`delete` (log out)
 //!   deletes for real at the end of a successful request.
 //! - **Typed failures.** tower-sessions answers a failed save with an empty 500. The layer
-//!   knows why the store failed and answers 503 + `Retry-After` (Redis unreachable or slow) or
-//!   413 (the session would exceed its size cap), with a JSON body.
+//!   knows why the store failed and answers 503 + `Retry-After` (Redis unreachable or slow),
+//!   507 (Redis is full: `maxmemory` reached, an operator must act) or 413 (the session would
+//!   exceed its size cap), with a JSON body.
 //!
 //! Without the layer the store still works, with the stock semantics: a save replaces the whole
 //! record (last write wins) and a delete is immediate.
@@ -79,13 +80,18 @@ impl RequestState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {
     Unavailable,
-    TooLarge { limit: usize },
+    /// Redis reached `maxmemory`: 507, not "retry shortly".
+    StoreFull,
+    TooLarge {
+        limit: usize,
+    },
 }
 
 impl Failure {
     pub(crate) fn of(err: &StoreError) -> Option<Self> {
         match err {
             StoreError::TooLarge { limit, .. } => Some(Failure::TooLarge { limit: *limit }),
+            StoreError::OutOfMemory(_) => Some(Failure::StoreFull),
             err if err.is_unavailable() => Some(Failure::Unavailable),
             _ => None,
         }
@@ -93,18 +99,30 @@ impl Failure {
 
     fn response<B: From<String>>(self) -> Response<B> {
         let (status, message) = match self {
-            Failure::Unavailable => {
-                (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable, retry shortly".to_owned())
+            Failure::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "session store unavailable, retry shortly".to_owned(),
+            ),
+            Failure::StoreFull => {
+                crate::operator::redis_full(&"a session could not be saved");
+                (
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    crate::operator::STORE_FULL.to_owned(),
+                )
             }
-            Failure::TooLarge { limit } => {
-                (StatusCode::PAYLOAD_TOO_LARGE, format!("session data would exceed {limit} bytes"))
-            }
+            Failure::TooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("session data would exceed {limit} bytes"),
+            ),
         };
         let body = serde_json::json!({ "error": message }).to_string();
         let mut response = Response::new(B::from(body));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -133,7 +151,9 @@ pub struct SessionScopeLayer {
 
 impl SessionScopeLayer {
     pub(crate) fn new(store: RedisSessionStore) -> Self {
-        Self { store: Arc::new(store) }
+        Self {
+            store: Arc::new(store),
+        }
     }
 }
 
@@ -141,7 +161,10 @@ impl<S> Layer<S> for SessionScopeLayer {
     type Service = SessionScope<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SessionScope { inner, store: self.store.clone() }
+        SessionScope {
+            inner,
+            store: self.store.clone(),
+        }
     }
 }
 
@@ -174,22 +197,28 @@ where
         // The scope covers the inner future, which is where tower-sessions uses the store.
         let response = self.inner.call(request);
         let store = self.store.clone();
-        Box::pin(SCOPE.scope(RefCell::new(RequestState::default()), async move {
-            let response = response.await?;
-            let state = with(std::mem::take).unwrap_or_default();
-            if state.is_settled() {
-                return Ok(response);
-            }
-            // Boxed: its Redis futures are large, and inlined they made every request's future
-            // (moved three times on the way into the runtime) kilobytes bigger for work that
-            // only logins, logouts and failures need.
-            Ok(Box::pin(finish(&store, state, response)).await)
-        }))
+        Box::pin(
+            SCOPE.scope(RefCell::new(RequestState::default()), async move {
+                let response = response.await?;
+                let state = with(std::mem::take).unwrap_or_default();
+                if state.is_settled() {
+                    return Ok(response);
+                }
+                // Boxed: its Redis futures are large, and inlined they made every request's future
+                // (moved three times on the way into the runtime) kilobytes bigger for work that
+                // only logins, logouts and failures need.
+                Ok(Box::pin(finish(&store, state, response)).await)
+            }),
+        )
     }
 }
 
 /// Settles what the request did to sessions, now that its outcome is known.
-async fn finish<B: From<String>>(store: &RedisSessionStore, state: RequestState, response: Response<B>) -> Response<B> {
+async fn finish<B: From<String>>(
+    store: &RedisSessionStore,
+    state: RequestState,
+    response: Response<B>,
+) -> Response<B> {
     if response.status().is_server_error() {
         // A failed request changes nothing: tower-sessions does not save it and sends no new
         // cookie, so the client still holds the old id, which must still work.
@@ -209,7 +238,10 @@ async fn finish<B: From<String>>(store: &RedisSessionStore, state: RequestState,
     }
     match state.failure {
         Some(failure) if response.status().is_server_error() => {
-            tracing::warn!(?failure, "session store failed; answering with the reason");
+            // A full Redis is reported by the response itself, once per interval.
+            if failure != Failure::StoreFull {
+                tracing::warn!(?failure, "session store failed; answering with the reason");
+            }
             failure.response()
         }
         _ => response,

@@ -10,11 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tower_sessions::Session;
 
-use super::{
-    home::now,
-    page::Notice,
-    wants_html, AppState,
-};
+use super::{home::now, page::Notice, wants_html, AppState};
 use crate::error::AppError;
 
 /// Session key of the logged-in user's name.
@@ -100,7 +96,13 @@ pub(super) async fn login(
                 AppError::BadCredentials => Notice::BadLogin,
                 AppError::RateLimited { .. } => Notice::RateLimited,
                 AppError::BadRequest { .. } => Notice::BadInput,
-                AppError::Unavailable(_) | AppError::Internal(_) => Notice::Unavailable,
+                AppError::StoreFull(cause) => {
+                    herd_session_store::operator::redis_full(&cause);
+                    Notice::Unavailable
+                }
+                AppError::Unavailable(_) | AppError::Internal(_) | AppError::Busy { .. } => {
+                    Notice::Unavailable
+                }
             };
             Redirect::to(&format!("/?error={}", notice.code())).into_response()
         }
@@ -142,10 +144,14 @@ pub(super) async fn logout(
     }
     .await;
     match (wants_html(&headers), result) {
-        (false, Ok(ended)) => Json(json!({ "user": null, "ended_elsewhere": ended })).into_response(),
+        (false, Ok(ended)) => {
+            Json(json!({ "user": null, "ended_elsewhere": ended })).into_response()
+        }
         (false, Err(err)) => err.into_response(),
         (true, Ok(_)) => Redirect::to("/").into_response(),
-        (true, Err(_)) => Redirect::to(&format!("/?error={}", Notice::Unavailable.code())).into_response(),
+        (true, Err(_)) => {
+            Redirect::to(&format!("/?error={}", Notice::Unavailable.code())).into_response()
+        }
     }
 }
 
