@@ -260,6 +260,56 @@ pub struct ServeArgs {
     /// Largest session (names and JSON values); a request that would grow it beyond gets 413.
     #[arg(long, env = "HERD_SESSION_MAX_BYTES", default_value = "64KiB", value_parser = parse_size)]
     pub session_max_bytes: u64,
+    /// Largest `n` of `/heavy?n=` and `/heavy/cached?n=` (1e9 is about a second of one core in
+    /// a release build); more is a 400.
+    #[arg(long, env = "HERD_HEAVY_MAX_N", default_value_t = crate::routes::heavy::DEFAULT_MAX_N, value_parser = parse_heavy_n)]
+    pub heavy_max_n: u64,
+    /// `/heavy` computations running at once per worker (each stops when its client goes);
+    /// a request beyond waits --heavy-queue-wait for a slot, then gets 503 + Retry-After.
+    #[arg(long, env = "HERD_HEAVY_CONCURRENCY", default_value_t = crate::routes::heavy::DEFAULT_CONCURRENCY as u16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub heavy_concurrency: u16,
+    /// See --heavy-concurrency.
+    #[arg(long, env = "HERD_HEAVY_QUEUE_WAIT", default_value = "1s", value_parser = parse_duration)]
+    pub heavy_queue_wait: Duration,
+    /// Entries the shared cache may write per window (the longest TTL of what it wrote), so
+    /// never more alive at once; past it values are answered but not stored.
+    #[arg(long, env = "HERD_CACHE_MAX_ENTRIES", default_value_t = herd_session_store::cache::DEFAULT_MAX_ENTRIES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub cache_max_entries: u64,
+    /// Bytes (keys, values, overhead) the shared cache may write per window; see
+    /// --cache-max-entries.
+    #[arg(long, env = "HERD_CACHE_MAX_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    pub cache_max_bytes: u64,
+    /// A cache value larger than this is answered but never stored.
+    #[arg(long, env = "HERD_CACHE_MAX_VALUE_BYTES", default_value = "64KiB", value_parser = parse_size)]
+    pub cache_max_value_bytes: u64,
+}
+
+impl ServeArgs {
+    /// What `/heavy` may cost one worker.
+    pub fn heavy_limits(&self) -> crate::routes::heavy::HeavyLimits {
+        crate::routes::heavy::HeavyLimits {
+            max_n: self.heavy_max_n,
+            concurrency: usize::from(self.heavy_concurrency),
+            queue_wait: self.heavy_queue_wait,
+        }
+    }
+
+    /// How much of Redis the shared cache may use.
+    pub fn cache_limits(&self) -> herd_session_store::cache::CacheLimits {
+        herd_session_store::cache::CacheLimits {
+            max_entries: self.cache_max_entries,
+            max_bytes: self.cache_max_bytes,
+            max_value_bytes: usize::try_from(self.cache_max_value_bytes).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// `1e9`-style or plain integers.
+fn parse_heavy_n(s: &str) -> Result<u64, String> {
+    crate::routes::heavy::parse_n(s, u64::MAX)
+        .ok_or_else(|| format!("{s:?} is not a whole number like 1e9"))
 }
 
 /// `--session-store` values.
@@ -309,9 +359,10 @@ impl FromStr for DemoUser {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
-            Some((name, password)) if !name.is_empty() && !password.is_empty() => {
-                Ok(DemoUser { name: name.to_owned(), password: password.to_owned() })
-            }
+            Some((name, password)) if !name.is_empty() && !password.is_empty() => Ok(DemoUser {
+                name: name.to_owned(),
+                password: password.to_owned(),
+            }),
             _ => Err("expected NAME:PASSWORD, both non-empty".to_owned()),
         }
     }
@@ -322,10 +373,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_backoff(s: &str) -> Result<(Duration, Duration), String> {
-    let (min, max) = s.split_once("..").ok_or("expected MIN..MAX, e.g. 100ms..15s")?;
+    let (min, max) = s
+        .split_once("..")
+        .ok_or("expected MIN..MAX, e.g. 100ms..15s")?;
     let (min, max) = (parse_duration(min)?, parse_duration(max)?);
     if min.is_zero() || min > max {
-        return Err(format!("MIN must be above zero and at most MAX ({min:?}..{max:?})"));
+        return Err(format!(
+            "MIN must be above zero and at most MAX ({min:?}..{max:?})"
+        ));
     }
     Ok((min, max))
 }
@@ -335,7 +390,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size like 512MiB"))?;
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 512MiB"))?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -344,9 +401,15 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
+        other => {
+            return Err(format!(
+                "unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
+            ))
+        }
     };
-    n.checked_mul(factor).filter(|b| *b > 0).ok_or_else(|| format!("{s:?} is not a usable size"))
+    n.checked_mul(factor)
+        .filter(|b| *b > 0)
+        .ok_or_else(|| format!("{s:?} is not a usable size"))
 }
 
 #[cfg(test)]
@@ -364,12 +427,23 @@ mod tests {
     #[test]
     fn flags_parse() {
         let args = serve(&[
-            "--workers", "3", "--bind", "127.0.0.1:3000", "--demo-user", "alice:wonder:land",
-            "--secure-cookies", "false", "--shutdown-timeout", "1500ms",
+            "--workers",
+            "3",
+            "--bind",
+            "127.0.0.1:3000",
+            "--demo-user",
+            "alice:wonder:land",
+            "--secure-cookies",
+            "false",
+            "--shutdown-timeout",
+            "1500ms",
         ])
         .expect("valid flags");
         assert_eq!(args.workers, Some(3));
-        assert_eq!(args.threads, 1, "a single-threaded runtime per worker unless asked");
+        assert_eq!(
+            args.threads, 1,
+            "a single-threaded runtime per worker unless asked"
+        );
         assert_eq!(serve(&["--threads", "4"]).expect("threads").threads, 4);
         assert_eq!(args.demo_users[0].password, "wonder:land");
         assert!(!args.secure_cookies);
@@ -382,8 +456,15 @@ mod tests {
         assert_eq!(parse_size("2GiB"), Ok(2 << 30));
         assert_eq!(parse_size("100MB"), Ok(100_000_000));
         assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(parse_size("lots").is_err() && parse_size("5 parsecs").is_err() && parse_size("0").is_err());
-        assert_eq!(parse_backoff("100ms..15s"), Ok((Duration::from_millis(100), Duration::from_secs(15))));
+        assert!(
+            parse_size("lots").is_err()
+                && parse_size("5 parsecs").is_err()
+                && parse_size("0").is_err()
+        );
+        assert_eq!(
+            parse_backoff("100ms..15s"),
+            Ok((Duration::from_millis(100), Duration::from_secs(15)))
+        );
         assert!(parse_backoff("15s..100ms").is_err() && parse_backoff("1s").is_err());
     }
 
@@ -393,23 +474,87 @@ mod tests {
         assert_eq!("+2".parse(), Ok(ScaleArg::By(2)));
         assert_eq!("-1".parse(), Ok(ScaleArg::By(-1)));
         assert!("many".parse::<ScaleArg>().is_err());
-        let cli = Cli::try_parse_from(["herd", "ctl", "scale", "-1"]).expect("negative scale parses");
-        assert!(matches!(cli.command, Command::Ctl(CtlArgs { command: CtlCommand::Scale { count: ScaleArg::By(-1) }, .. })));
+        let cli =
+            Cli::try_parse_from(["herd", "ctl", "scale", "-1"]).expect("negative scale parses");
+        assert!(matches!(
+            cli.command,
+            Command::Ctl(CtlArgs {
+                command: CtlCommand::Scale {
+                    count: ScaleArg::By(-1)
+                },
+                ..
+            })
+        ));
     }
 
     #[test]
     fn sticky_means_ip_hash() {
-        assert_eq!(serve(&[]).expect("defaults").balance(), herd_cluster::Balance::RoundRobin);
-        assert_eq!(serve(&["--sticky"]).expect("sticky").balance(), herd_cluster::Balance::IpHash);
-        assert_eq!(serve(&["--balance", "least-conn"]).expect("lc").balance(), herd_cluster::Balance::LeastConn);
+        assert_eq!(
+            serve(&[]).expect("defaults").balance(),
+            herd_cluster::Balance::RoundRobin
+        );
+        assert_eq!(
+            serve(&["--sticky"]).expect("sticky").balance(),
+            herd_cluster::Balance::IpHash
+        );
+        assert_eq!(
+            serve(&["--balance", "least-conn"]).expect("lc").balance(),
+            herd_cluster::Balance::LeastConn
+        );
     }
 
     #[test]
     fn session_limits() {
-        let args = serve(&["--session-idle", "2s", "--session-max-age", "1h", "--session-max-bytes", "1KiB"]).expect("valid");
-        assert_eq!((args.session_idle, args.session_max_age, args.session_max_bytes), (Duration::from_secs(2), Duration::from_secs(3600), 1024));
+        let args = serve(&[
+            "--session-idle",
+            "2s",
+            "--session-max-age",
+            "1h",
+            "--session-max-bytes",
+            "1KiB",
+        ])
+        .expect("valid");
+        assert_eq!(
+            (
+                args.session_idle,
+                args.session_max_age,
+                args.session_max_bytes
+            ),
+            (Duration::from_secs(2), Duration::from_secs(3600), 1024)
+        );
         let defaults = serve(&[]).expect("defaults");
-        assert_eq!((defaults.session_idle, defaults.session_max_age), (Duration::from_secs(1800), Duration::from_secs(12 * 3600)));
+        assert_eq!(
+            (defaults.session_idle, defaults.session_max_age),
+            (Duration::from_secs(1800), Duration::from_secs(12 * 3600))
+        );
+    }
+
+    #[test]
+    fn heavy_and_cache_limits_default_to_the_library_constants() {
+        let defaults = serve(&[]).expect("defaults");
+        assert_eq!(
+            defaults.heavy_limits(),
+            crate::routes::heavy::HeavyLimits::default()
+        );
+        assert_eq!(
+            defaults.cache_limits(),
+            herd_session_store::cache::CacheLimits::default()
+        );
+        let set = serve(&[
+            "--heavy-max-n",
+            "1e6",
+            "--heavy-concurrency",
+            "3",
+            "--heavy-queue-wait",
+            "200ms",
+        ])
+        .expect("valid");
+        assert_eq!(
+            (set.heavy_max_n, set.heavy_concurrency, set.heavy_queue_wait),
+            (1_000_000, 3, Duration::from_millis(200))
+        );
+        assert!(serve(&["--heavy-max-n", "lots"]).is_err());
+        assert!(serve(&["--heavy-concurrency", "0"]).is_err());
     }
 
     #[test]

@@ -16,7 +16,11 @@ use crate::{
 };
 
 /// Runs `herd serve` in either role; returns the process exit code.
-pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::LogSink>) -> anyhow::Result<i32> {
+pub async fn run(
+    args: ServeArgs,
+    role: Role,
+    logs: Option<herd_cluster::logs::LogSink>,
+) -> anyhow::Result<i32> {
     let mut config = ClusterConfig::new(args.bind);
     config.logs = logs;
     if let Some(workers) = args.workers {
@@ -51,10 +55,14 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
                 Some(url) => url.clone(),
                 None => {
                     let redis = find_or_start_redis().await?;
-                    let url = redis.as_ref().map_or_else(default_redis_url, |r| r.url.clone());
+                    let url = redis
+                        .as_ref()
+                        .map_or_else(default_redis_url, |r| r.url.clone());
                     private = redis;
                     // Workers must use the Redis the primary settled on, not probe again.
-                    config.worker_env.push(("REDIS_URL".into(), url.clone().into()));
+                    config
+                        .worker_env
+                        .push(("REDIS_URL".into(), url.clone().into()));
                     url
                 }
             };
@@ -66,7 +74,11 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
             }
             url
         }
-        Role::Worker(_) => args.redis.redis_url.clone().unwrap_or_else(default_redis_url),
+        Role::Worker(_) => args
+            .redis
+            .redis_url
+            .clone()
+            .unwrap_or_else(default_redis_url),
     };
 
     if args.session_idle.is_zero() || args.session_max_age.is_zero() {
@@ -87,15 +99,24 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
     let redis_config = args.redis.config(redis_url);
     let keys = Keys::new(args.redis.key_prefix.clone());
     let demo_users = args.demo_users.iter().map(|u| u.name.clone()).collect();
-    let outcome =
-        herd_cluster::run(config, move |ctx| build_app(ctx, redis_config, keys, settings, demo_users)).await;
+    let limits = Limits {
+        heavy: args.heavy_limits(),
+        cache: args.cache_limits(),
+    };
+    let outcome = herd_cluster::run(config, move |ctx| {
+        build_app(ctx, redis_config, keys, settings, demo_users, limits)
+    })
+    .await;
     if let Some(redis) = private {
         redis.stop().await;
     }
     Ok(match outcome? {
         Outcome::Primary(report) if report.is_clean() => 0,
         Outcome::Primary(report) => {
-            tracing::warn!("{} worker(s) had to be killed during shutdown", report.killed);
+            tracing::warn!(
+                "{} worker(s) had to be killed during shutdown",
+                report.killed
+            );
             1
         }
         Outcome::Worker => 0,
@@ -115,21 +136,29 @@ async fn find_or_start_redis() -> anyhow::Result<Option<PrivateRedis>> {
             default_redis_url()
         );
     }
-    let redis = PrivateRedis::start()
-        .await
-        .with_context(|| format!("cannot start a private redis-server in {}", private_redis::data_dir().display()))?;
+    let redis = PrivateRedis::start().await.with_context(|| {
+        format!(
+            "cannot start a private redis-server in {}",
+            private_redis::data_dir().display()
+        )
+    })?;
     Ok(Some(redis))
 }
 
+/// Checks Redis's eviction policy and creates the demo users.
 async fn seed_demo_users(redis: &RedisConfig, args: &ServeArgs) -> anyhow::Result<()> {
     let pool = connect_redis(redis).await?;
+    crate::eviction::check(&pool).await;
     let users = Users::new(pool.clone(), Keys::new(args.redis.key_prefix.clone()));
     for demo in &args.demo_users {
         users
             .set_password(&demo.name, &demo.password)
             .await
             .with_context(|| format!("cannot create demo user {}", demo.name))?;
-        tracing::info!("demo user {} is ready (log in with its password)", demo.name);
+        tracing::info!(
+            "demo user {} is ready (log in with its password)",
+            demo.name
+        );
     }
     let _ = pool.quit().await;
     Ok(())
@@ -149,6 +178,13 @@ pub async fn connect_redis(config: &RedisConfig) -> anyhow::Result<Pool> {
 /// How long a worker trusts its local copy of a cache entry.
 const CACHE_LOCAL_TTL: Duration = Duration::from_secs(30);
 
+/// What anonymous requests may cost a worker and Redis.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    heavy: routes::heavy::HeavyLimits,
+    cache: herd_session_store::cache::CacheLimits,
+}
+
 /// Builds a worker's app once Redis answers; the worker reports ready only after this.
 async fn build_app(
     ctx: WorkerContext,
@@ -156,6 +192,7 @@ async fn build_app(
     keys: Keys,
     settings: SessionSettings,
     demo_users: std::sync::Arc<[String]>,
+    limits: Limits,
 ) -> Result<axum::Router, StoreError> {
     let pool = loop {
         match herd_session_store::connect(&config).await {
@@ -172,6 +209,7 @@ async fn build_app(
     // Entries written together expire ±10 % apart; each worker answers repeats from memory for
     // a few seconds, dropped at once by an invalidation from any worker.
     let cache = herd_session_store::Cache::new(pool.clone(), keys.clone())
+        .with_limits(limits.cache)
         .with_jitter(0.1)
         .with_local_copies(CACHE_LOCAL_TTL)
         .await?;
@@ -190,6 +228,7 @@ async fn build_app(
         worker: ctx,
         demo_users,
         counters,
+        heavy: routes::heavy::HeavyWork::new(limits.heavy),
     });
     Ok(routes::router(state, store, &settings))
 }
@@ -197,7 +236,9 @@ async fn build_app(
 /// Hides the password of a `redis://user:pass@host` URL for log lines.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}://***@{}", &url[..scheme_end], &url[at + 1..]),
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
         _ => url.to_owned(),
     }
 }
@@ -208,7 +249,10 @@ mod tests {
 
     #[test]
     fn redact_hides_credentials_only() {
-        assert_eq!(redact("redis://user:secret@host:7000/0"), "redis://***@host:7000/0");
+        assert_eq!(
+            redact("redis://user:secret@host:7000/0"),
+            "redis://***@host:7000/0"
+        );
         assert_eq!(redact("redis://10.0.0.5:7000"), "redis://10.0.0.5:7000");
     }
 }

@@ -180,7 +180,9 @@ pub async fn guard(State(drain): State<Drain>, request: Request, next: Next) -> 
 
 fn close_after(response: &mut Response) {
     // hyper closes an HTTP/1 connection after a response that carries `Connection: close`.
-    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// A TCP listener that stops accepting once the worker drains, leaving queued connections to
@@ -222,7 +224,10 @@ impl axum::serve::Listener for DrainableListener {
 /// file descriptors) is logged and retried after a pause instead of spinning.
 async fn handle_accept_error(err: std::io::Error) {
     use std::io::ErrorKind::*;
-    if matches!(err.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
+    if matches!(
+        err.kind(),
+        ConnectionRefused | ConnectionAborted | ConnectionReset
+    ) {
         return;
     }
     tracing::error!(error = %err, "accept failed, retrying in 100ms");
@@ -244,18 +249,31 @@ mod tests {
     #[tokio::test]
     async fn retiring_serves_with_close_and_shutdown_answers_503() {
         let drain = Drain::new();
-        let ok = app(&drain).oneshot(Request::new(Body::empty())).await.expect("infallible");
+        let ok = app(&drain)
+            .oneshot(Request::new(Body::empty()))
+            .await
+            .expect("infallible");
         assert_eq!(ok.status(), StatusCode::OK);
         assert!(ok.headers().get(header::CONNECTION).is_none());
 
         drain.start(DrainMode::Retire);
-        let served = app(&drain).oneshot(Request::new(Body::empty())).await.expect("infallible");
-        assert_eq!(served.status(), StatusCode::OK, "a retiring worker still serves");
+        let served = app(&drain)
+            .oneshot(Request::new(Body::empty()))
+            .await
+            .expect("infallible");
+        assert_eq!(
+            served.status(),
+            StatusCode::OK,
+            "a retiring worker still serves"
+        );
         assert_eq!(served.headers()[header::CONNECTION], "close");
 
         drain.start(DrainMode::Shutdown);
         drain.start(DrainMode::Retire); // never weakens
-        let refused = app(&drain).oneshot(Request::new(Body::empty())).await.expect("infallible");
+        let refused = app(&drain)
+            .oneshot(Request::new(Body::empty()))
+            .await
+            .expect("infallible");
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
         assert_eq!(refused.headers()[header::CONNECTION], "close");
@@ -274,6 +292,9 @@ mod tests {
         let finished_at = tokio::time::Instant::now();
         drop(request);
         waiter.await.expect("waiter");
-        assert!(finished_at.elapsed() >= LINGER, "idle before the linger passed");
+        assert!(
+            finished_at.elapsed() >= LINGER,
+            "idle before the linger passed"
+        );
     }
 }

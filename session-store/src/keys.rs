@@ -6,6 +6,7 @@
 //! | `{prefix}user:{name}` | a user (hash: `password` = argon2 PHC string) |
 //! | `{prefix}user:{name}:sessions` | the session keys of the user's logins (for "log out everywhere") |
 //! | `{prefix}cache:{key}` | a shared cache entry (`{key}:lock` while one worker computes it) |
+//! | `{prefix}cache-budget` | what the cache wrote in its current window (hash `entries`, `bytes`; a TTL) |
 //! | `{prefix}ratelimit:login:{ip\|user}:{id}` | failed logins in the current window (a counter with a TTL) |
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
@@ -31,7 +32,9 @@ impl Default for Keys {
 impl Keys {
     /// Keys under `prefix` (use something ending in `:`).
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self { prefix: prefix.into().into() }
+        Self {
+            prefix: prefix.into().into(),
+        }
     }
 
     /// The key of a session. The id itself is never stored: only its SHA-256.
@@ -74,6 +77,13 @@ impl Keys {
         format!("{}cache:{key}", self.prefix)
     }
 
+    /// The shared cache's budget: what it wrote in the current window (see
+    /// [`crate::cache::CacheLimits`]). Outside the entries' namespace, so no cache key can
+    /// name it.
+    pub fn cache_budget(&self) -> String {
+        format!("{}cache-budget", self.prefix)
+    }
+
     /// The set of session keys a user logged in with.
     pub fn user_sessions(&self, name: &str) -> String {
         format!("{}user:{name}:sessions", self.prefix)
@@ -103,14 +113,21 @@ mod tests {
     #[test]
     fn the_key_is_the_sha256_hex_of_the_id() {
         let key = Keys::new("p:").session("abc");
-        assert_eq!(key, "p:sess:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(
+            key,
+            "p:sess:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
     }
 
     #[test]
     fn an_ids_key_hashes_the_text_its_cookie_carries() {
         let keys = Keys::default();
         let random = (0..200).map(|_| rand::random::<i128>());
-        for id in [0, -1, 1, i128::MIN, i128::MAX].into_iter().chain(random).map(Id) {
+        for id in [0, -1, 1, i128::MIN, i128::MAX]
+            .into_iter()
+            .chain(random)
+            .map(Id)
+        {
             assert_eq!(keys.session_of(&id), keys.session(id.to_string()), "{id}");
         }
     }

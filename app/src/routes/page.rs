@@ -41,8 +41,12 @@ impl Notice {
         match self {
             Notice::BadLogin => "Wrong user name or password.",
             Notice::BadInput => "That form could not be read; please fill in both fields.",
-            Notice::RateLimited => "Too many failed logins. Please wait a few minutes before trying again.",
-            Notice::Unavailable => "The session store (Redis) is unavailable right now. Please retry in a moment.",
+            Notice::RateLimited => {
+                "Too many failed logins. Please wait a few minutes before trying again."
+            }
+            Notice::Unavailable => {
+                "The session store (Redis) is unavailable right now. Please retry in a moment."
+            }
         }
     }
 }
@@ -120,7 +124,10 @@ pub(crate) fn render(view: &PageView<'_>) -> String {
         }
         None => {
             let hint = match view.demo_users.first() {
-                Some(name) => format!(r#"<p class="hint">Demo user: <b>{}</b> (its password was given with <code>--demo-user</code>)</p>"#, escape(name)),
+                Some(name) => format!(
+                    r#"<p class="hint">Demo user: <b>{}</b> (its password was given with <code>--demo-user</code>)</p>"#,
+                    escape(name)
+                ),
                 None => String::new(),
             };
             let _ = write!(
@@ -131,13 +138,22 @@ pub(crate) fn render(view: &PageView<'_>) -> String {
 <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
 <button type="submit">Log in</button>
 </form>"#,
-                value = view.demo_users.first().map(|n| escape(n)).unwrap_or_default(),
+                value = view
+                    .demo_users
+                    .first()
+                    .map(|n| escape(n))
+                    .unwrap_or_default(),
             );
         }
     }
     let notice = view
         .notice
-        .map(|n| format!(r#"<p class="notice" role="alert" id="notice">{}</p>"#, escape(n.text())))
+        .map(|n| {
+            format!(
+                r#"<p class="notice" role="alert" id="notice">{}</p>"#,
+                escape(n.text())
+            )
+        })
         .unwrap_or_default();
     format!(
         r#"<!doctype html>
@@ -225,7 +241,15 @@ mod tests {
     use super::*;
 
     fn view<'a>(session: Option<(&'a str, u64, u64)>, demo: &'a [String]) -> PageView<'a> {
-        PageView { slot: 2, pid: 4242, balance: Balance::RoundRobin, uptime_s: 75, session, demo_users: demo, notice: None }
+        PageView {
+            slot: 2,
+            pid: 4242,
+            balance: Balance::RoundRobin,
+            uptime_s: 75,
+            session,
+            demo_users: demo,
+            notice: None,
+        }
     }
 
     #[test]
@@ -235,7 +259,10 @@ mod tests {
         assert!(!html.contains("<img src=x"), "user name not escaped");
         assert!(html.contains("&lt;img src=x onerror=&quot;boom&quot;&gt;"));
         let html = render(&view(None, &demo));
-        assert!(!html.contains(r#"<script>alert("x")</script>"#), "demo user name not escaped");
+        assert!(
+            !html.contains(r#"<script>alert("x")</script>"#),
+            "demo user name not escaped"
+        );
     }
 
     #[test]
@@ -252,7 +279,12 @@ mod tests {
     fn notices_come_from_a_fixed_list() {
         assert_eq!(Notice::from_code("bad-login"), Some(Notice::BadLogin));
         assert_eq!(Notice::from_code("<script>"), None);
-        for notice in [Notice::BadLogin, Notice::BadInput, Notice::RateLimited, Notice::Unavailable] {
+        for notice in [
+            Notice::BadLogin,
+            Notice::BadInput,
+            Notice::RateLimited,
+            Notice::Unavailable,
+        ] {
             assert_eq!(Notice::from_code(notice.code()), Some(notice));
         }
     }
