@@ -110,6 +110,9 @@ fn unavailable() -> Response {
 impl From<tower_sessions::session::Error> for AppError {
     fn from(err: tower_sessions::session::Error) -> Self {
         match err {
+            tower_sessions::session::Error::Store(e) if herd_session_store::is_store_full(&e) => {
+                AppError::StoreFull(e.to_string())
+            }
             tower_sessions::session::Error::Store(e) => AppError::Unavailable(e.to_string()),
             other => AppError::Internal(other.to_string()),
         }

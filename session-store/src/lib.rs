@@ -151,3 +151,31 @@ impl From<StoreError> for tower_sessions::session_store::Error {
         }
     }
 }
+
+/// True when a `tower_sessions` store error (which keeps only the text) came from a full
+/// Redis ([`StoreError::OutOfMemory`]), so a handler can answer 507 rather than 503.
+pub fn is_store_full(err: &tower_sessions::session_store::Error) -> bool {
+    matches!(err, tower_sessions::session_store::Error::Backend(text) if text.starts_with("Redis is out of memory"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_redis_is_told_apart_from_an_unreachable_one() {
+        let oom = fred::error::Error::new(
+            fred::error::ErrorKind::Unknown,
+            "OOM command not allowed when used memory > 'maxmemory'. script: 1f2e, on @user_script:3.",
+        );
+        let full = StoreError::from(oom);
+        assert!(full.is_out_of_memory() && !full.is_unavailable());
+        assert!(is_store_full(&full.into()));
+        let down = StoreError::from(fred::error::Error::new(
+            fred::error::ErrorKind::Timeout,
+            "Request timed out.",
+        ));
+        assert!(down.is_unavailable() && !down.is_out_of_memory());
+        assert!(!is_store_full(&down.into()));
+    }
+}

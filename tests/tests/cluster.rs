@@ -217,7 +217,18 @@ fn graceful_sigterm(mode: &str) {
 #[test]
 fn shutdown_timeout_kills_workers_that_do_not_drain() {
     let redis = RedisServer::start();
-    let mut herd = Herd::start(&redis, &["--workers", "1", "--shutdown-timeout", "1s"]);
+    // Above the default --heavy-max-n: this request must outlast the shutdown timeout.
+    let mut herd = Herd::start(
+        &redis,
+        &[
+            "--workers",
+            "1",
+            "--shutdown-timeout",
+            "1s",
+            "--heavy-max-n",
+            "1e10",
+        ],
+    );
     let workers = herd.worker_pids();
     let endless = {
         let client = herd.client();
