@@ -260,8 +260,8 @@ pub struct ServeArgs {
     /// Largest session (names and JSON values); a request that would grow it beyond gets 413.
     #[arg(long, env = "HERD_SESSION_MAX_BYTES", default_value = "64KiB", value_parser = parse_size)]
     pub session_max_bytes: u64,
-    /// Largest `n` of `/heavy?n=` and `/heavy/cached?n=` (1e9 is about a second of one core in
-    /// a release build); more is a 400.
+    /// Largest `n` of `/heavy?n=` and `/heavy/cached?n=` (1e9 is about 0.3 s of one core in a
+    /// release build); more is a 400.
     #[arg(long, env = "HERD_HEAVY_MAX_N", default_value_t = crate::routes::heavy::DEFAULT_MAX_N, value_parser = parse_heavy_n)]
     pub heavy_max_n: u64,
     /// `/heavy` computations running at once per worker (each stops when its client goes);

@@ -6,7 +6,7 @@
 //!   a request that gets none within [`HeavyLimits::queue_wait`] is answered 503 +
 //!   `Retry-After`. The permit travels with the computation onto the blocking pool and is
 //!   returned when the loop really stops, so the cap counts CPU in use, not requests.
-//! - **A largest `n`** ([`HeavyLimits::max_n`]), so one permit is held for about a second.
+//! - **A largest `n`** ([`HeavyLimits::max_n`]), so one permit is held for a fraction of a second.
 //! - **Cancellation**: the loop runs in chunks and stops at the next one once the request is
 //!   dropped (hyper drops it when the client goes away), instead of burning a core for a
 //!   client that left.
@@ -32,7 +32,8 @@ use super::AppState;
 use crate::error::AppError;
 
 const DEFAULT_N: u64 = 10_000_000;
-/// Default of [`HeavyLimits::max_n`]: about a second of one core in a release build.
+/// Default of [`HeavyLimits::max_n`]: about 0.3 s of one core in a release build (the seed's
+/// 1e10 was ~3 s).
 pub const DEFAULT_MAX_N: u64 = 1_000_000_000;
 /// Default of [`HeavyLimits::concurrency`]: with the default one worker per core, `/heavy` can
 /// keep every core busy but never queue more work than there are cores.
