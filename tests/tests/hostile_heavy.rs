@@ -402,3 +402,31 @@ fn a_full_redis_is_507_and_one_operator_log_line_per_interval() {
         "no 'Redis unavailable' for a full Redis"
     );
 }
+
+/// Where `CONFIG` is disabled (renamed away, as managed Redis services do), herd still starts
+/// and says it could not check the policy.
+#[test]
+fn a_redis_without_config_is_reported_as_unchecked() {
+    let redis = RedisServer::start_with_args(&["--rename-command", "CONFIG", ""]);
+    let herd = Herd::start(&redis, &["--workers", "1"]);
+    herd.wait_log("the unchecked policy", Duration::from_secs(5), |l| {
+        l.contains("could not check Redis's maxmemory-policy")
+    });
+    assert_eq!(herd.client().get("/heavy/cached?n=10").expect("GET").status, 200);
+}
+
+/// On a Redis Cluster the policy of every primary node is checked.
+#[test]
+fn every_node_of_a_redis_cluster_has_its_policy_checked() {
+    let cluster = herd_e2e::RedisCluster::start();
+    let herd = Herd::start_at(&cluster.url(), &["--workers", "1"], &[]);
+    wait_for("a policy line per node", Duration::from_secs(10), || {
+        let checked: std::collections::HashSet<String> = herd
+            .log()
+            .iter()
+            .filter(|l| l.contains("maxmemory-policy noeviction"))
+            .filter_map(|l| l.split("Redis node ").nth(1)?.split(':').nth(1).map(str::to_owned))
+            .collect();
+        (checked.len() == 3).then_some(())
+    });
+}
