@@ -412,7 +412,10 @@ fn a_redis_without_config_is_reported_as_unchecked() {
     herd.wait_log("the unchecked policy", Duration::from_secs(5), |l| {
         l.contains("could not check Redis's maxmemory-policy")
     });
-    assert_eq!(herd.client().get("/heavy/cached?n=10").expect("GET").status, 200);
+    assert_eq!(
+        herd.client().get("/heavy/cached?n=10").expect("GET").status,
+        200
+    );
 }
 
 /// On a Redis Cluster the policy of every primary node is checked.
@@ -425,7 +428,13 @@ fn every_node_of_a_redis_cluster_has_its_policy_checked() {
             .log()
             .iter()
             .filter(|l| l.contains("maxmemory-policy noeviction"))
-            .filter_map(|l| l.split("Redis node ").nth(1)?.split(':').nth(1).map(str::to_owned))
+            .filter_map(|l| {
+                l.split("Redis node ")
+                    .nth(1)?
+                    .split(':')
+                    .nth(1)
+                    .map(str::to_owned)
+            })
             .collect();
         (checked.len() == 3).then_some(())
     });

@@ -92,18 +92,7 @@ pub(super) async fn login(
         (false, Err(err)) => err.into_response(),
         (true, Ok(_)) => Redirect::to("/").into_response(),
         (true, Err(err)) => {
-            let notice = match err {
-                AppError::BadCredentials => Notice::BadLogin,
-                AppError::RateLimited { .. } => Notice::RateLimited,
-                AppError::BadRequest { .. } => Notice::BadInput,
-                AppError::StoreFull(cause) => {
-                    herd_session_store::operator::redis_full(&cause);
-                    Notice::Unavailable
-                }
-                AppError::Unavailable(_) | AppError::Internal(_) | AppError::Busy { .. } => {
-                    Notice::Unavailable
-                }
-            };
+            let (_, notice) = Notice::of(&err);
             Redirect::to(&format!("/?error={}", notice.code())).into_response()
         }
     }
@@ -149,8 +138,8 @@ pub(super) async fn logout(
         }
         (false, Err(err)) => err.into_response(),
         (true, Ok(_)) => Redirect::to("/").into_response(),
-        (true, Err(_)) => {
-            Redirect::to(&format!("/?error={}", Notice::Unavailable.code())).into_response()
+        (true, Err(err)) => {
+            Redirect::to(&format!("/?error={}", Notice::of(&err).1.code())).into_response()
         }
     }
 }

@@ -92,11 +92,10 @@ pub(super) async fn home(
         .and_then(|code| Notice::from_code(&code));
     let (status, visit, notice) = match visited {
         Ok(visit) => (StatusCode::OK, visit, requested),
-        Err(_) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            None,
-            Some(Notice::Unavailable),
-        ),
+        Err(err) => {
+            let (status, notice) = Notice::of(&err);
+            (status, None, Some(notice))
+        }
     };
     let view = PageView {
         slot: w.slot,

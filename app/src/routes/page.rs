@@ -15,6 +15,8 @@ pub(crate) enum Notice {
     BadInput,
     RateLimited,
     Unavailable,
+    /// Redis is full (507): retrying does not help.
+    StoreFull,
 }
 
 impl Notice {
@@ -24,6 +26,7 @@ impl Notice {
             "bad-input" => Some(Notice::BadInput),
             "rate-limited" => Some(Notice::RateLimited),
             "unavailable" => Some(Notice::Unavailable),
+            "store-full" => Some(Notice::StoreFull),
             _ => None,
         }
     }
@@ -34,6 +37,7 @@ impl Notice {
             Notice::BadInput => "bad-input",
             Notice::RateLimited => "rate-limited",
             Notice::Unavailable => "unavailable",
+            Notice::StoreFull => "store-full",
         }
     }
 
@@ -46,6 +50,28 @@ impl Notice {
             }
             Notice::Unavailable => {
                 "The session store (Redis) is unavailable right now. Please retry in a moment."
+            }
+            Notice::StoreFull => {
+                "The session store (Redis) is full: logins and changes are refused until an operator frees memory."
+            }
+        }
+    }
+
+    /// The notice (and the status, for a page rendered in place) for a failed request; a full
+    /// Redis is reported to the operator as it would be for a JSON answer.
+    pub(crate) fn of(err: &crate::error::AppError) -> (axum::http::StatusCode, Self) {
+        use crate::error::AppError;
+        use axum::http::StatusCode;
+        match err {
+            AppError::BadCredentials => (StatusCode::UNAUTHORIZED, Notice::BadLogin),
+            AppError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, Notice::RateLimited),
+            AppError::BadRequest { status, .. } => (*status, Notice::BadInput),
+            AppError::StoreFull(cause) => {
+                herd_session_store::operator::redis_full(cause);
+                (StatusCode::INSUFFICIENT_STORAGE, Notice::StoreFull)
+            }
+            AppError::Unavailable(_) | AppError::Internal(_) | AppError::Busy { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, Notice::Unavailable)
             }
         }
     }
