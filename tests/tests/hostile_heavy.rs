@@ -349,6 +349,18 @@ fn a_full_redis_is_507_and_one_operator_log_line_per_interval() {
         "{error}"
     );
     assert_eq!(login.header("retry-after"), None, "retrying does not help");
+    // A browser's form login fails the same way (the session layer answers for the failed save).
+    let form = herd
+        .client()
+        .request(
+            "POST",
+            "/login",
+            &[("Content-Type", "application/x-www-form-urlencoded"), ("Accept", "text/html")],
+            b"username=alice&password=wonderland",
+        )
+        .expect("form login");
+    assert_eq!(form.status, 507, "{}", form.body);
+    assert!(!form.body.contains("retry"), "{}", form.body);
 
     for i in 0..20 {
         let res = herd
