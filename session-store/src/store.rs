@@ -285,6 +285,9 @@ impl RedisSessionStore {
             // Losing a touch only shortens the session's idle window; the read still stands.
             match scripts::run::<i64>(&self.pool, Op::Touch, &key, args).await {
                 Ok(_) => seen = now,
+                // A full Redis refuses every touch: one operator line per interval, not a
+                // WARN per request.
+                Err(err) if err.is_out_of_memory() => crate::operator::redis_full(&err),
                 Err(err) => {
                     tracing::warn!(error = %err, "could not extend a session's idle timeout")
                 }
