@@ -308,8 +308,7 @@ impl ServeArgs {
 
 /// `1e9`-style or plain integers.
 fn parse_heavy_n(s: &str) -> Result<u64, String> {
-    crate::routes::heavy::parse_n(s, u64::MAX)
-        .ok_or_else(|| format!("{s:?} is not a whole number like 1e9"))
+    crate::routes::heavy::parse_n(s, u64::MAX).ok_or_else(|| format!("{s:?} is not a whole number like 1e9"))
 }
 
 /// `--session-store` values.
@@ -359,10 +358,9 @@ impl FromStr for DemoUser {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
-            Some((name, password)) if !name.is_empty() && !password.is_empty() => Ok(DemoUser {
-                name: name.to_owned(),
-                password: password.to_owned(),
-            }),
+            Some((name, password)) if !name.is_empty() && !password.is_empty() => {
+                Ok(DemoUser { name: name.to_owned(), password: password.to_owned() })
+            }
             _ => Err("expected NAME:PASSWORD, both non-empty".to_owned()),
         }
     }
@@ -373,14 +371,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn parse_backoff(s: &str) -> Result<(Duration, Duration), String> {
-    let (min, max) = s
-        .split_once("..")
-        .ok_or("expected MIN..MAX, e.g. 100ms..15s")?;
+    let (min, max) = s.split_once("..").ok_or("expected MIN..MAX, e.g. 100ms..15s")?;
     let (min, max) = (parse_duration(min)?, parse_duration(max)?);
     if min.is_zero() || min > max {
-        return Err(format!(
-            "MIN must be above zero and at most MAX ({min:?}..{max:?})"
-        ));
+        return Err(format!("MIN must be above zero and at most MAX ({min:?}..{max:?})"));
     }
     Ok((min, max))
 }
@@ -390,9 +384,7 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size like 512MiB"))?;
+    let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size like 512MiB"))?;
     let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" => 1_000,
@@ -401,15 +393,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         "mib" => 1 << 20,
         "g" | "gb" => 1_000_000_000,
         "gib" => 1 << 30,
-        other => {
-            return Err(format!(
-                "unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)"
-            ))
-        }
+        other => return Err(format!("unknown size unit {other:?} (use B, KiB, MiB, GiB, KB, MB, GB)")),
     };
-    n.checked_mul(factor)
-        .filter(|b| *b > 0)
-        .ok_or_else(|| format!("{s:?} is not a usable size"))
+    n.checked_mul(factor).filter(|b| *b > 0).ok_or_else(|| format!("{s:?} is not a usable size"))
 }
 
 #[cfg(test)]
@@ -440,10 +426,7 @@ mod tests {
         ])
         .expect("valid flags");
         assert_eq!(args.workers, Some(3));
-        assert_eq!(
-            args.threads, 1,
-            "a single-threaded runtime per worker unless asked"
-        );
+        assert_eq!(args.threads, 1, "a single-threaded runtime per worker unless asked");
         assert_eq!(serve(&["--threads", "4"]).expect("threads").threads, 4);
         assert_eq!(args.demo_users[0].password, "wonder:land");
         assert!(!args.secure_cookies);
@@ -456,15 +439,8 @@ mod tests {
         assert_eq!(parse_size("2GiB"), Ok(2 << 30));
         assert_eq!(parse_size("100MB"), Ok(100_000_000));
         assert_eq!(parse_size("4096"), Ok(4096));
-        assert!(
-            parse_size("lots").is_err()
-                && parse_size("5 parsecs").is_err()
-                && parse_size("0").is_err()
-        );
-        assert_eq!(
-            parse_backoff("100ms..15s"),
-            Ok((Duration::from_millis(100), Duration::from_secs(15)))
-        );
+        assert!(parse_size("lots").is_err() && parse_size("5 parsecs").is_err() && parse_size("0").is_err());
+        assert_eq!(parse_backoff("100ms..15s"), Ok((Duration::from_millis(100), Duration::from_secs(15))));
         assert!(parse_backoff("15s..100ms").is_err() && parse_backoff("1s").is_err());
     }
 
@@ -474,52 +450,26 @@ mod tests {
         assert_eq!("+2".parse(), Ok(ScaleArg::By(2)));
         assert_eq!("-1".parse(), Ok(ScaleArg::By(-1)));
         assert!("many".parse::<ScaleArg>().is_err());
-        let cli =
-            Cli::try_parse_from(["herd", "ctl", "scale", "-1"]).expect("negative scale parses");
+        let cli = Cli::try_parse_from(["herd", "ctl", "scale", "-1"]).expect("negative scale parses");
         assert!(matches!(
             cli.command,
-            Command::Ctl(CtlArgs {
-                command: CtlCommand::Scale {
-                    count: ScaleArg::By(-1)
-                },
-                ..
-            })
+            Command::Ctl(CtlArgs { command: CtlCommand::Scale { count: ScaleArg::By(-1) }, .. })
         ));
     }
 
     #[test]
     fn sticky_means_ip_hash() {
-        assert_eq!(
-            serve(&[]).expect("defaults").balance(),
-            herd_cluster::Balance::RoundRobin
-        );
-        assert_eq!(
-            serve(&["--sticky"]).expect("sticky").balance(),
-            herd_cluster::Balance::IpHash
-        );
-        assert_eq!(
-            serve(&["--balance", "least-conn"]).expect("lc").balance(),
-            herd_cluster::Balance::LeastConn
-        );
+        assert_eq!(serve(&[]).expect("defaults").balance(), herd_cluster::Balance::RoundRobin);
+        assert_eq!(serve(&["--sticky"]).expect("sticky").balance(), herd_cluster::Balance::IpHash);
+        assert_eq!(serve(&["--balance", "least-conn"]).expect("lc").balance(), herd_cluster::Balance::LeastConn);
     }
 
     #[test]
     fn session_limits() {
-        let args = serve(&[
-            "--session-idle",
-            "2s",
-            "--session-max-age",
-            "1h",
-            "--session-max-bytes",
-            "1KiB",
-        ])
-        .expect("valid");
+        let args =
+            serve(&["--session-idle", "2s", "--session-max-age", "1h", "--session-max-bytes", "1KiB"]).expect("valid");
         assert_eq!(
-            (
-                args.session_idle,
-                args.session_max_age,
-                args.session_max_bytes
-            ),
+            (args.session_idle, args.session_max_age, args.session_max_bytes),
             (Duration::from_secs(2), Duration::from_secs(3600), 1024)
         );
         let defaults = serve(&[]).expect("defaults");
@@ -532,23 +482,10 @@ mod tests {
     #[test]
     fn heavy_and_cache_limits_default_to_the_library_constants() {
         let defaults = serve(&[]).expect("defaults");
-        assert_eq!(
-            defaults.heavy_limits(),
-            crate::routes::heavy::HeavyLimits::default()
-        );
-        assert_eq!(
-            defaults.cache_limits(),
-            herd_session_store::cache::CacheLimits::default()
-        );
-        let set = serve(&[
-            "--heavy-max-n",
-            "1e6",
-            "--heavy-concurrency",
-            "3",
-            "--heavy-queue-wait",
-            "200ms",
-        ])
-        .expect("valid");
+        assert_eq!(defaults.heavy_limits(), crate::routes::heavy::HeavyLimits::default());
+        assert_eq!(defaults.cache_limits(), herd_session_store::cache::CacheLimits::default());
+        let set =
+            serve(&["--heavy-max-n", "1e6", "--heavy-concurrency", "3", "--heavy-queue-wait", "200ms"]).expect("valid");
         assert_eq!(
             (set.heavy_max_n, set.heavy_concurrency, set.heavy_queue_wait),
             (1_000_000, 3, Duration::from_millis(200))

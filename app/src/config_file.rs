@@ -21,9 +21,7 @@ pub fn parse() -> anyhow::Result<Cli> {
 }
 
 pub fn parse_from(argv: Vec<OsString>) -> anyhow::Result<Cli> {
-    let matches = Cli::command()
-        .try_get_matches_from(&argv)
-        .unwrap_or_else(|e| e.exit());
+    let matches = Cli::command().try_get_matches_from(&argv).unwrap_or_else(|e| e.exit());
     let Some(serve) = matches.subcommand_matches("serve") else {
         return Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()));
     };
@@ -34,11 +32,7 @@ pub fn parse_from(argv: Vec<OsString>) -> anyhow::Result<Cli> {
     let mut argv = argv;
     argv.extend(extra);
     let matches = Cli::command().try_get_matches_from(&argv).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: {}",
-            path.display(),
-            e.render().to_string().trim_start_matches("error: ").trim()
-        )
+        anyhow::anyhow!("{}: {}", path.display(), e.render().to_string().trim_start_matches("error: ").trim())
     })?;
     Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()))
 }
@@ -46,34 +40,23 @@ pub fn parse_from(argv: Vec<OsString>) -> anyhow::Result<Cli> {
 /// The flags the file contributes: one per key that neither a flag nor an environment
 /// variable already set.
 fn flags_from_file(path: &Path, given: &ArgMatches) -> anyhow::Result<Vec<OsString>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read the config file {}", path.display()))?;
-    let table: toml::Table = text
-        .parse()
-        .with_context(|| format!("{} is not valid TOML", path.display()))?;
-    let serve = Cli::command()
-        .find_subcommand("serve")
-        .cloned()
-        .context("the serve command")?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let table: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let serve = Cli::command().find_subcommand("serve").cloned().context("the serve command")?;
     let mut flags = Vec::new();
     for (key, value) in &table {
-        let Some(arg) = serve
-            .get_arguments()
-            .find(|a| file_key(a).as_deref() == Some(key.as_str()))
-        else {
-            bail!("{}: unknown key `{key}` (keys are `serve` flags with _ for -; see `herd config example`)", path.display());
+        let Some(arg) = serve.get_arguments().find(|a| file_key(a).as_deref() == Some(key.as_str())) else {
+            bail!(
+                "{}: unknown key `{key}` (keys are `serve` flags with _ for -; see `herd config example`)",
+                path.display()
+            );
         };
         let id = arg.get_id().as_str();
         if id == "config" {
-            bail!(
-                "{}: `config` cannot be set from the config file",
-                path.display()
-            );
+            bail!("{}: `config` cannot be set from the config file", path.display());
         }
-        let set_elsewhere = matches!(
-            given.value_source(id),
-            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-        );
+        let set_elsewhere = matches!(given.value_source(id), Some(ValueSource::CommandLine | ValueSource::EnvVariable));
         if set_elsewhere {
             continue;
         }
@@ -89,20 +72,12 @@ fn flags_from_file(path: &Path, given: &ArgMatches) -> anyhow::Result<Vec<OsStri
             (ArgAction::Append, toml::Value::Array(items)) => {
                 for item in items {
                     flags.push(flag.clone().into());
-                    flags.push(
-                        scalar(item)
-                            .ok_or_else(|| bad("a list of strings or numbers"))?
-                            .into(),
-                    );
+                    flags.push(scalar(item).ok_or_else(|| bad("a list of strings or numbers"))?.into());
                 }
             }
             (_, value) => {
                 flags.push(flag.into());
-                flags.push(
-                    scalar(value)
-                        .ok_or_else(|| bad("a string, number or boolean"))?
-                        .into(),
-                );
+                flags.push(scalar(value).ok_or_else(|| bad("a string, number or boolean"))?.into());
             }
         }
     }
@@ -144,23 +119,18 @@ pub fn example() -> String {
          # Keys are the `serve` flags with _ for -. Flags and environment variables win over\n\
          # this file. Uncomment what you want to change.\n",
     );
-    let serve = Cli::command()
-        .find_subcommand("serve")
-        .cloned()
-        .unwrap_or_else(|| clap::Command::new("serve"));
-    for arg in serve.get_arguments().filter(|a| {
-        a.get_long().is_some() && !a.is_hide_set() && a.get_id() != "config" && a.get_id() != "help"
-    }) {
+    let serve = Cli::command().find_subcommand("serve").cloned().unwrap_or_else(|| clap::Command::new("serve"));
+    for arg in serve
+        .get_arguments()
+        .filter(|a| a.get_long().is_some() && !a.is_hide_set() && a.get_id() != "config" && a.get_id() != "help")
+    {
         let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
         out.push('\n');
         for line in help.lines() {
             out.push_str(&format!("# {line}\n"));
         }
         let key = file_key(arg).unwrap_or_default();
-        let default = arg
-            .get_default_values()
-            .first()
-            .map(|d| d.to_string_lossy().into_owned());
+        let default = arg.get_default_values().first().map(|d| d.to_string_lossy().into_owned());
         let example = match (arg.get_action(), default) {
             (ArgAction::SetTrue, _) => "false".to_owned(),
             (ArgAction::Append, _) => r#"["alice:wonderland"]"#.to_owned(),
@@ -178,11 +148,7 @@ mod tests {
     use super::*;
 
     fn args(extra: &[&str]) -> Vec<OsString> {
-        ["herd", "serve"]
-            .iter()
-            .chain(extra)
-            .map(OsString::from)
-            .collect()
+        ["herd", "serve"].iter().chain(extra).map(OsString::from).collect()
     }
 
     fn serve(cli: Cli) -> crate::cli::ServeArgs {
@@ -203,8 +169,7 @@ mod tests {
             pub(super) fn new(text: &str) -> Self {
                 static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
                 let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let path = std::env::temp_dir()
-                    .join(format!("herd-config-test-{}-{n}.toml", std::process::id()));
+                let path = std::env::temp_dir().join(format!("herd-config-test-{}-{n}.toml", std::process::id()));
                 std::fs::write(&path, text).expect("write");
                 Self(path)
             }
@@ -222,8 +187,7 @@ mod tests {
     #[test]
     fn file_values_apply_and_flags_win() {
         let f = file("workers = 5\nbind = \"127.0.0.1:4000\"\nsticky = true\ndemo_user = [\"a:b\", \"c:d\"]\nsecure_cookies = false\nshutdown_timeout = \"3s\"\n");
-        let args =
-            serve(parse_from(args(&["--config", &f.arg(), "--workers", "2"])).expect("valid"));
+        let args = serve(parse_from(args(&["--config", &f.arg(), "--workers", "2"])).expect("valid"));
         assert_eq!(args.workers, Some(2), "the flag wins");
         assert_eq!(args.bind.port(), 4000);
         assert!(args.sticky && !args.secure_cookies);
@@ -234,19 +198,13 @@ mod tests {
     #[test]
     fn unknown_keys_and_bad_values_name_the_key() {
         let f = file("wrokers = 4\n");
-        let err = parse_from(args(&["--config", &f.arg()]))
-            .expect_err("unknown key")
-            .to_string();
+        let err = parse_from(args(&["--config", &f.arg()])).expect_err("unknown key").to_string();
         assert!(err.contains("unknown key `wrokers`"), "{err}");
         let f = file("workers = \"many\"\n");
-        let err = parse_from(args(&["--config", &f.arg()]))
-            .expect_err("bad value")
-            .to_string();
+        let err = parse_from(args(&["--config", &f.arg()])).expect_err("bad value").to_string();
         assert!(err.contains("--workers") && err.contains("many"), "{err}");
         let f = file("sticky = \"yes\"\n");
-        let err = parse_from(args(&["--config", &f.arg()]))
-            .expect_err("bad bool")
-            .to_string();
+        let err = parse_from(args(&["--config", &f.arg()])).expect_err("bad bool").to_string();
         assert!(err.contains("`sticky` must be true or false"), "{err}");
         let f = file("workers = [\n");
         assert!(parse_from(args(&["--config", &f.arg()]))
@@ -264,18 +222,11 @@ mod tests {
             .filter(|l| l.contains(" = ") && !l.starts_with("herd.toml"))
             .map(|l| format!("{l}\n"))
             .collect();
-        assert!(
-            uncommented.contains("workers") || uncommented.contains("bind"),
-            "{example}"
-        );
+        assert!(uncommented.contains("workers") || uncommented.contains("bind"), "{example}");
         // Every key in the example is accepted (values of keys without defaults are skipped).
-        let keys_only: String = uncommented
-            .lines()
-            .filter(|l| !l.ends_with("= \"\""))
-            .map(|l| format!("{l}\n"))
-            .collect();
+        let keys_only: String =
+            uncommented.lines().filter(|l| !l.ends_with("= \"\"")).map(|l| format!("{l}\n")).collect();
         let f = file(&keys_only);
-        parse_from(args(&["--config", &f.arg()]))
-            .expect("the example's keys and defaults are valid");
+        parse_from(args(&["--config", &f.arg()])).expect("the example's keys and defaults are valid");
     }
 }

@@ -9,74 +9,31 @@ use crate::cli::{CtlArgs, CtlCommand, ScaleArg};
 
 pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
     let socket = args.socket.unwrap_or_else(default_socket);
-    let unreachable = || {
-        format!(
-            "cannot talk to a herd primary at {} (is it running? see --socket)",
-            socket.display()
-        )
-    };
+    let unreachable = || format!("cannot talk to a herd primary at {} (is it running? see --socket)", socket.display());
     let (request, json) = match args.command {
         CtlCommand::Logs => {
-            control::follow_logs(&socket, |line| println!("{line}"))
-                .await
-                .with_context(unreachable)?;
+            control::follow_logs(&socket, |line| println!("{line}")).await.with_context(unreachable)?;
             return Ok(0);
         }
         CtlCommand::Top => return top(&socket).await.with_context(unreachable),
         CtlCommand::Status { json } => (Request::Status, json),
         CtlCommand::Reload => (Request::Reload, false),
-        CtlCommand::Scale {
-            count: ScaleArg::To(n),
-        } => (
-            Request::Scale {
-                to: Some(n),
-                by: None,
-            },
-            false,
-        ),
-        CtlCommand::Scale {
-            count: ScaleArg::By(k),
-        } => (
-            Request::Scale {
-                to: None,
-                by: Some(k),
-            },
-            false,
-        ),
+        CtlCommand::Scale { count: ScaleArg::To(n) } => (Request::Scale { to: Some(n), by: None }, false),
+        CtlCommand::Scale { count: ScaleArg::By(k) } => (Request::Scale { to: None, by: Some(k) }, false),
         CtlCommand::Restart { slot } => (Request::Restart { slot }, false),
         CtlCommand::Stop => (Request::Stop, false),
-        CtlCommand::Broadcast { json } => (
-            Request::Send {
-                slot: None,
-                payload: parse_json(&json)?,
-            },
-            false,
-        ),
-        CtlCommand::Send { slot, json } => (
-            Request::Send {
-                slot: Some(slot),
-                payload: parse_json(&json)?,
-            },
-            false,
-        ),
+        CtlCommand::Broadcast { json } => (Request::Send { slot: None, payload: parse_json(&json)? }, false),
+        CtlCommand::Send { slot, json } => (Request::Send { slot: Some(slot), payload: parse_json(&json)? }, false),
     };
     let response = control::request(&socket, &request).await.with_context(|| {
-        format!(
-            "cannot talk to a herd primary at {} (is it running? see --socket)",
-            socket.display()
-        )
+        format!("cannot talk to a herd primary at {} (is it running? see --socket)", socket.display())
     })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&response)?);
         return Ok(if response.ok { 0 } else { 1 });
     }
     if !response.ok {
-        bail!(
-            "{}",
-            response
-                .error
-                .unwrap_or_else(|| "request failed".to_owned())
-        );
+        bail!("{}", response.error.unwrap_or_else(|| "request failed".to_owned()));
     }
     match (request, response.status, response.workers) {
         (Request::Status, Some(status), _) => print!("{}", table(&status)),
@@ -91,9 +48,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
 }
 
 fn parse_json(text: &str) -> anyhow::Result<serde_json::Value> {
-    serde_json::from_str(text).with_context(|| {
-        format!("the message must be JSON, e.g. '{{\"type\":\"reset-stats\"}}', not {text:?}")
-    })
+    serde_json::from_str(text)
+        .with_context(|| format!("the message must be JSON, e.g. '{{\"type\":\"reset-stats\"}}', not {text:?}"))
 }
 
 /// `status`, redrawn every second, like `pm2 monit`.
@@ -114,10 +70,7 @@ async fn top(socket: &std::path::Path) -> std::io::Result<i32> {
 
 /// Where `serve` puts the socket for the port in `HERD_BIND` (default 3000).
 fn default_socket() -> PathBuf {
-    let port = std::env::var("HERD_BIND")
-        .ok()
-        .and_then(|b| b.parse::<SocketAddr>().ok())
-        .map_or(3000, |a| a.port());
+    let port = std::env::var("HERD_BIND").ok().and_then(|b| b.parse::<SocketAddr>().ok()).map_or(3000, |a| a.port());
     control::default_path(port)
 }
 
@@ -133,9 +86,7 @@ pub fn table(status: &Status) -> String {
         "slot", "pid", "state", "uptime", "restarts", "rss", "conns"
     ));
     for w in &status.workers {
-        let rss = w.rss_bytes.map_or("-".to_owned(), |b| {
-            format!("{:.1}MiB", b as f64 / (1024.0 * 1024.0))
-        });
+        let rss = w.rss_bytes.map_or("-".to_owned(), |b| format!("{:.1}MiB", b as f64 / (1024.0 * 1024.0)));
         let conns = w.open_connections.map_or("-".to_owned(), |c| c.to_string());
         let pid = w.pid.map_or("-".to_owned(), |p| p.to_string());
         out.push_str(&format!(

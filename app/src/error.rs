@@ -40,10 +40,7 @@ pub enum AppError {
     /// This worker already runs as many computations of this kind as it may; the client may
     /// retry after `retry_after` seconds.
     #[error("server busy: too many {what} at once, retry in {retry_after} s")]
-    Busy {
-        what: &'static str,
-        retry_after: u64,
-    },
+    Busy { what: &'static str, retry_after: u64 },
     /// A bug or an unexpected failure.
     #[error("internal error")]
     Internal(String),
@@ -51,10 +48,7 @@ pub enum AppError {
 
 impl AppError {
     pub fn bad_request(status: StatusCode, message: impl Into<String>) -> Self {
-        AppError::BadRequest {
-            status,
-            message: message.into(),
-        }
+        AppError::BadRequest { status, message: message.into() }
     }
 }
 
@@ -65,11 +59,7 @@ impl IntoResponse for AppError {
             AppError::BadCredentials => StatusCode::UNAUTHORIZED,
             AppError::RateLimited { retry_after } => {
                 let body = Json(json!({ "error": self.to_string() }));
-                return (
-                    StatusCode::TOO_MANY_REQUESTS,
-                    [(header::RETRY_AFTER, retry_after.to_string())],
-                    body,
-                )
+                return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, retry_after.to_string())], body)
                     .into_response();
             }
             AppError::Unavailable(cause) => {
@@ -82,11 +72,7 @@ impl IntoResponse for AppError {
             }
             AppError::Busy { retry_after, .. } => {
                 let body = Json(json!({ "error": self.to_string() }));
-                return (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(header::RETRY_AFTER, retry_after.to_string())],
-                    body,
-                )
+                return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, retry_after.to_string())], body)
                     .into_response();
             }
             AppError::Internal(cause) => {
@@ -144,8 +130,6 @@ impl From<UserError> for AppError {
 /// Marks responses that depend on the session as private to this client.
 pub async fn no_store(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }

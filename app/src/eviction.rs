@@ -53,20 +53,13 @@ pub async fn check(pool: &Pool) {
     let args = vec!["GET", "maxmemory*"];
     let client = pool.next();
     if !client.is_clustered() {
-        report(
-            "Redis",
-            client
-                .custom::<HashMap<String, String>, _>(config_get(), args)
-                .await,
-        );
+        report("Redis", client.custom::<HashMap<String, String>, _>(config_get(), args).await);
         return;
     }
     // A cluster client connects to every primary node.
     for node in client.active_connections() {
-        let answer = client
-            .with_cluster_node(&node)
-            .custom::<HashMap<String, String>, _>(config_get(), args.clone())
-            .await;
+        let answer =
+            client.with_cluster_node(&node).custom::<HashMap<String, String>, _>(config_get(), args.clone()).await;
         report(&format!("Redis node {node}"), answer);
     }
 }
@@ -100,9 +93,9 @@ fn report(who: &str, answer: Result<HashMap<String, String>, fred::error::Error>
              is full: an evicted user is gone for good. Set `maxmemory-policy noeviction` (or a volatile-* \
              policy) on this Redis; see docs/hardening.md, \"Redis requirements\" !!!"
         ),
-        Verdict::Unknown => tracing::warn!(
-            "{who}: unknown maxmemory-policy {policy}; herd needs `noeviction` (or `volatile-*`)"
-        ),
+        Verdict::Unknown => {
+            tracing::warn!("{who}: unknown maxmemory-policy {policy}; herd needs `noeviction` (or `volatile-*`)")
+        }
     }
 }
 
@@ -113,12 +106,7 @@ mod tests {
     #[test]
     fn policies_are_judged_by_what_they_may_evict() {
         assert_eq!(verdict("noeviction"), Verdict::Safe);
-        for p in [
-            "volatile-lru",
-            "volatile-lfu",
-            "volatile-random",
-            "volatile-ttl",
-        ] {
+        for p in ["volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"] {
             assert_eq!(verdict(p), Verdict::EvictsSessions, "{p}");
         }
         for p in ["allkeys-lru", "allkeys-lfu", "allkeys-random"] {

@@ -23,18 +23,11 @@ pub enum LogFormat {
 }
 
 pub fn init(role: Role, format: LogFormat, sink: Option<LogSink>) {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // Colours only for a person at a terminal, never into files or pipes.
     let ansi = sink.is_none() && io::stderr().is_terminal();
-    let writer = LineWriter {
-        tag: Tag::of(role),
-        sink,
-    };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_target(false);
+    let writer = LineWriter { tag: Tag::of(role), sink };
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_target(false);
     match format {
         LogFormat::Pretty => builder.with_ansi(ansi).init(),
         LogFormat::Json => builder.json().init(),
@@ -52,10 +45,9 @@ impl Tag {
     fn of(role: Role) -> Self {
         let pid = std::process::id();
         match role {
-            Role::Primary => Self {
-                text: format!("primary pid={pid}"),
-                json_fields: format!(r#""process":"primary","pid":{pid},"#),
-            },
+            Role::Primary => {
+                Self { text: format!("primary pid={pid}"), json_fields: format!(r#""process":"primary","pid":{pid},"#) }
+            }
             Role::Worker(id) => Self {
                 text: format!("worker={} pid={pid}", id.slot),
                 json_fields: format!(r#""process":"worker","worker":{},"pid":{pid},"#, id.slot),
@@ -81,10 +73,7 @@ impl<'a> MakeWriter<'a> for LineWriter {
     type Writer = LineBuf<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LineBuf {
-            buf: Vec::with_capacity(256),
-            to: self,
-        }
+        LineBuf { buf: Vec::with_capacity(256), to: self }
     }
 }
 
@@ -126,20 +115,13 @@ mod tests {
 
     #[test]
     fn lines_are_tagged_in_both_formats() {
-        let tag = Tag {
-            text: "worker=1 pid=7".into(),
-            json_fields: r#""process":"worker","worker":1,"pid":7,"#.into(),
-        };
+        let tag =
+            Tag { text: "worker=1 pid=7".into(), json_fields: r#""process":"worker","worker":1,"pid":7,"#.into() };
         assert_eq!(tag.apply("INFO ready"), "worker=1 pid=7 INFO ready");
         let json: serde_json::Value =
-            serde_json::from_str(&tag.apply(r#"{"level":"INFO","fields":{"message":"ready"}}"#))
-                .expect("still JSON");
+            serde_json::from_str(&tag.apply(r#"{"level":"INFO","fields":{"message":"ready"}}"#)).expect("still JSON");
         assert_eq!(
-            (
-                json["worker"].as_u64(),
-                json["pid"].as_u64(),
-                json["level"].as_str()
-            ),
+            (json["worker"].as_u64(), json["pid"].as_u64(), json["level"].as_str()),
             (Some(1), Some(7), Some("INFO"))
         );
     }

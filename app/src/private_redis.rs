@@ -28,19 +28,13 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum PrivateRedisError {
     #[error("cannot create {dir}: {source}")]
-    DataDir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
+    DataDir { dir: PathBuf, source: std::io::Error },
     #[error("cannot find a free port for redis-server: {0}")]
     Port(std::io::Error),
     #[error("cannot start redis-server: {0}")]
     Spawn(std::io::Error),
     #[error("redis-server exited during start ({status}); see {log}")]
-    Exited {
-        status: std::process::ExitStatus,
-        log: PathBuf,
-    },
+    Exited { status: std::process::ExitStatus, log: PathBuf },
     #[error("redis-server did not answer within {START_TIMEOUT:?}; see {log}")]
     NoAnswer { log: PathBuf },
 }
@@ -61,41 +55,23 @@ pub async fn answers(addr: SocketAddr) -> bool {
         stream.read_exact(&mut reply).await.ok()?;
         Some(matches!(reply[0], b'+' | b'-'))
     };
-    matches!(
-        timeout(Duration::from_millis(500), probe).await,
-        Ok(Some(true))
-    )
+    matches!(timeout(Duration::from_millis(500), probe).await, Ok(Some(true)))
 }
 
 /// True if `redis-server` can be found on `PATH`.
 pub fn available() -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join("redis-server").is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("redis-server").is_file()))
 }
 
 impl PrivateRedis {
     pub async fn start() -> Result<Self, PrivateRedisError> {
-        let dir = std::env::current_dir()
-            .map(|cwd| cwd.join(DATA_DIR))
-            .unwrap_or_else(|_| PathBuf::from(DATA_DIR));
-        std::fs::create_dir_all(&dir).map_err(|source| PrivateRedisError::DataDir {
-            dir: dir.clone(),
-            source,
-        })?;
+        let dir = std::env::current_dir().map(|cwd| cwd.join(DATA_DIR)).unwrap_or_else(|_| PathBuf::from(DATA_DIR));
+        std::fs::create_dir_all(&dir).map_err(|source| PrivateRedisError::DataDir { dir: dir.clone(), source })?;
         let port = free_port().map_err(PrivateRedisError::Port)?;
         let log = dir.join("redis.log");
         let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", ""])
             .arg("--dir")
             .arg(&dir)
             .arg("--logfile")
@@ -123,10 +99,7 @@ impl PrivateRedis {
             child.id().unwrap_or_default(),
             dir.display()
         );
-        Ok(Self {
-            child,
-            url: format!("redis://{addr}"),
-        })
+        Ok(Self { child, url: format!("redis://{addr}") })
     }
 
     /// Stops Redis with SIGTERM (it flushes the append-only file) and waits for it.
@@ -137,9 +110,7 @@ impl PrivateRedis {
         match timeout(STOP_TIMEOUT, self.child.wait()).await {
             Ok(_) => tracing::info!("private redis-server stopped"),
             Err(_) => {
-                tracing::warn!(
-                    "private redis-server did not stop within {STOP_TIMEOUT:?}; killing it"
-                );
+                tracing::warn!("private redis-server did not stop within {STOP_TIMEOUT:?}; killing it");
                 let _ = self.child.kill().await;
             }
         }
@@ -147,9 +118,7 @@ impl PrivateRedis {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-        .local_addr()?
-        .port())
+    Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?.local_addr()?.port())
 }
 
 /// The data directory of the private Redis, for messages.

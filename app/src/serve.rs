@@ -16,11 +16,7 @@ use crate::{
 };
 
 /// Runs `herd serve` in either role; returns the process exit code.
-pub async fn run(
-    args: ServeArgs,
-    role: Role,
-    logs: Option<herd_cluster::logs::LogSink>,
-) -> anyhow::Result<i32> {
+pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::LogSink>) -> anyhow::Result<i32> {
     let mut config = ClusterConfig::new(args.bind);
     config.logs = logs;
     if let Some(workers) = args.workers {
@@ -41,7 +37,9 @@ pub async fn run(
         max_requests_jitter: args.max_requests_jitter,
     };
     if args.debug_routes && !args.bind.ip().is_loopback() {
-        bail!("--debug-routes can crash and stall workers on request: it is refused unless --bind is a loopback address");
+        bail!(
+            "--debug-routes can crash and stall workers on request: it is refused unless --bind is a loopback address"
+        );
     }
     config.control_socket = args.control_socket.clone();
     config.balance = args.balance();
@@ -55,14 +53,10 @@ pub async fn run(
                 Some(url) => url.clone(),
                 None => {
                     let redis = find_or_start_redis().await?;
-                    let url = redis
-                        .as_ref()
-                        .map_or_else(default_redis_url, |r| r.url.clone());
+                    let url = redis.as_ref().map_or_else(default_redis_url, |r| r.url.clone());
                     private = redis;
                     // Workers must use the Redis the primary settled on, not probe again.
-                    config
-                        .worker_env
-                        .push(("REDIS_URL".into(), url.clone().into()));
+                    config.worker_env.push(("REDIS_URL".into(), url.clone().into()));
                     url
                 }
             };
@@ -74,11 +68,7 @@ pub async fn run(
             }
             url
         }
-        Role::Worker(_) => args
-            .redis
-            .redis_url
-            .clone()
-            .unwrap_or_else(default_redis_url),
+        Role::Worker(_) => args.redis.redis_url.clone().unwrap_or_else(default_redis_url),
     };
 
     if args.session_idle.is_zero() || args.session_max_age.is_zero() {
@@ -99,24 +89,16 @@ pub async fn run(
     let redis_config = args.redis.config(redis_url);
     let keys = Keys::new(args.redis.key_prefix.clone());
     let demo_users = args.demo_users.iter().map(|u| u.name.clone()).collect();
-    let limits = Limits {
-        heavy: args.heavy_limits(),
-        cache: args.cache_limits(),
-    };
-    let outcome = herd_cluster::run(config, move |ctx| {
-        build_app(ctx, redis_config, keys, settings, demo_users, limits)
-    })
-    .await;
+    let limits = Limits { heavy: args.heavy_limits(), cache: args.cache_limits() };
+    let outcome =
+        herd_cluster::run(config, move |ctx| build_app(ctx, redis_config, keys, settings, demo_users, limits)).await;
     if let Some(redis) = private {
         redis.stop().await;
     }
     Ok(match outcome? {
         Outcome::Primary(report) if report.is_clean() => 0,
         Outcome::Primary(report) => {
-            tracing::warn!(
-                "{} worker(s) had to be killed during shutdown",
-                report.killed
-            );
+            tracing::warn!("{} worker(s) had to be killed during shutdown", report.killed);
             1
         }
         Outcome::Worker => 0,
@@ -136,12 +118,9 @@ async fn find_or_start_redis() -> anyhow::Result<Option<PrivateRedis>> {
             default_redis_url()
         );
     }
-    let redis = PrivateRedis::start().await.with_context(|| {
-        format!(
-            "cannot start a private redis-server in {}",
-            private_redis::data_dir().display()
-        )
-    })?;
+    let redis = PrivateRedis::start()
+        .await
+        .with_context(|| format!("cannot start a private redis-server in {}", private_redis::data_dir().display()))?;
     Ok(Some(redis))
 }
 
@@ -155,10 +134,7 @@ async fn seed_demo_users(redis: &RedisConfig, args: &ServeArgs) -> anyhow::Resul
             .set_password(&demo.name, &demo.password)
             .await
             .with_context(|| format!("cannot create demo user {}", demo.name))?;
-        tracing::info!(
-            "demo user {} is ready (log in with its password)",
-            demo.name
-        );
+        tracing::info!("demo user {} is ready (log in with its password)", demo.name);
     }
     let _ = pool.quit().await;
     Ok(())
@@ -249,10 +225,7 @@ mod tests {
 
     #[test]
     fn redact_hides_credentials_only() {
-        assert_eq!(
-            redact("redis://user:secret@host:7000/0"),
-            "redis://***@host:7000/0"
-        );
+        assert_eq!(redact("redis://user:secret@host:7000/0"), "redis://***@host:7000/0");
         assert_eq!(redact("redis://10.0.0.5:7000"), "redis://10.0.0.5:7000");
     }
 }

@@ -23,31 +23,17 @@ pub fn print_unit(args: &ServeArgs) -> anyhow::Result<i32> {
         args.workers.map_or("one per CPU".into(), |n| n.to_string()),
         args.bind
     );
-    let _ = writeln!(
-        unit,
-        "After=network-online.target redis-server.service\nWants=network-online.target\n"
-    );
+    let _ = writeln!(unit, "After=network-online.target redis-server.service\nWants=network-online.target\n");
     let _ = writeln!(unit, "[Service]\nType=notify\nNotifyAccess=main");
     // Relative paths in the flags (--config, the private Redis's ./.herd) mean what they mean here.
     if let Ok(cwd) = std::env::current_dir() {
         let _ = writeln!(unit, "WorkingDirectory={}", quote(&cwd.to_string_lossy()));
     }
-    let _ = writeln!(
-        unit,
-        "ExecStart={} serve {}",
-        quote(&exe.to_string_lossy()),
-        flags.join(" ")
-    );
+    let _ = writeln!(unit, "ExecStart={} serve {}", quote(&exe.to_string_lossy()), flags.join(" "));
     let _ = writeln!(unit, "ExecReload=/bin/kill -HUP $MAINPID");
-    let _ = writeln!(
-        unit,
-        "KillMode=mixed\nTimeoutStopSec={}",
-        args.shutdown_timeout.as_secs() + 5
-    );
+    let _ = writeln!(unit, "KillMode=mixed\nTimeoutStopSec={}", args.shutdown_timeout.as_secs() + 5);
     let _ = writeln!(unit, "Restart=on-failure\nRestartSec=1");
-    for (key, value) in
-        std::env::vars().filter(|(k, _)| ENV_PREFIXES.iter().any(|p| k.starts_with(p)))
-    {
+    for (key, value) in std::env::vars().filter(|(k, _)| ENV_PREFIXES.iter().any(|p| k.starts_with(p))) {
         let _ = writeln!(unit, "Environment={}", quote(&format!("{key}={value}")));
     }
     let _ = writeln!(unit, "\n[Install]\nWantedBy=multi-user.target");
@@ -57,19 +43,10 @@ pub fn print_unit(args: &ServeArgs) -> anyhow::Result<i32> {
 
 /// Quotes a word for a systemd command line when it needs it.
 fn quote(word: &str) -> String {
-    if !word.is_empty()
-        && word
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c))
-    {
+    if !word.is_empty() && word.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c)) {
         word.to_owned()
     } else {
-        format!(
-            "\"{}\"",
-            word.replace('\\', "\\\\")
-                .replace('"', "\\\"")
-                .replace('$', "$$")
-        )
+        format!("\"{}\"", word.replace('\\', "\\\\").replace('"', "\\\"").replace('$', "$$"))
     }
 }
 

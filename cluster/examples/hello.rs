@@ -17,12 +17,8 @@ use herd_cluster::{Balance, ClusterConfig, WorkerContext};
 
 #[tokio::main]
 async fn main() -> Result<(), herd_cluster::ClusterError> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .init();
-    let bind = std::env::var("HELLO_BIND")
-        .ok()
-        .and_then(|b| b.parse().ok());
+    tracing_subscriber::fmt().with_writer(std::io::stderr).init();
+    let bind = std::env::var("HELLO_BIND").ok().and_then(|b| b.parse().ok());
     let mut config = ClusterConfig::new(bind.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 3000))));
     config.workers = 4;
     config.balance = match std::env::var("HELLO_BALANCE").as_deref() {

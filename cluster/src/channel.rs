@@ -69,9 +69,7 @@ impl Channel {
 
     /// Wraps an already connected, non-blocking `SOCK_SEQPACKET` socket.
     pub(crate) fn from_fd(fd: OwnedFd) -> Result<Channel, ChannelError> {
-        Ok(Channel {
-            fd: Arc::new(fd::register(fd).map_err(ChannelError::Setup)?),
-        })
+        Ok(Channel { fd: Arc::new(fd::register(fd).map_err(ChannelError::Setup)?) })
     }
 
     /// Sends one message.
@@ -80,19 +78,13 @@ impl Channel {
     }
 
     /// Sends one message with descriptors attached (at most [`fd::MAX_FDS_PER_MESSAGE`]).
-    pub(crate) async fn send_with_fds<T: Serialize>(
-        &self,
-        msg: &T,
-        fds: &[RawFd],
-    ) -> Result<(), ChannelError> {
+    pub(crate) async fn send_with_fds<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> Result<(), ChannelError> {
         let bytes = serde_json::to_vec(msg)?;
         if bytes.len() > MAX_MESSAGE {
             return Err(ChannelError::Oversized(bytes.len()));
         }
         self.fd
-            .async_io(Interest::WRITABLE, |sock| {
-                fd::send_with_fds(sock.as_fd(), &bytes, fds)
-            })
+            .async_io(Interest::WRITABLE, |sock| fd::send_with_fds(sock.as_fd(), &bytes, fds))
             .await
             .map_err(ChannelError::Send)?;
         Ok(())
@@ -108,9 +100,7 @@ impl Channel {
         let buf = &mut buf.0;
         let received = self
             .fd
-            .async_io(Interest::READABLE, |sock| {
-                fd::recv_with_fds(sock.as_fd(), buf)
-            })
+            .async_io(Interest::READABLE, |sock| fd::recv_with_fds(sock.as_fd(), buf))
             .await
             .map_err(ChannelError::Recv)?;
         if received.len == 0 && !received.truncated {
@@ -119,10 +109,7 @@ impl Channel {
         if received.truncated {
             return Err(ChannelError::Oversized(received.len));
         }
-        Ok(Some((
-            serde_json::from_slice(&buf[..received.len])?,
-            received.fds,
-        )))
+        Ok(Some((serde_json::from_slice(&buf[..received.len])?, received.fds)))
     }
 }
 
@@ -142,10 +129,7 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     async fn recv_msg<T: DeserializeOwned>(ch: &Channel) -> Option<T> {
-        ch.recv::<T>(&mut RecvBuf::default())
-            .await
-            .expect("recv")
-            .map(|(msg, _)| msg)
+        ch.recv::<T>(&mut RecvBuf::default()).await.expect("recv").map(|(msg, _)| msg)
     }
 
     #[tokio::test]
@@ -156,10 +140,7 @@ mod tests {
         b.send(&ToPrimary::Ready { pid: 7 }).await.expect("send");
         b.send(&ToPrimary::Draining).await.expect("send");
         assert_eq!(recv_msg::<ToWorker>(&b).await, Some(ToWorker::Shutdown));
-        assert_eq!(
-            recv_msg::<ToPrimary>(&a).await,
-            Some(ToPrimary::Ready { pid: 7 })
-        );
+        assert_eq!(recv_msg::<ToPrimary>(&a).await, Some(ToPrimary::Ready { pid: 7 }));
         assert_eq!(recv_msg::<ToPrimary>(&a).await, Some(ToPrimary::Draining));
         drop(b);
         assert_eq!(recv_msg::<ToPrimary>(&a).await, None);
@@ -170,14 +151,8 @@ mod tests {
         let (a, b) = Channel::pair().expect("socketpair");
         let b = Channel::from_fd(b).expect("wrap");
         let file = std::fs::File::open("/dev/null").expect("open");
-        a.send_with_fds(&ToWorker::Shutdown, &[file.as_raw_fd()])
-            .await
-            .expect("send");
-        let (msg, fds) = b
-            .recv::<ToWorker>(&mut RecvBuf::default())
-            .await
-            .expect("recv")
-            .expect("a message");
+        a.send_with_fds(&ToWorker::Shutdown, &[file.as_raw_fd()]).await.expect("send");
+        let (msg, fds) = b.recv::<ToWorker>(&mut RecvBuf::default()).await.expect("recv").expect("a message");
         assert_eq!((msg, fds.len()), (ToWorker::Shutdown, 1));
     }
 
@@ -186,15 +161,9 @@ mod tests {
         let (a, b) = Channel::pair().expect("socketpair");
         fd::send_with_fds(b.as_fd(), b"{not json", &[]).expect("raw send");
         let mut buf = RecvBuf::default();
-        assert!(matches!(
-            a.recv::<ToPrimary>(&mut buf).await,
-            Err(ChannelError::Codec(_))
-        ));
+        assert!(matches!(a.recv::<ToPrimary>(&mut buf).await, Err(ChannelError::Codec(_))));
         fd::send_with_fds(b.as_fd(), &vec![b' '; MAX_MESSAGE + 1], &[]).expect("raw send");
-        assert!(matches!(
-            a.recv::<ToPrimary>(&mut buf).await,
-            Err(ChannelError::Oversized(_))
-        ));
+        assert!(matches!(a.recv::<ToPrimary>(&mut buf).await, Err(ChannelError::Oversized(_))));
         // The channel still works afterwards.
         fd::send_with_fds(b.as_fd(), br#"{"type":"draining"}"#, &[]).expect("raw send");
         assert_eq!(recv_msg::<ToPrimary>(&a).await, Some(ToPrimary::Draining));

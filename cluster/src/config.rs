@@ -82,12 +82,7 @@ pub struct Recycling {
 
 impl Default for Recycling {
     fn default() -> Self {
-        Self {
-            worker_timeout: Duration::from_secs(30),
-            max_memory: None,
-            max_requests: None,
-            max_requests_jitter: 0,
-        }
+        Self { worker_timeout: Duration::from_secs(30), max_memory: None, max_requests: None, max_requests_jitter: 0 }
     }
 }
 

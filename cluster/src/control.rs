@@ -97,22 +97,12 @@ pub struct Response {
 impl Response {
     /// Success without details.
     pub fn ok() -> Self {
-        Self {
-            ok: true,
-            error: None,
-            status: None,
-            workers: None,
-        }
+        Self { ok: true, error: None, status: None, workers: None }
     }
 
     /// A failure with its reason.
     pub fn error(reason: impl Into<String>) -> Self {
-        Self {
-            ok: false,
-            error: Some(reason.into()),
-            status: None,
-            workers: None,
-        }
+        Self { ok: false, error: Some(reason.into()), status: None, workers: None }
     }
 }
 
@@ -194,10 +184,7 @@ pub(crate) fn serve(
             }
         }
     });
-    Ok(ControlSocket {
-        path: path.to_owned(),
-        task,
-    })
+    Ok(ControlSocket { path: path.to_owned(), task })
 }
 
 /// Removes the socket file and stops serving when dropped.
@@ -213,11 +200,7 @@ impl Drop for ControlSocket {
     }
 }
 
-async fn answer(
-    stream: UnixStream,
-    commands: mpsc::Sender<Command>,
-    logs: Option<crate::logs::LogSink>,
-) {
+async fn answer(stream: UnixStream, commands: mpsc::Sender<Command>, logs: Option<crate::logs::LogSink>) {
     let (read, mut write) = stream.into_split();
     let response = match tokio::time::timeout(READ_TIMEOUT, read_request(read)).await {
         Err(_) => Response::error("timed out waiting for the request"),
@@ -231,9 +214,7 @@ async fn answer(
             if commands.send((request, reply)).await.is_err() {
                 Response::error("the primary is shutting down")
             } else {
-                answer
-                    .await
-                    .unwrap_or_else(|_| Response::error("the primary is shutting down"))
+                answer.await.unwrap_or_else(|_| Response::error("the primary is shutting down"))
             }
         }
     };
@@ -251,13 +232,12 @@ async fn follow(sink: crate::logs::LogSink, mut write: tokio::net::unix::OwnedWr
     loop {
         let line = match lines.recv().await {
             Ok(line) => line,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => Arc::from(format!(
-                "[{missed} log lines skipped: the follower was too slow]"
-            )),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                Arc::from(format!("[{missed} log lines skipped: the follower was too slow]"))
+            }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
-        if write.write_all(line.as_bytes()).await.is_err() || write.write_all(b"\n").await.is_err()
-        {
+        if write.write_all(line.as_bytes()).await.is_err() || write.write_all(b"\n").await.is_err() {
             return; // the follower went away
         }
     }
@@ -273,8 +253,8 @@ pub async fn follow_logs(path: &Path, mut on_line: impl FnMut(&str)) -> std::io:
     write.write_all(&line).await?;
     let mut lines = BufReader::new(read).lines();
     let first = lines.next_line().await?.unwrap_or_default();
-    let response: Response = serde_json::from_str(&first)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let response: Response =
+        serde_json::from_str(&first).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     if !response.ok {
         return Err(std::io::Error::other(response.error.unwrap_or_default()));
     }
@@ -287,10 +267,7 @@ pub async fn follow_logs(path: &Path, mut on_line: impl FnMut(&str)) -> std::io:
 async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Request, String> {
     let mut line = Vec::new();
     let mut limited = BufReader::new(read.take(MAX_REQUEST as u64 + 1));
-    limited
-        .read_until(b'\n', &mut line)
-        .await
-        .map_err(|e| format!("cannot read the request: {e}"))?;
+    limited.read_until(b'\n', &mut line).await.map_err(|e| format!("cannot read the request: {e}"))?;
     if line.len() > MAX_REQUEST {
         return Err(format!("request longer than {MAX_REQUEST} bytes"));
     }
@@ -306,15 +283,12 @@ pub async fn request(path: &Path, request: &Request) -> std::io::Result<Response
     write.write_all(&line).await?;
     let mut reply = String::new();
     BufReader::new(read).read_line(&mut reply).await?;
-    serde_json::from_str(&reply)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    serde_json::from_str(&reply).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
 /// The control socket path used when none is configured: one per port, in the runtime
 /// directory (`$XDG_RUNTIME_DIR`, else the temp directory).
 pub fn default_path(port: u16) -> PathBuf {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir);
+    let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
     dir.join(format!("herd-{port}.sock"))
 }

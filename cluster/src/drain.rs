@@ -113,12 +113,8 @@ impl Drain {
         loop {
             let notified = self.inner.done.notified();
             if self.in_flight() == 0 {
-                let quiet_for = self
-                    .inner
-                    .last_done
-                    .lock()
-                    .map(|last| last.map_or(LINGER, |t| t.elapsed()))
-                    .unwrap_or(LINGER);
+                let quiet_for =
+                    self.inner.last_done.lock().map(|last| last.map_or(LINGER, |t| t.elapsed())).unwrap_or(LINGER);
                 if quiet_for >= LINGER {
                     return;
                 }
@@ -180,9 +176,7 @@ pub async fn guard(State(drain): State<Drain>, request: Request, next: Next) -> 
 
 fn close_after(response: &mut Response) {
     // hyper closes an HTTP/1 connection after a response that carries `Connection: close`.
-    response
-        .headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
 }
 
 /// A TCP listener that stops accepting once the worker drains, leaving queued connections to
@@ -224,10 +218,7 @@ impl axum::serve::Listener for DrainableListener {
 /// file descriptors) is logged and retried after a pause instead of spinning.
 async fn handle_accept_error(err: std::io::Error) {
     use std::io::ErrorKind::*;
-    if matches!(
-        err.kind(),
-        ConnectionRefused | ConnectionAborted | ConnectionReset
-    ) {
+    if matches!(err.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
         return;
     }
     tracing::error!(error = %err, "accept failed, retrying in 100ms");
@@ -241,39 +232,24 @@ mod tests {
     use tower::ServiceExt;
 
     fn app(drain: &Drain) -> Router {
-        Router::new()
-            .route("/", get(|| async { "ok" }))
-            .layer(from_fn_with_state(drain.clone(), guard))
+        Router::new().route("/", get(|| async { "ok" })).layer(from_fn_with_state(drain.clone(), guard))
     }
 
     #[tokio::test]
     async fn retiring_serves_with_close_and_shutdown_answers_503() {
         let drain = Drain::new();
-        let ok = app(&drain)
-            .oneshot(Request::new(Body::empty()))
-            .await
-            .expect("infallible");
+        let ok = app(&drain).oneshot(Request::new(Body::empty())).await.expect("infallible");
         assert_eq!(ok.status(), StatusCode::OK);
         assert!(ok.headers().get(header::CONNECTION).is_none());
 
         drain.start(DrainMode::Retire);
-        let served = app(&drain)
-            .oneshot(Request::new(Body::empty()))
-            .await
-            .expect("infallible");
-        assert_eq!(
-            served.status(),
-            StatusCode::OK,
-            "a retiring worker still serves"
-        );
+        let served = app(&drain).oneshot(Request::new(Body::empty())).await.expect("infallible");
+        assert_eq!(served.status(), StatusCode::OK, "a retiring worker still serves");
         assert_eq!(served.headers()[header::CONNECTION], "close");
 
         drain.start(DrainMode::Shutdown);
         drain.start(DrainMode::Retire); // never weakens
-        let refused = app(&drain)
-            .oneshot(Request::new(Body::empty()))
-            .await
-            .expect("infallible");
+        let refused = app(&drain).oneshot(Request::new(Body::empty())).await.expect("infallible");
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
         assert_eq!(refused.headers()[header::CONNECTION], "close");
@@ -292,9 +268,6 @@ mod tests {
         let finished_at = tokio::time::Instant::now();
         drop(request);
         waiter.await.expect("waiter");
-        assert!(
-            finished_at.elapsed() >= LINGER,
-            "idle before the linger passed"
-        );
+        assert!(finished_at.elapsed() >= LINGER, "idle before the linger passed");
     }
 }

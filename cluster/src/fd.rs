@@ -11,9 +11,7 @@ use std::{
 
 use nix::{
     fcntl::{fcntl, FcntlArg, FdFlag},
-    sys::socket::{
-        getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
-    },
+    sys::socket::{getsockopt, recvmsg, sendmsg, sockopt, ControlMessage, ControlMessageOwned, MsgFlags},
 };
 
 /// Most descriptors sent in one message. Linux allows 253 (`SCM_MAX_FD`); staying well below
@@ -44,11 +42,7 @@ impl Expect {
 /// it really is the kind of socket we expect, and marks it close-on-exec so it does not leak
 /// into processes this worker starts.
 pub(crate) fn adopt(raw: RawFd, expect: Expect) -> Result<OwnedFd, ClusterError> {
-    let err = |source: std::io::Error| ClusterError::InheritedFd {
-        fd: raw,
-        what: expect.describe(),
-        source,
-    };
+    let err = |source: std::io::Error| ClusterError::InheritedFd { fd: raw, what: expect.describe(), source };
     // Refuse before taking ownership if the number is not an open descriptor at all.
     fcntl(raw, FcntlArg::F_GETFD).map_err(|e| err(e.into()))?;
     // SAFETY: `raw` is open (checked above) and was placed at this number by the primary for this
@@ -65,10 +59,7 @@ pub(crate) fn adopt(raw: RawFd, expect: Expect) -> Result<OwnedFd, ClusterError>
         Expect::SeqPacket => sock_type == nix::sys::socket::SockType::SeqPacket,
     };
     if !ok {
-        return Err(err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "wrong socket type",
-        )));
+        return Err(err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "wrong socket type")));
     }
     fcntl(raw, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| err(e.into()))?;
     Ok(fd)
@@ -89,26 +80,13 @@ pub(crate) fn register<T: Owned>(fd: T) -> io::Result<tokio::io::unix::AsyncFd<T
 
 /// Sends `bytes` as one datagram with `fds` attached (`SCM_RIGHTS`). The receiver gets its own
 /// duplicates; ours stay open.
-pub(crate) fn send_with_fds(
-    socket: BorrowedFd<'_>,
-    bytes: &[u8],
-    fds: &[RawFd],
-) -> io::Result<usize> {
-    debug_assert!(
-        fds.len() <= MAX_FDS_PER_MESSAGE,
-        "callers batch at most MAX_FDS_PER_MESSAGE fds"
-    );
+pub(crate) fn send_with_fds(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[RawFd]) -> io::Result<usize> {
+    debug_assert!(fds.len() <= MAX_FDS_PER_MESSAGE, "callers batch at most MAX_FDS_PER_MESSAGE fds");
     let iov = [IoSlice::new(bytes)];
     let rights = [ControlMessage::ScmRights(fds)];
     let cmsgs: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
     // MSG_NOSIGNAL: a dead peer must be an error here, not a SIGPIPE for the process.
-    Ok(sendmsg::<()>(
-        socket.as_raw_fd(),
-        &iov,
-        cmsgs,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )?)
+    Ok(sendmsg::<()>(socket.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?)
 }
 
 /// One received datagram: its real length (may exceed the buffer if it was truncated) and the
@@ -124,12 +102,7 @@ pub(crate) struct Received {
 pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS_PER_MESSAGE]);
-    let msg = recvmsg::<()>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )?;
+    let msg = recvmsg::<()>(socket.as_raw_fd(), &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC)?;
     let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
     let mut fds = Vec::new();
     for cmsg in msg.cmsgs()? {
@@ -142,11 +115,7 @@ pub(crate) fn recv_with_fds(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Resul
             }
         }
     }
-    Ok(Received {
-        len: msg.bytes,
-        truncated,
-        fds,
-    })
+    Ok(Received { len: msg.bytes, truncated, fds })
 }
 
 #[cfg(test)]
@@ -159,21 +128,14 @@ mod tests {
     };
 
     fn pair() -> (OwnedFd, OwnedFd) {
-        socketpair(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )
-        .expect("socketpair")
+        socketpair(AddressFamily::Unix, SockType::SeqPacket, None, SockFlag::SOCK_CLOEXEC).expect("socketpair")
     }
 
     #[test]
     fn passed_sockets_are_the_same_connection() {
         let (a, b) = pair();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let mut client =
-            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let mut client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
         let (accepted, _) = listener.accept().expect("accept");
 
         send_with_fds(a.as_fd(), b"conn", &[accepted.as_raw_fd()]).expect("send");
@@ -193,9 +155,8 @@ mod tests {
     #[test]
     fn a_batch_of_fds_arrives_in_order_in_one_message() {
         let (a, b) = pair();
-        let files: Vec<std::fs::File> = (0..MAX_FDS_PER_MESSAGE)
-            .map(|_| std::fs::File::open("/dev/null").expect("open"))
-            .collect();
+        let files: Vec<std::fs::File> =
+            (0..MAX_FDS_PER_MESSAGE).map(|_| std::fs::File::open("/dev/null").expect("open")).collect();
         let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
         send_with_fds(a.as_fd(), b"batch", &raw).expect("send");
         let mut buf = [0u8; 16];
@@ -204,10 +165,7 @@ mod tests {
         assert!(!received.truncated);
         for fd in &received.fds {
             let flags = fcntl(fd.as_raw_fd(), FcntlArg::F_GETFD).expect("fcntl");
-            assert!(
-                FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC),
-                "received fds are close-on-exec"
-            );
+            assert!(FdFlag::from_bits_truncate(flags).contains(FdFlag::FD_CLOEXEC), "received fds are close-on-exec");
         }
     }
 
@@ -225,19 +183,11 @@ mod tests {
     #[test]
     fn adopt_rejects_descriptors_that_are_not_the_expected_socket() {
         use std::os::fd::IntoRawFd;
-        assert!(
-            adopt(987_654, Expect::SeqPacket).is_err(),
-            "a closed number"
-        );
+        assert!(adopt(987_654, Expect::SeqPacket).is_err(), "a closed number");
         // `adopt` owns the descriptor from its type check on (and closes it on failure).
-        let raw = std::fs::File::open("/dev/null")
-            .expect("open")
-            .into_raw_fd();
+        let raw = std::fs::File::open("/dev/null").expect("open").into_raw_fd();
         assert!(adopt(raw, Expect::TcpListener).is_err(), "a file");
         let (a, _b) = pair();
-        assert!(
-            adopt(a.into_raw_fd(), Expect::TcpListener).is_err(),
-            "a Unix socket"
-        );
+        assert!(adopt(a.into_raw_fd(), Expect::TcpListener).is_err(), "a Unix socket");
     }
 }

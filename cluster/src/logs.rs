@@ -51,10 +51,7 @@ impl LogSink {
         let out = out.map(|p| open(&p).map(|f| (p, f))).transpose()?;
         let err = err.map(|p| open(&p).map(|f| (p, f))).transpose()?;
         Ok(Self {
-            inner: Arc::new(Inner {
-                files: Mutex::new(Files { out, err }),
-                feed: broadcast::channel(FOLLOW_BUFFER).0,
-            }),
+            inner: Arc::new(Inner { files: Mutex::new(Files { out, err }), feed: broadcast::channel(FOLLOW_BUFFER).0 }),
         })
     }
 
@@ -77,11 +74,7 @@ impl LogSink {
 
     /// Reopens the files at their paths (after logrotate moved them).
     pub fn reopen(&self) -> io::Result<()> {
-        let mut guard = self
-            .inner
-            .files
-            .lock()
-            .map_err(|_| io::Error::other("log lock poisoned"))?;
+        let mut guard = self.inner.files.lock().map_err(|_| io::Error::other("log lock poisoned"))?;
         let files = &mut *guard;
         for (path, file) in [&mut files.out, &mut files.err].into_iter().flatten() {
             *file = open(path)?;
@@ -97,9 +90,9 @@ impl LogSink {
 
 /// Warnings and errors, in the text format (` WARN `, ` ERROR `) or JSON (`"level":"WARN"`).
 fn is_warning_or_error(line: &str) -> bool {
-    ["WARN", "ERROR"].iter().any(|level| {
-        line.contains(&format!(" {level} ")) || line.contains(&format!("\"level\":\"{level}\""))
-    })
+    ["WARN", "ERROR"]
+        .iter()
+        .any(|level| line.contains(&format!(" {level} ")) || line.contains(&format!("\"level\":\"{level}\"")))
 }
 
 #[cfg(test)]
@@ -114,30 +107,16 @@ mod tests {
         let sink = LogSink::new(Some(out.clone()), Some(err.clone())).expect("sink");
         let mut follower = sink.follow();
         sink.write_line("worker=1 pid=7 2026-01-01T00:00:00Z  INFO ready");
-        sink.write_line(
-            "primary pid=6 2026-01-01T00:00:00Z  WARN worker 1 pid 7 killed by SIGKILL",
-        );
+        sink.write_line("primary pid=6 2026-01-01T00:00:00Z  WARN worker 1 pid 7 killed by SIGKILL");
         sink.write_line(r#"{"level":"ERROR","fields":{"message":"boom"}}"#);
-        assert_eq!(
-            std::fs::read_to_string(&out).expect("out").lines().count(),
-            3
-        );
-        assert_eq!(
-            std::fs::read_to_string(&err).expect("err").lines().count(),
-            2
-        );
-        assert!(follower
-            .try_recv()
-            .expect("followed")
-            .contains("INFO ready"));
+        assert_eq!(std::fs::read_to_string(&out).expect("out").lines().count(), 3);
+        assert_eq!(std::fs::read_to_string(&err).expect("err").lines().count(), 2);
+        assert!(follower.try_recv().expect("followed").contains("INFO ready"));
 
         std::fs::rename(&out, dir.join("out.log.1")).expect("rotate");
         sink.reopen().expect("reopen");
         sink.write_line("after rotation  INFO hello");
-        assert_eq!(
-            std::fs::read_to_string(&out).expect("new out"),
-            "after rotation  INFO hello\n"
-        );
+        assert_eq!(std::fs::read_to_string(&out).expect("new out"), "after rotation  INFO hello\n");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -97,10 +97,7 @@ impl Messenger {
     /// Sends `payload` to every live worker, this one included, in order.
     pub async fn broadcast<T: Serialize>(&self, payload: &T) -> Result<(), MessagingError> {
         let payload = serde_json::to_value(payload)?;
-        self.inner
-            .channel
-            .send(&ToPrimary::Broadcast { payload })
-            .await?;
+        self.inner.channel.send(&ToPrimary::Broadcast { payload }).await?;
         Ok(())
     }
 
@@ -129,10 +126,7 @@ impl Messenger {
             pending.insert(id, tx);
         }
         let payload = serde_json::to_value(question)?;
-        self.inner
-            .channel
-            .send(&ToPrimary::Gather { id, payload })
-            .await?;
+        self.inner.channel.send(&ToPrimary::Gather { id, payload }).await?;
         let limit = GATHER_TIMEOUT + Duration::from_secs(1);
         let replies = match tokio::time::timeout(limit, rx).await {
             Ok(Ok(replies)) => replies,
@@ -162,21 +156,12 @@ impl Messenger {
     pub(crate) async fn answer(&self, id: u64, question: Value) {
         let handler = self.inner.handler.lock().ok().and_then(|h| h.clone());
         let payload = handler.map_or(Value::Null, |handle| handle(question));
-        let _ = self
-            .inner
-            .channel
-            .send(&ToPrimary::Reply { id, payload })
-            .await;
+        let _ = self.inner.channel.send(&ToPrimary::Reply { id, payload }).await;
     }
 
     /// The answers to one of our gathers arrived.
     pub(crate) fn gathered(&self, id: u64, replies: Vec<Reply>) {
-        let waiter = self
-            .inner
-            .pending
-            .lock()
-            .ok()
-            .and_then(|mut p| p.remove(&id));
+        let waiter = self.inner.pending.lock().ok().and_then(|mut p| p.remove(&id));
         if let Some(waiter) = waiter {
             let _ = waiter.send(replies);
         }

@@ -179,13 +179,7 @@ impl Cache {
     /// A cache on `pool` with keys under `keys`' prefix: no jitter, no local copies, the
     /// default [`CacheLimits`].
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self {
-            pool,
-            keys,
-            jitter: 0.0,
-            local: None,
-            limits: CacheLimits::default(),
-        }
+        Self { pool, keys, jitter: 0.0, local: None, limits: CacheLimits::default() }
     }
 
     /// Bounds what the cache stores (see [`CacheLimits`]).
@@ -203,17 +197,8 @@ impl Cache {
     /// Keeps local copies for `ttl` and listens for invalidations on a connection of its own.
     /// Fails if that connection cannot be set up.
     pub async fn with_local_copies(mut self, ttl: Duration) -> Result<Self, StoreError> {
-        let copies = Arc::new(LocalCopies {
-            ttl,
-            entries: Mutex::default(),
-            generation: AtomicU64::new(0),
-        });
-        listen_for_invalidations(
-            self.pool.next(),
-            self.invalidation_channel(),
-            copies.clone(),
-        )
-        .await?;
+        let copies = Arc::new(LocalCopies { ttl, entries: Mutex::default(), generation: AtomicU64::new(0) });
+        listen_for_invalidations(self.pool.next(), self.invalidation_channel(), copies.clone()).await?;
         self.local = Some(copies);
         Ok(self)
     }
@@ -223,34 +208,19 @@ impl Cache {
     }
 
     /// The value under `key`, or computes it once for the whole cluster and keeps it for `ttl`.
-    pub async fn get_or_compute<F, Fut, E>(
-        &self,
-        key: &str,
-        ttl: Duration,
-        compute: F,
-    ) -> Result<Cached, CacheError<E>>
+    pub async fn get_or_compute<F, Fut, E>(&self, key: &str, ttl: Duration, compute: F) -> Result<Cached, CacheError<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<String, E>>,
     {
-        let cached = self
-            .lookup(key, ttl, ttl, || async move { compute().await.map(Some) })
-            .await?;
+        let cached = self.lookup(key, ttl, ttl, || async move { compute().await.map(Some) }).await?;
         match cached.value {
-            Some(value) => Ok(Cached {
-                value,
-                from_cache: cached.from_cache,
-                source: cached.source,
-            }),
+            Some(value) => Ok(Cached { value, from_cache: cached.from_cache, source: cached.source }),
             // Only this cache writes under its prefix, and `compute` never answers "nothing".
-            None => Err(CacheError::Store(StoreError::Redis(
-                fred::error::Error::new(
-                    fred::error::ErrorKind::Parse,
-                    format!(
-                        "cache entry {key} holds \"nothing\" but was never computed as optional"
-                    ),
-                ),
-            ))),
+            None => Err(CacheError::Store(StoreError::Redis(fred::error::Error::new(
+                fred::error::ErrorKind::Parse,
+                format!("cache entry {key} holds \"nothing\" but was never computed as optional"),
+            )))),
         }
     }
 
@@ -282,50 +252,28 @@ impl Cache {
         Fut: Future<Output = Result<Option<String>, E>>,
     {
         if let Some(value) = self.local_copy(key) {
-            return Ok(Cached {
-                value,
-                from_cache: true,
-                source: Source::Local,
-            });
+            return Ok(Cached { value, from_cache: true, source: Source::Local });
         }
         let generation = self.generation();
         let value_key = self.keys.cache(key);
         let lock_key = self.keys.cache(&format!("{key}:lock"));
-        let token = format!(
-            "{}:{:x}",
-            std::process::id(),
-            rand::thread_rng().gen::<u64>()
-        );
+        let token = format!("{}:{:x}", std::process::id(), rand::thread_rng().gen::<u64>());
         let mut compute = Some(compute);
         loop {
             if let Some(value) = self.shared(key, &value_key, generation).await? {
-                return Ok(Cached {
-                    value,
-                    from_cache: true,
-                    source: Source::Redis,
-                });
+                return Ok(Cached { value, from_cache: true, source: Source::Redis });
             }
             let lock = Expiration::PX(millis(LOCK_LIFETIME));
             let acquired: Option<String> = self
                 .pool
-                .set(
-                    &lock_key,
-                    token.as_str(),
-                    Some(lock),
-                    Some(SetOptions::NX),
-                    false,
-                )
+                .set(&lock_key, token.as_str(), Some(lock), Some(SetOptions::NX), false)
                 .await
                 .map_err(StoreError::from)?;
             if acquired.is_some() {
                 let Some(compute) = compute.take() else { break };
                 // Released when this request ends, even if it is dropped mid-computation (its
                 // client left): waiters then take over at once, not after `LOCK_LIFETIME`.
-                let lock = LockGuard {
-                    pool: self.pool.clone(),
-                    key: lock_key.clone(),
-                    token: token.clone(),
-                };
+                let lock = LockGuard { pool: self.pool.clone(), key: lock_key.clone(), token: token.clone() };
                 let result = match compute().await {
                     Ok(value) => {
                         let (stored, lifetime) = match &value {
@@ -342,11 +290,7 @@ impl Cache {
                                 .map_err(StoreError::from)?;
                             self.keep_local(key, value.clone(), generation);
                         }
-                        Ok(Cached {
-                            value,
-                            from_cache: false,
-                            source: Source::Computed,
-                        })
+                        Ok(Cached { value, from_cache: false, source: Source::Computed })
                     }
                     Err(err) => Err(CacheError::Compute(err)),
                 };
@@ -357,44 +301,25 @@ impl Cache {
             loop {
                 tokio::time::sleep(POLL).await;
                 if let Some(value) = self.shared(key, &value_key, generation).await? {
-                    return Ok(Cached {
-                        value,
-                        from_cache: true,
-                        source: Source::Redis,
-                    });
+                    return Ok(Cached { value, from_cache: true, source: Source::Redis });
                 }
-                let held: i64 = self
-                    .pool
-                    .exists(&lock_key)
-                    .await
-                    .map_err(StoreError::from)?;
+                let held: i64 = self.pool.exists(&lock_key).await.map_err(StoreError::from)?;
                 if held == 0 {
                     break; // the holder failed or died: try again, maybe computing ourselves
                 }
             }
         }
-        Err(CacheError::Store(StoreError::Redis(
-            fred::error::Error::new(
-                fred::error::ErrorKind::Unknown,
-                "cache computation could not run",
-            ),
-        )))
+        Err(CacheError::Store(StoreError::Redis(fred::error::Error::new(
+            fred::error::ErrorKind::Unknown,
+            "cache computation could not run",
+        ))))
     }
 
     /// True when `stored` may be written under `value_key` for `lifetime`: small enough, and
     /// counted in the budget of the current window.
-    async fn admit(
-        &self,
-        value_key: &str,
-        stored: &str,
-        lifetime: Duration,
-    ) -> Result<bool, StoreError> {
+    async fn admit(&self, value_key: &str, stored: &str, lifetime: Duration) -> Result<bool, StoreError> {
         if stored.len() > self.limits.max_value_bytes {
-            tracing::debug!(
-                key = value_key,
-                bytes = stored.len(),
-                "cache value too large to store"
-            );
+            tracing::debug!(key = value_key, bytes = stored.len(), "cache value too large to store");
             return Ok(false);
         }
         let size = value_key.len() + stored.len() + ENTRY_OVERHEAD;
@@ -404,9 +329,7 @@ impl Cache {
             self.limits.max_entries.to_string(),
             self.limits.max_bytes.to_string(),
         ];
-        let admitted: i64 = ADMIT
-            .evalsha_with_reload(self.pool.next(), self.keys.cache_budget(), args)
-            .await?;
+        let admitted: i64 = ADMIT.evalsha_with_reload(self.pool.next(), self.keys.cache_budget(), args).await?;
         if admitted == 0 {
             static SPENT: Throttle = Throttle::new();
             if let Some(suppressed) = SPENT.admit(Instant::now()) {
@@ -423,12 +346,7 @@ impl Cache {
     }
 
     /// The shared entry: `Some(Some(v))` a value, `Some(None)` a cached "nothing", `None` a miss.
-    async fn shared(
-        &self,
-        key: &str,
-        value_key: &str,
-        generation: u64,
-    ) -> Result<Option<Option<String>>, StoreError> {
+    async fn shared(&self, key: &str, value_key: &str, generation: u64) -> Result<Option<Option<String>>, StoreError> {
         let stored: Option<String> = self.pool.get(value_key).await?;
         let value = match stored.as_deref() {
             Some("n") => Some(None),
@@ -443,16 +361,11 @@ impl Cache {
 
     fn local_copy(&self, key: &str) -> Option<Option<String>> {
         let entries = self.local.as_ref()?.entries.lock().ok()?;
-        entries
-            .get(key)
-            .filter(|(_, until)| *until > Instant::now())
-            .map(|(value, _)| value.clone())
+        entries.get(key).filter(|(_, until)| *until > Instant::now()).map(|(value, _)| value.clone())
     }
 
     fn generation(&self) -> u64 {
-        self.local
-            .as_ref()
-            .map_or(0, |local| local.generation.load(Ordering::SeqCst))
+        self.local.as_ref().map_or(0, |local| local.generation.load(Ordering::SeqCst))
     }
 
     /// Keeps a copy of what was read since `generation`, unless an invalidation came meanwhile.
@@ -488,11 +401,7 @@ impl Cache {
         if let Some(local) = &self.local {
             local.forget(Some(key));
         }
-        let _: i64 = self
-            .pool
-            .next()
-            .publish(self.invalidation_channel(), key)
-            .await?;
+        let _: i64 = self.pool.next().publish(self.invalidation_channel(), key).await?;
         Ok(())
     }
 }
@@ -522,11 +431,7 @@ impl Drop for LockGuard {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let (pool, key, token) = (
-            self.pool.clone(),
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.token),
-        );
+        let (pool, key, token) = (self.pool.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.token));
         runtime.spawn(async move { release(&pool, &key, &token).await });
     }
 }
@@ -578,7 +483,5 @@ async fn listen_for_invalidations(
 }
 
 fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis())
-        .unwrap_or(i64::MAX)
-        .max(1)
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX).max(1)
 }

@@ -32,9 +32,7 @@ impl Default for Keys {
 impl Keys {
     /// Keys under `prefix` (use something ending in `:`).
     pub fn new(prefix: impl Into<String>) -> Self {
-        Self {
-            prefix: prefix.into().into(),
-        }
+        Self { prefix: prefix.into().into() }
     }
 
     /// The key of a session. The id itself is never stored: only its SHA-256.
@@ -113,21 +111,14 @@ mod tests {
     #[test]
     fn the_key_is_the_sha256_hex_of_the_id() {
         let key = Keys::new("p:").session("abc");
-        assert_eq!(
-            key,
-            "p:sess:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(key, "p:sess:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]
     fn an_ids_key_hashes_the_text_its_cookie_carries() {
         let keys = Keys::default();
         let random = (0..200).map(|_| rand::random::<i128>());
-        for id in [0, -1, 1, i128::MIN, i128::MAX]
-            .into_iter()
-            .chain(random)
-            .map(Id)
-        {
+        for id in [0, -1, 1, i128::MIN, i128::MAX].into_iter().chain(random).map(Id) {
             assert_eq!(keys.session_of(&id), keys.session(id.to_string()), "{id}");
         }
     }

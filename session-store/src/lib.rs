@@ -171,10 +171,7 @@ mod tests {
         let full = StoreError::from(oom);
         assert!(full.is_out_of_memory() && !full.is_unavailable());
         assert!(is_store_full(&full.into()));
-        let down = StoreError::from(fred::error::Error::new(
-            fred::error::ErrorKind::Timeout,
-            "Request timed out.",
-        ));
+        let down = StoreError::from(fred::error::Error::new(fred::error::ErrorKind::Timeout, "Request timed out."));
         assert!(down.is_unavailable() && !down.is_out_of_memory());
         assert!(!is_store_full(&down.into()));
     }

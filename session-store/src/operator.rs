@@ -19,8 +19,7 @@ pub const REPORT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The text of the 507 answer a client gets while Redis is full: distinct from the 503's
 /// "retry shortly", because retrying does not help until an operator acts.
-pub const STORE_FULL: &str =
-    "session store is full (Redis maxmemory reached); an operator must act";
+pub const STORE_FULL: &str = "session store is full (Redis maxmemory reached); an operator must act";
 
 /// Reports that Redis refused a write for lack of memory: an ERROR line now if none was
 /// written in the last [`REPORT_INTERVAL`], else counted for the next one.
@@ -46,19 +45,13 @@ pub(crate) struct Throttle {
 
 impl Throttle {
     pub(crate) const fn new() -> Self {
-        Self {
-            last: Mutex::new(None),
-            held_back: AtomicU64::new(0),
-        }
+        Self { last: Mutex::new(None), held_back: AtomicU64::new(0) }
     }
 
     /// `Some(reports held back since the last one)` when this report may be logged.
     pub(crate) fn admit(&self, now: Instant) -> Option<u64> {
         // A poisoned lock only means another thread panicked while logging: keep reporting.
-        let mut last = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         match *last {
             Some(at) if now.saturating_duration_since(at) < REPORT_INTERVAL => {
                 self.held_back.fetch_add(1, Ordering::Relaxed);
@@ -85,9 +78,6 @@ mod tests {
             assert_eq!(throttle.admit(start + Duration::from_millis(i)), None);
         }
         assert_eq!(throttle.admit(start + REPORT_INTERVAL), Some(5));
-        assert_eq!(
-            throttle.admit(start + REPORT_INTERVAL + Duration::from_secs(1)),
-            None
-        );
+        assert_eq!(throttle.admit(start + REPORT_INTERVAL + Duration::from_secs(1)), None);
     }
 }

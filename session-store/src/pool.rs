@@ -56,16 +56,12 @@ impl RedisConfig {
 /// completed within `command_timeout`, treat a connection that has not answered for twice
 /// that as dead, and never resend a command that may already have been applied.
 pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
-    let mut parsed = Config::from_url(&config.url).map_err(|source| StoreError::Url {
-        url: config.url.clone(),
-        source,
-    })?;
+    let mut parsed =
+        Config::from_url(&config.url).map_err(|source| StoreError::Url { url: config.url.clone(), source })?;
     if uses_tls(&config.url) {
         parsed.tls = Some(crate::tls::connector(config.ca_cert.as_deref())?.into());
     } else if config.ca_cert.is_some() {
-        return Err(StoreError::Tls(
-            "a CA certificate was given for a URL without TLS: use rediss://".into(),
-        ));
+        return Err(StoreError::Tls("a CA certificate was given for a URL without TLS: use rediss://".into()));
     }
     let timeout = config.command_timeout;
     let pool = Builder::from_config(parsed)
@@ -73,10 +69,7 @@ pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
         .with_connection_config(|conn| {
             conn.connection_timeout = timeout;
             conn.internal_command_timeout = timeout;
-            conn.unresponsive = UnresponsiveConfig {
-                max_timeout: Some(timeout * 2),
-                interval: timeout / 4,
-            };
+            conn.unresponsive = UnresponsiveConfig { max_timeout: Some(timeout * 2), interval: timeout / 4 };
             // fred resends a command whose connection died in flight (3 attempts by default).
             // Redis may already have applied it, so an `INCR` would count twice while the
             // client was told 503: send every command once; the caller answers 503.
@@ -90,22 +83,14 @@ pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
         Ok(Err(err)) => Err(err.into()),
         Err(_elapsed) => {
             let _ = pool.quit().await;
-            Err(fred::error::Error::new(
-                fred::error::ErrorKind::Timeout,
-                "connecting to Redis timed out",
-            )
-            .into())
+            Err(fred::error::Error::new(fred::error::ErrorKind::Timeout, "connecting to Redis timed out").into())
         }
     }
 }
 
 /// `rediss://`, `rediss-cluster://`, `rediss-sentinel://` (and fred's `valkeys` spellings).
 fn uses_tls(url: &str) -> bool {
-    let scheme = url
-        .split("://")
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
+    let scheme = url.split("://").next().unwrap_or_default().to_ascii_lowercase();
     scheme.starts_with("rediss") || scheme.starts_with("valkeys")
 }
 

@@ -67,12 +67,7 @@ pub(crate) fn parse(text: &str) -> Option<Stored<'_>> {
         values.push((name, json));
         entries = rest;
     }
-    Some(Stored {
-        created: digits(created)?,
-        seen: digits(seen)?,
-        retired,
-        values,
-    })
+    Some(Stored { created: digits(created)?, seen: digits(seen)?, retired, values })
 }
 
 /// `<len>:<len bytes>` at the start of `text`, and what follows.
@@ -88,9 +83,7 @@ fn digits(text: &str) -> Option<i64> {
     if text.is_empty() || text.len() > 18 {
         return None;
     }
-    text.bytes().try_fold(0, |n, b| {
-        b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0'))
-    })
+    text.bytes().try_fold(0, |n, b| b.is_ascii_digit().then(|| n * 10 + i64::from(b - b'0')))
 }
 
 #[cfg(test)]
@@ -112,20 +105,12 @@ mod tests {
 
     #[test]
     fn values_round_trip_whatever_they_hold() {
-        let text = record(
-            1_764_571_234_567,
-            1_764_571_299_000,
-            'r',
-            "4:user7:\"alice\"3:a:b5:\"1:2\"0:2:{}",
-        );
+        let text = record(1_764_571_234_567, 1_764_571_299_000, 'r', "4:user7:\"alice\"3:a:b5:\"1:2\"0:2:{}");
         let stored = parse(&text).expect("valid");
         assert_eq!(stored.created, 1_764_571_234_567);
         assert_eq!(stored.seen, 1_764_571_299_000);
         assert!(stored.retired);
-        assert_eq!(
-            stored.values,
-            vec![("user", "\"alice\""), ("a:b", "\"1:2\""), ("", "{}")]
-        );
+        assert_eq!(stored.values, vec![("user", "\"alice\""), ("a:b", "\"1:2\""), ("", "{}")]);
     }
 
     #[test]

@@ -99,30 +99,22 @@ impl Failure {
 
     fn response<B: From<String>>(self) -> Response<B> {
         let (status, message) = match self {
-            Failure::Unavailable => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "session store unavailable, retry shortly".to_owned(),
-            ),
+            Failure::Unavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable, retry shortly".to_owned())
+            }
             Failure::StoreFull => {
                 crate::operator::redis_full(&"a session could not be saved");
-                (
-                    StatusCode::INSUFFICIENT_STORAGE,
-                    crate::operator::STORE_FULL.to_owned(),
-                )
+                (StatusCode::INSUFFICIENT_STORAGE, crate::operator::STORE_FULL.to_owned())
             }
-            Failure::TooLarge { limit } => (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                format!("session data would exceed {limit} bytes"),
-            ),
+            Failure::TooLarge { limit } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, format!("session data would exceed {limit} bytes"))
+            }
         };
         let body = serde_json::json!({ "error": message }).to_string();
         let mut response = Response::new(B::from(body));
         *response.status_mut() = status;
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -151,9 +143,7 @@ pub struct SessionScopeLayer {
 
 impl SessionScopeLayer {
     pub(crate) fn new(store: RedisSessionStore) -> Self {
-        Self {
-            store: Arc::new(store),
-        }
+        Self { store: Arc::new(store) }
     }
 }
 
@@ -161,10 +151,7 @@ impl<S> Layer<S> for SessionScopeLayer {
     type Service = SessionScope<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        SessionScope {
-            inner,
-            store: self.store.clone(),
-        }
+        SessionScope { inner, store: self.store.clone() }
     }
 }
 
@@ -197,28 +184,22 @@ where
         // The scope covers the inner future, which is where tower-sessions uses the store.
         let response = self.inner.call(request);
         let store = self.store.clone();
-        Box::pin(
-            SCOPE.scope(RefCell::new(RequestState::default()), async move {
-                let response = response.await?;
-                let state = with(std::mem::take).unwrap_or_default();
-                if state.is_settled() {
-                    return Ok(response);
-                }
-                // Boxed: its Redis futures are large, and inlined they made every request's future
-                // (moved three times on the way into the runtime) kilobytes bigger for work that
-                // only logins, logouts and failures need.
-                Ok(Box::pin(finish(&store, state, response)).await)
-            }),
-        )
+        Box::pin(SCOPE.scope(RefCell::new(RequestState::default()), async move {
+            let response = response.await?;
+            let state = with(std::mem::take).unwrap_or_default();
+            if state.is_settled() {
+                return Ok(response);
+            }
+            // Boxed: its Redis futures are large, and inlined they made every request's future
+            // (moved three times on the way into the runtime) kilobytes bigger for work that
+            // only logins, logouts and failures need.
+            Ok(Box::pin(finish(&store, state, response)).await)
+        }))
     }
 }
 
 /// Settles what the request did to sessions, now that its outcome is known.
-async fn finish<B: From<String>>(
-    store: &RedisSessionStore,
-    state: RequestState,
-    response: Response<B>,
-) -> Response<B> {
+async fn finish<B: From<String>>(store: &RedisSessionStore, state: RequestState, response: Response<B>) -> Response<B> {
     if response.status().is_server_error() {
         // A failed request changes nothing: tower-sessions does not save it and sends no new
         // cookie, so the client still holds the old id, which must still work.

@@ -155,12 +155,7 @@ pub(crate) enum Op {
 
 /// Runs a script on `key`, loading it first if this Redis has not seen it (a fresh server,
 /// or one that restarted).
-pub(crate) async fn run<R: FromValue>(
-    pool: &Pool,
-    op: Op,
-    key: &str,
-    args: Vec<String>,
-) -> Result<R, StoreError> {
+pub(crate) async fn run<R: FromValue>(pool: &Pool, op: Op, key: &str, args: Vec<String>) -> Result<R, StoreError> {
     let script = match op {
         Op::Touch => &*TOUCH,
         Op::Write => &*WRITE,

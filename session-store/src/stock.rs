@@ -24,9 +24,7 @@ impl RedisSessionStore {
         let value: Option<Vec<u8>> = self.pool.get(&raw_key).await?;
         let Some(bytes) = value else { return Ok(None) };
         let record = match rmp_serde::from_slice::<Record>(&bytes) {
-            Ok(record) if record.id == *id && record.expiry_date > OffsetDateTime::now_utc() => {
-                record
-            }
+            Ok(record) if record.id == *id && record.expiry_date > OffsetDateTime::now_utc() => record,
             Ok(_) => return Ok(None),
             Err(err) => {
                 tracing::warn!(error = %err, "a value under a session id is not a stock tower-sessions record; ignoring it");

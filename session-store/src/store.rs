@@ -56,9 +56,9 @@ pub(crate) enum Base {
 impl Base {
     fn values(&self) -> HashMap<&str, &str> {
         match self {
-            Base::Loaded(text) => record::parse(text)
-                .map(|stored| stored.values.into_iter().collect())
-                .unwrap_or_default(),
+            Base::Loaded(text) => {
+                record::parse(text).map(|stored| stored.values.into_iter().collect()).unwrap_or_default()
+            }
             Base::Written(encoded) => pairs(encoded).into_iter().collect(),
         }
     }
@@ -66,16 +66,11 @@ impl Base {
 
 /// The values as the write script takes them.
 pub(crate) fn pairs(encoded: &Encoded) -> Vec<(&str, &str)> {
-    encoded
-        .iter()
-        .map(|(name, json)| (name.as_str(), json.as_str()))
-        .collect()
+    encoded.iter().map(|(name, json)| (name.as_str(), json.as_str())).collect()
 }
 
 pub(crate) fn encode(data: &Data) -> Result<Encoded, StoreError> {
-    data.iter()
-        .map(|(name, value)| Ok((name.clone(), serde_json::to_string(value)?)))
-        .collect()
+    data.iter().map(|(name, value)| Ok((name.clone(), serde_json::to_string(value)?))).collect()
 }
 
 /// How long sessions live and how big they may grow.
@@ -127,12 +122,7 @@ impl RedisSessionStore {
     /// A store on `pool` (build it with [`crate::connect`] to get bounded I/O), with the
     /// default [`SessionLimits`].
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self {
-            pool,
-            keys,
-            limits: SessionLimits::default(),
-            read_stock: false,
-        }
+        Self { pool, keys, limits: SessionLimits::default(), read_stock: false }
     }
 
     /// Sets how long sessions live and how big they grow.
@@ -165,11 +155,7 @@ impl RedisSessionStore {
 
     /// The limits as script arguments: now (a header stamp), idle, max age (ms).
     fn clock_args(&self) -> Vec<String> {
-        vec![
-            record::stamp(now_ms()),
-            millis(self.limits.idle).to_string(),
-            millis(self.limits.max_age).to_string(),
-        ]
+        vec![record::stamp(now_ms()), millis(self.limits.idle).to_string(), millis(self.limits.max_age).to_string()]
     }
 
     /// Writes values of `id`: `set` as given, `removed` deleted; false if the condition of
@@ -214,15 +200,9 @@ impl RedisSessionStore {
 
     fn encode_capped(&self, data: &Data) -> Result<Encoded, StoreError> {
         let encoded = encode(data)?;
-        let size: usize = encoded
-            .iter()
-            .map(|(name, json)| name.len() + json.len())
-            .sum();
+        let size: usize = encoded.iter().map(|(name, json)| name.len() + json.len()).sum();
         if size > self.limits.max_bytes {
-            return Err(StoreError::TooLarge {
-                size,
-                limit: self.limits.max_bytes,
-            });
+            return Err(StoreError::TooLarge { size, limit: self.limits.max_bytes });
         }
         Ok(encoded)
     }
@@ -252,24 +232,12 @@ impl RedisSessionStore {
         let key = self.key(id);
         let text = match self.pool.get::<FredValue, _>(&key).await {
             Ok(FredValue::String(text)) => text,
-            Ok(FredValue::Null) => {
-                return if self.read_stock {
-                    self.adopt_stock(id).await
-                } else {
-                    Ok(None)
-                }
-            }
+            Ok(FredValue::Null) => return if self.read_stock { self.adopt_stock(id).await } else { Ok(None) },
             Ok(_) => return Ok(unknown_format()),
             Err(err) if err.details().starts_with("WRONGTYPE") => return Ok(unknown_format()),
             Err(err) => return Err(err.into()),
         };
-        let Some(record::Stored {
-            created,
-            seen,
-            retired,
-            values,
-        }) = record::parse(&text)
-        else {
+        let Some(record::Stored { created, seen, retired, values }) = record::parse(&text) else {
             return Ok(unknown_format());
         };
         let now = now_ms();
@@ -306,15 +274,10 @@ impl RedisSessionStore {
             }
         }
         let ends_ms = (seen + idle).min(created + max_age);
-        let expiry_date =
-            OffsetDateTime::from_unix_timestamp_nanos(i128::from(ends_ms) * 1_000_000)
-                .unwrap_or_else(|_| OffsetDateTime::now_utc());
+        let expiry_date = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ends_ms) * 1_000_000)
+            .unwrap_or_else(|_| OffsetDateTime::now_utc());
         scope::with(|state| state.remember(*id, Base::Loaded(text)));
-        Ok(Some(Record {
-            id: *id,
-            data,
-            expiry_date,
-        }))
+        Ok(Some(Record { id: *id, data, expiry_date }))
     }
 
     /// Writes what this request changed in `record` (everything, outside a scope).
@@ -323,15 +286,9 @@ impl RedisSessionStore {
         let written = match scope::with(|state| state.take_base(&record.id)).flatten() {
             Some(base) => {
                 let values = base.values();
-                let set: Vec<_> = pairs(&encoded)
-                    .into_iter()
-                    .filter(|(name, json)| values.get(name) != Some(json))
-                    .collect();
-                let removed: Vec<&str> = values
-                    .keys()
-                    .copied()
-                    .filter(|name| !encoded.contains_key(*name))
-                    .collect();
+                let set: Vec<_> =
+                    pairs(&encoded).into_iter().filter(|(name, json)| values.get(name) != Some(json)).collect();
+                let removed: Vec<&str> = values.keys().copied().filter(|name| !encoded.contains_key(*name)).collect();
                 if set.is_empty() && removed.is_empty() {
                     // Nothing changed; the load already extended the idle timeout.
                     drop(values);
@@ -340,10 +297,7 @@ impl RedisSessionStore {
                 }
                 self.write(Mode::Patch, &record.id, &set, &removed).await?
             }
-            None => {
-                self.write(Mode::Replace, &record.id, &pairs(&encoded), &[])
-                    .await?
-            }
+            None => self.write(Mode::Replace, &record.id, &pairs(&encoded), &[]).await?,
         };
         if !written {
             // Expired, or deleted by a logout in another worker: do not bring it back.
@@ -410,13 +364,9 @@ fn unknown_format() -> Option<Record> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis())
-        .unwrap_or(i64::MAX)
-        .max(1)
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX).max(1)
 }

@@ -29,17 +29,15 @@ pub(crate) fn connector(ca_cert: Option<&Path>) -> Result<TlsConnector, StoreErr
         None => {
             // Unreadable system certificates are skipped: the handshake fails later, clearly,
             // if the server's chain needed them.
-            let (added, _ignored) =
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+            let (added, _ignored) = roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
             tracing::debug!(added, "trusting the system's root certificates for Redis");
         }
     }
     // One named provider: `ClientConfig::builder()` panics when a dependency enables a second.
-    let config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|err| StoreError::Tls(err.to_string()))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let config = ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|err| StoreError::Tls(err.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
     Ok(TlsConnector::from(config))
 }

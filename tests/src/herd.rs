@@ -43,21 +43,11 @@ impl Herd {
 
     /// Like [`Herd::start`], with Redis at any URL (a Redis Cluster, say).
     pub fn start_at(url: &str, extra: &[&str], env: &[(&str, &str)]) -> Herd {
-        let mut args = vec![
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--redis-url",
-            url,
-            "--secure-cookies",
-            "false",
-        ];
+        let mut args = vec!["serve", "--bind", "127.0.0.1:0", "--redis-url", url, "--secure-cookies", "false"];
         args.extend(["--demo-user", "alice:wonderland"]);
         args.extend(extra);
         let herd = Herd::spawn(&args, env);
-        herd.wait_log("all workers ready", START_TIMEOUT, |l| {
-            l.contains("workers ready")
-        });
+        herd.wait_log("all workers ready", START_TIMEOUT, |l| l.contains("workers ready"));
         herd
     }
 
@@ -103,25 +93,14 @@ impl Herd {
                 sink.grew.notify_all();
             }
         });
-        let mut herd = Herd {
-            child,
-            addr: "0.0.0.0:0".parse().expect("literal"),
-            log,
-            exited: None,
-        };
-        let line = herd.wait_log("the listening address", START_TIMEOUT, |l| {
-            l.contains("listening on ")
-        });
+        let mut herd = Herd { child, addr: "0.0.0.0:0".parse().expect("literal"), log, exited: None };
+        let line = herd.wait_log("the listening address", START_TIMEOUT, |l| l.contains("listening on "));
         // Text or JSON logs: the address is what follows, up to the first character that
         // cannot be part of one.
         let addr: Option<String> = line.split("listening on ").nth(1).map(|rest| {
-            rest.chars()
-                .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
-                .collect()
+            rest.chars().take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')).collect()
         });
-        herd.addr = addr
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        herd.addr = addr.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
         herd
     }
 
@@ -129,37 +108,24 @@ impl Herd {
     pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
         let out = self.ctl_command(args).output().expect("run herd ctl");
         let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        (
-            out.status.code().unwrap_or(-1),
-            text(&out.stdout),
-            text(&out.stderr),
-        )
+        (out.status.code().unwrap_or(-1), text(&out.stdout), text(&out.stderr))
     }
 
     /// `herd ctl --socket <this primary's socket> <args>`, to spawn (for `logs`, `top`).
     pub fn ctl_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(herd_bin());
-        cmd.arg("ctl")
-            .arg("--socket")
-            .arg(self.control_socket())
-            .args(args);
+        cmd.arg("ctl").arg("--socket").arg(self.control_socket()).args(args);
         cmd
     }
 
     /// The control socket path the primary logged at start.
     pub fn control_socket(&self) -> PathBuf {
-        let line = self.wait_log("the listening line", START_TIMEOUT, |l| {
-            l.contains("listening on ")
-        });
+        let line = self.wait_log("the listening line", START_TIMEOUT, |l| l.contains("listening on "));
         let path = line
             .split("control=")
             .nth(1)
             .and_then(|rest| rest.split_whitespace().next())
-            .or_else(|| {
-                line.split(r#""control":""#)
-                    .nth(1)
-                    .and_then(|rest| rest.split('"').next())
-            });
+            .or_else(|| line.split(r#""control":""#).nth(1).and_then(|rest| rest.split('"').next()));
         PathBuf::from(path.unwrap_or_else(|| panic!("no control socket in {line:?}")))
     }
 
@@ -189,13 +155,7 @@ impl Herd {
     }
 
     /// Like [`Herd::wait_log`], but only lines after the first `skip` count.
-    pub fn wait_log_from(
-        &self,
-        skip: usize,
-        what: &str,
-        timeout: Duration,
-        pred: impl Fn(&str) -> bool,
-    ) -> String {
+    pub fn wait_log_from(&self, skip: usize, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + timeout;
         let mut lines = self.log.lines.lock().expect("log lock");
         loop {
@@ -204,17 +164,9 @@ impl Herd {
             }
             let now = Instant::now();
             if now >= deadline {
-                panic!(
-                    "timed out after {timeout:?} waiting for {what}; log:\n{}",
-                    lines.join("\n")
-                );
+                panic!("timed out after {timeout:?} waiting for {what}; log:\n{}", lines.join("\n"));
             }
-            lines = self
-                .log
-                .grew
-                .wait_timeout(lines, deadline - now)
-                .expect("log lock")
-                .0;
+            lines = self.log.grew.wait_timeout(lines, deadline - now).expect("log lock").0;
         }
     }
 
@@ -229,11 +181,8 @@ impl Herd {
             .filter_map(|l| {
                 let rest = l.split("worker ").nth(1)?;
                 let mut words = rest.split_whitespace();
-                let (_slot, pid_word, pid, started) =
-                    (words.next()?, words.next()?, words.next()?, words.next()?);
-                (pid_word == "pid" && started == "started")
-                    .then(|| pid.parse().ok())
-                    .flatten()
+                let (_slot, pid_word, pid, started) = (words.next()?, words.next()?, words.next()?, words.next()?);
+                (pid_word == "pid" && started == "started").then(|| pid.parse().ok()).flatten()
             })
             .collect()
     }
@@ -247,9 +196,7 @@ impl Herd {
         if let Some(status) = self.exited {
             return status;
         }
-        let status = crate::wait_for("herd to exit", timeout, || {
-            self.child.try_wait().ok().flatten()
-        });
+        let status = crate::wait_for("herd to exit", timeout, || self.child.try_wait().ok().flatten());
         self.exited = Some(status);
         status
     }
@@ -279,12 +226,7 @@ pub fn herd_bin() -> PathBuf {
 
 /// Runs `herd <args>` (with `env`; `None` removes a variable) to completion and asserts it
 /// exits with `code` and says each of `needles` on stderr. Returns stderr.
-pub fn assert_herd_fails(
-    args: &[&str],
-    env: &[(&str, Option<&str>)],
-    code: i32,
-    needles: &[&str],
-) -> String {
+pub fn assert_herd_fails(args: &[&str], env: &[(&str, Option<&str>)], code: i32, needles: &[&str]) -> String {
     let mut cmd = Command::new(herd_bin());
     cmd.args(args);
     for (key, value) in env {
@@ -297,10 +239,7 @@ pub fn assert_herd_fails(
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(code), "herd {args:?}: {stderr}");
     for needle in needles {
-        assert!(
-            stderr.contains(needle),
-            "herd {args:?} should say {needle:?}: {stderr}"
-        );
+        assert!(stderr.contains(needle), "herd {args:?} should say {needle:?}: {stderr}");
     }
     stderr
 }
@@ -354,9 +293,7 @@ fn cargo_build(name: &str, kind: &str) -> PathBuf {
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
         .filter(|msg| {
-            msg["target"]["name"] == name
-                && msg["target"]["kind"][0] == kind
-                && msg["profile"]["test"] == false
+            msg["target"]["name"] == name && msg["target"]["kind"][0] == kind && msg["profile"]["test"] == false
         })
         .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
         .unwrap_or_else(|| panic!("cargo reported no executable for {kind} {name}"))

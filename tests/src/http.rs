@@ -20,15 +20,11 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.body)
-            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {:?}", self.body))
     }
 
     /// `name=value` of the first `Set-Cookie`, if any.
@@ -48,11 +44,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            source: None,
-            cookie: None,
-        }
+        Self { addr, source: None, cookie: None }
     }
 
     /// Connect from this local address (any of 127.0.0.0/8 works on Linux).
@@ -66,19 +58,12 @@ impl Client {
     }
 
     pub fn post_json(&self, path: &str, body: &str) -> std::io::Result<Response> {
-        self.request(
-            "POST",
-            path,
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        )
+        self.request("POST", path, &[("Content-Type", "application/json")], body.as_bytes())
     }
 
     /// Logs in as alice (the demo user every test cluster has) and keeps the cookie.
     pub fn login(&mut self) -> Response {
-        let res = self
-            .post_json("/login", r#"{"username":"alice","password":"wonderland"}"#)
-            .expect("login request");
+        let res = self.post_json("/login", r#"{"username":"alice","password":"wonderland"}"#).expect("login request");
         assert_eq!(res.status, 200, "login failed: {}", res.body);
         self.cookie = Some(res.cookie().expect("login sets a cookie"));
         res
@@ -101,8 +86,7 @@ impl Client {
         let stream = match self.source {
             None => TcpStream::connect(self.addr)?,
             Some(ip) => {
-                let socket =
-                    socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+                let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
                 socket.bind(&SocketAddr::new(ip, 0).into())?;
                 socket.connect(&self.addr.into())?;
                 socket.into()
@@ -110,9 +94,7 @@ impl Client {
         };
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(Conn {
-            reader: BufReader::new(stream),
-        })
+        Ok(Conn { reader: BufReader::new(stream) })
     }
 }
 
@@ -134,10 +116,7 @@ impl Conn {
         cookie: Option<&str>,
         close: bool,
     ) -> std::io::Result<Response> {
-        let mut head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: herd.test\r\nContent-Length: {}\r\n",
-            body.len()
-        );
+        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: herd.test\r\nContent-Length: {}\r\n", body.len());
         if close {
             head.push_str("Connection: close\r\n");
         }
@@ -155,20 +134,13 @@ impl Conn {
     }
 
     fn read_response(&mut self) -> std::io::Result<Response> {
-        let bad =
-            |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
+        let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_owned());
         let mut status_line = String::new();
         if self.reader.read_line(&mut status_line)? == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "connection closed before a response",
-            ));
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));
         }
-        let status = status_line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("status line"))?;
+        let status =
+            status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("status line"))?;
         let mut headers = Vec::new();
         loop {
             let mut line = String::new();
@@ -187,10 +159,6 @@ impl Conn {
             .ok_or_else(|| bad("no content-length"))?;
         let mut body = vec![0; length];
         self.reader.read_exact(&mut body)?;
-        Ok(Response {
-            status,
-            headers,
-            body: String::from_utf8_lossy(&body).into_owned(),
-        })
+        Ok(Response { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
     }
 }

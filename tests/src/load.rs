@@ -45,11 +45,7 @@ impl Load {
                 std::thread::spawn(move || client_loop(addr, path, &stop, &report))
             })
             .collect();
-        Load {
-            stop,
-            report,
-            threads,
-        }
+        Load { stop, report, threads }
     }
 
     /// Requests served so far (to wait until the load is really flowing).
@@ -81,9 +77,8 @@ fn client_loop(addr: SocketAddr, path: &str, stop: &AtomicBool, report: &Mutex<L
             Ok((c, res)) => {
                 if (200..300).contains(&res.status) {
                     r.ok += 1;
-                    if let Some(pid) = serde_json::from_str::<serde_json::Value>(&res.body)
-                        .ok()
-                        .and_then(|b| b["pid"].as_u64())
+                    if let Some(pid) =
+                        serde_json::from_str::<serde_json::Value>(&res.body).ok().and_then(|b| b["pid"].as_u64())
                     {
                         r.pids.insert(pid);
                     }
@@ -91,10 +86,7 @@ fn client_loop(addr: SocketAddr, path: &str, stop: &AtomicBool, report: &Mutex<L
                     r.non_2xx += 1;
                     r.errors.push(format!("{} {}", res.status, res.body));
                 }
-                if !res
-                    .header("connection")
-                    .is_some_and(|v| v.eq_ignore_ascii_case("close"))
-                {
+                if !res.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
                     conn = Some(c);
                 }
             }

@@ -35,17 +35,9 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=lo
 printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > ext
 openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext -out server.crt
 "#;
-        let out = Command::new("sh")
-            .arg("-c")
-            .arg(sh)
-            .current_dir(dir.path())
-            .output()
-            .expect("openssl must be installed");
-        assert!(
-            out.status.success(),
-            "openssl: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out =
+            Command::new("sh").arg("-c").arg(sh).current_dir(dir.path()).output().expect("openssl must be installed");
+        assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
         Tls { dir }
     }
 
@@ -93,16 +85,8 @@ impl RedisServer {
 
     /// How herd reaches this server: `rediss://` with the password for a TLS one.
     pub fn url(&self) -> String {
-        let scheme = if self.tls.is_some() {
-            "rediss"
-        } else {
-            "redis"
-        };
-        let auth = self
-            .password
-            .as_ref()
-            .map(|p| format!("default:{p}@"))
-            .unwrap_or_default();
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        let auth = self.password.as_ref().map(|p| format!("default:{p}@")).unwrap_or_default();
         format!("{scheme}://{auth}127.0.0.1:{}", self.port)
     }
 
@@ -119,32 +103,15 @@ impl RedisServer {
         match &self.tls {
             None => command.args(["--port", &port]),
             Some(tls) => command
-                .args([
-                    "--port",
-                    "0",
-                    "--tls-port",
-                    &port,
-                    "--tls-auth-clients",
-                    "no",
-                ])
-                .args([
-                    "--tls-cert-file",
-                    &tls.file("server.crt"),
-                    "--tls-key-file",
-                    &tls.file("server.key"),
-                ])
+                .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"])
+                .args(["--tls-cert-file", &tls.file("server.crt"), "--tls-key-file", &tls.file("server.key")])
                 .args(["--tls-ca-cert-file", &tls.ca()]),
         };
         if let Some(password) = &self.password {
             command.args(["--requirepass", password]);
         }
         if self.cluster_node {
-            command.args([
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-            ]);
+            command.args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]);
         }
         let child = command
             .args(["--bind", "127.0.0.1", "--save", ""])
@@ -157,19 +124,14 @@ impl RedisServer {
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
         self.child = Some(child);
-        wait_for(
-            "redis-server to answer PING",
-            Duration::from_secs(10),
-            || (self.cli(&["PING"]).as_deref() == Some("PONG")).then_some(()),
-        );
+        wait_for("redis-server to answer PING", Duration::from_secs(10), || {
+            (self.cli(&["PING"]).as_deref() == Some("PONG")).then_some(())
+        });
     }
 
     /// The running server's pid (to freeze it with `SIGSTOP`, say).
     pub fn pid(&self) -> u32 {
-        self.child
-            .as_ref()
-            .expect("redis-server is not running")
-            .id()
+        self.child.as_ref().expect("redis-server is not running").id()
     }
 
     /// SIGKILL, like a crash.
@@ -198,12 +160,7 @@ impl RedisServer {
     /// Keys matching `pattern`.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
         self.cli(&["KEYS", pattern])
-            .map(|s| {
-                s.lines()
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
+            .map(|s| s.lines().filter(|l| !l.is_empty()).map(str::to_owned).collect())
             .unwrap_or_default()
     }
 }
@@ -237,46 +194,26 @@ impl RedisCluster {
                 node
             })
             .collect();
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
+        let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
             .args(["--cluster-replicas", "0", "--cluster-yes"])
             .output()
             .expect("redis-cli");
-        assert!(
-            out.status.success(),
-            "cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
         for node in &nodes {
-            wait_for(
-                "the cluster to agree on its slots",
-                Duration::from_secs(20),
-                || {
-                    node.cli(&["CLUSTER", "INFO"])
-                        .filter(|info| info.contains("cluster_state:ok"))
-                        .map(|_| ())
-                },
-            );
+            wait_for("the cluster to agree on its slots", Duration::from_secs(20), || {
+                node.cli(&["CLUSTER", "INFO"]).filter(|info| info.contains("cluster_state:ok")).map(|_| ())
+            });
         }
         RedisCluster { nodes }
     }
 
     /// fred's cluster URL: one seed node, the others as `node=` parameters.
     pub fn url(&self) -> String {
-        let others: Vec<String> = self.nodes[1..]
-            .iter()
-            .map(|n| format!("node=127.0.0.1:{}", n.port))
-            .collect();
-        format!(
-            "redis-cluster://127.0.0.1:{}?{}",
-            self.nodes[0].port,
-            others.join("&")
-        )
+        let others: Vec<String> = self.nodes[1..].iter().map(|n| format!("node=127.0.0.1:{}", n.port)).collect();
+        format!("redis-cluster://127.0.0.1:{}?{}", self.nodes[0].port, others.join("&"))
     }
 
     /// Keys matching `pattern` on every node.

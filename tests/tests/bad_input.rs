@@ -4,17 +4,8 @@ use herd_e2e::{Herd, RedisServer, Response};
 
 fn assert_json_error(res: &Response, status: u16) {
     assert_eq!(res.status, status, "body: {}", res.body);
-    assert!(
-        res.header("content-type")
-            .is_some_and(|ct| ct.starts_with("application/json")),
-        "{:?}",
-        res.headers
-    );
-    assert!(
-        res.json()["error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{}",
-        res.body
-    );
+    assert!(res.header("content-type").is_some_and(|ct| ct.starts_with("application/json")), "{:?}", res.headers);
+    assert!(res.json()["error"].as_str().is_some_and(|e| !e.is_empty()), "{}", res.body);
 }
 
 #[test]
@@ -23,49 +14,19 @@ fn bad_logins_and_bodies_are_4xx_json() {
     let herd = Herd::start(&redis, &["--workers", "2"]);
     let client = herd.client();
 
-    let wrong = client
-        .post_json("/login", r#"{"username":"alice","password":"nope"}"#)
-        .expect("wrong password");
+    let wrong = client.post_json("/login", r#"{"username":"alice","password":"nope"}"#).expect("wrong password");
     assert_json_error(&wrong, 401);
     assert!(wrong.header("set-cookie").is_none());
-    let unknown = client
-        .post_json("/login", r#"{"username":"mallory","password":"x"}"#)
-        .expect("unknown user");
+    let unknown = client.post_json("/login", r#"{"username":"mallory","password":"x"}"#).expect("unknown user");
     assert_json_error(&unknown, 401);
-    assert_eq!(
-        unknown.body, wrong.body,
-        "unknown user and wrong password look the same"
-    );
+    assert_eq!(unknown.body, wrong.body, "unknown user and wrong password look the same");
 
-    assert_json_error(
-        &client
-            .post_json("/login", r#"{"username":"alice","#)
-            .expect("bad json"),
-        400,
-    );
-    assert_json_error(
-        &client
-            .post_json("/login", r#"{"username":"alice"}"#)
-            .expect("missing field"),
-        422,
-    );
-    assert_json_error(
-        &client
-            .post_json("/login", r#"{"username":"al ice","password":"x"}"#)
-            .expect("bad name"),
-        401,
-    );
-    assert_json_error(
-        &client
-            .request("POST", "/login", &[("Content-Type", "text/plain")], b"hi")
-            .expect("type"),
-        415,
-    );
+    assert_json_error(&client.post_json("/login", r#"{"username":"alice","#).expect("bad json"), 400);
+    assert_json_error(&client.post_json("/login", r#"{"username":"alice"}"#).expect("missing field"), 422);
+    assert_json_error(&client.post_json("/login", r#"{"username":"al ice","password":"x"}"#).expect("bad name"), 401);
+    assert_json_error(&client.request("POST", "/login", &[("Content-Type", "text/plain")], b"hi").expect("type"), 415);
 
-    let huge = format!(
-        r#"{{"username":"alice","password":"{}"}}"#,
-        "x".repeat(1024 * 1024)
-    );
+    let huge = format!(r#"{{"username":"alice","password":"{}"}}"#, "x".repeat(1024 * 1024));
     assert_json_error(&client.post_json("/login", &huge).expect("1 MiB body"), 413);
 
     assert_json_error(&client.get("/heavy?n=10000000001").expect("n too big"), 400);
@@ -74,10 +35,7 @@ fn bad_logins_and_bodies_are_4xx_json() {
 
     // Still healthy after all of that.
     assert_eq!(client.get("/healthz").expect("healthz").status, 200);
-    assert!(
-        !herd.log().iter().any(|l| l.contains("panicked")),
-        "a worker panicked"
-    );
+    assert!(!herd.log().iter().any(|l| l.contains("panicked")), "a worker panicked");
 }
 
 #[test]
@@ -96,15 +54,9 @@ fn malformed_or_unknown_cookies_are_anonymous() {
         long.as_str(),
     ];
     for cookie in cookies {
-        let res = client
-            .request("GET", "/", &[("Cookie", cookie)], b"")
-            .expect("GET / with a bad cookie");
+        let res = client.request("GET", "/", &[("Cookie", cookie)], b"").expect("GET / with a bad cookie");
         assert_eq!(res.status, 200, "cookie {cookie:?}: {}", res.body);
-        assert_eq!(
-            res.json()["user"],
-            serde_json::Value::Null,
-            "cookie {cookie:?}"
-        );
+        assert_eq!(res.json()["user"], serde_json::Value::Null, "cookie {cookie:?}");
     }
 }
 
@@ -123,16 +75,10 @@ fn heavy_really_computes_and_reports_its_worker() {
 fn repeated_failed_logins_are_rate_limited_across_workers() {
     let redis = RedisServer::start();
     let herd = Herd::start(&redis, &["--workers", "3"]);
-    let from = |n: u8| {
-        herd.client()
-            .from_ip(std::net::IpAddr::from([127, 0, 0, n]))
-    };
+    let from = |n: u8| herd.client().from_ip(std::net::IpAddr::from([127, 0, 0, n]));
     let login = |n: u8, user: &str, password: &str| {
         from(n)
-            .post_json(
-                "/login",
-                &format!(r#"{{"username":"{user}","password":"{password}"}}"#),
-            )
+            .post_json("/login", &format!(r#"{{"username":"{user}","password":"{password}"}}"#))
             .expect("login request")
     };
     // Five wrong passwords for alice, on fresh connections (so on several workers).
@@ -143,10 +89,7 @@ fn repeated_failed_logins_are_rate_limited_across_workers() {
     for n in [21, 22] {
         let refused = login(n, "alice", "wonderland");
         assert_json_error(&refused, 429);
-        let retry: u64 = refused
-            .header("retry-after")
-            .and_then(|v| v.parse().ok())
-            .expect("Retry-After seconds");
+        let retry: u64 = refused.header("retry-after").and_then(|v| v.parse().ok()).expect("Retry-After seconds");
         assert!((1..=300).contains(&retry), "{retry}");
     }
     // Other names from the same address are not locked out by alice's failures...
@@ -171,10 +114,7 @@ fn concurrent_misses_across_workers_compute_once() {
             let (client, barrier) = (herd.client(), std::sync::Arc::clone(&barrier));
             std::thread::spawn(move || {
                 barrier.wait();
-                client
-                    .get("/heavy/cached?n=20000000")
-                    .expect("GET /heavy/cached")
-                    .json()
+                client.get("/heavy/cached?n=20000000").expect("GET /heavy/cached").json()
             })
         })
         .collect::<Vec<_>>()
@@ -183,18 +123,9 @@ fn concurrent_misses_across_workers_compute_once() {
         .collect();
     let computed = answers.iter().filter(|a| a["cached"] == false).count();
     assert_eq!(computed, 1, "exactly one request computes: {answers:?}");
-    assert!(answers
-        .iter()
-        .all(|a| a["result"] == 199_999_990_000_000u64));
+    assert!(answers.iter().all(|a| a["result"] == 199_999_990_000_000u64));
     let pids: std::collections::HashSet<_> = answers.iter().map(|a| a["pid"].clone()).collect();
-    assert!(
-        pids.len() >= 3,
-        "the requests were spread over the workers: {pids:?}"
-    );
-    let computations = herd
-        .log()
-        .iter()
-        .filter(|l| l.contains("cache miss"))
-        .count();
+    assert!(pids.len() >= 3, "the requests were spread over the workers: {pids:?}");
+    let computations = herd.log().iter().filter(|l| l.contains("cache miss")).count();
     assert_eq!(computations, 1, "one computation in the whole cluster");
 }

@@ -69,10 +69,7 @@ async fn browser() -> Option<Browser> {
         format!("--user-data-dir={}", profile.path().display()),
     ];
     let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".to_owned(),
-        serde_json::json!({ "binary": CHROMIUM, "args": args }),
-    );
+    caps.insert("goog:chromeOptions".to_owned(), serde_json::json!({ "binary": CHROMIUM, "args": args }));
     // chromedriver accepts connections a moment before it serves sessions: retry until a
     // deadline rather than guess a delay.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -90,41 +87,20 @@ async fn browser() -> Option<Browser> {
             Err(err) => panic!("cannot start a Chromium session: {err}"),
         }
     };
-    Some(Browser {
-        client,
-        driver,
-        _profile: profile,
-    })
+    Some(Browser { client, driver, _profile: profile })
 }
 
 async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("no {css}: {e}"))
-        .text()
-        .await
-        .expect("text")
+    c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("no {css}: {e}")).text().await.expect("text")
 }
 
 /// Submits the login form and waits for the page it leads to (`expect`: an element there).
 async fn log_in(c: &Client, base: &str, password: &str, expect: &str) {
     c.goto(base).await.expect("open the page");
-    let form = c
-        .form(Locator::Css("#login"))
-        .await
-        .expect("the login form");
-    form.set_by_name("username", "alice")
-        .await
-        .expect("user field");
-    form.set_by_name("password", password)
-        .await
-        .expect("password field");
-    c.find(Locator::Css("#login button"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("submit");
+    let form = c.form(Locator::Css("#login")).await.expect("the login form");
+    form.set_by_name("username", "alice").await.expect("user field");
+    form.set_by_name("password", password).await.expect("password field");
+    c.find(Locator::Css("#login button")).await.expect("button").click().await.expect("submit");
     c.wait()
         .at_most(Duration::from_secs(20))
         .for_element(Locator::Css(expect))
@@ -137,10 +113,7 @@ async fn reloads(c: &Client, n: usize) -> Vec<(String, String, u64)> {
     let mut seen = Vec::new();
     for _ in 0..n {
         c.refresh().await.expect("reload");
-        let visits = text(c, "#visits")
-            .await
-            .parse()
-            .expect("visits is a number");
+        let visits = text(c, "#visits").await.parse().expect("visits is a number");
         seen.push((text(c, "#pid").await, text(c, "#user").await, visits));
     }
     seen
@@ -148,9 +121,7 @@ async fn reloads(c: &Client, n: usize) -> Vec<(String, String, u64)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_browser_logs_in_reloads_across_workers_and_logs_out() {
-    let Some(browser) = browser().await else {
-        return;
-    };
+    let Some(browser) = browser().await else { return };
     let c = &browser.client;
     let redis = RedisServer::start();
     let herd = Herd::start(&redis, &["--workers", "3"]);
@@ -167,35 +138,16 @@ async fn a_browser_logs_in_reloads_across_workers_and_logs_out() {
     assert!(pids.len() >= 2, "10 reloads all showed one PID: {seen:?}");
     assert!(seen.iter().all(|(_, user, _)| user == "alice"), "{seen:?}");
     for pair in seen.windows(2) {
-        assert_eq!(
-            pair[1].2,
-            pair[0].2 + 1,
-            "visits must go up by one per reload: {seen:?}"
-        );
+        assert_eq!(pair[1].2, pair[0].2 + 1, "visits must go up by one per reload: {seen:?}");
     }
 
     // The optional chart: 20 requests, more than one worker in round-robin.
-    c.find(Locator::Css("#hit"))
-        .await
-        .expect("button")
-        .click()
-        .await
-        .expect("click");
-    c.wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css("#chart div"))
-        .await
-        .expect("chart rows");
+    c.find(Locator::Css("#hit")).await.expect("button").click().await.expect("click");
+    c.wait().at_most(Duration::from_secs(30)).for_element(Locator::Css("#chart div")).await.expect("chart rows");
     let counts: Vec<u64> = {
         let mut counts = Vec::new();
         for row in c.find_all(Locator::Css("#chart div")).await.expect("rows") {
-            counts.push(
-                row.attr("data-count")
-                    .await
-                    .expect("attr")
-                    .and_then(|n| n.parse().ok())
-                    .expect("count"),
-            );
+            counts.push(row.attr("data-count").await.expect("attr").and_then(|n| n.parse().ok()).expect("count"));
         }
         counts
     };
@@ -204,38 +156,22 @@ async fn a_browser_logs_in_reloads_across_workers_and_logs_out() {
 
     if std::env::var_os("HERD_UPDATE_SCREENSHOT").is_some() {
         let png = c.screenshot().await.expect("screenshot");
-        std::fs::write(
-            concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/screenshot.png"),
-            png,
-        )
-        .expect("save screenshot");
+        std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/screenshot.png"), png).expect("save screenshot");
     }
 
-    c.find(Locator::Css("#session form button"))
-        .await
-        .expect("logout button")
-        .click()
-        .await
-        .expect("log out");
+    c.find(Locator::Css("#session form button")).await.expect("logout button").click().await.expect("log out");
     c.wait()
         .at_most(Duration::from_secs(20))
         .for_element(Locator::Css("#login"))
         .await
         .expect("the login form is back");
     assert!(text(c, "#session").await.contains("Not logged in"));
-    browser
-        .client
-        .clone()
-        .close()
-        .await
-        .expect("close the browser");
+    browser.client.clone().close().await.expect("close the browser");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_sticky_mode_every_reload_shows_one_pid() {
-    let Some(browser) = browser().await else {
-        return;
-    };
+    let Some(browser) = browser().await else { return };
     let c = &browser.client;
     let redis = RedisServer::start();
     let herd = Herd::start(&redis, &["--workers", "3", "--sticky"]);
@@ -243,16 +179,7 @@ async fn in_sticky_mode_every_reload_shows_one_pid() {
     log_in(c, &base, "wonderland", "#user").await;
     let seen = reloads(c, 10).await;
     let pids: HashSet<&String> = seen.iter().map(|(pid, _, _)| pid).collect();
-    assert_eq!(
-        pids.len(),
-        1,
-        "sticky reloads reached several workers: {seen:?}"
-    );
+    assert_eq!(pids.len(), 1, "sticky reloads reached several workers: {seen:?}");
     assert_eq!(text(c, "#balance").await, "ip-hash");
-    browser
-        .client
-        .clone()
-        .close()
-        .await
-        .expect("close the browser");
+    browser.client.clone().close().await.expect("close the browser");
 }

@@ -15,77 +15,35 @@ fn an_invalidation_reaches_every_workers_local_copy() {
     let redis = RedisServer::start();
     let debug_cache = [("RUST_LOG", "info,herd_session_store::cache=debug")];
     let herd = Herd::start_with_env(&redis, &["--workers", "3"], &debug_cache);
-    let get = || {
-        herd.client()
-            .get("/heavy/cached?n=123456")
-            .expect("GET /heavy/cached")
-            .json()
-    };
+    let get = || herd.client().get("/heavy/cached?n=123456").expect("GET /heavy/cached").json();
 
     // Round-robin over fresh connections: every worker reads it once, then has a local copy.
     let first: Vec<_> = (0..6).map(|_| get()).collect();
-    assert_eq!(
-        first.iter().filter(|a| a["source"] == "computed").count(),
-        1,
-        "{first:?}"
-    );
-    let locals: HashSet<_> = first
-        .iter()
-        .filter(|a| a["source"] == "local")
-        .map(|a| a["pid"].clone())
-        .collect();
-    assert_eq!(
-        locals.len(),
-        3,
-        "every worker answers the repeat from memory: {first:?}"
-    );
+    assert_eq!(first.iter().filter(|a| a["source"] == "computed").count(), 1, "{first:?}");
+    let locals: HashSet<_> = first.iter().filter(|a| a["source"] == "local").map(|a| a["pid"].clone()).collect();
+    assert_eq!(locals.len(), 3, "every worker answers the repeat from memory: {first:?}");
 
     // One worker invalidates; all of them forget, so the value is computed again once. The
     // message travels asynchronously: wait until every worker has said it dropped its copy.
-    let res = herd
-        .client()
-        .request("DELETE", "/heavy/cached?n=123456", &[], b"")
-        .expect("DELETE");
-    assert_eq!(
-        (res.status, res.json()["invalidated"].clone()),
-        (200, 123456.into()),
-        "{}",
-        res.body
-    );
-    wait_for(
-        "every worker to drop its copy",
-        Duration::from_secs(5),
-        || {
-            let heard: HashSet<_> = herd
-                .log()
-                .iter()
-                .filter(|l| l.contains("dropped the local cache copy") && l.contains("123456"))
-                .filter_map(|l| {
-                    l.split_whitespace()
-                        .find_map(|w| w.strip_prefix("pid="))
-                        .map(str::to_owned)
-                })
-                .collect();
-            (heard.len() == 3).then_some(())
-        },
-    );
+    let res = herd.client().request("DELETE", "/heavy/cached?n=123456", &[], b"").expect("DELETE");
+    assert_eq!((res.status, res.json()["invalidated"].clone()), (200, 123456.into()), "{}", res.body);
+    wait_for("every worker to drop its copy", Duration::from_secs(5), || {
+        let heard: HashSet<_> = herd
+            .log()
+            .iter()
+            .filter(|l| l.contains("dropped the local cache copy") && l.contains("123456"))
+            .filter_map(|l| l.split_whitespace().find_map(|w| w.strip_prefix("pid=")).map(str::to_owned))
+            .collect();
+        (heard.len() == 3).then_some(())
+    });
     let after: Vec<_> = (0..6).map(|_| get()).collect();
-    assert_eq!(
-        after[0]["source"], "computed",
-        "no worker kept a stale copy: {after:?}"
-    );
-    assert_eq!(
-        after.iter().filter(|a| a["cached"] == false).count(),
-        1,
-        "{after:?}"
-    );
+    assert_eq!(after[0]["source"], "computed", "no worker kept a stale copy: {after:?}");
+    assert_eq!(after.iter().filter(|a| a["cached"] == false).count(), 1, "{after:?}");
     assert!(after.iter().all(|a| a["result"] == 7_620_630_240u64));
 }
 
 async fn cache(redis: &RedisServer) -> Cache {
-    let pool = herd_session_store::connect(&RedisConfig::new(redis.url()))
-        .await
-        .expect("connect");
+    let pool = herd_session_store::connect(&RedisConfig::new(redis.url())).await.expect("connect");
     Cache::new(pool, Keys::default())
 }
 
@@ -100,39 +58,16 @@ async fn nothing_is_cached_too_for_its_own_ttl() {
     };
     let ttl = Duration::from_secs(60);
     let negative = Duration::from_millis(300);
-    let first = cache
-        .get_or_compute_optional("user:404", ttl, negative, find)
-        .await
-        .expect("lookup");
+    let first = cache.get_or_compute_optional("user:404", ttl, negative, find).await.expect("lookup");
     assert_eq!((first.value, first.source), (None, Source::Computed));
-    let again = cache
-        .get_or_compute_optional("user:404", ttl, negative, find)
-        .await
-        .expect("lookup");
-    assert_eq!(
-        (again.value, again.source),
-        (None, Source::Redis),
-        "the miss itself was cached"
-    );
+    let again = cache.get_or_compute_optional("user:404", ttl, negative, find).await.expect("lookup");
+    assert_eq!((again.value, again.source), (None, Source::Redis), "the miss itself was cached");
     assert_eq!(lookups.load(Ordering::SeqCst), 1);
-    let pttl: i64 = redis
-        .cli(&["PTTL", "herd:cache:user:404"])
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(-1);
-    assert!(
-        (1..=300).contains(&pttl),
-        "for the negative TTL, not the long one: {pttl}"
-    );
+    let pttl: i64 = redis.cli(&["PTTL", "herd:cache:user:404"]).and_then(|t| t.parse().ok()).unwrap_or(-1);
+    assert!((1..=300).contains(&pttl), "for the negative TTL, not the long one: {pttl}");
     tokio::time::sleep(Duration::from_millis(400)).await;
-    cache
-        .get_or_compute_optional("user:404", ttl, negative, find)
-        .await
-        .expect("lookup");
-    assert_eq!(
-        lookups.load(Ordering::SeqCst),
-        2,
-        "looked up again once the negative entry expired"
-    );
+    cache.get_or_compute_optional("user:404", ttl, negative, find).await.expect("lookup");
+    assert_eq!(lookups.load(Ordering::SeqCst), 2, "looked up again once the negative entry expired");
 }
 
 #[tokio::test]
@@ -148,18 +83,9 @@ async fn entries_written_together_expire_apart() {
             })
             .await
             .expect("set");
-        let pttl: i64 = redis
-            .cli(&["PTTL", &format!("herd:cache:{key}")])
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(-1);
-        assert!(
-            (89_000..=110_000).contains(&pttl),
-            "within ±10 % of 100 s: {pttl}"
-        );
+        let pttl: i64 = redis.cli(&["PTTL", &format!("herd:cache:{key}")]).and_then(|t| t.parse().ok()).unwrap_or(-1);
+        assert!((89_000..=110_000).contains(&pttl), "within ±10 % of 100 s: {pttl}");
         ttls.insert(pttl / 1000);
     }
-    assert!(
-        ttls.len() >= 5,
-        "spread over seconds, not one expiry: {ttls:?}"
-    );
+    assert!(ttls.len() >= 5, "spread over seconds, not one expiry: {ttls:?}");
 }

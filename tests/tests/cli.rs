@@ -16,15 +16,9 @@ use nix::sys::signal::Signal;
 #[test]
 fn bad_flags_are_clear_errors() {
     for (args, needle) in [
-        (
-            &["serve", "--balance", "fastest"][..],
-            "invalid value 'fastest'",
-        ),
+        (&["serve", "--balance", "fastest"][..], "invalid value 'fastest'"),
         (&["serve", "--workers", "0"][..], "--workers"),
-        (
-            &["serve", "--shutdown-timeout", "soon"][..],
-            "--shutdown-timeout",
-        ),
+        (&["serve", "--shutdown-timeout", "soon"][..], "--shutdown-timeout"),
         (&["serve", "--demo-user", "alice"][..], "NAME:PASSWORD"),
         (&["serve", "--bind", "nowhere"][..], "--bind"),
     ] {
@@ -49,38 +43,24 @@ fn every_serve_flag_reads_an_environment_variable() {
             ("HERD_SHUTDOWN_TIMEOUT", "5s"),
         ],
     );
-    herd.wait_log("two workers", herd_e2e::herd::START_TIMEOUT, |l| {
-        l.contains("all 2 workers ready")
-    });
-    let res = herd
-        .client()
-        .post_json("/login", r#"{"username":"bob","password":"builder"}"#)
-        .expect("login");
+    herd.wait_log("two workers", herd_e2e::herd::START_TIMEOUT, |l| l.contains("all 2 workers ready"));
+    let res = herd.client().post_json("/login", r#"{"username":"bob","password":"builder"}"#).expect("login");
     assert_eq!(res.status, 200, "{}", res.body);
     let cookie = res.header("set-cookie").expect("cookie");
-    assert!(
-        cookie.starts_with("sid=") && !cookie.contains("Secure"),
-        "{cookie}"
-    );
+    assert!(cookie.starts_with("sid=") && !cookie.contains("Secure"), "{cookie}");
     herd.signal(Signal::SIGTERM);
-    herd.wait_log(
-        "the shutdown timeout from HERD_SHUTDOWN_TIMEOUT",
-        Duration::from_secs(10),
-        |l| l.contains("(timeout 5s)"),
-    );
+    herd.wait_log("the shutdown timeout from HERD_SHUTDOWN_TIMEOUT", Duration::from_secs(10), |l| {
+        l.contains("(timeout 5s)")
+    });
 }
 
 /// The README's flag table is where users look: a flag or environment variable that `herd serve
 /// --help` offers but the table lacks is a doc that fell behind the code.
 #[test]
 fn the_readme_lists_every_serve_flag_and_its_environment_variable() {
-    let help = Command::new(herd_bin())
-        .args(["serve", "--help"])
-        .output()
-        .expect("herd serve --help");
+    let help = Command::new(herd_bin()).args(["serve", "--help"]).output().expect("herd serve --help");
     let help = String::from_utf8_lossy(&help.stdout);
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
     let flags: Vec<&str> = help
         .lines()
         .map(str::trim_start)
@@ -88,24 +68,10 @@ fn the_readme_lists_every_serve_flag_and_its_environment_variable() {
         .filter_map(|line| line.split([' ', ',']).find(|word| word.starts_with("--")))
         .filter(|flag| *flag != "--help")
         .collect();
-    let envs: Vec<&str> = help
-        .split("[env: ")
-        .skip(1)
-        .filter_map(|rest| rest.split('=').next())
-        .collect();
-    assert!(
-        flags.contains(&"--threads") && envs.contains(&"HERD_THREADS"),
-        "parsed the help: {flags:?} {envs:?}"
-    );
-    let missing: Vec<&&str> = flags
-        .iter()
-        .chain(&envs)
-        .filter(|name| !readme.contains(&format!("`{name}")))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "README.md's flag table lacks {missing:?}"
-    );
+    let envs: Vec<&str> = help.split("[env: ").skip(1).filter_map(|rest| rest.split('=').next()).collect();
+    assert!(flags.contains(&"--threads") && envs.contains(&"HERD_THREADS"), "parsed the help: {flags:?} {envs:?}");
+    let missing: Vec<&&str> = flags.iter().chain(&envs).filter(|name| !readme.contains(&format!("`{name}"))).collect();
+    assert!(missing.is_empty(), "README.md's flag table lacks {missing:?}");
 }
 
 #[test]
@@ -119,29 +85,15 @@ fn users_add_reads_the_password_from_stdin() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("run herd users add");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"s3cret pass\n")
-        .expect("write password");
+    child.stdin.take().expect("stdin").write_all(b"s3cret pass\n").expect("write password");
     let out = child.wait_with_output().expect("wait");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let hash = redis
-        .cli(&["HGET", "herd:user:carol", "password"])
-        .expect("user stored");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hash = redis.cli(&["HGET", "herd:user:carol", "password"]).expect("user stored");
     assert!(hash.starts_with("$argon2id$"), "{hash}");
     assert!(!hash.contains("s3cret"));
 
     let herd = Herd::start(&redis, &["--workers", "1"]);
-    let login = herd
-        .client()
-        .post_json("/login", r#"{"username":"carol","password":"s3cret pass"}"#)
-        .expect("login");
+    let login = herd.client().post_json("/login", r#"{"username":"carol","password":"s3cret pass"}"#).expect("login");
     assert_eq!(login.status, 200, "{}", login.body);
 
     let empty = Command::new(herd_bin())
@@ -158,14 +110,7 @@ fn debug_routes_are_refused_off_loopback() {
     let redis = RedisServer::start();
     let url = redis.url();
     assert_herd_fails(
-        &[
-            "serve",
-            "--bind",
-            "0.0.0.0:0",
-            "--redis-url",
-            &url,
-            "--debug-routes",
-        ],
+        &["serve", "--bind", "0.0.0.0:0", "--redis-url", &url, "--debug-routes"],
         &[],
         1,
         &["--debug-routes", "loopback"],
@@ -176,28 +121,20 @@ fn debug_routes_are_refused_off_loopback() {
 fn unreachable_redis_is_a_clear_startup_error() {
     let port = herd_e2e::free_port();
     let url = format!("redis://127.0.0.1:{port}");
-    let args = [
-        "serve",
-        "--bind",
-        "127.0.0.1:0",
-        "--redis-url",
-        &url,
-        "--workers",
-        "1",
-    ];
+    let args = ["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--workers", "1"];
     assert_herd_fails(&args, &[], 1, &["cannot reach Redis", "--redis-url"]);
 }
 
 /// The quick start without Redis depends on nothing answering at the default address; a
 /// machine that runs its own Redis there cannot show it.
 fn default_redis_is_free() -> bool {
-    let taken = std::net::TcpStream::connect_timeout(
-        &"127.0.0.1:6379".parse().expect("literal"),
-        Duration::from_millis(300),
-    )
-    .is_ok();
+    let taken =
+        std::net::TcpStream::connect_timeout(&"127.0.0.1:6379".parse().expect("literal"), Duration::from_millis(300))
+            .is_ok();
     if taken {
-        eprintln!("SKIPPED: something listens on 127.0.0.1:6379, so herd would use it instead of a private redis-server");
+        eprintln!(
+            "SKIPPED: something listens on 127.0.0.1:6379, so herd would use it instead of a private redis-server"
+        );
     }
     !taken
 }
@@ -223,12 +160,9 @@ fn without_redis_herd_starts_a_private_one_and_stops_it_on_exit() {
         ],
         &[],
     );
-    let started = herd.wait_log("the private redis", herd_e2e::herd::START_TIMEOUT, |l| {
-        l.contains("started a private redis-server")
-    });
-    herd.wait_log("workers", herd_e2e::herd::START_TIMEOUT, |l| {
-        l.contains("workers ready")
-    });
+    let started = herd
+        .wait_log("the private redis", herd_e2e::herd::START_TIMEOUT, |l| l.contains("started a private redis-server"));
+    herd.wait_log("workers", herd_e2e::herd::START_TIMEOUT, |l| l.contains("workers ready"));
     let redis_pid: u32 = started
         .split("(pid ")
         .nth(1)
@@ -242,14 +176,8 @@ fn without_redis_herd_starts_a_private_one_and_stops_it_on_exit() {
 
     herd.signal(Signal::SIGTERM);
     assert_eq!(herd.wait_exit(Duration::from_secs(30)).code(), Some(0));
-    assert!(
-        !process_alive(redis_pid),
-        "the private redis-server outlived herd"
-    );
-    assert!(herd
-        .log()
-        .iter()
-        .any(|l| l.contains("private redis-server stopped")));
+    assert!(!process_alive(redis_pid), "the private redis-server outlived herd");
+    assert!(herd.log().iter().any(|l| l.contains("private redis-server stopped")));
 }
 
 #[test]
@@ -271,32 +199,13 @@ fn sticky_from_the_environment_takes_the_usual_boolean_spellings() {
     // docker-compose.yml passes STICKY=${STICKY:-0}; `STICKY=1 docker compose up` turns it on.
     let redis = RedisServer::start();
     let url = redis.url();
-    for (value, balance) in [
-        ("1", "ip-hash"),
-        ("0", "round-robin"),
-        ("yes", "ip-hash"),
-        ("false", "round-robin"),
-    ] {
+    for (value, balance) in [("1", "ip-hash"), ("0", "round-robin"), ("yes", "ip-hash"), ("false", "round-robin")] {
         let herd = Herd::spawn(
-            &[
-                "serve",
-                "--bind",
-                "127.0.0.1:0",
-                "--workers",
-                "1",
-                "--redis-url",
-                &url,
-            ],
+            &["serve", "--bind", "127.0.0.1:0", "--workers", "1", "--redis-url", &url],
             &[("STICKY", value)],
         );
-        herd.wait_log("ready", herd_e2e::herd::START_TIMEOUT, |l| {
-            l.contains("workers ready")
-        });
-        assert_eq!(
-            herd.client().get("/").expect("GET /").json()["balance"],
-            balance,
-            "STICKY={value}"
-        );
+        herd.wait_log("ready", herd_e2e::herd::START_TIMEOUT, |l| l.contains("workers ready"));
+        assert_eq!(herd.client().get("/").expect("GET /").json()["balance"], balance, "STICKY={value}");
     }
     // An unclear value is an error, not a guess.
     assert_herd_fails(&["serve"], &[("STICKY", Some("maybe"))], 2, &["--sticky"]);
@@ -307,17 +216,11 @@ fn sticky_from_the_environment_takes_the_usual_boolean_spellings() {
 #[test]
 fn threads_sets_the_runtime_threads_of_each_worker() {
     let redis = RedisServer::start();
-    for (args, expected) in [
-        (&["--workers", "1"][..], "threads=1"),
-        (&["--workers", "1", "--threads", "3"][..], "threads=3"),
-    ] {
+    for (args, expected) in
+        [(&["--workers", "1"][..], "threads=1"), (&["--workers", "1", "--threads", "3"][..], "threads=3")]
+    {
         let herd = Herd::start(&redis, args);
-        let ready = herd.wait_log("the worker's ready line", Duration::from_secs(5), |l| {
-            l.contains("worker ready")
-        });
-        assert!(
-            ready.contains(expected),
-            "a worker started with {args:?} logged {ready}"
-        );
+        let ready = herd.wait_log("the worker's ready line", Duration::from_secs(5), |l| l.contains("worker ready"));
+        assert!(ready.contains(expected), "a worker started with {args:?} logged {ready}");
     }
 }

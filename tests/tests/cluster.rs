@@ -36,44 +36,26 @@ fn killed_workers_are_replaced(mode: &str) {
         visits += 1;
         assert_eq!(body["user"], "alice", "session lost");
         assert_eq!(body["visits"], visits, "visit count lost or skipped");
-        (
-            body["worker"].as_u64().expect("worker"),
-            body["pid"].as_u64().expect("pid") as u32,
-        )
+        (body["worker"].as_u64().expect("worker"), body["pid"].as_u64().expect("pid") as u32)
     };
 
     for _ in 0..5 {
         let (slot, pid) = get();
         let mark = herd.log_len();
         herd_e2e::signal(pid, Signal::SIGKILL);
-        herd.wait_log_from(
-            mark,
-            "the death to be logged",
-            Duration::from_secs(10),
-            |l| {
-                l.contains(&format!(
-                    "worker {slot} pid {pid} killed by SIGKILL, restarting"
-                ))
-            },
-        );
-        let ready = herd.wait_log_from(
-            mark,
-            "a replacement in the same slot",
-            Duration::from_secs(30),
-            |l| l.contains(&format!("worker {slot} pid ")) && l.ends_with(" ready"),
-        );
+        herd.wait_log_from(mark, "the death to be logged", Duration::from_secs(10), |l| {
+            l.contains(&format!("worker {slot} pid {pid} killed by SIGKILL, restarting"))
+        });
+        let ready = herd.wait_log_from(mark, "a replacement in the same slot", Duration::from_secs(30), |l| {
+            l.contains(&format!("worker {slot} pid ")) && l.ends_with(" ready")
+        });
         let new_pid = pid_in(&ready);
         assert_ne!(new_pid, pid);
         // The replacement serves: keep asking until the kernel hands a connection to that slot.
-        wait_for(
-            "the replacement to serve a request",
-            Duration::from_secs(30),
-            || {
-                let (s, p) = get();
-                (s == slot)
-                    .then(|| assert_eq!(p, new_pid, "slot {slot} served by an unexpected pid"))
-            },
-        );
+        wait_for("the replacement to serve a request", Duration::from_secs(30), || {
+            let (s, p) = get();
+            (s == slot).then(|| assert_eq!(p, new_pid, "slot {slot} served by an unexpected pid"))
+        });
     }
 }
 
@@ -101,36 +83,19 @@ fn workers_that_die_young_restart_with_growing_backoff() {
             l.contains(&format!("pid {pid} killed by SIGKILL"))
         });
         match death.split("restarting in ").nth(1) {
-            Some(delay) => delays.push(
-                delay
-                    .trim_end_matches("ms")
-                    .parse::<u64>()
-                    .expect("a delay in ms"),
-            ),
+            Some(delay) => delays.push(delay.trim_end_matches("ms").parse::<u64>().expect("a delay in ms")),
             // Only the first worker can have lived past 5 s (a slow start): a healthy death.
-            None => assert_eq!(
-                round, 0,
-                "a worker killed right after starting must back off: {death}"
-            ),
+            None => assert_eq!(round, 0, "a worker killed right after starting must back off: {death}"),
         }
         herd.wait_log_from(mark, "the restart", Duration::from_secs(10), |l| {
             l.contains("worker 0 pid ") && l.ends_with(" started")
         });
     }
-    assert!(
-        delays.len() >= 3 && delays[0] == 100,
-        "100 ms first: {delays:?}"
-    );
-    assert!(
-        delays.windows(2).all(|w| w[1] == w[0] * 2),
-        "then doubling: {delays:?}"
-    );
+    assert!(delays.len() >= 3 && delays[0] == 100, "100 ms first: {delays:?}");
+    assert!(delays.windows(2).all(|w| w[1] == w[0] * 2), "then doubling: {delays:?}");
     // After the storm the slot serves again.
     wait_for("the slot to serve again", Duration::from_secs(30), || {
-        herd.client()
-            .get("/healthz")
-            .ok()
-            .filter(|r| r.status == 200)
+        herd.client().get("/healthz").ok().filter(|r| r.status == 200)
     });
 }
 
@@ -138,18 +103,13 @@ fn workers_that_die_young_restart_with_growing_backoff() {
 fn a_worker_that_exits_by_itself_is_replaced() {
     let redis = RedisServer::start();
     let herd = Herd::start(&redis, &["--workers", "2"]);
-    let pid = herd.client().get("/").expect("GET /").json()["pid"]
-        .as_u64()
-        .expect("pid") as u32;
+    let pid = herd.client().get("/").expect("GET /").json()["pid"].as_u64().expect("pid") as u32;
     let mark = herd.log_len();
     herd_e2e::signal(pid, Signal::SIGTERM);
-    let line = herd.wait_log_from(mark, "the exit", Duration::from_secs(10), |l| {
-        l.contains(&format!("pid {pid} exited"))
-    });
+    let line =
+        herd.wait_log_from(mark, "the exit", Duration::from_secs(10), |l| l.contains(&format!("pid {pid} exited")));
     assert!(line.contains("exited cleanly, restarting"), "{line}");
-    herd.wait_log_from(mark, "the replacement", Duration::from_secs(30), |l| {
-        l.ends_with(" ready")
-    });
+    herd.wait_log_from(mark, "the replacement", Duration::from_secs(30), |l| l.ends_with(" ready"));
 }
 
 #[test]
@@ -161,49 +121,27 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
 
 fn graceful_sigterm(mode: &str) {
     let redis = RedisServer::start();
-    let mut herd = Herd::start(
-        &redis,
-        &[
-            "--workers",
-            "1",
-            "--shutdown-timeout",
-            "60s",
-            "--balance",
-            mode,
-        ],
-    );
+    let mut herd = Herd::start(&redis, &["--workers", "1", "--shutdown-timeout", "60s", "--balance", mode]);
     let workers = herd.worker_pids();
     let mut idle = herd.client().connect().expect("keep-alive connection");
-    assert_eq!(
-        idle.get("/healthz", None).expect("first request").status,
-        200
-    );
+    assert_eq!(idle.get("/healthz", None).expect("first request").status, 200);
 
     let slow = {
         let client = herd.client();
         thread::spawn(move || client.get("/heavy?n=300000000"))
     };
-    herd.wait_log("the slow request to start", Duration::from_secs(10), |l| {
-        l.contains("heavy computation started")
-    });
+    herd.wait_log("the slow request to start", Duration::from_secs(10), |l| l.contains("heavy computation started"));
     herd.signal(Signal::SIGTERM);
-    herd.wait_log("the worker to drain", Duration::from_secs(10), |l| {
-        l.contains("worker draining")
-    });
+    herd.wait_log("the worker to drain", Duration::from_secs(10), |l| l.contains("worker draining"));
 
     // A request arriving on an already-open keep-alive connection is told to come back later,
     // and the connection is closed after that answer rather than under the client.
-    let refused = idle
-        .get("/healthz", None)
-        .expect("an answer on the open connection, not a reset");
+    let refused = idle.get("/healthz", None).expect("an answer on the open connection, not a reset");
     assert_eq!(refused.status, 503);
     assert!(refused.header("retry-after").is_some());
     assert_eq!(refused.header("connection"), Some("close"));
 
-    let done = slow
-        .join()
-        .expect("client thread")
-        .expect("the in-flight request completes");
+    let done = slow.join().expect("client thread").expect("the in-flight request completes");
     assert_eq!(done.status, 200, "{}", done.body);
     assert_eq!(done.json()["result"], 44_999_999_850_000_000u64);
 
@@ -218,41 +156,21 @@ fn graceful_sigterm(mode: &str) {
 fn shutdown_timeout_kills_workers_that_do_not_drain() {
     let redis = RedisServer::start();
     // Above the default --heavy-max-n: this request must outlast the shutdown timeout.
-    let mut herd = Herd::start(
-        &redis,
-        &[
-            "--workers",
-            "1",
-            "--shutdown-timeout",
-            "1s",
-            "--heavy-max-n",
-            "1e10",
-        ],
-    );
+    let mut herd = Herd::start(&redis, &["--workers", "1", "--shutdown-timeout", "1s", "--heavy-max-n", "1e10"]);
     let workers = herd.worker_pids();
     let endless = {
         let client = herd.client();
         thread::spawn(move || client.get("/heavy?n=1e10"))
     };
-    herd.wait_log(
-        "the endless request to start",
-        Duration::from_secs(10),
-        |l| l.contains("heavy computation started"),
-    );
+    herd.wait_log("the endless request to start", Duration::from_secs(10), |l| l.contains("heavy computation started"));
     herd.signal(Signal::SIGTERM);
     let status = herd.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1), "a forced shutdown is reported");
-    assert!(herd
-        .log()
-        .iter()
-        .any(|l| l.contains("did not stop within the shutdown timeout")));
+    assert!(herd.log().iter().any(|l| l.contains("did not stop within the shutdown timeout")));
     for pid in workers {
         assert!(!process_alive(pid), "worker {pid} outlived the primary");
     }
-    assert!(
-        endless.join().expect("client thread").is_err(),
-        "the killed request cannot have succeeded"
-    );
+    assert!(endless.join().expect("client thread").is_err(), "the killed request cannot have succeeded");
 }
 
 #[test]
@@ -262,9 +180,7 @@ fn workers_exit_by_themselves_when_the_primary_dies() {
     let workers = herd.worker_pids();
     assert_eq!(workers.len(), 3);
     herd.signal(Signal::SIGKILL);
-    wait_for(
-        "every worker to exit after the primary's death",
-        Duration::from_secs(10),
-        || workers.iter().all(|pid| !process_alive(*pid)).then_some(()),
-    );
+    wait_for("every worker to exit after the primary's death", Duration::from_secs(10), || {
+        workers.iter().all(|pid| !process_alive(*pid)).then_some(())
+    });
 }

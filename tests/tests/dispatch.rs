@@ -22,10 +22,7 @@ fn client_ip(n: u8) -> IpAddr {
 /// (slot, pid) that served one fresh-connection request.
 fn served_by(client: &Client) -> (u64, u64) {
     let body = client.get("/").expect("request").json();
-    (
-        body["worker"].as_u64().expect("worker"),
-        body["pid"].as_u64().expect("pid"),
-    )
+    (body["worker"].as_u64().expect("worker"), body["pid"].as_u64().expect("pid"))
 }
 
 #[test]
@@ -38,15 +35,9 @@ fn round_robin_spreads_fresh_connections_evenly() {
     }
     assert_eq!(per_worker.len(), 4, "{per_worker:?}");
     for (slot, count) in &per_worker {
-        assert!(
-            (8..=12).contains(count),
-            "worker {slot} served {count} of 40: {per_worker:?}"
-        );
+        assert!((8..=12).contains(count), "worker {slot} served {count} of 40: {per_worker:?}");
     }
-    assert_eq!(
-        herd.client().get("/").expect("GET /").json()["balance"],
-        "round-robin"
-    );
+    assert_eq!(herd.client().get("/").expect("GET /").json()["balance"], "round-robin");
 }
 
 #[test]
@@ -55,9 +46,7 @@ fn handed_off_connections_show_the_real_client_address() {
     let herd = Herd::start(&redis, &["--workers", "2"]);
     let mut client = herd.client().from_ip(client_ip(9));
     client.login();
-    herd.wait_log("the login line", Duration::from_secs(5), |l| {
-        l.contains("login") && l.contains("client=127.0.0.9")
-    });
+    herd.wait_log("the login line", Duration::from_secs(5), |l| l.contains("login") && l.contains("client=127.0.0.9"));
 }
 
 #[test]
@@ -68,27 +57,18 @@ fn sticky_clients_always_reach_the_same_worker() {
     for n in 2..22 {
         let client = herd.client().from_ip(client_ip(n));
         let homes: HashSet<u64> = (0..5).map(|_| served_by(&client).0).collect();
-        assert_eq!(
-            homes.len(),
-            1,
-            "client 127.0.0.{n} reached workers {homes:?}"
-        );
+        assert_eq!(homes.len(), 1, "client 127.0.0.{n} reached workers {homes:?}");
         used.extend(homes);
     }
     assert!(used.len() >= 3, "20 clients used only workers {used:?}");
-    assert_eq!(
-        herd.client().get("/").expect("GET /").json()["balance"],
-        "ip-hash"
-    );
+    assert_eq!(herd.client().get("/").expect("GET /").json()["balance"], "ip-hash");
 }
 
 #[test]
 fn sticky_clients_of_a_dead_worker_move_and_return_while_others_stay() {
     let redis = RedisServer::start();
     let herd = Herd::start(&redis, &["--workers", "4", "--balance", "ip-hash"]);
-    let clients: Vec<Client> = (2..22)
-        .map(|n| herd.client().from_ip(client_ip(n)))
-        .collect();
+    let clients: Vec<Client> = (2..22).map(|n| herd.client().from_ip(client_ip(n))).collect();
     let homes: Vec<(u64, u64)> = clients.iter().map(served_by).collect();
     let (victim_slot, victim_pid) = homes[0];
 
@@ -130,9 +110,7 @@ fn least_conn_avoids_the_worker_holding_idle_connections() {
     let mut held: Vec<(u64, herd_e2e::http::Conn)> = (0..32)
         .map(|_| {
             let mut conn = herd.client().connect().expect("connect");
-            let worker = conn.get("/", None).expect("request").json()["worker"]
-                .as_u64()
-                .expect("worker");
+            let worker = conn.get("/", None).expect("request").json()["worker"].as_u64().expect("worker");
             (worker, conn)
         })
         .collect();
@@ -140,11 +118,7 @@ fn least_conn_avoids_the_worker_holding_idle_connections() {
     for (worker, _) in &held {
         *counts.entry(*worker).or_default() += 1;
     }
-    assert_eq!(
-        counts.values().copied().collect::<Vec<_>>(),
-        vec![8; 4],
-        "least-conn spreads evenly: {counts:?}"
-    );
+    assert_eq!(counts.values().copied().collect::<Vec<_>>(), vec![8; 4], "least-conn spreads evenly: {counts:?}");
 
     // Keep only worker 0's 8 connections open; close the rest, and wait until the primary has
     // heard of every close.
@@ -152,26 +126,17 @@ fn least_conn_avoids_the_worker_holding_idle_connections() {
     held.retain(|(worker, _)| *worker == 0);
     assert_eq!(held.len(), 8);
     for slot in 1..4 {
-        herd.wait_log_from(
-            mark,
-            "the closes to be reported",
-            Duration::from_secs(10),
-            |l| l.contains(&format!("worker {slot} pid ")) && l.ends_with(", 0 open"),
-        );
+        herd.wait_log_from(mark, "the closes to be reported", Duration::from_secs(10), |l| {
+            l.contains(&format!("worker {slot} pid ")) && l.ends_with(", 0 open")
+        });
     }
     for _ in 0..20 {
         let (slot, _) = served_by(&herd.client());
-        assert_ne!(
-            slot, 0,
-            "a new connection went to the worker holding 8 idle ones"
-        );
+        assert_ne!(slot, 0, "a new connection went to the worker holding 8 idle ones");
     }
     // The held connections still work.
     for (_, conn) in &mut held {
-        assert_eq!(
-            conn.get("/healthz", None).expect("held connection").status,
-            200
-        );
+        assert_eq!(conn.get("/healthz", None).expect("held connection").status, 200);
     }
 }
 
@@ -203,10 +168,7 @@ fn killing_a_worker_every_second_refuses_no_connection() {
         match client.get("/healthz") {
             Ok(res) if res.status == 200 => {
                 ok += 1;
-                last_pid.store(
-                    res.json()["pid"].as_u64().expect("pid") as u32,
-                    Ordering::Relaxed,
-                );
+                last_pid.store(res.json()["pid"].as_u64().expect("pid") as u32, Ordering::Relaxed);
             }
             Ok(_) => failed += 1,
             Err(err) if err.kind() == std::io::ErrorKind::ConnectionRefused => refused += 1,
@@ -217,10 +179,7 @@ fn killing_a_worker_every_second_refuses_no_connection() {
     let kills = killer.join().expect("killer thread");
     assert!(kills >= 6, "only {kills} kills happened");
     assert_eq!(refused, 0, "connections were refused");
-    assert!(
-        failed <= kills,
-        "{failed} failed requests for {kills} kills ({ok} succeeded)"
-    );
+    assert!(failed <= kills, "{failed} failed requests for {kills} kills ({ok} succeeded)");
     assert!(ok > 20, "only {ok} requests succeeded");
     eprintln!("churn: {ok} ok, {failed} failed, {kills} kills");
 }
@@ -238,18 +197,13 @@ fn a_client_arriving_while_every_worker_restarts_is_served_late_not_refused() {
         herd_e2e::signal(pid, Signal::SIGKILL);
     }
     wait_for("every worker to be dead", Duration::from_secs(10), || {
-        old.iter()
-            .all(|&p| !herd_e2e::process_alive(p))
-            .then_some(())
+        old.iter().all(|&p| !herd_e2e::process_alive(p)).then_some(())
     });
     let res = std::thread::scope(|scope| {
         let request = scope.spawn(|| herd.client().get("/"));
-        herd.wait_log_from(
-            mark,
-            "the primary to hold the connection",
-            Duration::from_secs(10),
-            |l| l.contains("holding new connections"),
-        );
+        herd.wait_log_from(mark, "the primary to hold the connection", Duration::from_secs(10), |l| {
+            l.contains("holding new connections")
+        });
         herd_e2e::signal(redis.pid(), Signal::SIGCONT);
         request.join().expect("client thread")
     });
@@ -258,10 +212,7 @@ fn a_client_arriving_while_every_worker_restarts_is_served_late_not_refused() {
     let pid = res.json()["pid"].as_u64().expect("pid") as u32;
     assert!(!old.contains(&pid), "served by a dead worker?");
     assert!(
-        herd.log()
-            .iter()
-            .skip(mark)
-            .any(|l| l.contains("handing 1 queued connection(s)")),
+        herd.log().iter().skip(mark).any(|l| l.contains("handing 1 queued connection(s)")),
         "the held connection was not handed over"
     );
 }

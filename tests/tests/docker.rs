@@ -14,22 +14,14 @@ fn repo_file(name: &str) -> String {
 }
 
 fn compose() -> Value {
-    serde_yaml::from_str(&repo_file("docker-compose.yml"))
-        .expect("docker-compose.yml is valid YAML")
+    serde_yaml::from_str(&repo_file("docker-compose.yml")).expect("docker-compose.yml is valid YAML")
 }
 
 /// Every environment variable named in `herd serve --help` (`[env: NAME=…]`).
 fn env_vars_herd_reads() -> BTreeSet<String> {
-    let out = Command::new(herd_bin())
-        .args(["serve", "--help"])
-        .output()
-        .expect("herd serve --help");
+    let out = Command::new(herd_bin()).args(["serve", "--help"]).output().expect("herd serve --help");
     let help = String::from_utf8_lossy(&out.stdout);
-    help.split("[env: ")
-        .skip(1)
-        .filter_map(|rest| rest.split(['=', ']']).next())
-        .map(str::to_owned)
-        .collect()
+    help.split("[env: ").skip(1).filter_map(|rest| rest.split(['=', ']']).next()).map(str::to_owned).collect()
 }
 
 #[test]
@@ -38,95 +30,39 @@ fn compose_wires_redis_and_herd_together() {
     let redis = &doc["services"]["redis"];
     let herd = &doc["services"]["herd"];
 
-    assert!(
-        redis["image"]
-            .as_str()
-            .is_some_and(|i| i.starts_with("redis:7")),
-        "Redis 7 image"
-    );
-    let command: Vec<&str> = redis["command"]
-        .as_sequence()
-        .expect("redis command")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert!(
-        command.windows(2).any(|w| w == ["--appendonly", "yes"]),
-        "AOF on: {command:?}"
-    );
+    assert!(redis["image"].as_str().is_some_and(|i| i.starts_with("redis:7")), "Redis 7 image");
+    let command: Vec<&str> =
+        redis["command"].as_sequence().expect("redis command").iter().filter_map(Value::as_str).collect();
+    assert!(command.windows(2).any(|w| w == ["--appendonly", "yes"]), "AOF on: {command:?}");
     let volume = redis["volumes"][0].as_str().expect("a redis volume");
     let (name, target) = volume.split_once(':').expect("name:path");
     assert_eq!(target, "/data", "the redis image keeps its data in /data");
-    assert!(
-        doc["volumes"].get(name).is_some(),
-        "volume {name} is a declared named volume"
-    );
-    let check: Vec<&str> = redis["healthcheck"]["test"]
-        .as_sequence()
-        .expect("healthcheck")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
-    assert_eq!(
-        check,
-        ["CMD", "redis-cli", "ping"],
-        "redis-cli ships in the redis image"
-    );
+    assert!(doc["volumes"].get(name).is_some(), "volume {name} is a declared named volume");
+    let check: Vec<&str> =
+        redis["healthcheck"]["test"].as_sequence().expect("healthcheck").iter().filter_map(Value::as_str).collect();
+    assert_eq!(check, ["CMD", "redis-cli", "ping"], "redis-cli ships in the redis image");
 
     assert_eq!(herd["build"].as_str(), Some("."));
-    assert_eq!(
-        herd["depends_on"]["redis"]["condition"].as_str(),
-        Some("service_healthy")
-    );
-    let ports: Vec<&str> = herd["ports"]
-        .as_sequence()
-        .expect("ports")
-        .iter()
-        .filter_map(Value::as_str)
-        .collect();
+    assert_eq!(herd["depends_on"]["redis"]["condition"].as_str(), Some("service_healthy"));
+    let ports: Vec<&str> = herd["ports"].as_sequence().expect("ports").iter().filter_map(Value::as_str).collect();
     assert_eq!(ports, ["3000:3000"]);
 
     let env = herd["environment"].as_mapping().expect("environment");
     let reads = env_vars_herd_reads();
     for key in env.keys().filter_map(Value::as_str) {
-        assert!(
-            reads.contains(key),
-            "herd does not read {key}; it reads {reads:?}"
-        );
+        assert!(reads.contains(key), "herd does not read {key}; it reads {reads:?}");
     }
-    assert_eq!(
-        env[&Value::from("REDIS_URL")].as_str(),
-        Some("redis://redis:6379"),
-        "the redis service by name"
-    );
-    assert_eq!(
-        env[&Value::from("HERD_BIND")].as_str(),
-        Some("0.0.0.0:3000"),
-        "matches the published port"
-    );
-    assert_eq!(
-        env[&Value::from("STICKY")].as_str(),
-        Some("${STICKY:-0}"),
-        "STICKY passes through"
-    );
-    assert_eq!(
-        env[&Value::from("HERD_DEMO_USER")].as_str(),
-        Some("alice:wonderland")
-    );
+    assert_eq!(env[&Value::from("REDIS_URL")].as_str(), Some("redis://redis:6379"), "the redis service by name");
+    assert_eq!(env[&Value::from("HERD_BIND")].as_str(), Some("0.0.0.0:3000"), "matches the published port");
+    assert_eq!(env[&Value::from("STICKY")].as_str(), Some("${STICKY:-0}"), "STICKY passes through");
+    assert_eq!(env[&Value::from("HERD_DEMO_USER")].as_str(), Some("alice:wonderland"));
 }
 
 #[test]
 fn the_image_builds_herd_and_runs_it_unprivileged() {
     let dockerfile = repo_file("Dockerfile");
-    let froms: Vec<&str> = dockerfile
-        .lines()
-        .filter(|l| l.starts_with("FROM "))
-        .collect();
-    assert_eq!(
-        froms.len(),
-        2,
-        "a build stage and a small runtime stage: {froms:?}"
-    );
+    let froms: Vec<&str> = dockerfile.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(froms.len(), 2, "a build stage and a small runtime stage: {froms:?}");
     assert!(froms[0].contains("rust:") && froms[0].ends_with("AS build"));
     assert!(froms[1].contains("-slim"), "small runtime image");
     assert!(dockerfile.contains("cargo build --release --locked -p herd"));
@@ -134,22 +70,10 @@ fn the_image_builds_herd_and_runs_it_unprivileged() {
         std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock")).exists(),
         "--locked needs Cargo.lock"
     );
-    let user = dockerfile
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("USER "))
-        .expect("a USER line");
+    let user = dockerfile.lines().rev().find_map(|l| l.strip_prefix("USER ")).expect("a USER line");
     assert_ne!(user.trim(), "root");
     assert!(dockerfile.contains("EXPOSE 3000"));
-    assert!(
-        dockerfile.contains(r#"ENTRYPOINT ["herd"]"#) && dockerfile.contains(r#"CMD ["serve"]"#)
-    );
-    let ignored: Vec<String> = repo_file(".dockerignore")
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    assert!(
-        ignored.iter().any(|l| l == "target"),
-        "target/ must not be sent to the build"
-    );
+    assert!(dockerfile.contains(r#"ENTRYPOINT ["herd"]"#) && dockerfile.contains(r#"CMD ["serve"]"#));
+    let ignored: Vec<String> = repo_file(".dockerignore").lines().map(str::to_owned).collect();
+    assert!(ignored.iter().any(|l| l == "target"), "target/ must not be sent to the build");
 }

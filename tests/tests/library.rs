@@ -8,31 +8,14 @@ use nix::sys::signal::Signal;
 
 #[test]
 fn the_hello_example_runs_a_router_in_several_workers() {
-    let mut hello = Herd::spawn_program(
-        &hello_example(),
-        &std::env::temp_dir(),
-        &[],
-        &[("HELLO_BIND", "127.0.0.1:0")],
-    );
-    hello.wait_log("4 workers", herd_e2e::herd::START_TIMEOUT, |l| {
-        l.contains("all 4 workers ready")
-    });
+    let mut hello = Herd::spawn_program(&hello_example(), &std::env::temp_dir(), &[], &[("HELLO_BIND", "127.0.0.1:0")]);
+    hello.wait_log("4 workers", herd_e2e::herd::START_TIMEOUT, |l| l.contains("all 4 workers ready"));
     let client = Client::new(hello.addr).from_ip("127.0.0.3".parse().expect("literal"));
     let mut workers = HashSet::new();
     for _ in 0..8 {
         let res = client.get("/").expect("GET /");
-        assert!(
-            res.body.starts_with("hello 127.0.0.3:"),
-            "ConnectInfo shows the real client: {}",
-            res.body
-        );
-        workers.insert(
-            res.body
-                .split("worker ")
-                .nth(1)
-                .and_then(|r| r.split(' ').next())
-                .map(str::to_owned),
-        );
+        assert!(res.body.starts_with("hello 127.0.0.3:"), "ConnectInfo shows the real client: {}", res.body);
+        workers.insert(res.body.split("worker ").nth(1).and_then(|r| r.split(' ').next()).map(str::to_owned));
     }
     assert_eq!(workers.len(), 4, "round-robin over 4 workers: {workers:?}");
     hello.signal(Signal::SIGINT);

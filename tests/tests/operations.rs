@@ -11,24 +11,12 @@ const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn assert_no_loss(report: &LoadReport) {
     assert!(report.ok > 100, "the load barely ran: {report:?}");
-    assert_eq!(
-        report.failed,
-        0,
-        "requests failed: {:?}",
-        &report.errors[..report.errors.len().min(5)]
-    );
-    assert_eq!(
-        report.non_2xx,
-        0,
-        "non-2xx answers: {:?}",
-        &report.errors[..report.errors.len().min(5)]
-    );
+    assert_eq!(report.failed, 0, "requests failed: {:?}", &report.errors[..report.errors.len().min(5)]);
+    assert_eq!(report.non_2xx, 0, "non-2xx answers: {:?}", &report.errors[..report.errors.len().min(5)]);
 }
 
 fn wait_until_flowing(load: &Load) {
-    herd_e2e::wait_for("the load to flow", Duration::from_secs(10), || {
-        (load.ok_so_far() > 50).then_some(())
-    });
+    herd_e2e::wait_for("the load to flow", Duration::from_secs(10), || (load.ok_so_far() > 50).then_some(()));
 }
 
 /// Keeps the load running on the current workers for a while: pacing, not synchronisation.
@@ -50,9 +38,7 @@ fn reloads_under_load_lose_nothing(mode: &str) {
             assert_eq!(code, 0, "herd ctl reload failed: {out}{err}");
         } else {
             herd.signal(Signal::SIGHUP);
-            herd.wait_log_from(mark, "the reload to complete", RELOAD_TIMEOUT, |l| {
-                l.contains("reload complete")
-            });
+            herd.wait_log_from(mark, "the reload to complete", RELOAD_TIMEOUT, |l| l.contains("reload complete"));
         }
         // Three rounds of load on the new workers: about 12 s of load in all, as in the issue.
         carry_load(Duration::from_secs(4));
@@ -62,12 +48,8 @@ fn reloads_under_load_lose_nothing(mode: &str) {
 
     ready_workers(&herd, 2); // the last retired workers finish draining
     let status = herd.status();
-    let now: HashSet<u64> = status["workers"]
-        .as_array()
-        .expect("workers")
-        .iter()
-        .map(|w| w["pid"].as_u64().expect("pid"))
-        .collect();
+    let now: HashSet<u64> =
+        status["workers"].as_array().expect("workers").iter().map(|w| w["pid"].as_u64().expect("pid")).collect();
     assert_eq!(now.len(), 2);
     assert!(
         now.iter().all(|pid| !before.contains(&(*pid as u32))),
@@ -97,36 +79,20 @@ fn a_reload_whose_workers_cannot_start_changes_nothing() {
     redis.kill();
     let (code, _, err) = herd.ctl(&["reload"]);
     assert_eq!(code, 1, "the reload must fail");
-    assert!(
-        err.contains("not ready within 2s"),
-        "the reason is given: {err}"
-    );
+    assert!(err.contains("not ready within 2s"), "the reason is given: {err}");
 
     let status = herd.status();
     assert_eq!(worker_pids(&status), before, "the old workers keep serving");
-    assert!(
-        status["last_reload"]
-            .as_str()
-            .is_some_and(|r| r.starts_with("reload failed")),
-        "{status}"
-    );
+    assert!(status["last_reload"].as_str().is_some_and(|r| r.starts_with("reload failed")), "{status}");
     for _ in 0..4 {
-        let res = herd
-            .client()
-            .get("/healthz")
-            .expect("the old workers answer");
+        let res = herd.client().get("/healthz").expect("the old workers answer");
         assert_eq!(res.status, 200);
         assert!(before.contains(&res.json()["pid"].as_u64().expect("pid")));
     }
 }
 
 fn worker_pids(status: &serde_json::Value) -> HashSet<u64> {
-    status["workers"]
-        .as_array()
-        .expect("workers")
-        .iter()
-        .map(|w| w["pid"].as_u64().expect("pid"))
-        .collect()
+    status["workers"].as_array().expect("workers").iter().map(|w| w["pid"].as_u64().expect("pid")).collect()
 }
 
 fn ready_workers(herd: &Herd, expected: usize) {
@@ -148,18 +114,9 @@ fn scaling_under_load_loses_no_request() {
     assert_eq!((code, out.trim()), (0, "scaled to 4 workers"));
     ready_workers(&herd, 4);
     // Kept-alive connections stay where they are; new connections reach the new workers.
-    let fresh: HashSet<u64> = (0..8)
-        .map(|_| {
-            herd.client().get("/healthz").expect("GET").json()["pid"]
-                .as_u64()
-                .expect("pid")
-        })
-        .collect();
-    assert_eq!(
-        fresh.len(),
-        4,
-        "new connections reach all four workers: {fresh:?}"
-    );
+    let fresh: HashSet<u64> =
+        (0..8).map(|_| herd.client().get("/healthz").expect("GET").json()["pid"].as_u64().expect("pid")).collect();
+    assert_eq!(fresh.len(), 4, "new connections reach all four workers: {fresh:?}");
     carry_load(Duration::from_secs(2));
 
     let (code, out, _) = herd.ctl(&["scale", "-3"]);
@@ -184,9 +141,7 @@ fn ttin_and_ttou_add_and_remove_a_worker() {
     // Signals of one kind do not queue: send the second only after the first was handled.
     let mark = herd.log_len();
     herd.signal(Signal::SIGTTOU);
-    herd.wait_log_from(mark, "the first TTOU", Duration::from_secs(10), |l| {
-        l.contains("scaling from 3 to 2")
-    });
+    herd.wait_log_from(mark, "the first TTOU", Duration::from_secs(10), |l| l.contains("scaling from 3 to 2"));
     herd.signal(Signal::SIGTTOU);
     ready_workers(&herd, 1);
 }
@@ -213,16 +168,12 @@ fn restart_replaces_one_slot_and_status_is_a_table() {
     let (code, out, _) = herd.ctl(&["status"]);
     assert_eq!(code, 0);
     assert!(
-        out.lines().nth(1).is_some_and(|h| h
-            .split_whitespace()
-            .eq(["slot", "pid", "state", "uptime", "restarts", "rss", "conns"])),
+        out.lines()
+            .nth(1)
+            .is_some_and(|h| h.split_whitespace().eq(["slot", "pid", "state", "uptime", "restarts", "rss", "conns"])),
         "{out}"
     );
-    assert_eq!(
-        out.lines().filter(|l| l.contains(" ready ")).count(),
-        2,
-        "{out}"
-    );
+    assert_eq!(out.lines().filter(|l| l.contains(" ready ")).count(), 2, "{out}");
 
     let (code, _, err) = herd.ctl(&["restart", "7"]);
     assert_eq!(code, 1);
@@ -235,13 +186,8 @@ fn malformed_control_requests_get_errors_and_the_primary_keeps_running() {
     let redis = RedisServer::start();
     let herd = Herd::start(&redis, &["--workers", "1"]);
     let socket = herd.control_socket();
-    let mode = std::fs::metadata(&socket)
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
-    assert_eq!(
-        mode.ok(),
-        Some(0o600),
-        "the control socket is private to its owner"
-    );
+    let mode = std::fs::metadata(&socket).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    assert_eq!(mode.ok(), Some(0o600), "the control socket is private to its owner");
 
     let huge = vec![b'x'; 200 * 1024];
     for input in [&b"garbage\n"[..], br#"{"cmd":"explode"}"#, b"\n", &huge] {
@@ -249,18 +195,12 @@ fn malformed_control_requests_get_errors_and_the_primary_keeps_running() {
         let _ = stream.write_all(input);
         let _ = stream.write_all(b"\n");
         let mut reply = String::new();
-        BufReader::new(&stream)
-            .read_line(&mut reply)
-            .expect("a reply");
+        BufReader::new(&stream).read_line(&mut reply).expect("a reply");
         let reply: serde_json::Value = serde_json::from_str(&reply).expect("a JSON reply");
         assert_eq!(reply["ok"], false);
         assert!(reply["error"].as_str().is_some_and(|e| !e.is_empty()));
     }
-    assert_eq!(
-        herd.status()["workers"].as_array().map(Vec::len),
-        Some(1),
-        "still running"
-    );
+    assert_eq!(herd.status()["workers"].as_array().map(Vec::len), Some(1), "still running");
 
     let (code, _, _) = herd.ctl(&["stop"]);
     assert_eq!(code, 0);
@@ -271,18 +211,13 @@ fn systemd_hears_ready_once_every_worker_is_and_stopping_on_sigterm() {
     let dir = herd_e2e::TempDir::new("notify");
     let path = dir.path().join("notify.sock");
     let systemd = std::os::unix::net::UnixDatagram::bind(&path).expect("bind a notify socket");
-    systemd
-        .set_read_timeout(Some(herd_e2e::herd::START_TIMEOUT))
-        .expect("timeout");
+    systemd.set_read_timeout(Some(herd_e2e::herd::START_TIMEOUT)).expect("timeout");
     let redis = RedisServer::start();
     let notify = path.to_string_lossy().into_owned();
     let mut herd = Herd::start_with_env(&redis, &["--workers", "2"], &[("NOTIFY_SOCKET", &notify)]);
     let mut buf = [0u8; 256];
     let n = systemd.recv(&mut buf).expect("READY notification");
-    assert_eq!(
-        std::str::from_utf8(&buf[..n]),
-        Ok("READY=1\nSTATUS=2 workers ready")
-    );
+    assert_eq!(std::str::from_utf8(&buf[..n]), Ok("READY=1\nSTATUS=2 workers ready"));
     herd.signal(Signal::SIGTERM);
     let n = systemd.recv(&mut buf).expect("STOPPING notification");
     assert_eq!(std::str::from_utf8(&buf[..n]), Ok("STOPPING=1"));
@@ -292,34 +227,16 @@ fn systemd_hears_ready_once_every_worker_is_and_stopping_on_sigterm() {
 #[test]
 fn systemd_unit_runs_serve_with_the_given_flags() {
     let out = std::process::Command::new(herd_e2e::herd::herd_bin())
-        .args([
-            "systemd-unit",
-            "--workers",
-            "4",
-            "--bind",
-            "127.0.0.1:8080",
-            "--shutdown-timeout",
-            "20s",
-        ])
+        .args(["systemd-unit", "--workers", "4", "--bind", "127.0.0.1:8080", "--shutdown-timeout", "20s"])
         .env("REDIS_URL", "redis://10.0.0.5:6379")
         .output()
         .expect("herd systemd-unit");
     assert!(out.status.success());
     let unit = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = unit.lines().collect();
-    let exec = lines
-        .iter()
-        .find(|l| l.starts_with("ExecStart="))
-        .expect("ExecStart");
-    assert!(
-        exec.ends_with(" serve --workers 4 --bind 127.0.0.1:8080 --shutdown-timeout 20s"),
-        "{exec}"
-    );
-    let program = exec
-        .trim_start_matches("ExecStart=")
-        .split(' ')
-        .next()
-        .expect("program");
+    let exec = lines.iter().find(|l| l.starts_with("ExecStart=")).expect("ExecStart");
+    assert!(exec.ends_with(" serve --workers 4 --bind 127.0.0.1:8080 --shutdown-timeout 20s"), "{exec}");
+    let program = exec.trim_start_matches("ExecStart=").split(' ').next().expect("program");
     assert!(std::path::Path::new(program).is_absolute(), "{program}");
     for expected in [
         "Type=notify",
@@ -331,12 +248,7 @@ fn systemd_unit_runs_serve_with_the_given_flags() {
         assert!(lines.contains(&expected), "missing {expected:?} in\n{unit}");
     }
     // Flags are validated like serve's.
-    herd_e2e::herd::assert_herd_fails(
-        &["systemd-unit", "--workers", "zero"],
-        &[],
-        2,
-        &["--workers"],
-    );
+    herd_e2e::herd::assert_herd_fails(&["systemd-unit", "--workers", "zero"], &[], 2, &["--workers"]);
 }
 
 #[test]
@@ -345,36 +257,23 @@ fn a_reload_reads_the_changed_config_file_and_a_bad_one_changes_nothing() {
     let dir = herd_e2e::TempDir::new("config");
     let config = dir.path().join("herd.toml");
     let write = |url: &str| {
-        std::fs::write(
-            &config,
-            format!("workers = 2\nredis_url = \"{url}\"\nready_timeout = \"2s\"\n"),
-        )
-        .expect("write config")
+        std::fs::write(&config, format!("workers = 2\nredis_url = \"{url}\"\nready_timeout = \"2s\"\n"))
+            .expect("write config")
     };
     write(&redis.url());
     let path = config.to_string_lossy().into_owned();
     let herd = Herd::spawn(&["serve", "--bind", "127.0.0.1:0", "--config", &path], &[]);
-    herd.wait_log("two workers", herd_e2e::herd::START_TIMEOUT, |l| {
-        l.contains("all 2 workers ready")
-    });
+    herd.wait_log("two workers", herd_e2e::herd::START_TIMEOUT, |l| l.contains("all 2 workers ready"));
     let before = worker_pids(&herd.status());
 
     // Point the file at a Redis that does not exist: new workers can never be ready.
     write(&format!("redis://127.0.0.1:{}", herd_e2e::free_port()));
     let (code, _, err) = herd.ctl(&["reload"]);
     assert_eq!(code, 1, "the reload must fail");
-    assert!(
-        err.contains("reload failed") && err.contains("not ready within 2s"),
-        "a clear reason: {err}"
-    );
+    assert!(err.contains("reload failed") && err.contains("not ready within 2s"), "a clear reason: {err}");
     let status = herd.status();
     assert_eq!(worker_pids(&status), before, "the old workers keep serving");
-    assert!(
-        status["last_reload"]
-            .as_str()
-            .is_some_and(|r| r.contains("not ready within 2s")),
-        "{status}"
-    );
+    assert!(status["last_reload"].as_str().is_some_and(|r| r.contains("not ready within 2s")), "{status}");
     assert_eq!(herd.client().get("/healthz").expect("served").status, 200);
 
     // Fixed again, the next reload goes through.
@@ -385,16 +284,10 @@ fn a_reload_reads_the_changed_config_file_and_a_bad_one_changes_nothing() {
 
 #[test]
 fn config_example_is_a_valid_config_file() {
-    let out = std::process::Command::new(herd_e2e::herd::herd_bin())
-        .args(["config", "example"])
-        .output()
-        .expect("run");
+    let out = std::process::Command::new(herd_e2e::herd::herd_bin()).args(["config", "example"]).output().expect("run");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("# workers = 4") && text.contains("# balance = \"round-robin\""),
-        "{text}"
-    );
+    assert!(text.contains("# workers = 4") && text.contains("# balance = \"round-robin\""), "{text}");
     let dir = herd_e2e::TempDir::new("example");
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "wrokers = 3\n").expect("write");
@@ -411,11 +304,7 @@ fn ctl_top_redraws_the_status_table() {
     use std::io::Read;
     let redis = RedisServer::start();
     let herd = Herd::start(&redis, &["--workers", "2"]);
-    let mut top = herd
-        .ctl_command(&["top"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("herd ctl top");
+    let mut top = herd.ctl_command(&["top"]).stdout(std::process::Stdio::piped()).spawn().expect("herd ctl top");
     let mut stdout = top.stdout.take().expect("stdout");
     let mut seen = String::new();
     let mut buf = [0u8; 4096];
@@ -427,8 +316,5 @@ fn ctl_top_redraws_the_status_table() {
     }
     let _ = top.kill();
     let _ = top.wait();
-    assert!(
-        seen.contains("slot") && seen.matches(" ready ").count() >= 4,
-        "{seen}"
-    );
+    assert!(seen.contains("slot") && seen.matches(" ready ").count() >= 4, "{seen}");
 }

@@ -6,13 +6,8 @@ use herd_e2e::{Herd, RedisServer, TempDir};
 
 #[test]
 fn the_readme_curl_session_does_what_it_says() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"))
-        .expect("README.md");
-    let block = readme
-        .split("```console\n")
-        .nth(1)
-        .and_then(|rest| rest.split("```").next())
-        .expect("a console block");
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
+    let block = readme.split("```console\n").nth(1).and_then(|rest| rest.split("```").next()).expect("a console block");
     // Commands start with `$ `; a trailing backslash continues them on the next line.
     let mut commands = Vec::new();
     let mut current: Option<String> = None;
@@ -37,17 +32,9 @@ fn the_readme_curl_session_does_what_it_says() {
     let mut output = String::new();
     for cmd in &commands {
         let cmd = cmd.replace("127.0.0.1:3000", &herd.addr.to_string());
-        let out = std::process::Command::new("bash")
-            .arg("-c")
-            .arg(&cmd)
-            .current_dir(dir.path())
-            .output()
-            .expect("bash");
-        assert!(
-            out.status.success(),
-            "{cmd}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let out =
+            std::process::Command::new("bash").arg("-c").arg(&cmd).current_dir(dir.path()).output().expect("bash");
+        assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
         output.push_str(&String::from_utf8_lossy(&out.stdout));
         output.push('\n');
     }
@@ -67,8 +54,5 @@ fn the_readme_curl_session_does_what_it_says() {
         }
     }
     let pids: std::collections::HashSet<_> = pages.iter().map(|p| p["pid"].clone()).collect();
-    assert!(
-        pids.len() >= 2,
-        "the README promises changing PIDs: {pids:?}"
-    );
+    assert!(pids.len() >= 2, "the README promises changing PIDs: {pids:?}");
 }

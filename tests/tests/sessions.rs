@@ -22,10 +22,7 @@ fn login_then_fresh_connections_reach_several_workers_with_one_session() {
         assert_eq!(body["balance"], "round-robin", "the default mode");
         pids.insert(body["pid"].as_u64().expect("pid"));
     }
-    assert!(
-        pids.len() >= 2,
-        "30 fresh connections all reached one worker: {pids:?}"
-    );
+    assert!(pids.len() >= 2, "30 fresh connections all reached one worker: {pids:?}");
 }
 
 #[test]
@@ -49,27 +46,13 @@ fn session_keys_are_prefixed_hashes_not_the_cookie() {
     let mut client = herd.client();
     let login = client.login();
     let set_cookie = login.header("set-cookie").expect("cookie").to_owned();
-    assert!(
-        set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"),
-        "{set_cookie}"
-    );
-    assert!(
-        !set_cookie.contains("Secure"),
-        "--secure-cookies false: {set_cookie}"
-    );
-    let id = client
-        .cookie
-        .as_deref()
-        .and_then(|c| c.split_once('='))
-        .map(|(_, v)| v.to_owned())
-        .expect("id");
+    assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"), "{set_cookie}");
+    assert!(!set_cookie.contains("Secure"), "--secure-cookies false: {set_cookie}");
+    let id = client.cookie.as_deref().and_then(|c| c.split_once('=')).map(|(_, v)| v.to_owned()).expect("id");
     let mut keys = redis.keys("herd:sess:*");
     keys.sort();
     assert_eq!(keys.len(), 2, "the record and its visit counter: {keys:?}");
-    assert!(
-        keys.iter().all(|k| !k.contains(&id)),
-        "the raw session id must not be a key"
-    );
+    assert!(keys.iter().all(|k| !k.contains(&id)), "the raw session id must not be a key");
     assert_eq!(keys[0].len(), "herd:sess:".len() + 64);
     assert_eq!(keys[1], format!("{}:visits", keys[0]));
 }
@@ -79,37 +62,17 @@ fn cookies_are_secure_by_default() {
     let redis = RedisServer::start();
     let url = redis.url();
     let herd = Herd::spawn(
-        &[
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--workers",
-            "1",
-            "--redis-url",
-            &url,
-            "--demo-user",
-            "alice:wonderland",
-        ],
+        &["serve", "--bind", "127.0.0.1:0", "--workers", "1", "--redis-url", &url, "--demo-user", "alice:wonderland"],
         &[],
     );
-    herd.wait_log("ready", herd_e2e::herd::START_TIMEOUT, |l| {
-        l.contains("workers ready")
-    });
-    let login = herd
-        .client()
-        .post_json("/login", r#"{"username":"alice","password":"wonderland"}"#)
-        .expect("login");
-    assert!(login
-        .header("set-cookie")
-        .is_some_and(|c| c.contains("Secure")));
+    herd.wait_log("ready", herd_e2e::herd::START_TIMEOUT, |l| l.contains("workers ready"));
+    let login = herd.client().post_json("/login", r#"{"username":"alice","password":"wonderland"}"#).expect("login");
+    assert!(login.header("set-cookie").is_some_and(|c| c.contains("Secure")));
     let mut client = herd.client();
     client.cookie = login.cookie();
     let logout = client.request("POST", "/logout", &[], b"").expect("logout");
     let removal = logout.header("set-cookie").expect("a removal cookie");
-    assert!(
-        removal.contains("Max-Age=0") && removal.contains("Secure") && removal.contains("HttpOnly"),
-        "{removal}"
-    );
+    assert!(removal.contains("Max-Age=0") && removal.contains("Secure") && removal.contains("HttpOnly"), "{removal}");
 }
 
 #[test]
@@ -122,20 +85,13 @@ fn logout_ends_the_session_server_side() {
 
     let logout = client.request("POST", "/logout", &[], b"").expect("logout");
     assert_eq!(logout.status, 200);
-    let removal = logout
-        .header("set-cookie")
-        .expect("a removal cookie")
-        .to_owned();
+    let removal = logout.header("set-cookie").expect("a removal cookie").to_owned();
     assert!(removal.contains("Max-Age=0"), "{removal}");
     assert!(
         removal.contains("HttpOnly") && removal.contains("SameSite=Lax"),
         "the removal cookie keeps the flags: {removal}"
     );
-    assert_eq!(
-        redis.keys("herd:sess:*"),
-        Vec::<String>::new(),
-        "session deleted from Redis"
-    );
+    assert_eq!(redis.keys("herd:sess:*"), Vec::<String>::new(), "session deleted from Redis");
 
     // Replaying the old cookie (as a thief would) gets nothing, on every worker.
     for _ in 0..6 {
@@ -152,44 +108,24 @@ fn login_gives_a_new_session_id_and_the_old_one_lives_out_a_short_grace() {
     client.login();
     let first = client.cookie.clone();
     client.login();
-    assert_ne!(
-        client.cookie, first,
-        "a second login must not keep the old id (fixation)"
-    );
-    assert_eq!(
-        records(&redis).len(),
-        2,
-        "the new record exists before the old one goes"
-    );
+    assert_ne!(client.cookie, first, "a second login must not keep the old id (fixation)");
+    assert_eq!(records(&redis).len(), 2, "the new record exists before the old one goes");
 
     // A request already in flight with the old cookie still works...
     let mut old = herd.client();
     old.cookie = first;
-    assert_eq!(
-        me(&old),
-        "alice",
-        "the old id works during the grace period"
-    );
+    assert_eq!(me(&old), "alice", "the old id works during the grace period");
     // ...for the grace period only, however often it is used.
     let retired = Instant::now();
-    wait_for("the old id to die", Duration::from_secs(5), || {
-        me(&old).is_null().then_some(())
-    });
-    assert!(
-        retired.elapsed() < Duration::from_secs(3),
-        "the grace is not extended by use"
-    );
+    wait_for("the old id to die", Duration::from_secs(5), || me(&old).is_null().then_some(()));
+    assert!(retired.elapsed() < Duration::from_secs(3), "the grace is not extended by use");
     assert_eq!(me(&client), "alice", "the new id lives on");
     assert_eq!(records(&redis).len(), 1);
 }
 
 /// The session records in Redis (not the visit counters beside them).
 fn records(redis: &RedisServer) -> Vec<String> {
-    redis
-        .keys("herd:sess:*")
-        .into_iter()
-        .filter(|k| !k.ends_with(":visits"))
-        .collect()
+    redis.keys("herd:sess:*").into_iter().filter(|k| !k.ends_with(":visits")).collect()
 }
 
 /// The session's user as `GET /me` reports it.
@@ -207,16 +143,8 @@ fn reads_extend_the_idle_timeout_with_a_touch_not_a_rewrite() {
     client.login();
     let key = records(&redis).pop().expect("one session");
     // The record's header holds `seen` at bytes 20..36; the values follow the 39-byte header.
-    let seen_at = || {
-        redis
-            .cli(&["GETRANGE", &key, "20", "35"])
-            .unwrap_or_default()
-    };
-    let values = || {
-        redis
-            .cli(&["GETRANGE", &key, "39", "-1"])
-            .unwrap_or_default()
-    };
+    let seen_at = || redis.cli(&["GETRANGE", &key, "20", "35"]).unwrap_or_default();
+    let values = || redis.cli(&["GETRANGE", &key, "39", "-1"]).unwrap_or_default();
     let stored = values();
     assert!(stored.contains("5:since"), "{stored}");
 
@@ -224,30 +152,15 @@ fn reads_extend_the_idle_timeout_with_a_touch_not_a_rewrite() {
     let started = Instant::now();
     let mut seen = HashSet::new();
     while started.elapsed() < Duration::from_secs(4) {
-        assert_eq!(
-            me(&client),
-            "alice",
-            "after {:?} of reads",
-            started.elapsed()
-        );
+        assert_eq!(me(&client), "alice", "after {:?} of reads", started.elapsed());
         seen.insert(seen_at());
         std::thread::sleep(Duration::from_millis(100));
     }
     // About one touch per quarter of the idle timeout (0.5 s), not one per request (~40).
-    assert!(
-        (4..=12).contains(&seen.len()),
-        "{} distinct touch times",
-        seen.len()
-    );
+    assert!((4..=12).contains(&seen.len()), "{} distinct touch times", seen.len());
     assert_eq!(values(), stored, "the data itself was never rewritten");
-    let ttl: i64 = redis
-        .cli(&["PTTL", &key])
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(-1);
-    assert!(
-        (1..=2000).contains(&ttl),
-        "the key's TTL mirrors the idle timeout: {ttl}"
-    );
+    let ttl: i64 = redis.cli(&["PTTL", &key]).and_then(|t| t.parse().ok()).unwrap_or(-1);
+    assert!((1..=2000).contains(&ttl), "the key's TTL mirrors the idle timeout: {ttl}");
 
     // Then silence longer than the idle timeout: the session is over, server-side.
     std::thread::sleep(Duration::from_millis(2100));
@@ -258,35 +171,16 @@ fn reads_extend_the_idle_timeout_with_a_touch_not_a_rewrite() {
 #[test]
 fn the_absolute_lifetime_ends_even_an_active_session() {
     let redis = RedisServer::start();
-    let herd = Herd::start(
-        &redis,
-        &[
-            "--workers",
-            "1",
-            "--session-idle",
-            "1h",
-            "--session-max-age",
-            "2s",
-        ],
-    );
+    let herd = Herd::start(&redis, &["--workers", "1", "--session-idle", "1h", "--session-max-age", "2s"]);
     let mut client = herd.client();
     client.login();
     let started = Instant::now();
-    wait_for(
-        "the session to reach its maximum age",
-        Duration::from_secs(6),
-        || {
-            std::thread::sleep(Duration::from_millis(100));
-            client.get("/").expect("GET /").json()["user"]
-                .is_null()
-                .then_some(())
-        },
-    );
+    wait_for("the session to reach its maximum age", Duration::from_secs(6), || {
+        std::thread::sleep(Duration::from_millis(100));
+        client.get("/").expect("GET /").json()["user"].is_null().then_some(())
+    });
     let lived = started.elapsed();
-    assert!(
-        lived >= Duration::from_millis(1800),
-        "ended after {lived:?}, before its maximum age"
-    );
+    assert!(lived >= Duration::from_millis(1800), "ended after {lived:?}, before its maximum age");
     // Logging in again starts a new lifetime.
     client.login();
     assert_eq!(me(&client), "alice");
@@ -297,32 +191,13 @@ fn a_session_over_its_size_cap_is_refused_with_413() {
     let redis = RedisServer::start();
     let long = "a-user-with-a-rather-long-name-indeed";
     let demo = format!("{long}:secret-pw");
-    let herd = Herd::start(
-        &redis,
-        &[
-            "--workers",
-            "1",
-            "--session-max-bytes",
-            "48",
-            "--demo-user",
-            &demo,
-        ],
-    );
+    let herd = Herd::start(&redis, &["--workers", "1", "--session-max-bytes", "48", "--demo-user", &demo]);
     let body = format!(r#"{{"username":"{long}","password":"secret-pw"}}"#);
     let res = herd.client().post_json("/login", &body).expect("login");
     assert_eq!(res.status, 413, "{}", res.body);
-    assert!(
-        res.json()["error"]
-            .as_str()
-            .is_some_and(|e| e.contains("48 bytes")),
-        "{}",
-        res.body
-    );
+    assert!(res.json()["error"].as_str().is_some_and(|e| e.contains("48 bytes")), "{}", res.body);
     assert!(res.cookie().is_none(), "no session was created");
-    assert!(
-        redis.keys("herd:sess:*").is_empty(),
-        "and nothing is left in Redis"
-    );
+    assert!(redis.keys("herd:sess:*").is_empty(), "and nothing is left in Redis");
     // A small session fits.
     herd.client().login();
 }
@@ -361,10 +236,7 @@ fn redis_outage_is_a_fast_503_and_the_session_survives_a_restart() {
         assert!(took < Duration::from_secs(2), "503 took {took:?}");
         assert!(res.header("retry-after").is_some());
         assert!(res.json()["error"].as_str().is_some());
-        assert!(
-            res.header("set-cookie").is_none(),
-            "an outage must not log the user out"
-        );
+        assert!(res.header("set-cookie").is_none(), "an outage must not log the user out");
     }
     // Anonymous pages and liveness do not need Redis; readiness says it is missing.
     assert_eq!(herd.client().get("/healthz").expect("healthz").status, 200);
@@ -377,10 +249,7 @@ fn redis_outage_is_a_fast_503_and_the_session_survives_a_restart() {
         (res.status == 200).then(|| res.json())
     });
     assert_eq!(body["user"], "alice");
-    assert_eq!(
-        body["visits"], 2,
-        "no visit lost or double-counted across the outage"
-    );
+    assert_eq!(body["visits"], 2, "no visit lost or double-counted across the outage");
     assert_eq!(herd.client().get("/readyz").expect("readyz").status, 200);
 }
 
@@ -391,27 +260,17 @@ fn logout_everywhere_and_a_password_change_end_every_session_of_the_user() {
     let me = |c: &herd_e2e::Client| c.get("/me").expect("GET /me").json()["user"].clone();
     assert_eq!(me(&herd.client()), serde_json::Value::Null, "anonymous");
 
-    let mut devices: Vec<herd_e2e::Client> = (2..5)
-        .map(|n| {
-            herd.client()
-                .from_ip(std::net::IpAddr::from([127, 0, 0, n]))
-        })
-        .collect();
+    let mut devices: Vec<herd_e2e::Client> =
+        (2..5).map(|n| herd.client().from_ip(std::net::IpAddr::from([127, 0, 0, n]))).collect();
     for device in &mut devices {
         device.login();
         assert_eq!(me(device), "alice");
     }
-    let out = devices[0]
-        .request("POST", "/logout?all=true", &[], b"")
-        .expect("logout everywhere");
+    let out = devices[0].request("POST", "/logout?all=true", &[], b"").expect("logout everywhere");
     assert_eq!(out.status, 200, "{}", out.body);
     assert_eq!(out.json()["ended_elsewhere"], 2, "the two other devices");
     for device in &devices {
-        assert_eq!(
-            me(device),
-            serde_json::Value::Null,
-            "every device is logged out"
-        );
+        assert_eq!(me(device), serde_json::Value::Null, "every device is logged out");
     }
 
     // A password change does the same.
@@ -422,8 +281,7 @@ fn logout_everywhere_and_a_password_change_end_every_session_of_the_user() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("herd users passwd");
-    std::io::Write::write_all(&mut passwd.stdin.take().expect("stdin"), b"looking-glass\n")
-        .expect("password");
+    std::io::Write::write_all(&mut passwd.stdin.take().expect("stdin"), b"looking-glass\n").expect("password");
     let out = passwd.wait_with_output().expect("passwd");
     assert!(out.status.success());
     assert!(
@@ -432,18 +290,11 @@ fn logout_everywhere_and_a_password_change_end_every_session_of_the_user() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert_eq!(me(&devices[1]), serde_json::Value::Null);
-    let old = herd
-        .client()
-        .post_json("/login", r#"{"username":"alice","password":"wonderland"}"#)
-        .expect("old password");
+    let old =
+        herd.client().post_json("/login", r#"{"username":"alice","password":"wonderland"}"#).expect("old password");
     assert_eq!(old.status, 401);
-    let new = herd
-        .client()
-        .post_json(
-            "/login",
-            r#"{"username":"alice","password":"looking-glass"}"#,
-        )
-        .expect("new password");
+    let new =
+        herd.client().post_json("/login", r#"{"username":"alice","password":"looking-glass"}"#).expect("new password");
     assert_eq!(new.status, 200);
 }
 
@@ -473,11 +324,7 @@ fn concurrent_visits_of_one_session_are_all_counted() {
         .collect();
     let workers: std::collections::HashSet<u64> = pids.into_iter().flatten().collect();
     assert_eq!(workers.len(), 4, "spread over every worker");
-    assert_eq!(
-        client.get("/").expect("GET /").json()["visits"],
-        201,
-        "200 concurrent visits, then this one"
-    );
+    assert_eq!(client.get("/").expect("GET /").json()["visits"], 201, "200 concurrent visits, then this one");
 }
 
 /// One client's sessions during the outage test: cookie, visits the server acknowledged, and
@@ -496,9 +343,7 @@ fn killing_redis_mid_load_loses_no_session_and_no_acknowledged_visit() {
     let served = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let clients: Vec<_> = (0..12u8)
         .map(|n| {
-            let client = herd
-                .client()
-                .from_ip(std::net::IpAddr::from([127, 0, 1, n + 1]));
+            let client = herd.client().from_ip(std::net::IpAddr::from([127, 0, 1, n + 1]));
             let (stop, served) = (stop.clone(), served.clone());
             std::thread::spawn(move || {
                 let mut sessions: Vec<Tracked> = Vec::new();
@@ -511,17 +356,11 @@ fn killing_redis_mid_load_loses_no_session_and_no_acknowledged_visit() {
                     };
                     if due {
                         client.cookie = None;
-                        match client
-                            .post_json("/login", r#"{"username":"alice","password":"wonderland"}"#)
-                        {
+                        match client.post_json("/login", r#"{"username":"alice","password":"wonderland"}"#) {
                             Ok(res) if res.status == 200 => {
                                 let cookie = res.cookie().expect("login cookie");
                                 client.cookie = Some(cookie.clone());
-                                sessions.push(Tracked {
-                                    cookie,
-                                    acked: 0,
-                                    failed: 0,
-                                });
+                                sessions.push(Tracked { cookie, acked: 0, failed: 0 });
                             }
                             _ => std::thread::sleep(Duration::from_millis(20)),
                         }
@@ -530,20 +369,12 @@ fn killing_redis_mid_load_loses_no_session_and_no_acknowledged_visit() {
                     let tracked = sessions.last_mut().expect("a session");
                     match client.get("/") {
                         Ok(res) if res.status == 200 => {
-                            assert_eq!(
-                                res.json()["user"],
-                                "alice",
-                                "a live session was never anonymous"
-                            );
+                            assert_eq!(res.json()["user"], "alice", "a live session was never anonymous");
                             tracked.acked += 1;
                             served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         }
                         Ok(res) => {
-                            assert_eq!(
-                                res.status, 503,
-                                "only 503 while Redis is away: {}",
-                                res.body
-                            );
+                            assert_eq!(res.status, 503, "only 503 while Redis is away: {}", res.body);
                             tracked.failed += 1;
                             std::thread::sleep(Duration::from_millis(20));
                         }
@@ -556,9 +387,7 @@ fn killing_redis_mid_load_loses_no_session_and_no_acknowledged_visit() {
         .collect();
 
     let served_so_far = || served.load(std::sync::atomic::Ordering::Relaxed);
-    wait_for("the load to flow", Duration::from_secs(30), || {
-        (served_so_far() >= 300).then_some(())
-    });
+    wait_for("the load to flow", Duration::from_secs(30), || (served_so_far() >= 300).then_some(()));
     redis.kill();
     std::thread::sleep(Duration::from_millis(1000));
     redis.restart();
@@ -568,20 +397,11 @@ fn killing_redis_mid_load_loses_no_session_and_no_acknowledged_visit() {
     });
     // Keep the load on until plenty of sessions worked again after the restart.
     let before = served_so_far();
-    wait_for("the load to flow again", Duration::from_secs(30), || {
-        (served_so_far() >= before + 300).then_some(())
-    });
+    wait_for("the load to flow again", Duration::from_secs(30), || (served_so_far() >= before + 300).then_some(()));
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let sessions: Vec<Tracked> = clients
-        .into_iter()
-        .flat_map(|t| t.join().expect("client thread"))
-        .collect();
+    let sessions: Vec<Tracked> = clients.into_iter().flat_map(|t| t.join().expect("client thread")).collect();
 
-    assert!(
-        sessions.len() >= 24,
-        "logins kept happening: {}",
-        sessions.len()
-    );
+    assert!(sessions.len() >= 24, "logins kept happening: {}", sessions.len());
     assert!(sessions.iter().any(|s| s.failed > 0), "the outage was felt");
     for (i, tracked) in sessions.iter().enumerate() {
         let mut client = herd.client();

@@ -31,12 +31,7 @@ async fn set_after(Path((name, ms)): Path<(String, u64)>, session: Session) -> S
 async fn show(session: Session) -> Json<Value> {
     let mut shown = json!({});
     for name in ["user", "a", "b"] {
-        shown[name] = session
-            .get::<Value>(name)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(Value::Null);
+        shown[name] = session.get::<Value>(name).await.ok().flatten().unwrap_or(Value::Null);
     }
     Json(shown)
 }
@@ -83,21 +78,14 @@ async fn odd(Path(step): Path<u8>, session: Session) -> Result<Json<Value>, Stat
             }
         }
         1 => {
-            session
-                .insert("ü", json!({"k": [1, "é:"]}))
-                .await
-                .map_err(failed)?;
+            session.insert("ü", json!({"k": [1, "é:"]})).await.map_err(failed)?;
             session.remove::<Value>("a:b").await.map_err(failed)?;
         }
         _ => {}
     }
     let mut shown = json!({});
     for (name, _) in odd_values() {
-        shown[name] = session
-            .get::<Value>(name)
-            .await
-            .map_err(failed)?
-            .unwrap_or(Value::Null);
+        shown[name] = session.get::<Value>(name).await.map_err(failed)?.unwrap_or(Value::Null);
     }
     Ok(Json(shown))
 }
@@ -118,21 +106,12 @@ fn app(store: &RedisSessionStore, scoped: bool) -> Router {
 }
 
 /// One request; returns the status, the session cookie it set (if any) and the JSON body.
-async fn call(
-    app: &Router,
-    method: &str,
-    path: &str,
-    cookie: Option<&str>,
-) -> (StatusCode, Option<String>, Value) {
+async fn call(app: &Router, method: &str, path: &str, cookie: Option<&str>) -> (StatusCode, Option<String>, Value) {
     let mut request = Request::builder().method(method).uri(path);
     if let Some(cookie) = cookie {
         request = request.header(header::COOKIE, cookie);
     }
-    let response = app
-        .clone()
-        .oneshot(request.body(Body::empty()).expect("request"))
-        .await
-        .expect("infallible");
+    let response = app.clone().oneshot(request.body(Body::empty()).expect("request")).await.expect("infallible");
     let status = response.status();
     let cookie = response
         .headers()
@@ -140,20 +119,12 @@ async fn call(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
         .map(str::to_owned);
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .expect("body");
-    (
-        status,
-        cookie,
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-    )
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+    (status, cookie, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
 }
 
 async fn store_on(redis: &RedisServer, limits: SessionLimits) -> RedisSessionStore {
-    let pool = herd_session_store::connect(&RedisConfig::new(redis.url()))
-        .await
-        .expect("connect");
+    let pool = herd_session_store::connect(&RedisConfig::new(redis.url())).await.expect("connect");
     RedisSessionStore::new(pool, Keys::default()).with_limits(limits)
 }
 
@@ -185,65 +156,33 @@ async fn concurrent_requests_changing_different_values_both_keep_their_change() 
 
     // The same requests without the scope layer: the stock whole-record save loses `b`.
     let shown = overlapping_writes(&app(&store, false)).await;
-    assert_eq!(
-        shown,
-        json!({"user": "guest", "a": true, "b": null}),
-        "the contrast this layer exists for"
-    );
+    assert_eq!(shown, json!({"user": "guest", "a": true, "b": null}), "the contrast this layer exists for");
 }
 
 #[tokio::test]
 async fn a_failed_login_leaves_the_old_session_as_it_was() {
     let redis = RedisServer::start();
-    let store = store_on(
-        &redis,
-        SessionLimits {
-            grace: Duration::from_millis(500),
-            ..SessionLimits::default()
-        },
-    )
-    .await;
+    let store = store_on(&redis, SessionLimits { grace: Duration::from_millis(500), ..SessionLimits::default() }).await;
     let app = app(&store, true);
     let old = begin_session(&app).await;
 
     let (status, new, _) = call(&app, "POST", "/login/true", Some(&old)).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert_eq!(new, None, "a failed request sets no cookie");
-    assert_eq!(
-        redis.keys("herd:sess:*").len(),
-        1,
-        "the new record was removed again"
-    );
+    assert_eq!(redis.keys("herd:sess:*").len(), 1, "the new record was removed again");
     // Still there after the grace period would have ended: the retirement was undone.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(
-        call(&app, "GET", "/show", Some(&old)).await.2["user"],
-        "guest"
-    );
+    assert_eq!(call(&app, "GET", "/show", Some(&old)).await.2["user"], "guest");
 
     let (status, new, _) = call(&app, "POST", "/login/false", Some(&old)).await;
     assert_eq!(status, StatusCode::OK);
     let new = new.expect("the new id");
     assert_ne!(new, old);
-    assert_eq!(
-        call(&app, "GET", "/show", Some(&new)).await.2["user"],
-        "alice"
-    );
-    assert_eq!(
-        call(&app, "GET", "/show", Some(&old)).await.2["user"],
-        "guest",
-        "the old id, in its grace period"
-    );
+    assert_eq!(call(&app, "GET", "/show", Some(&new)).await.2["user"], "alice");
+    assert_eq!(call(&app, "GET", "/show", Some(&old)).await.2["user"], "guest", "the old id, in its grace period");
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(
-        call(&app, "GET", "/show", Some(&old)).await.2["user"],
-        Value::Null,
-        "and not after it"
-    );
-    assert_eq!(
-        call(&app, "GET", "/show", Some(&new)).await.2["user"],
-        "alice"
-    );
+    assert_eq!(call(&app, "GET", "/show", Some(&old)).await.2["user"], Value::Null, "and not after it");
+    assert_eq!(call(&app, "GET", "/show", Some(&new)).await.2["user"], "alice");
 }
 
 #[tokio::test]
@@ -260,10 +199,7 @@ async fn a_late_save_never_brings_back_a_deleted_session() {
     let ((status, _, _), deleted) = tokio::join!(in_flight, logout_elsewhere);
     assert_eq!(deleted.as_deref(), Some("1"));
     assert_eq!(status, StatusCode::OK);
-    assert!(
-        redis.keys("herd:sess:*").is_empty(),
-        "the save did not recreate the session"
-    );
+    assert!(redis.keys("herd:sess:*").is_empty(), "the save did not recreate the session");
 }
 
 #[tokio::test]
@@ -274,37 +210,19 @@ async fn a_value_in_another_format_is_a_miss_not_an_error() {
     let cookie = begin_session(&app).await;
     let key = redis.keys("herd:sess:*").pop().expect("the record");
     let stored = redis.cli(&["GET", &key]).expect("a record");
-    assert!(
-        stored.starts_with("h3:") && stored.contains("4:user7:\"guest\""),
-        "{stored}"
-    );
+    assert!(stored.starts_with("h3:") && stored.contains("4:user7:\"guest\""), "{stored}");
     // Older herds wrote a JSON string (format 1) or a hash (format 2); a future one writes
     // `h4:`; someone else may have written anything.
-    for older in [
-        &["SET", &key, "h1{\"data\":{}}"][..],
-        &["HSET", &key, "v", "2", "d:user", "\"x\""],
-    ] {
+    for older in [&["SET", &key, "h1{\"data\":{}}"][..], &["HSET", &key, "v", "2", "d:user", "\"x\""]] {
         redis.cli(&["DEL", &key]).expect("delete");
         redis.cli(older).expect("overwrite");
         let (status, _, shown) = call(&app, "GET", "/show", Some(&cookie)).await;
-        assert_eq!(
-            (status, shown["user"].clone()),
-            (StatusCode::OK, Value::Null),
-            "{older:?}"
-        );
+        assert_eq!((status, shown["user"].clone()), (StatusCode::OK, Value::Null), "{older:?}");
     }
-    redis
-        .cli(&["SET", &key, &stored.replacen("h3:", "h4:", 1)])
-        .expect("a future format");
-    assert_eq!(
-        call(&app, "GET", "/show", Some(&cookie)).await.2["user"],
-        Value::Null
-    );
+    redis.cli(&["SET", &key, &stored.replacen("h3:", "h4:", 1)]).expect("a future format");
+    assert_eq!(call(&app, "GET", "/show", Some(&cookie)).await.2["user"], Value::Null);
     // A write to a session in another format does not overwrite it.
-    assert_eq!(
-        call(&app, "POST", "/set/a/0", Some(&cookie)).await.0,
-        StatusCode::OK
-    );
+    assert_eq!(call(&app, "POST", "/set/a/0", Some(&cookie)).await.0, StatusCode::OK);
     assert!(redis.cli(&["GET", &key]).expect("kept").starts_with("h4:"));
 }
 
@@ -316,17 +234,8 @@ async fn any_name_and_value_survive_storage_and_merged_saves() {
     let (status, cookie, stored) = call(&app, "POST", "/odd/0", None).await;
     assert_eq!(status, StatusCode::OK);
     let cookie = cookie.expect("a session");
-    let as_stored = Value::Object(
-        odd_values()
-            .into_iter()
-            .map(|(name, value)| (name.to_owned(), value))
-            .collect(),
-    );
-    assert_eq!(
-        call(&app, "POST", "/odd/2", Some(&cookie)).await.2,
-        as_stored,
-        "read back as written"
-    );
+    let as_stored = Value::Object(odd_values().into_iter().map(|(name, value)| (name.to_owned(), value)).collect());
+    assert_eq!(call(&app, "POST", "/odd/2", Some(&cookie)).await.2, as_stored, "read back as written");
     assert_eq!(stored, as_stored);
 
     let mut changed = as_stored.clone();

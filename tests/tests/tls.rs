@@ -15,21 +15,11 @@ fn sessions_work_over_tls_with_a_private_ca_and_a_password() {
     client.login();
     for visit in 1..=4 {
         let body = client.get("/").expect("GET /").json();
-        assert_eq!(
-            (body["user"].clone(), body["visits"].clone()),
-            ("alice".into(), visit.into())
-        );
+        assert_eq!((body["user"].clone(), body["visits"].clone()), ("alice".into(), visit.into()));
     }
-    assert_eq!(
-        redis.keys("herd:sess:*").len(),
-        2,
-        "the record and its visit counter, over TLS"
-    );
+    assert_eq!(redis.keys("herd:sess:*").len(), 2, "the record and its visit counter, over TLS");
     let clients = redis.cli(&["INFO", "clients"]).unwrap_or_default();
-    assert!(
-        !clients.contains("connected_clients:0"),
-        "herd is connected: {clients}"
-    );
+    assert!(!clients.contains("connected_clients:0"), "herd is connected: {clients}");
 }
 
 #[test]
@@ -38,15 +28,7 @@ fn an_untrusted_certificate_is_refused() {
     let url = redis.url();
     // The system roots do not know the test CA.
     assert_herd_fails(
-        &[
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--redis-url",
-            &url,
-            "--demo-user",
-            "a:b",
-        ],
+        &["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--demo-user", "a:b"],
         &[],
         1,
         &["cannot reach Redis", "rediss://***@127.0.0.1"],
@@ -58,43 +40,19 @@ fn rediss_never_falls_back_to_plaintext() {
     let plain = RedisServer::start_with(None, Some(PASSWORD));
     let url = plain.url().replacen("redis://", "rediss://", 1);
     let stderr = assert_herd_fails(
-        &[
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--redis-url",
-            &url,
-            "--demo-user",
-            "a:b",
-        ],
+        &["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--demo-user", "a:b"],
         &[],
         1,
         &["cannot reach Redis"],
     );
-    assert!(
-        !stderr.contains(PASSWORD),
-        "the password is never logged: {stderr}"
-    );
-    assert!(
-        plain.keys("herd:*").is_empty(),
-        "nothing was written in plaintext"
-    );
+    assert!(!stderr.contains(PASSWORD), "the password is never logged: {stderr}");
+    assert!(plain.keys("herd:*").is_empty(), "nothing was written in plaintext");
 
     // A CA file for a plaintext URL is a mistake, said so.
     let tls = Tls::generate();
     let url = plain.url();
     assert_herd_fails(
-        &[
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--redis-url",
-            &url,
-            "--redis-ca-cert",
-            &tls.ca(),
-            "--demo-user",
-            "a:b",
-        ],
+        &["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--redis-ca-cert", &tls.ca(), "--demo-user", "a:b"],
         &[],
         1,
         &["use rediss://"],
@@ -107,17 +65,7 @@ fn a_wrong_password_is_a_clear_error() {
     let ca = redis.ca().expect("tls");
     let url = redis.url().replace(PASSWORD, "wrong");
     assert_herd_fails(
-        &[
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--redis-url",
-            &url,
-            "--redis-ca-cert",
-            &ca,
-            "--demo-user",
-            "a:b",
-        ],
+        &["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--redis-ca-cert", &ca, "--demo-user", "a:b"],
         &[],
         1,
         &["cannot reach Redis"],

@@ -133,14 +133,10 @@ pub(super) async fn logout(
     }
     .await;
     match (wants_html(&headers), result) {
-        (false, Ok(ended)) => {
-            Json(json!({ "user": null, "ended_elsewhere": ended })).into_response()
-        }
+        (false, Ok(ended)) => Json(json!({ "user": null, "ended_elsewhere": ended })).into_response(),
         (false, Err(err)) => err.into_response(),
         (true, Ok(_)) => Redirect::to("/").into_response(),
-        (true, Err(err)) => {
-            Redirect::to(&format!("/?error={}", Notice::of(&err).1.code())).into_response()
-        }
+        (true, Err(err)) => Redirect::to(&format!("/?error={}", Notice::of(&err).1.code())).into_response(),
     }
 }
 

@@ -26,16 +26,11 @@ pub(super) struct Amount {
 }
 
 pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/debug/block", get(block))
-        .route("/debug/alloc", get(alloc))
-        .route("/debug/crash", get(crash))
+    Router::new().route("/debug/block", get(block)).route("/debug/alloc", get(alloc)).route("/debug/crash", get(crash))
 }
 
 fn amount(query: Result<Query<Amount>, QueryRejection>) -> Result<Amount, AppError> {
-    query
-        .map(|Query(a)| a)
-        .map_err(|r| AppError::bad_request(StatusCode::BAD_REQUEST, r.body_text()))
+    query.map(|Query(a)| a).map_err(|r| AppError::bad_request(StatusCode::BAD_REQUEST, r.body_text()))
 }
 
 /// Blocks every thread of the worker's async runtime for `ms` milliseconds (at most 10
@@ -43,15 +38,10 @@ fn amount(query: Result<Query<Amount>, QueryRejection>) -> Result<Amount, AppErr
 async fn block(query: Result<Query<Amount>, QueryRejection>) -> Result<Json<Value>, AppError> {
     let ms = amount(query)?.ms.unwrap_or(1_000).min(600_000);
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::warn!(
-        ms,
-        threads,
-        "blocking the runtime on request (/debug/block)"
-    );
+    tracing::warn!(ms, threads, "blocking the runtime on request (/debug/block)");
     // One blocking sleep per runtime thread: each occupies a thread, so nothing else runs.
-    let sleeps: Vec<_> = (0..threads)
-        .map(|_| tokio::spawn(async move { std::thread::sleep(Duration::from_millis(ms)) }))
-        .collect();
+    let sleeps: Vec<_> =
+        (0..threads).map(|_| tokio::spawn(async move { std::thread::sleep(Duration::from_millis(ms)) })).collect();
     for sleep in sleeps {
         let _ = sleep.await;
     }
@@ -62,16 +52,10 @@ async fn block(query: Result<Query<Amount>, QueryRejection>) -> Result<Json<Valu
 async fn alloc(query: Result<Query<Amount>, QueryRejection>) -> Result<Json<Value>, AppError> {
     let mib = amount(query)?.mib.unwrap_or(64).min(4096);
     let block = vec![1u8; mib << 20];
-    let mut held = HELD
-        .lock()
-        .map_err(|_| AppError::Internal("debug allocation lock poisoned".into()))?;
+    let mut held = HELD.lock().map_err(|_| AppError::Internal("debug allocation lock poisoned".into()))?;
     held.push(block);
     let total: usize = held.iter().map(Vec::len).sum();
-    tracing::warn!(
-        mib,
-        total_mib = total >> 20,
-        "holding memory on request (/debug/alloc)"
-    );
+    tracing::warn!(mib, total_mib = total >> 20, "holding memory on request (/debug/alloc)");
     Ok(Json(json!({ "held_mib": total >> 20 })))
 }
 

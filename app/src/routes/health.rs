@@ -11,16 +11,7 @@ pub(super) async fn healthz(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// The process can do real work: Redis answers (within the pool's command timeout).
-pub(super) async fn readyz(
-    State(state): State<AppState>,
-) -> Result<(StatusCode, Json<Value>), AppError> {
-    let _: String = state
-        .pool
-        .ping(None)
-        .await
-        .map_err(|e| AppError::Unavailable(e.to_string()))?;
-    Ok((
-        StatusCode::OK,
-        Json(json!({ "status": "ready", "redis": "ok" })),
-    ))
+pub(super) async fn readyz(State(state): State<AppState>) -> Result<(StatusCode, Json<Value>), AppError> {
+    let _: String = state.pool.ping(None).await.map_err(|e| AppError::Unavailable(e.to_string()))?;
+    Ok((StatusCode::OK, Json(json!({ "status": "ready", "redis": "ok" }))))
 }

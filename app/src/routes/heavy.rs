@@ -57,11 +57,7 @@ pub struct HeavyLimits {
 
 impl Default for HeavyLimits {
     fn default() -> Self {
-        Self {
-            max_n: DEFAULT_MAX_N,
-            concurrency: DEFAULT_CONCURRENCY,
-            queue_wait: DEFAULT_QUEUE_WAIT,
-        }
+        Self { max_n: DEFAULT_MAX_N, concurrency: DEFAULT_CONCURRENCY, queue_wait: DEFAULT_QUEUE_WAIT }
     }
 }
 
@@ -73,25 +69,19 @@ pub struct HeavyWork {
 
 impl HeavyWork {
     pub fn new(limits: HeavyLimits) -> Self {
-        Self {
-            limits,
-            permits: Arc::new(Semaphore::new(limits.concurrency.max(1))),
-        }
+        Self { limits, permits: Arc::new(Semaphore::new(limits.concurrency.max(1))) }
     }
 
     /// 0 + 1 + … + (n-1) on the blocking pool, once a permit is free; stops early (and returns
     /// its permit) if the request is dropped.
     async fn sum_below(&self, n: u64) -> Result<u128, AppError> {
-        let busy = || AppError::Busy {
-            what: "heavy computations",
-            retry_after: self.limits.queue_wait.as_secs().max(1),
-        };
-        let permit =
-            tokio::time::timeout(self.limits.queue_wait, self.permits.clone().acquire_owned())
-                .await
-                .map_err(|_| busy())?
-                // Never closed: only a closed semaphore fails to hand out permits.
-                .map_err(|_| busy())?;
+        let busy =
+            || AppError::Busy { what: "heavy computations", retry_after: self.limits.queue_wait.as_secs().max(1) };
+        let permit = tokio::time::timeout(self.limits.queue_wait, self.permits.clone().acquire_owned())
+            .await
+            .map_err(|_| busy())?
+            // Never closed: only a closed semaphore fails to hand out permits.
+            .map_err(|_| busy())?;
         let abandoned = CancelOnDrop::default();
         let flag = abandoned.0.clone();
         let sum = tokio::task::spawn_blocking(move || {
@@ -135,10 +125,7 @@ pub(super) async fn heavy(
     let n = n_from(params, state.heavy.limits.max_n)?;
     tracing::info!(n, "heavy computation started");
     let result = state.heavy.sum_below(n).await?;
-    Ok(Json(Heavy {
-        result,
-        pid: state.worker.pid,
-    }))
+    Ok(Json(Heavy { result, pid: state.worker.pid }))
 }
 
 #[derive(Serialize)]
@@ -173,16 +160,8 @@ pub(super) async fn heavy_cached(
             herd_session_store::cache::CacheError::Store(e) => AppError::from(e),
             herd_session_store::cache::CacheError::Compute(e) => e,
         })?;
-    let result = cached
-        .value
-        .parse()
-        .map_err(|_| AppError::Internal(format!("cached heavy:{n} is not a number")))?;
-    Ok(Json(HeavyCached {
-        result,
-        pid: state.worker.pid,
-        cached: cached.from_cache,
-        source: cached.source,
-    }))
+    let result = cached.value.parse().map_err(|_| AppError::Internal(format!("cached heavy:{n} is not a number")))?;
+    Ok(Json(HeavyCached { result, pid: state.worker.pid, cached: cached.from_cache, source: cached.source }))
 }
 
 /// `DELETE /heavy/cached?n=`: forgets the cached sum in Redis and in every worker's local copy.
@@ -200,15 +179,11 @@ fn cache_key(n: u64) -> String {
 }
 
 fn n_from(params: Result<Query<Params>, QueryRejection>, max_n: u64) -> Result<u64, AppError> {
-    let Query(params) =
-        params.map_err(|r| AppError::bad_request(StatusCode::BAD_REQUEST, r.body_text()))?;
+    let Query(params) = params.map_err(|r| AppError::bad_request(StatusCode::BAD_REQUEST, r.body_text()))?;
     match params.n.as_deref() {
         None => Ok(DEFAULT_N.min(max_n)),
         Some(raw) => parse_n(raw, max_n).ok_or_else(|| {
-            AppError::bad_request(
-                StatusCode::BAD_REQUEST,
-                format!("n must be an integer from 0 to {max_n}"),
-            )
+            AppError::bad_request(StatusCode::BAD_REQUEST, format!("n must be an integer from 0 to {max_n}"))
         }),
     }
 }
@@ -255,10 +230,7 @@ mod tests {
     fn sums_match_the_formula() {
         let running = AtomicBool::new(false);
         for n in [0u64, 1, 2, 10, 12_345, 3 * CHUNK + 7] {
-            assert_eq!(
-                sum_below(n, &running),
-                Some(u128::from(n) * u128::from(n.saturating_sub(1)) / 2)
-            );
+            assert_eq!(sum_below(n, &running), Some(u128::from(n) * u128::from(n.saturating_sub(1)) / 2));
         }
     }
 
@@ -286,21 +258,10 @@ mod tests {
 
     #[tokio::test]
     async fn beyond_the_cap_a_request_waits_then_is_told_busy() {
-        let work = HeavyWork::new(HeavyLimits {
-            max_n: u64::MAX,
-            concurrency: 1,
-            queue_wait: Duration::from_millis(50),
-        });
-        let held = work
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("a permit");
-        assert!(matches!(
-            work.sum_below(10).await,
-            Err(AppError::Busy { .. })
-        ));
+        let work =
+            HeavyWork::new(HeavyLimits { max_n: u64::MAX, concurrency: 1, queue_wait: Duration::from_millis(50) });
+        let held = work.permits.clone().acquire_owned().await.expect("a permit");
+        assert!(matches!(work.sum_below(10).await, Err(AppError::Busy { .. })));
         drop(held);
         assert_eq!(work.sum_below(10).await.expect("a free slot"), 45);
     }

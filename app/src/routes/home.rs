@@ -32,10 +32,7 @@ pub(super) struct PageQuery {
 
 /// The logged-in user, the updated visit count and the session's age in seconds. Only
 /// logged-in sessions count visits, so anonymous traffic never creates a Redis key.
-async fn visit(
-    state: &AppState,
-    session: &Session,
-) -> Result<Option<(String, u64, u64)>, AppError> {
+async fn visit(state: &AppState, session: &Session) -> Result<Option<(String, u64, u64)>, AppError> {
     let Some(user) = session.get::<String>(USER_KEY).await? else {
         return Ok(None);
     };
@@ -46,11 +43,7 @@ async fn visit(
     // The record itself is not written: loading it extended its idle timeout.
     let visits = state.visits.count(&state.store.key(&id)).await?;
     let since = session.get::<i64>(SINCE_KEY).await?.unwrap_or_else(now);
-    Ok(Some((
-        user,
-        visits,
-        u64::try_from(now() - since).unwrap_or(0),
-    )))
+    Ok(Some((user, visits, u64::try_from(now() - since).unwrap_or(0))))
 }
 
 pub(super) fn now() -> i64 {
@@ -86,10 +79,7 @@ pub(super) async fn home(
         };
     }
 
-    let requested = query
-        .ok()
-        .and_then(|Query(q)| q.error)
-        .and_then(|code| Notice::from_code(&code));
+    let requested = query.ok().and_then(|Query(q)| q.error).and_then(|code| Notice::from_code(&code));
     let (status, visit, notice) = match visited {
         Ok(visit) => (StatusCode::OK, visit, requested),
         Err(err) => {
@@ -102,17 +92,13 @@ pub(super) async fn home(
         pid: w.pid,
         balance: w.balance,
         uptime_s: w.started.elapsed().as_secs(),
-        session: visit
-            .as_ref()
-            .map(|(user, visits, age)| (user.as_str(), *visits, *age)),
+        session: visit.as_ref().map(|(user, visits, age)| (user.as_str(), *visits, *age)),
         demo_users: &state.demo_users,
         notice,
     };
     let mut response = (status, Html(page::render(&view))).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     fresh_connection_per_page(&state, version, &mut response);
     response
@@ -132,8 +118,6 @@ pub(super) async fn whoami(State(state): State<AppState>, version: Version) -> R
 /// for the next request, so the dispatcher (or the kernel) chooses again.
 fn fresh_connection_per_page(state: &AppState, version: Version, response: &mut Response) {
     if state.worker.balance != herd_cluster::Balance::IpHash && version <= Version::HTTP_11 {
-        response
-            .headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
 }

@@ -103,16 +103,14 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .route("/me", get(auth::me));
     // One `Router::layer` per stack, not one per layer: axum wraps every route in a boxed
     // service per `layer` call and clones each box on every request.
-    let removal = std::sync::Arc::new(RemovalCookie {
-        prefix: format!("{}=", settings.cookie_name),
-        secure: settings.secure,
-    });
-    let cookies = ServiceBuilder::new()
-        .layer(middleware::from_fn(error::no_store))
-        .layer(middleware::map_response(move |response| {
+    let removal =
+        std::sync::Arc::new(RemovalCookie { prefix: format!("{}=", settings.cookie_name), secure: settings.secure });
+    let cookies = ServiceBuilder::new().layer(middleware::from_fn(error::no_store)).layer(middleware::map_response(
+        move |response| {
             let removal = removal.clone();
             async move { removal.fix(response) }
-        }));
+        },
+    ));
     let with_session = if settings.stock_store {
         let stock = tower_sessions_redis_store::RedisStore::new(state.pool.clone());
         with_session.layer(cookies.layer(session_layer(stock, settings)))
@@ -121,26 +119,17 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         let scope = store.scope_layer();
         with_session.layer(cookies.layer(scope).layer(session_layer(store, settings)))
     };
-    let router = if settings.debug_routes {
-        debug::routes()
-    } else {
-        Router::new()
-    };
+    let router = if settings.debug_routes { debug::routes() } else { Router::new() };
     router
         .route("/whoami", get(home::whoami))
         .route("/stats", get(stats::stats))
         .route("/stats/reset", post(stats::reset))
         .route("/heavy", get(heavy::heavy))
-        .route(
-            "/heavy/cached",
-            get(heavy::heavy_cached).delete(heavy::forget_cached),
-        )
+        .route("/heavy/cached", get(heavy::heavy_cached).delete(heavy::forget_cached))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(with_session)
-        .fallback(|| async {
-            error::AppError::bad_request(axum::http::StatusCode::NOT_FOUND, "no such route")
-        })
+        .fallback(|| async { error::AppError::bad_request(axum::http::StatusCode::NOT_FOUND, "no such route") })
         .layer(
             ServiceBuilder::new()
                 .layer(middleware::from_fn_with_state(state.clone(), stats::count))
@@ -156,8 +145,7 @@ fn session_layer<S: tower_sessions::SessionStore + Clone>(
     store: S,
     settings: &SessionSettings,
 ) -> SessionManagerLayer<S> {
-    let cookie_lifetime =
-        time::Duration::try_from(settings.limits.max_age).unwrap_or(time::Duration::weeks(1));
+    let cookie_lifetime = time::Duration::try_from(settings.limits.max_age).unwrap_or(time::Duration::weeks(1));
     SessionManagerLayer::new(store)
         .with_name(settings.cookie_name.clone())
         .with_secure(settings.secure)
@@ -184,11 +172,7 @@ impl RemovalCookie {
             let removal = text.starts_with(&self.prefix) && text.contains("Max-Age=0");
             let mut cookie = text.to_owned();
             if removal {
-                for (flag, wanted) in [
-                    ("HttpOnly", true),
-                    ("SameSite=Lax", true),
-                    ("Secure", self.secure),
-                ] {
+                for (flag, wanted) in [("HttpOnly", true), ("SameSite=Lax", true), ("Secure", self.secure)] {
                     if wanted && !cookie.split(';').any(|part| part.trim() == flag) {
                         cookie.push_str("; ");
                         cookie.push_str(flag);
@@ -212,8 +196,5 @@ impl RemovalCookie {
 
 /// True when the client asked for HTML (a browser navigating), not JSON.
 fn wants_html(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/html"))
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"))
 }

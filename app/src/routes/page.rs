@@ -45,12 +45,8 @@ impl Notice {
         match self {
             Notice::BadLogin => "Wrong user name or password.",
             Notice::BadInput => "That form could not be read; please fill in both fields.",
-            Notice::RateLimited => {
-                "Too many failed logins. Please wait a few minutes before trying again."
-            }
-            Notice::Unavailable => {
-                "The session store (Redis) is unavailable right now. Please retry in a moment."
-            }
+            Notice::RateLimited => "Too many failed logins. Please wait a few minutes before trying again.",
+            Notice::Unavailable => "The session store (Redis) is unavailable right now. Please retry in a moment.",
             Notice::StoreFull => {
                 "The session store (Redis) is full: logins and changes are refused until an operator frees memory."
             }
@@ -164,22 +160,13 @@ pub(crate) fn render(view: &PageView<'_>) -> String {
 <label>Password <input name="password" type="password" autocomplete="current-password" required></label>
 <button type="submit">Log in</button>
 </form>"#,
-                value = view
-                    .demo_users
-                    .first()
-                    .map(|n| escape(n))
-                    .unwrap_or_default(),
+                value = view.demo_users.first().map(|n| escape(n)).unwrap_or_default(),
             );
         }
     }
     let notice = view
         .notice
-        .map(|n| {
-            format!(
-                r#"<p class="notice" role="alert" id="notice">{}</p>"#,
-                escape(n.text())
-            )
-        })
+        .map(|n| format!(r#"<p class="notice" role="alert" id="notice">{}</p>"#, escape(n.text())))
         .unwrap_or_default();
     format!(
         r#"<!doctype html>
@@ -285,10 +272,7 @@ mod tests {
         assert!(!html.contains("<img src=x"), "user name not escaped");
         assert!(html.contains("&lt;img src=x onerror=&quot;boom&quot;&gt;"));
         let html = render(&view(None, &demo));
-        assert!(
-            !html.contains(r#"<script>alert("x")</script>"#),
-            "demo user name not escaped"
-        );
+        assert!(!html.contains(r#"<script>alert("x")</script>"#), "demo user name not escaped");
     }
 
     #[test]
@@ -305,12 +289,7 @@ mod tests {
     fn notices_come_from_a_fixed_list() {
         assert_eq!(Notice::from_code("bad-login"), Some(Notice::BadLogin));
         assert_eq!(Notice::from_code("<script>"), None);
-        for notice in [
-            Notice::BadLogin,
-            Notice::BadInput,
-            Notice::RateLimited,
-            Notice::Unavailable,
-        ] {
+        for notice in [Notice::BadLogin, Notice::BadInput, Notice::RateLimited, Notice::Unavailable] {
             assert_eq!(Notice::from_code(notice.code()), Some(notice));
         }
     }

@@ -69,9 +69,7 @@ impl Counters {
 pub fn serve_counters(messenger: &Messenger, counters: Arc<Counters>) {
     let answering = Arc::clone(&counters);
     messenger.on_query(move |question| match serde_json::from_value(question) {
-        Ok(StatsMessage::Stats) => {
-            serde_json::to_value(answering.snapshot()).unwrap_or(Value::Null)
-        }
+        Ok(StatsMessage::Stats) => serde_json::to_value(answering.snapshot()).unwrap_or(Value::Null),
         _ => Value::Null,
     });
     let mut incoming = messenger.subscribe();
@@ -129,17 +127,7 @@ pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, 
 }
 
 /// Broadcasts a counter reset to every worker.
-pub(super) async fn reset(
-    State(state): State<AppState>,
-) -> Result<(StatusCode, Json<Value>), AppError> {
-    state
-        .worker
-        .messenger
-        .broadcast(&StatsMessage::ResetStats)
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "reset": "broadcast to every worker" })),
-    ))
+pub(super) async fn reset(State(state): State<AppState>) -> Result<(StatusCode, Json<Value>), AppError> {
+    state.worker.messenger.broadcast(&StatsMessage::ResetStats).await.map_err(|e| AppError::Internal(e.to_string()))?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "reset": "broadcast to every worker" }))))
 }

@@ -16,28 +16,18 @@ pub async fn run(command: UsersCommand) -> anyhow::Result<i32> {
         UsersCommand::Passwd { name, redis } => (name, redis, true),
     };
     let mut password = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut password)
-        .context("cannot read the password from stdin")?;
+    std::io::stdin().lock().read_line(&mut password).context("cannot read the password from stdin")?;
     let password = password.trim_end_matches(['\r', '\n']);
     if password.is_empty() {
         bail!("no password on standard input (try: echo 'secret' | herd users add {name})");
     }
-    let url = redis
-        .redis_url
-        .clone()
-        .unwrap_or_else(crate::cli::default_redis_url);
+    let url = redis.redis_url.clone().unwrap_or_else(crate::cli::default_redis_url);
     let pool = connect_redis(&redis.config(url)).await?;
     let keys = Keys::new(redis.key_prefix);
-    Users::new(pool.clone(), keys.clone())
-        .set_password(&name, password)
-        .await?;
+    Users::new(pool.clone(), keys.clone()).set_password(&name, password).await?;
     if passwd {
         // A changed password must not leave old logins (perhaps the attacker's) alive.
-        let ended = super::sessions::UserSessions::new(pool, keys)
-            .end_all(&name)
-            .await?;
+        let ended = super::sessions::UserSessions::new(pool, keys).end_all(&name).await?;
         println!("password of {name} changed; {ended} session(s) ended");
     } else {
         println!("user {name} saved");

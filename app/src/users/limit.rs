@@ -27,10 +27,7 @@ impl LoginLimiter {
     }
 
     fn keys_for(&self, ip: IpAddr, user: &str) -> [(String, i64); 2] {
-        [
-            (self.keys.login_failures("ip", &ip.to_string()), PER_IP),
-            (self.keys.login_failures("user", user), PER_USER),
-        ]
+        [(self.keys.login_failures("ip", &ip.to_string()), PER_IP), (self.keys.login_failures("user", user), PER_USER)]
     }
 
     /// `Some(seconds)` to wait when this address or user name has failed too often.
@@ -59,10 +56,7 @@ impl LoginLimiter {
 
     /// Forgets the user name's failures after a successful login.
     pub async fn succeeded(&self, user: &str) -> Result<(), StoreError> {
-        let _: i64 = self
-            .pool
-            .del(self.keys.login_failures("user", user))
-            .await?;
+        let _: i64 = self.pool.del(self.keys.login_failures("user", user)).await?;
         Ok(())
     }
 }

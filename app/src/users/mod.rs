@@ -45,10 +45,7 @@ pub struct Users {
 
 impl Users {
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self {
-            pool,
-            keys: Arc::new(keys),
-        }
+        Self { pool, keys: Arc::new(keys) }
     }
 
     /// Creates the user or replaces its password.
@@ -56,10 +53,7 @@ impl Users {
         validate(name, password)?;
         let password = password.to_owned();
         let hash = blocking(move || hash(&password)).await??;
-        let _: i64 = self
-            .pool
-            .hset(self.keys.user(name), ("password", hash))
-            .await?;
+        let _: i64 = self.pool.hset(self.keys.user(name), ("password", hash)).await?;
         Ok(())
     }
 
@@ -73,11 +67,7 @@ impl Users {
         let matches = blocking(move || {
             let phc = stored.as_deref().unwrap_or_else(|| dummy_hash());
             PasswordHash::new(phc)
-                .map(|parsed| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &parsed)
-                        .is_ok()
-                })
+                .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
                 .map_err(|e| UserError::Hash(e.to_string()))
         })
         .await??;
@@ -87,9 +77,7 @@ impl Users {
 
 fn validate(name: &str, password: &str) -> Result<(), UserError> {
     let name_ok = (1..=64).contains(&name.len())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '-'));
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '-'));
     if !name_ok {
         return Err(UserError::InvalidName);
     }
@@ -121,12 +109,8 @@ fn dummy_hash() -> &'static str {
     })
 }
 
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, UserError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| UserError::Hash(e.to_string()))
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, UserError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| UserError::Hash(e.to_string()))
 }
 
 #[cfg(test)]
@@ -138,26 +122,11 @@ mod tests {
         assert!(validate("alice", "wonderland").is_ok());
         assert!(validate("a.b-c_d@e", "x").is_ok());
         assert!(matches!(validate("", "x"), Err(UserError::InvalidName)));
-        assert!(matches!(
-            validate("al ice", "x"),
-            Err(UserError::InvalidName)
-        ));
-        assert!(matches!(
-            validate("<script>", "x"),
-            Err(UserError::InvalidName)
-        ));
-        assert!(matches!(
-            validate(&"a".repeat(65), "x"),
-            Err(UserError::InvalidName)
-        ));
-        assert!(matches!(
-            validate("alice", ""),
-            Err(UserError::InvalidPassword)
-        ));
-        assert!(matches!(
-            validate("alice", &"x".repeat(1025)),
-            Err(UserError::InvalidPassword)
-        ));
+        assert!(matches!(validate("al ice", "x"), Err(UserError::InvalidName)));
+        assert!(matches!(validate("<script>", "x"), Err(UserError::InvalidName)));
+        assert!(matches!(validate(&"a".repeat(65), "x"), Err(UserError::InvalidName)));
+        assert!(matches!(validate("alice", ""), Err(UserError::InvalidPassword)));
+        assert!(matches!(validate("alice", &"x".repeat(1025)), Err(UserError::InvalidPassword)));
     }
 
     #[test]
@@ -165,12 +134,8 @@ mod tests {
         let phc = hash("wonderland").expect("hash");
         assert!(phc.starts_with("$argon2id$"));
         let parsed = PasswordHash::new(&phc).expect("parse");
-        assert!(Argon2::default()
-            .verify_password(b"wonderland", &parsed)
-            .is_ok());
-        assert!(Argon2::default()
-            .verify_password(b"wrong", &parsed)
-            .is_err());
+        assert!(Argon2::default().verify_password(b"wonderland", &parsed).is_ok());
+        assert!(Argon2::default().verify_password(b"wrong", &parsed).is_err());
         assert!(PasswordHash::new(dummy_hash()).is_ok());
     }
 }

@@ -34,10 +34,7 @@ impl UserSessions {
 
     /// Forgets one session (a plain logout).
     pub async fn remove(&self, user: &str, session_key: &str) -> Result<(), StoreError> {
-        let _: i64 = self
-            .pool
-            .srem(self.keys.user_sessions(user), session_key)
-            .await?;
+        let _: i64 = self.pool.srem(self.keys.user_sessions(user), session_key).await?;
         Ok(())
     }
 

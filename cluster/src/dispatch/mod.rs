@@ -33,11 +33,7 @@ pub(crate) struct Chooser {
 
 impl Chooser {
     pub(crate) fn new(balance: Balance) -> Self {
-        Self {
-            balance,
-            next: 0,
-            sticky: Rendezvous::random(),
-        }
+        Self { balance, next: 0, sticky: Rendezvous::random() }
     }
 
     /// The slot to hand a connection from `client` to, among `candidates` (sorted by slot);
@@ -50,11 +46,7 @@ impl Chooser {
             Balance::LeastConn => {
                 let least = candidates.iter().map(|c| c.open).min()?;
                 // Among the least loaded, take turns, so an idle cluster still spreads work.
-                let tied: Vec<Candidate> = candidates
-                    .iter()
-                    .copied()
-                    .filter(|c| c.open == least)
-                    .collect();
+                let tied: Vec<Candidate> = candidates.iter().copied().filter(|c| c.open == least).collect();
                 self.in_turn(&tied).map(|c| c.slot)?
             }
         };
@@ -64,10 +56,7 @@ impl Chooser {
 
     /// The first candidate at or after the round-robin position, wrapping around.
     fn in_turn<'a>(&self, candidates: &'a [Candidate]) -> Option<&'a Candidate> {
-        candidates
-            .iter()
-            .find(|c| c.slot >= self.next)
-            .or_else(|| candidates.first())
+        candidates.iter().find(|c| c.slot >= self.next).or_else(|| candidates.first())
     }
 }
 
@@ -76,10 +65,7 @@ mod tests {
     use super::*;
 
     fn candidates(open: &[usize]) -> Vec<Candidate> {
-        open.iter()
-            .enumerate()
-            .map(|(slot, &open)| Candidate { slot, open })
-            .collect()
+        open.iter().enumerate().map(|(slot, &open)| Candidate { slot, open }).collect()
     }
 
     const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -88,14 +74,10 @@ mod tests {
     fn round_robin_takes_turns_and_skips_missing_slots() {
         let mut chooser = Chooser::new(Balance::RoundRobin);
         let all = candidates(&[0, 0, 0]);
-        let picks: Vec<_> = (0..6)
-            .filter_map(|_| chooser.choose(CLIENT, &all))
-            .collect();
+        let picks: Vec<_> = (0..6).filter_map(|_| chooser.choose(CLIENT, &all)).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
         let without_1 = [all[0], all[2]];
-        let picks: Vec<_> = (0..4)
-            .filter_map(|_| chooser.choose(CLIENT, &without_1))
-            .collect();
+        let picks: Vec<_> = (0..4).filter_map(|_| chooser.choose(CLIENT, &without_1)).collect();
         assert_eq!(picks, [0, 2, 0, 2]);
         assert_eq!(chooser.choose(CLIENT, &[]), None);
     }
@@ -104,17 +86,12 @@ mod tests {
     fn least_conn_prefers_the_least_loaded_and_rotates_ties() {
         let mut chooser = Chooser::new(Balance::LeastConn);
         assert_eq!(chooser.choose(CLIENT, &candidates(&[5, 1, 3])), Some(1));
-        let picks: Vec<_> = (0..4)
-            .filter_map(|_| chooser.choose(CLIENT, &candidates(&[9, 2, 2, 2])))
-            .collect();
+        let picks: Vec<_> = (0..4).filter_map(|_| chooser.choose(CLIENT, &candidates(&[9, 2, 2, 2]))).collect();
         assert_eq!(picks, [2, 3, 1, 2]);
     }
 
     #[test]
     fn shared_mode_never_dispatches() {
-        assert_eq!(
-            Chooser::new(Balance::Shared).choose(CLIENT, &candidates(&[0])),
-            None
-        );
+        assert_eq!(Chooser::new(Balance::Shared).choose(CLIENT, &candidates(&[0])), None);
     }
 }

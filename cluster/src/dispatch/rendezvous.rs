@@ -22,21 +22,13 @@ pub(crate) struct Rendezvous {
 impl Rendezvous {
     /// A fresh random key (SipHash-1-3 keyed from the OS's randomness).
     pub(crate) fn random() -> Self {
-        Self {
-            key: RandomState::new(),
-        }
+        Self { key: RandomState::new() }
     }
 
     /// The highest-scoring slot for `client`, or `None` without slots.
-    pub(crate) fn pick(
-        &self,
-        client: IpAddr,
-        slots: impl IntoIterator<Item = usize>,
-    ) -> Option<usize> {
+    pub(crate) fn pick(&self, client: IpAddr, slots: impl IntoIterator<Item = usize>) -> Option<usize> {
         let client = client_key(client);
-        slots
-            .into_iter()
-            .max_by_key(|&slot| (self.score(client, slot), slot))
+        slots.into_iter().max_by_key(|&slot| (self.score(client, slot), slot))
     }
 
     fn score(&self, client: u128, slot: usize) -> u64 {
@@ -78,10 +70,7 @@ mod tests {
     }
 
     fn moved_fraction(hrw: &Rendezvous, ips: &[IpAddr], before: usize, after: usize) -> f64 {
-        let moved = ips
-            .iter()
-            .filter(|&&ip| hrw.pick(ip, 0..before) != hrw.pick(ip, 0..after))
-            .count();
+        let moved = ips.iter().filter(|&&ip| hrw.pick(ip, 0..before) != hrw.pick(ip, 0..after)).count();
         moved as f64 / ips.len() as f64
     }
 
@@ -93,10 +82,7 @@ mod tests {
         let shrink = moved_fraction(&hrw, &ips, 5, 4);
         assert!(grow <= 1.0 / 5.0 + 0.01, "4→5 moved {grow:.4}");
         assert!(shrink <= 1.0 / 5.0 + 0.01, "5→4 moved {shrink:.4}");
-        assert!(
-            grow > 0.15 && shrink > 0.15,
-            "the new/removed slot gets its share: {grow:.4} {shrink:.4}"
-        );
+        assert!(grow > 0.15 && shrink > 0.15, "the new/removed slot gets its share: {grow:.4} {shrink:.4}");
     }
 
     #[test]
@@ -135,9 +121,6 @@ mod tests {
             assert_eq!(hrw.pick(a.into(), 0..slots), hrw.pick(b.into(), 0..slots));
         }
         let mapped: Ipv6Addr = "::ffff:10.1.2.3".parse().expect("literal");
-        assert_eq!(
-            client_key(mapped.into()),
-            client_key(Ipv4Addr::new(10, 1, 2, 3).into())
-        );
+        assert_eq!(client_key(mapped.into()), client_key(Ipv4Addr::new(10, 1, 2, 3).into()));
     }
 }

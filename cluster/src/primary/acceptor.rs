@@ -18,9 +18,7 @@ impl Acceptor {
     pub(crate) fn new(listener: &std::net::TcpListener) -> io::Result<Self> {
         let listener = listener.try_clone()?;
         listener.set_nonblocking(true)?;
-        Ok(Self {
-            listener: fd::register(listener)?,
-        })
+        Ok(Self { listener: fd::register(listener)? })
     }
 
     /// The next connection. Errors that concern one connection (the client already gave up)
@@ -28,17 +26,10 @@ impl Acceptor {
     /// instead of spinning on a listener that stays readable.
     pub(crate) async fn accept(&self) -> (std::net::TcpStream, SocketAddr) {
         loop {
-            match self
-                .listener
-                .async_io(Interest::READABLE, |l| l.accept())
-                .await
-            {
+            match self.listener.async_io(Interest::READABLE, |l| l.accept()).await {
                 Ok(accepted) => return accepted,
-                Err(err)
-                    if matches!(
-                        err.kind(),
-                        io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
-                    ) => {}
+                Err(err) if matches!(err.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) => {
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "accept failed; pausing accepts for 100ms");
                     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -36,11 +36,7 @@ impl Backoff {
     pub(crate) fn on_exit(&mut self, uptime: Duration, policy: &RestartPolicy) -> Verdict {
         let now = Instant::now();
         self.deaths.push_back(now);
-        while self
-            .deaths
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > policy.window)
-        {
+        while self.deaths.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
             self.deaths.pop_front();
         }
         if policy.max_restarts > 0 && self.deaths.len() > policy.max_restarts as usize {
@@ -52,12 +48,7 @@ impl Backoff {
         }
         self.streak = self.streak.saturating_add(1);
         let doublings = (self.streak - 1).min(16);
-        Verdict::RestartIn(
-            policy
-                .backoff_base
-                .saturating_mul(1 << doublings)
-                .min(policy.backoff_cap),
-        )
+        Verdict::RestartIn(policy.backoff_base.saturating_mul(1 << doublings).min(policy.backoff_cap))
     }
 
     /// Forgets the history (an operator restarted the slot by hand).
@@ -71,10 +62,7 @@ mod tests {
     use super::*;
 
     fn policy(max_restarts: u32) -> RestartPolicy {
-        RestartPolicy {
-            max_restarts,
-            ..RestartPolicy::default()
-        }
+        RestartPolicy { max_restarts, ..RestartPolicy::default() }
     }
 
     fn delays(b: &mut Backoff, policy: &RestartPolicy, n: usize) -> Vec<u128> {
@@ -89,10 +77,7 @@ mod tests {
     #[test]
     fn young_deaths_back_off_exponentially_up_to_the_cap() {
         let mut b = Backoff::default();
-        assert_eq!(
-            delays(&mut b, &policy(0), 10),
-            [100, 200, 400, 800, 1600, 3200, 6400, 12800, 15000, 15000]
-        );
+        assert_eq!(delays(&mut b, &policy(0), 10), [100, 200, 400, 800, 1600, 3200, 6400, 12800, 15000, 15000]);
     }
 
     #[test]
@@ -101,14 +86,8 @@ mod tests {
         let p = policy(0);
         b.on_exit(Duration::ZERO, &p);
         b.on_exit(Duration::ZERO, &p);
-        assert_eq!(
-            b.on_exit(STABLE_UPTIME, &p),
-            Verdict::RestartIn(Duration::ZERO)
-        );
-        assert_eq!(
-            b.on_exit(Duration::ZERO, &p),
-            Verdict::RestartIn(Duration::from_millis(100))
-        );
+        assert_eq!(b.on_exit(STABLE_UPTIME, &p), Verdict::RestartIn(Duration::ZERO));
+        assert_eq!(b.on_exit(Duration::ZERO, &p), Verdict::RestartIn(Duration::from_millis(100)));
     }
 
     #[test]
@@ -116,16 +95,10 @@ mod tests {
         let mut b = Backoff::default();
         let p = policy(3);
         for _ in 0..3 {
-            assert!(matches!(
-                b.on_exit(Duration::ZERO, &p),
-                Verdict::RestartIn(_)
-            ));
+            assert!(matches!(b.on_exit(Duration::ZERO, &p), Verdict::RestartIn(_)));
         }
         assert_eq!(b.on_exit(Duration::ZERO, &p), Verdict::GiveUp);
         b.reset();
-        assert!(matches!(
-            b.on_exit(Duration::ZERO, &p),
-            Verdict::RestartIn(_)
-        ));
+        assert!(matches!(b.on_exit(Duration::ZERO, &p), Verdict::RestartIn(_)));
     }
 }

@@ -27,10 +27,7 @@ mod tests {
     #[test]
     fn wording() {
         assert_eq!(describe(&Ok(ExitStatus::from_raw(9))), "killed by SIGKILL");
-        assert_eq!(
-            describe(&Ok(ExitStatus::from_raw(3 << 8))),
-            "exited with status 3"
-        );
+        assert_eq!(describe(&Ok(ExitStatus::from_raw(3 << 8))), "exited with status 3");
         assert_eq!(describe(&Ok(ExitStatus::from_raw(0))), "exited cleanly");
     }
 }

@@ -13,27 +13,19 @@ impl Supervisor {
         let now = Instant::now();
         let mut recycle = Vec::new();
         for (slot, s) in self.slots.iter().enumerate() {
-            let Some(w) = s.worker.as_ref().filter(|w| w.state == State::Ready) else {
-                continue;
-            };
+            let Some(w) = s.worker.as_ref().filter(|w| w.state == State::Ready) else { continue };
             let silent = now.duration_since(w.last_heartbeat);
             if silent > recycling.worker_timeout {
-                tracing::warn!(
-                    "worker {slot} pid {} sent no heartbeat for {silent:.1?}: hung, killing it",
-                    w.pid
-                );
+                tracing::warn!("worker {slot} pid {} sent no heartbeat for {silent:.1?}: hung, killing it", w.pid);
                 w.kill();
                 continue;
             }
-            let replacing =
-                s.successor.is_some() || self.rollout.as_ref().is_some_and(|r| r.includes(slot));
+            let replacing = s.successor.is_some() || self.rollout.as_ref().is_some_and(|r| r.includes(slot));
             if replacing {
                 continue;
             }
-            if let (Some(max), Some(rss)) = (
-                recycling.max_memory,
-                recycling.max_memory.and_then(|_| rss_bytes(w.pid)),
-            ) {
+            if let (Some(max), Some(rss)) = (recycling.max_memory, recycling.max_memory.and_then(|_| rss_bytes(w.pid)))
+            {
                 if rss > max {
                     tracing::warn!(
                         "worker {slot} pid {} uses {} MiB, over --max-memory {} MiB: replacing it",

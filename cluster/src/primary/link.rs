@@ -32,24 +32,11 @@ use crate::{
 #[derive(Debug)]
 pub(crate) enum Event {
     /// A worker sent a message.
-    Message {
-        slot: usize,
-        generation: u64,
-        msg: ToPrimary,
-    },
+    Message { slot: usize, generation: u64, msg: ToPrimary },
     /// A draining worker refused these connections.
-    Refused {
-        slot: usize,
-        generation: u64,
-        conns: Vec<Conn>,
-    },
+    Refused { slot: usize, generation: u64, conns: Vec<Conn> },
     /// A worker process ended; `orphans` were handed to it but never acknowledged.
-    Exited {
-        slot: usize,
-        generation: u64,
-        status: io::Result<ExitStatus>,
-        orphans: Vec<Conn>,
-    },
+    Exited { slot: usize, generation: u64, status: io::Result<ExitStatus>, orphans: Vec<Conn> },
     /// A backoff delay for this slot is over.
     RespawnDue { slot: usize, generation: u64 },
 }
@@ -96,20 +83,11 @@ pub(crate) enum SpawnError {
 impl Spawner {
     pub(crate) fn spawn(&self, slot: usize, generation: u64) -> Result<Link, SpawnError> {
         let (channel, worker_end) = Channel::pair()?;
-        let mut fds = vec![FdMapping {
-            parent_fd: worker_end,
-            child_fd: IPC_FD,
-        }];
+        let mut fds = vec![FdMapping { parent_fd: worker_end, child_fd: IPC_FD }];
         let mut cmd = tokio::process::Command::new(&self.exe);
         if let Some(listener) = &self.shared_listener {
-            let dup: OwnedFd = listener
-                .as_fd()
-                .try_clone_to_owned()
-                .map_err(SpawnError::DupListener)?;
-            fds.push(FdMapping {
-                parent_fd: dup,
-                child_fd: LISTEN_FD,
-            });
+            let dup: OwnedFd = listener.as_fd().try_clone_to_owned().map_err(SpawnError::DupListener)?;
+            fds.push(FdMapping { parent_fd: dup, child_fd: LISTEN_FD });
             cmd.env(ENV_LISTEN_FD, LISTEN_FD.to_string());
         }
         // `ps` shows argv[0]: tell workers apart from the primary, and keep `pkill -f 'herd serve'`
@@ -122,17 +100,13 @@ impl Spawner {
             .env(ENV_IPC_FD, IPC_FD.to_string())
             .fd_mappings(fds)?;
         if self.logs.is_some() {
-            cmd.stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
+            cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
         }
         let spawned = cmd.spawn();
         // The command owns our copies of the worker's fds; drop it now so that the worker's end
         // of the IPC socket lives only in the worker and its death reads as end-of-file.
         drop(cmd);
-        let mut child = spawned.map_err(|source| SpawnError::Exec {
-            exe: self.exe.display().to_string(),
-            source,
-        })?;
+        let mut child = spawned.map_err(|source| SpawnError::Exec { exe: self.exe.display().to_string(), source })?;
         let pid = child.id().unwrap_or_default();
         if let Some(sink) = &self.logs {
             forward_lines(child.stdout.take(), sink.clone());
@@ -155,12 +129,7 @@ impl Spawner {
             events: self.events.clone(),
         };
         tokio::spawn(task.run());
-        Ok(Link {
-            pid,
-            kill,
-            outbox,
-            mailbox,
-        })
+        Ok(Link { pid, kill, outbox, mailbox })
     }
 }
 
@@ -220,12 +189,7 @@ impl LinkTask {
         }
         orphans.sort_by_key(|c| c.id);
         let (slot, generation) = (self.slot, self.generation);
-        let _ = self.events.send(Event::Exited {
-            slot,
-            generation,
-            status,
-            orphans,
-        });
+        let _ = self.events.send(Event::Exited { slot, generation, status, orphans });
     }
 
     fn on_message(&mut self, msg: ToPrimary) {
@@ -238,22 +202,11 @@ impl LinkTask {
                 }
             }
             ToPrimary::Refused { ids } => {
-                let conns = ids
-                    .iter()
-                    .filter_map(|id| self.unacked.remove(id))
-                    .collect();
-                let _ = self.events.send(Event::Refused {
-                    slot,
-                    generation,
-                    conns,
-                });
+                let conns = ids.iter().filter_map(|id| self.unacked.remove(id)).collect();
+                let _ = self.events.send(Event::Refused { slot, generation, conns });
             }
             msg => {
-                let _ = self.events.send(Event::Message {
-                    slot,
-                    generation,
-                    msg,
-                });
+                let _ = self.events.send(Event::Message { slot, generation, msg });
             }
         }
     }
@@ -267,18 +220,9 @@ impl LinkTask {
                 Err(_) => break,
             }
         }
-        let conns: Vec<Handoff> = batch
-            .iter()
-            .map(|c| Handoff {
-                id: c.id,
-                peer: c.peer,
-            })
-            .collect();
+        let conns: Vec<Handoff> = batch.iter().map(|c| Handoff { id: c.id, peer: c.peer }).collect();
         let fds: Vec<RawFd> = batch.iter().map(|c| c.stream.as_raw_fd()).collect();
-        let sent = self
-            .ipc
-            .send_with_fds(&ToWorker::Connections { conns }, &fds)
-            .await;
+        let sent = self.ipc.send_with_fds(&ToWorker::Connections { conns }, &fds).await;
         // Sent or not, they stay ours until acknowledged: a failed send means the worker is
         // dying, and its exit returns everything unacknowledged.
         self.unacked.extend(batch.into_iter().map(|c| (c.id, c)));
@@ -287,10 +231,7 @@ impl LinkTask {
 }
 
 /// Copies a worker's output, line by line, into the merged log.
-fn forward_lines(
-    output: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>,
-    sink: crate::logs::LogSink,
-) {
+fn forward_lines(output: Option<impl tokio::io::AsyncRead + Unpin + Send + 'static>, sink: crate::logs::LogSink) {
     use tokio::io::AsyncBufReadExt;
     let Some(output) = output else { return };
     tokio::spawn(async move {

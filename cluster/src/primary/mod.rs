@@ -82,32 +82,16 @@ pub(crate) async fn run(
     config: ClusterConfig,
     listener: std::net::TcpListener,
 ) -> Result<ShutdownReport, ClusterError> {
-    let local = listener.local_addr().map_err(|source| ClusterError::Bind {
-        addr: config.bind,
-        source,
-    })?;
+    let local = listener.local_addr().map_err(|source| ClusterError::Bind { addr: config.bind, source })?;
     let acceptor = if config.balance.primary_accepts() {
-        Some(
-            Acceptor::new(&listener).map_err(|source| ClusterError::Bind {
-                addr: local,
-                source,
-            })?,
-        )
+        Some(Acceptor::new(&listener).map_err(|source| ClusterError::Bind { addr: local, source })?)
     } else {
         None
     };
-    let control_path = config
-        .control_socket
-        .clone()
-        .unwrap_or_else(|| control::default_path(local.port()));
+    let control_path = config.control_socket.clone().unwrap_or_else(|| control::default_path(local.port()));
     let (commands_tx, commands) = mpsc::channel(16);
-    let _control =
-        control::serve(&control_path, commands_tx, config.logs.clone()).map_err(|source| {
-            ClusterError::ControlSocket {
-                path: control_path.clone(),
-                source,
-            }
-        })?;
+    let _control = control::serve(&control_path, commands_tx, config.logs.clone())
+        .map_err(|source| ClusterError::ControlSocket { path: control_path.clone(), source })?;
 
     let (events_tx, events) = mpsc::unbounded_channel();
     let mut argv = std::env::args_os();
@@ -120,10 +104,7 @@ pub(crate) async fn run(
         logs: config.logs.clone(),
         // The primary keeps `listener` itself, open, in every mode (dropped only on return).
         shared_listener: if acceptor.is_none() {
-            Some(listener.try_clone().map_err(|source| ClusterError::Bind {
-                addr: local,
-                source,
-            })?)
+            Some(listener.try_clone().map_err(|source| ClusterError::Bind { addr: local, source })?)
         } else {
             None
         },
@@ -231,8 +212,7 @@ impl Worker {
 
     /// How long it has been serving (zero if it never became ready).
     fn serving_for(&self) -> Duration {
-        self.ready_since
-            .map_or(Duration::ZERO, |since| since.elapsed())
+        self.ready_since.map_or(Duration::ZERO, |since| since.elapsed())
     }
 }
 
@@ -301,13 +281,10 @@ impl Supervisor {
         loop {
             if let Some(stop) = &stopping {
                 if self.processes() == 0 {
-                    return Ok(ShutdownReport {
-                        killed: stop.killed,
-                    });
+                    return Ok(ShutdownReport { killed: stop.killed });
                 }
             }
-            let accepting =
-                acceptor.is_some() && stopping.is_none() && self.queue.len() < MAX_QUEUED;
+            let accepting = acceptor.is_some() && stopping.is_none() && self.queue.len() < MAX_QUEUED;
             let deadline = stopping.as_ref().map(|s| s.deadline);
             let rollout_deadline = self.rollout.as_ref().and_then(Rollout::deadline);
             let gather_deadline = self.gatherings.next_deadline();
@@ -352,37 +329,21 @@ impl Supervisor {
 
     fn handle(&mut self, event: Event, stopping: bool) {
         match event {
-            Event::Message {
-                slot,
-                generation,
-                msg,
-            } => self.on_message(slot, generation, msg),
-            Event::Refused {
-                slot,
-                generation,
-                conns,
-            } => {
+            Event::Message { slot, generation, msg } => self.on_message(slot, generation, msg),
+            Event::Refused { slot, generation, conns } => {
                 if let Some(worker) = self.worker_mut(slot, generation) {
                     worker.state = State::Draining;
                     worker.open = worker.open.saturating_sub(conns.len());
                 }
                 self.redispatch(conns, stopping);
             }
-            Event::Exited {
-                slot,
-                generation,
-                status,
-                orphans,
-            } => {
+            Event::Exited { slot, generation, status, orphans } => {
                 self.forget_in_gathers(slot, generation);
                 self.on_exit(slot, generation, &exit::describe(&status), stopping);
                 self.redispatch(orphans, stopping);
             }
             Event::RespawnDue { slot, generation } => {
-                let due = self
-                    .slots
-                    .get(slot)
-                    .is_some_and(|s| s.worker.is_none() && s.next_generation == generation);
+                let due = self.slots.get(slot).is_some_and(|s| s.worker.is_none() && s.next_generation == generation);
                 if !stopping && due {
                     self.start(slot);
                 }
@@ -391,29 +352,18 @@ impl Supervisor {
     }
 
     fn on_exit(&mut self, slot: usize, generation: u64, how: &str, stopping: bool) {
-        if let Some(i) = self
-            .retiring
-            .iter()
-            .position(|(s, w)| *s == slot && w.generation == generation)
-        {
+        if let Some(i) = self.retiring.iter().position(|(s, w)| *s == slot && w.generation == generation) {
             let (_, worker) = self.retiring.swap_remove(i);
             tracing::info!("worker {slot} pid {} retired ({how})", worker.pid);
             return;
         }
-        let Some(s) = self.slots.get_mut(slot) else {
-            return;
-        };
+        let Some(s) = self.slots.get_mut(slot) else { return };
         if let Some(successor) = s.successor.take_if(|w| w.generation == generation) {
-            let reason = format!(
-                "the new worker for slot {slot} (pid {}) {how} before it was ready",
-                successor.pid
-            );
+            let reason = format!("the new worker for slot {slot} (pid {}) {how} before it was ready", successor.pid);
             self.abort_rollout(&reason);
             return;
         }
-        let Some(worker) = s.worker.take_if(|w| w.generation == generation) else {
-            return;
-        };
+        let Some(worker) = s.worker.take_if(|w| w.generation == generation) else { return };
         if stopping {
             tracing::info!("worker {slot} pid {} {how}", worker.pid);
             return;
@@ -421,25 +371,16 @@ impl Supervisor {
         s.restarts += 1;
         if s.successor.is_some() {
             // A reload is already starting its replacement.
-            tracing::warn!(
-                "worker {slot} pid {} {how}; its successor is starting",
-                worker.pid
-            );
+            tracing::warn!("worker {slot} pid {} {how}; its successor is starting", worker.pid);
             return;
         }
-        match s
-            .backoff
-            .on_exit(worker.serving_for(), &self.config.restart)
-        {
+        match s.backoff.on_exit(worker.serving_for(), &self.config.restart) {
             Verdict::RestartIn(delay) if delay.is_zero() => {
                 tracing::warn!("worker {slot} pid {} {how}, restarting", worker.pid);
                 self.start(slot);
             }
             Verdict::RestartIn(delay) => {
-                tracing::warn!(
-                    "worker {slot} pid {} {how}, restarting in {delay:?}",
-                    worker.pid
-                );
+                tracing::warn!("worker {slot} pid {} {how}, restarting in {delay:?}", worker.pid);
                 self.respawn_after(slot, delay);
             }
             Verdict::GiveUp => {
@@ -459,11 +400,10 @@ impl Supervisor {
     fn on_message(&mut self, slot: usize, generation: u64, msg: ToPrimary) {
         match msg {
             ToPrimary::Ready { .. } => {
-                let is_successor = self.slots.get(slot).is_some_and(|s| {
-                    s.successor
-                        .as_ref()
-                        .is_some_and(|w| w.generation == generation)
-                });
+                let is_successor = self
+                    .slots
+                    .get(slot)
+                    .is_some_and(|s| s.successor.as_ref().is_some_and(|w| w.generation == generation));
                 if is_successor {
                     self.promote_successor(slot);
                     return;
@@ -490,11 +430,8 @@ impl Supervisor {
             ToPrimary::Ready { .. } => {
                 worker.become_ready();
                 tracing::info!("worker {slot} pid {} ready", worker.pid);
-                let ready = self
-                    .slots
-                    .iter()
-                    .filter(|s| s.worker.as_ref().is_some_and(|w| w.state == State::Ready))
-                    .count();
+                let ready =
+                    self.slots.iter().filter(|s| s.worker.as_ref().is_some_and(|w| w.state == State::Ready)).count();
                 if ready == self.slots.len() && !self.all_ready_logged {
                     self.all_ready_logged = true;
                     tracing::info!("all {ready} workers ready");
@@ -507,14 +444,8 @@ impl Supervisor {
                 tracing::debug!("worker {slot} pid {} draining", worker.pid);
             }
             ToPrimary::Closed { count } => {
-                worker.open = worker
-                    .open
-                    .saturating_sub(usize::try_from(count).unwrap_or(usize::MAX));
-                tracing::debug!(
-                    "worker {slot} pid {} closed {count} connection(s), {} open",
-                    worker.pid,
-                    worker.open
-                );
+                worker.open = worker.open.saturating_sub(usize::try_from(count).unwrap_or(usize::MAX));
+                tracing::debug!("worker {slot} pid {} closed {count} connection(s), {} open", worker.pid, worker.open);
             }
             ToPrimary::Heartbeat { requests } => {
                 worker.last_heartbeat = Instant::now();
@@ -534,19 +465,13 @@ impl Supervisor {
         let generation = self.slots[slot].next_generation;
         self.slots[slot].next_generation += 1;
         match self.spawner.spawn(slot, generation) {
-            Ok(Link {
-                pid,
-                kill,
-                outbox,
-                mailbox,
-            }) => {
+            Ok(Link { pid, kill, outbox, mailbox }) => {
                 tracing::info!("worker {slot} pid {pid} started");
                 let recycling = &self.config.recycling;
                 let recycle_after = recycling.max_requests.map(|max| {
                     use std::hash::BuildHasher;
                     // Jitter, so that workers started together do not all recycle together.
-                    let random =
-                        std::collections::hash_map::RandomState::new().hash_one((slot, generation));
+                    let random = std::collections::hash_map::RandomState::new().hash_one((slot, generation));
                     max + random % (recycling.max_requests_jitter + 1)
                 });
                 Some(Worker {
@@ -574,10 +499,7 @@ impl Supervisor {
     fn start(&mut self, slot: usize) {
         match self.spawn(slot) {
             Some(worker) => self.slots[slot].worker = Some(worker),
-            None => match self.slots[slot]
-                .backoff
-                .on_exit(Duration::ZERO, &self.config.restart)
-            {
+            None => match self.slots[slot].backoff.on_exit(Duration::ZERO, &self.config.restart) {
                 Verdict::RestartIn(delay) => {
                     tracing::warn!("retrying worker {slot} in {delay:?}");
                     self.respawn_after(slot, delay);
@@ -607,10 +529,7 @@ impl Supervisor {
         }
         let timeout = self.config.shutdown_timeout;
         tracing::info!("{why} received: shutting down gracefully (timeout {timeout:?})");
-        *stopping = Some(Stopping {
-            deadline: tokio::time::Instant::now() + timeout,
-            killed: 0,
-        });
+        *stopping = Some(Stopping { deadline: tokio::time::Instant::now() + timeout, killed: 0 });
         notify::notify("STOPPING=1");
         self.abort_rollout("the cluster is shutting down");
         self.queue.clear();
@@ -639,12 +558,11 @@ impl Supervisor {
 
     /// Every worker process the primary is responsible for, with its slot.
     fn all_workers(&self) -> impl Iterator<Item = (usize, &Worker)> {
-        let in_slots = self.slots.iter().enumerate().flat_map(|(i, s)| {
-            s.worker
-                .iter()
-                .chain(s.successor.iter())
-                .map(move |w| (i, w))
-        });
+        let in_slots = self
+            .slots
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.worker.iter().chain(s.successor.iter()).map(move |w| (i, w)));
         in_slots.chain(self.retiring.iter().map(|(slot, w)| (*slot, w)))
     }
 
@@ -656,18 +574,10 @@ impl Supervisor {
     /// successor, or retiring (possibly from a slot that scaling removed).
     fn worker_mut(&mut self, slot: usize, generation: u64) -> Option<&mut Worker> {
         let is = |w: &Option<Worker>| w.as_ref().is_some_and(|w| w.generation == generation);
-        match self
-            .slots
-            .get(slot)
-            .map(|s| (is(&s.worker), is(&s.successor)))
-        {
+        match self.slots.get(slot).map(|s| (is(&s.worker), is(&s.successor))) {
             Some((true, _)) => self.slots[slot].worker.as_mut(),
             Some((_, true)) => self.slots[slot].successor.as_mut(),
-            _ => self
-                .retiring
-                .iter_mut()
-                .find(|(s, w)| *s == slot && w.generation == generation)
-                .map(|(_, w)| w),
+            _ => self.retiring.iter_mut().find(|(s, w)| *s == slot && w.generation == generation).map(|(_, w)| w),
         }
     }
 }

@@ -7,9 +7,7 @@ use std::os::unix::net::UnixDatagram;
 /// Sends one notification, e.g. `READY=1`. Failures are logged, never fatal: systemd being
 /// unreachable must not take the cluster down.
 pub(super) fn notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
     let sent = UnixDatagram::unbound().and_then(|socket| {
         let path = path.to_string_lossy();
         match path.strip_prefix('@') {

@@ -16,10 +16,7 @@ impl Supervisor {
                 .iter()
                 .enumerate()
                 .filter_map(|(slot, s)| {
-                    s.worker
-                        .as_ref()
-                        .filter(|w| w.state == State::Ready)
-                        .map(|w| Candidate { slot, open: w.open })
+                    s.worker.as_ref().filter(|w| w.state == State::Ready).map(|w| Candidate { slot, open: w.open })
                 })
                 .collect();
             let Some(slot) = self.chooser.choose(conn.peer.ip(), &candidates) else {
@@ -68,10 +65,7 @@ impl Supervisor {
 
     /// Hands queued connections to workers, oldest first, as long as one can take them.
     pub(super) fn flush_queue(&mut self) {
-        let has_candidate = self
-            .slots
-            .iter()
-            .any(|s| s.worker.as_ref().is_some_and(|w| w.state == State::Ready));
+        let has_candidate = self.slots.iter().any(|s| s.worker.as_ref().is_some_and(|w| w.state == State::Ready));
         if !has_candidate || self.queue.is_empty() {
             return;
         }

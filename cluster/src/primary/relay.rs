@@ -42,10 +42,7 @@ impl Supervisor {
         let mut sent = 0;
         for s in &self.slots {
             if let Some(w) = &s.worker {
-                w.tell(ToWorker::Message {
-                    from,
-                    payload: payload.clone(),
-                });
+                w.tell(ToWorker::Message { from, payload: payload.clone() });
                 sent += 1;
             }
         }
@@ -56,10 +53,7 @@ impl Supervisor {
     pub(super) fn relay_to(&self, slot: usize, payload: Value) -> bool {
         match self.slots.get(slot).and_then(|s| s.worker.as_ref()) {
             Some(w) => {
-                w.tell(ToWorker::Message {
-                    from: None,
-                    payload,
-                });
+                w.tell(ToWorker::Message { from: None, payload });
                 true
             }
             None => false,
@@ -72,20 +66,12 @@ impl Supervisor {
         let mut waiting = HashSet::new();
         for (slot, s) in self.slots.iter().enumerate() {
             if let Some(w) = s.worker.as_ref().filter(|w| w.state == State::Ready) {
-                w.tell(ToWorker::Query {
-                    id,
-                    payload: payload.clone(),
-                });
+                w.tell(ToWorker::Query { id, payload: payload.clone() });
                 waiting.insert((slot, w.generation));
             }
         }
-        let gathering = Gathering {
-            asker,
-            asker_id,
-            waiting,
-            replies: Vec::new(),
-            deadline: Instant::now() + GATHER_TIMEOUT,
-        };
+        let gathering =
+            Gathering { asker, asker_id, waiting, replies: Vec::new(), deadline: Instant::now() + GATHER_TIMEOUT };
         self.gatherings.open.insert(id, gathering);
         self.finish_gathers(false);
     }
@@ -119,16 +105,11 @@ impl Supervisor {
             .map(|(id, _)| *id)
             .collect();
         for id in done {
-            let Some(mut g) = self.gatherings.open.remove(&id) else {
-                continue;
-            };
+            let Some(mut g) = self.gatherings.open.remove(&id) else { continue };
             g.replies.sort_by_key(|r| r.slot);
             let (slot, generation) = g.asker;
             if let Some(asker) = self.worker_mut(slot, generation) {
-                asker.tell(ToWorker::Gathered {
-                    id: g.asker_id,
-                    replies: g.replies,
-                });
+                asker.tell(ToWorker::Gathered { id: g.asker_id, replies: g.replies });
             }
         }
     }

@@ -42,32 +42,21 @@ impl Rollout {
 }
 
 impl Supervisor {
-    pub(super) fn on_request(
-        &mut self,
-        request: Request,
-        reply: oneshot::Sender<Response>,
-        stopping: bool,
-    ) {
+    pub(super) fn on_request(&mut self, request: Request, reply: oneshot::Sender<Response>, stopping: bool) {
         if stopping {
             let _ = reply.send(Response::error("the cluster is shutting down"));
             return;
         }
         match request {
             Request::Status => {
-                let _ = reply.send(Response {
-                    status: Some(self.status()),
-                    ..Response::ok()
-                });
+                let _ = reply.send(Response { status: Some(self.status()), ..Response::ok() });
             }
             Request::Reload => {
                 tracing::info!("reload requested over the control socket");
                 self.reload(Some(reply));
             }
             Request::Restart { slot } if slot >= self.slots.len() => {
-                let _ = reply.send(Response::error(format!(
-                    "no slot {slot} (slots are 0..{})",
-                    self.slots.len()
-                )));
+                let _ = reply.send(Response::error(format!("no slot {slot} (slots are 0..{})", self.slots.len())));
             }
             Request::Restart { slot } => {
                 let s = &mut self.slots[slot];
@@ -86,41 +75,24 @@ impl Supervisor {
                 };
                 let _ = reply.send(match target {
                     Ok(n) => match self.scale_to(n) {
-                        Ok(()) => Response {
-                            workers: Some(self.slots.len()),
-                            ..Response::ok()
-                        },
+                        Ok(()) => Response { workers: Some(self.slots.len()), ..Response::ok() },
                         Err(reason) => Response::error(reason),
                     },
                     Err(reason) => Response::error(reason),
                 });
             }
-            Request::Send {
-                slot: Some(slot),
-                payload,
-            } => {
+            Request::Send { slot: Some(slot), payload } => {
                 let _ = reply.send(if self.relay_to(slot, payload) {
-                    Response {
-                        workers: Some(1),
-                        ..Response::ok()
-                    }
+                    Response { workers: Some(1), ..Response::ok() }
                 } else {
                     Response::error(format!("no worker in slot {slot}"))
                 });
             }
-            Request::Send {
-                slot: None,
-                payload,
-            } => {
+            Request::Send { slot: None, payload } => {
                 let sent = self.relay_broadcast(None, &payload);
-                let _ = reply.send(Response {
-                    workers: Some(sent),
-                    ..Response::ok()
-                });
+                let _ = reply.send(Response { workers: Some(sent), ..Response::ok() });
             }
-            Request::Stop | Request::Logs => {
-                unreachable!("handled by the run loop and the control socket")
-            }
+            Request::Stop | Request::Logs => unreachable!("handled by the run loop and the control socket"),
         }
     }
 
@@ -130,31 +102,20 @@ impl Supervisor {
         self.replace(slots, waiter, "reload");
     }
 
-    pub(super) fn replace(
-        &mut self,
-        slots: Vec<usize>,
-        waiter: Option<oneshot::Sender<Response>>,
-        what: &'static str,
-    ) {
+    pub(super) fn replace(&mut self, slots: Vec<usize>, waiter: Option<oneshot::Sender<Response>>, what: &'static str) {
         match &mut self.rollout {
             // Join the one in progress rather than starting a second over the same slots.
             Some(rollout) => {
                 for slot in slots {
-                    if !rollout.pending.contains(&slot)
-                        && rollout.current.map(|(s, _)| s) != Some(slot)
-                    {
+                    if !rollout.pending.contains(&slot) && rollout.current.map(|(s, _)| s) != Some(slot) {
                         rollout.pending.push_back(slot);
                     }
                 }
                 rollout.waiters.extend(waiter);
             }
             None => {
-                self.rollout = Some(Rollout {
-                    pending: slots.into(),
-                    current: None,
-                    waiters: waiter.into_iter().collect(),
-                    what,
-                });
+                self.rollout =
+                    Some(Rollout { pending: slots.into(), current: None, waiters: waiter.into_iter().collect(), what });
                 self.advance_rollout();
             }
         }
@@ -162,9 +123,7 @@ impl Supervisor {
 
     /// Starts the next successor, or finishes the rollout when none is left.
     fn advance_rollout(&mut self) {
-        let Some(rollout) = &mut self.rollout else {
-            return;
-        };
+        let Some(rollout) = &mut self.rollout else { return };
         if rollout.current.is_some() {
             return;
         }
@@ -192,18 +151,13 @@ impl Supervisor {
     /// The successor of `slot` is ready: it takes over and the old worker retires.
     pub(super) fn promote_successor(&mut self, slot: usize) {
         let s = &mut self.slots[slot];
-        let Some(mut successor) = s.successor.take() else {
-            return;
-        };
+        let Some(mut successor) = s.successor.take() else { return };
         successor.become_ready();
         let old = s.worker.replace(successor);
         let new_pid = s.worker.as_ref().map_or(0, |w| w.pid);
         match old {
             Some(old) => {
-                tracing::info!(
-                    "worker {slot} pid {new_pid} ready, retiring pid {}",
-                    old.pid
-                );
+                tracing::info!("worker {slot} pid {new_pid} ready, retiring pid {}", old.pid);
                 self.retire(slot, old);
             }
             None => tracing::info!("worker {slot} pid {new_pid} ready"),
@@ -218,22 +172,15 @@ impl Supervisor {
     }
 
     pub(super) fn rollout_timed_out(&mut self) {
-        let Some((slot, _)) = self.rollout.as_ref().and_then(|r| r.current) else {
-            return;
-        };
-        let reason = format!(
-            "the new worker for slot {slot} was not ready within {:?}",
-            self.config.ready_timeout
-        );
+        let Some((slot, _)) = self.rollout.as_ref().and_then(|r| r.current) else { return };
+        let reason = format!("the new worker for slot {slot} was not ready within {:?}", self.config.ready_timeout);
         self.abort_rollout(&reason);
     }
 
     /// Stops the rollout: kills the successor being started, keeps the old workers, and tells
     /// everyone waiting why.
     pub(super) fn abort_rollout(&mut self, reason: &str) {
-        let Some(rollout) = self.rollout.take() else {
-            return;
-        };
+        let Some(rollout) = self.rollout.take() else { return };
         if let Some((slot, _)) = rollout.current {
             if let Some(successor) = self.slots.get_mut(slot).and_then(|s| s.successor.take()) {
                 successor.kill();
@@ -242,16 +189,10 @@ impl Supervisor {
                 self.start(slot); // its old worker died meanwhile
             }
         }
-        tracing::error!(
-            "{} failed: {reason}; the old workers keep serving",
-            rollout.what
-        );
+        tracing::error!("{} failed: {reason}; the old workers keep serving", rollout.what);
         self.last_reload = Some(format!("{} failed: {reason}", rollout.what));
         for waiter in rollout.waiters {
-            let _ = waiter.send(Response::error(format!(
-                "{} failed: {reason}",
-                rollout.what
-            )));
+            let _ = waiter.send(Response::error(format!("{} failed: {reason}", rollout.what)));
         }
     }
 
@@ -273,9 +214,7 @@ impl Supervisor {
     /// Adds slots (starting their workers) or removes the highest ones (draining their workers).
     fn scale_to(&mut self, target: usize) -> Result<(), String> {
         if !(1..=MAX_WORKERS).contains(&target) {
-            return Err(format!(
-                "the worker count must be between 1 and {MAX_WORKERS}, not {target}"
-            ));
+            return Err(format!("the worker count must be between 1 and {MAX_WORKERS}, not {target}"));
         }
         let before = self.slots.len();
         if target == before {
@@ -288,9 +227,7 @@ impl Supervisor {
         }
         while self.slots.len() > target {
             let slot = self.slots.len() - 1;
-            let Some(removed) = self.slots.pop() else {
-                break;
-            };
+            let Some(removed) = self.slots.pop() else { break };
             if let Some(successor) = removed.successor {
                 successor.kill();
                 if let Some(rollout) = &mut self.rollout {
@@ -331,21 +268,17 @@ impl Supervisor {
                     open_connections: self.config.balance.primary_accepts().then_some(w.open),
                 }
             })
-            .chain(
-                self.slots
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| s.errored && s.worker.is_none())
-                    .map(|(slot, s)| WorkerStatus {
-                        slot,
-                        pid: None,
-                        state: "errored".to_owned(),
-                        uptime_s: 0,
-                        restarts: s.restarts,
-                        rss_bytes: None,
-                        open_connections: None,
-                    }),
-            )
+            .chain(self.slots.iter().enumerate().filter(|(_, s)| s.errored && s.worker.is_none()).map(|(slot, s)| {
+                WorkerStatus {
+                    slot,
+                    pid: None,
+                    state: "errored".to_owned(),
+                    uptime_s: 0,
+                    restarts: s.restarts,
+                    rss_bytes: None,
+                    open_connections: None,
+                }
+            }))
             .collect();
         Status {
             balance: self.config.balance.as_str().to_owned(),

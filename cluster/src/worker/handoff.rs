@@ -42,11 +42,7 @@ const CLOSE_REPORT_WINDOW: Duration = Duration::from_millis(5);
 /// Creates the listener and the sink that feeds it. With `report_closes` (least-conn, which
 /// needs the primary to know each worker's open connections) a task tells the primary how many
 /// connections closed, batched per [`CLOSE_REPORT_WINDOW`].
-pub(crate) fn handoff(
-    channel: Channel,
-    local: SocketAddr,
-    report_closes: bool,
-) -> (HandoffListener, HandoffSink) {
+pub(crate) fn handoff(channel: Channel, local: SocketAddr, report_closes: bool) -> (HandoffListener, HandoffSink) {
     let (incoming, incoming_rx) = mpsc::unbounded_channel();
     let (closed, mut closed_rx) = mpsc::unbounded_channel::<()>();
     if report_closes {
@@ -63,13 +59,7 @@ pub(crate) fn handoff(
             }
         });
     }
-    (
-        HandoffListener {
-            incoming: incoming_rx,
-            local,
-        },
-        HandoffSink { incoming, closed },
-    )
+    (HandoffListener { incoming: incoming_rx, local }, HandoffSink { incoming, closed })
 }
 
 impl HandoffSink {
@@ -79,20 +69,14 @@ impl HandoffSink {
         let (mut accepted, mut refused) = (Vec::with_capacity(conns.len()), Vec::new());
         let mut fds = fds.into_iter();
         for handoff in conns {
-            let stream = fds
-                .next()
-                .ok_or_else(|| io::Error::other("missing descriptor"))
-                .and_then(|fd| {
-                    let std_stream = std::net::TcpStream::from(fd);
-                    std_stream.set_nonblocking(true)?;
-                    TcpStream::from_std(std_stream)
-                });
+            let stream = fds.next().ok_or_else(|| io::Error::other("missing descriptor")).and_then(|fd| {
+                let std_stream = std::net::TcpStream::from(fd);
+                std_stream.set_nonblocking(true)?;
+                TcpStream::from_std(std_stream)
+            });
             match stream {
                 Ok(stream) => {
-                    let tracked = TrackedStream {
-                        inner: stream,
-                        closed: self.closed.clone(),
-                    };
+                    let tracked = TrackedStream { inner: stream, closed: self.closed.clone() };
                     if self.incoming.send((tracked, handoff.peer)).is_ok() {
                         accepted.push(handoff.id);
                     } else {
@@ -146,21 +130,13 @@ impl Drop for TrackedStream {
 }
 
 impl AsyncRead for TrackedStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TrackedStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 

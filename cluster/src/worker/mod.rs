@@ -86,13 +86,7 @@ where
         Source::Handoff(_, sink) => Some(sink.clone()),
         Source::Shared(_) => None,
     };
-    watch_primary(
-        channel.clone(),
-        trigger.clone(),
-        stop.clone(),
-        sink,
-        messenger,
-    );
+    watch_primary(channel.clone(), trigger.clone(), stop.clone(), sink, messenger);
     watch_signals(trigger)?;
 
     // The app may take a while to build (it waits for its database); a shutdown request in the
@@ -108,12 +102,7 @@ where
     let drain = Drain::new();
     channel.send(&ToPrimary::Ready { pid: ctx.pid }).await?;
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::info!(
-        slot = ctx.slot,
-        generation = ctx.generation,
-        threads,
-        "worker ready"
-    );
+    tracing::info!(slot = ctx.slot, generation = ctx.generation, threads, "worker ready");
     heartbeat(channel.clone(), drain.clone());
     match source {
         Source::Shared(listener) => {
@@ -144,13 +133,7 @@ fn heartbeat(channel: Channel, drain: Drain) {
         let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
             tick.tick().await;
-            if channel
-                .send(&ToPrimary::Heartbeat {
-                    requests: drain.served(),
-                })
-                .await
-                .is_err()
-            {
+            if channel.send(&ToPrimary::Heartbeat { requests: drain.served() }).await.is_err() {
                 return; // the primary is gone; the IPC reader starts the drain
             }
         }
@@ -158,11 +141,7 @@ fn heartbeat(channel: Channel, drain: Drain) {
 }
 
 fn inherited_listener() -> Result<tokio::net::TcpListener, ClusterError> {
-    let err = |source| ClusterError::InheritedFd {
-        fd: LISTEN_FD,
-        what: "listening socket",
-        source,
-    };
+    let err = |source| ClusterError::InheritedFd { fd: LISTEN_FD, what: "listening socket", source };
     let listener = std::net::TcpListener::from(fd::adopt(LISTEN_FD, Expect::TcpListener)?);
     listener.set_nonblocking(true).map_err(err)?;
     tokio::net::TcpListener::from_std(listener).map_err(err)
@@ -199,11 +178,8 @@ async fn serve<L>(
             }
         }
     };
-    let served = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(graceful);
+    let served =
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(graceful);
     // The primary enforces the deadline by killing us; stopping a little earlier ourselves lets
     // the log say why.
     let mut stop = stop;
