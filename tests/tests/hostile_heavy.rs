@@ -270,6 +270,7 @@ fn a_full_redis_is_507_and_one_operator_log_line_per_interval() {
         .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no count in {second:?}"));
+    eprintln!("the second interval's report: {second}");
     assert!(suppressed >= 20, "the lines held back are counted: {second}");
     assert!(!herd.log().iter().any(|l| l.contains("answering 503")), "no 'Redis unavailable' for a full Redis");
 }
