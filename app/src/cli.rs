@@ -260,6 +260,12 @@ pub struct ServeArgs {
     /// Largest session (names and JSON values); a request that would grow it beyond gets 413.
     #[arg(long, env = "HERD_SESSION_MAX_BYTES", default_value = "64KiB", value_parser = parse_size)]
     pub session_max_bytes: u64,
+    /// How long a connection waits for a worker that can serve it (none ready, or the ready
+    /// ones stopped answering heartbeats) before the primary answers it 503 + Retry-After
+    /// itself (at once when every slot is errored; /healthz too, so a balancer takes the host
+    /// out). In shared mode: how long no worker may serve before the primary answers so.
+    #[arg(long, env = "HERD_QUEUE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub queue_timeout: Duration,
 }
 
 /// `--session-store` values.

@@ -135,7 +135,8 @@ pub struct WorkerStatus {
     pub restarts: u64,
     /// Resident memory in bytes, when readable.
     pub rss_bytes: Option<u64>,
-    /// Connections handed to it and still open (primary-accept modes only).
+    /// Connections it holds open, in every balance mode, as of its last heartbeat (at most a
+    /// second old); none before its first.
     pub open_connections: Option<usize>,
 }
 

@@ -265,7 +265,7 @@ impl Supervisor {
                     uptime_s: now.duration_since(w.started).as_secs(),
                     restarts: restarts(slot),
                     rss_bytes: rss_bytes(w.pid),
-                    open_connections: self.config.balance.primary_accepts().then_some(w.open),
+                    open_connections: w.open_reported.and_then(|open| usize::try_from(open).ok()),
                 }
             })
             .chain(self.slots.iter().enumerate().filter(|(_, s)| s.errored && s.worker.is_none()).map(|(slot, s)| {

@@ -19,7 +19,7 @@ use tokio::{
 
 use crate::{
     channel::Channel,
-    proto::{Handoff, ToPrimary},
+    proto::{Handoff, ToPrimary, HANDOFF_EXPIRY},
 };
 
 /// Yields the connections the primary handed to this worker.
@@ -64,11 +64,19 @@ pub(crate) fn handoff(channel: Channel, local: SocketAddr, report_closes: bool) 
 
 impl HandoffSink {
     /// Adopts the received descriptors; returns the ids accepted and the ids refused (a
-    /// descriptor that could not be registered, or a missing one).
+    /// descriptor that could not be registered, or a missing one). Hand-offs older than
+    /// [`HANDOFF_EXPIRY`] are dropped unserved and in neither list: the primary has taken
+    /// them back for another worker (this one was stopped or stuck meanwhile).
     pub(crate) fn adopt(&self, conns: Vec<Handoff>, fds: Vec<OwnedFd>) -> (Vec<u64>, Vec<u64>) {
         let (mut accepted, mut refused) = (Vec::with_capacity(conns.len()), Vec::new());
         let mut fds = fds.into_iter();
+        let mut expired = 0;
         for handoff in conns {
+            if handoff.sent_at.is_some_and(|sent| sent.elapsed() > HANDOFF_EXPIRY) {
+                drop(fds.next()); // our copy only: the primary still holds the connection
+                expired += 1;
+                continue;
+            }
             let stream = fds.next().ok_or_else(|| io::Error::other("missing descriptor")).and_then(|fd| {
                 let std_stream = std::net::TcpStream::from(fd);
                 std_stream.set_nonblocking(true)?;
@@ -88,6 +96,9 @@ impl HandoffSink {
                     refused.push(handoff.id);
                 }
             }
+        }
+        if expired > 0 {
+            tracing::warn!("dropped {expired} connection(s) handed over more than {HANDOFF_EXPIRY:?} ago: the primary gave them to another worker");
         }
         (accepted, refused)
     }
