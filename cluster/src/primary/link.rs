@@ -219,7 +219,11 @@ impl LinkTask {
                         ipc_open = false;
                     }
                 }
-                _ = sleep_until(reclaim_at), if ipc_open => self.reclaim(),
+                _ = sleep_until(reclaim_at), if ipc_open => {
+                    // An acknowledgement already waiting must count before anything is taken back.
+                    ipc_open = self.take_waiting_messages(&mut buf).await;
+                    self.reclaim();
+                }
             }
         };
         let mut orphans: Vec<Conn> = self.unacked.into_values().collect();
@@ -272,6 +276,25 @@ impl LinkTask {
             self.sent.pop_front();
         }
         None
+    }
+
+    /// Handles the messages already waiting from the worker (up to a bound, so a chatty worker
+    /// cannot hold the link here), without waiting for more; false if the link has ended.
+    async fn take_waiting_messages(&mut self, buf: &mut RecvBuf) -> bool {
+        for _ in 0..1024 {
+            let received = tokio::select! {
+                biased;
+                received = self.ipc.recv::<ToPrimary>(buf) => received,
+                () = std::future::ready(()) => return true,
+            };
+            match received {
+                Ok(Some((msg, _fds))) => self.on_message(msg),
+                Ok(None) => return false,
+                Err(err) if err.is_bad_message() => {}
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     /// Takes back every hand-off unacknowledged for [`RECLAIM_AFTER`], for the supervisor to
