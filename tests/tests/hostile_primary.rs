@@ -67,6 +67,10 @@ fn a_stopped_worker_gets_no_connections_and_its_unacknowledged_ones_go_to_anothe
         assert_eq!(pid_of(res), other, "served by the stopped worker?");
         assert!(*after < Duration::from_secs(6), "answered only {after:?} after the stop");
     }
+    let slowest = answers.iter().map(|(_, after)| *after).max().unwrap_or_default();
+    eprintln!(
+        "20 connections opened at a worker's SIGSTOP: all answered by the other, the last {slowest:?} after the stop"
+    );
     let log = herd.log()[mark..].join("\n");
     assert!(log.contains("no new ones to it") || log.contains("no new connections for it"), "{log}");
 
