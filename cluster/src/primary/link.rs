@@ -198,7 +198,8 @@ impl LinkTask {
                 }
                 Some(first) = self.outbox.recv(), if ipc_open => {
                     let batch = self.take_batch(first);
-                    let conns: Vec<Handoff> = batch.iter().map(|c| Handoff { id: c.id, peer: c.peer, sent_at: Stamp::now() }).collect();
+                    let sent_at = Stamp::now();
+                    let conns: Vec<Handoff> = batch.iter().map(|c| Handoff { id: c.id, peer: c.peer, sent_at }).collect();
                     let fds: Vec<RawFd> = batch.iter().map(|c| c.stream.as_raw_fd()).collect();
                     let msg = ToWorker::Connections { conns };
                     let sent = tokio::select! {

@@ -1,5 +1,5 @@
 //! Handing accepted connections to workers (primary-accept modes), and holding them while no
-//! worker is ready.
+//! worker can take them (for `--queue-timeout` at most: see [`super::unavailable`]).
 
 use std::time::Instant;
 
@@ -67,7 +67,10 @@ impl Supervisor {
         }
         if self.queue.is_empty() {
             // Once per episode: `flush_queue` empties the queue when a worker is ready again.
-            tracing::info!("no worker is ready: holding new connections until one is");
+            tracing::info!(
+                "no worker can take connections: holding new connections until one can (then 503 after --queue-timeout {:?})",
+                self.config.queue_timeout
+            );
         }
         self.queue.push_back(conn);
         if self.queue.len() >= MAX_QUEUED && !self.queue_full_logged {
