@@ -50,8 +50,9 @@ impl Liveness {
         was_suspect
     }
 
-    pub(super) fn missed_handoff(&mut self) {
-        self.missed_handoff = true;
+    /// It left a hand-off unacknowledged; returns true if that is news in this episode.
+    pub(super) fn missed_handoff(&mut self) -> bool {
+        !std::mem::replace(&mut self.missed_handoff, true)
     }
 
     pub(super) fn silent_for(&self, now: Instant) -> Duration {
@@ -168,7 +169,8 @@ mod tests {
         assert!(!liveness.is_suspect(later, TIMEOUT));
         assert!(!liveness.heartbeat(later, TIMEOUT));
 
-        liveness.missed_handoff();
+        assert!(liveness.missed_handoff(), "news");
+        assert!(!liveness.missed_handoff(), "not news the second time");
         assert_eq!(
             liveness.judge(later, TIMEOUT),
             Health::Suspect,

@@ -374,15 +374,17 @@ impl Supervisor {
             }
             Event::Reclaimed { slot, generation, conns } => {
                 if let Some(worker) = self.worker_mut(slot, generation) {
-                    worker.liveness.missed_handoff();
                     worker.open = worker.open.saturating_sub(conns.len());
-                    tracing::warn!(
-                        "worker {slot} pid {} acknowledged none of {} connection(s) within {:?}: handing them to \
-                         other workers, and no new ones to it until it answers again",
-                        worker.pid,
-                        conns.len(),
-                        link::RECLAIM_AFTER
-                    );
+                    // Once per episode: later batches of the same silence are no news.
+                    if worker.liveness.missed_handoff() {
+                        tracing::warn!(
+                            "worker {slot} pid {} acknowledged none of {} connection(s) within {:?}: handing them to \
+                             other workers, and no new ones to it until it answers again",
+                            worker.pid,
+                            conns.len(),
+                            link::RECLAIM_AFTER
+                        );
+                    }
                 }
                 self.redispatch(conns, stopping);
             }
