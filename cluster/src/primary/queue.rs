@@ -62,7 +62,7 @@ impl Supervisor {
     }
 
     fn enqueue(&mut self, conn: Conn) {
-        if self.every_slot_errored() {
+        if self.no_worker_coming() {
             return self.unavailable.answer(conn.stream, "every slot is errored");
         }
         if self.queue.is_empty() {

@@ -103,15 +103,16 @@ impl Unavailable {
 }
 
 impl Supervisor {
-    /// True when no slot will have a worker again without an operator.
-    pub(super) fn every_slot_errored(&self) -> bool {
-        !self.slots.is_empty() && self.slots.iter().all(|s| s.errored)
+    /// True when no worker will serve again without an operator: every slot is errored, with no
+    /// process starting in it (a reload or a restart may start one there).
+    pub(super) fn no_worker_coming(&self) -> bool {
+        !self.slots.is_empty() && self.slots.iter().all(|s| s.errored && s.worker.is_none() && s.successor.is_none())
     }
 
     /// When the longest-waiting queued connection is due for its 503.
     pub(super) fn queue_deadline(&self) -> Option<tokio::time::Instant> {
         let oldest = self.queue.iter().map(|c| c.accepted_at).min()?;
-        let due = if self.every_slot_errored() { Instant::now() } else { oldest + self.config.queue_timeout };
+        let due = if self.no_worker_coming() { Instant::now() } else { oldest + self.config.queue_timeout };
         Some(tokio::time::Instant::from_std(due))
     }
 
@@ -119,12 +120,12 @@ impl Supervisor {
     /// every slot is errored).
     pub(super) fn answer_overdue(&mut self) {
         let (now, timeout) = (Instant::now(), self.config.queue_timeout);
-        let why = if self.every_slot_errored() {
+        let why = if self.no_worker_coming() {
             "every slot is errored"
         } else {
             "no worker could take them within --queue-timeout"
         };
-        let every = self.every_slot_errored();
+        let every = self.no_worker_coming();
         let (overdue, waiting): (VecDeque<Conn>, VecDeque<Conn>) = std::mem::take(&mut self.queue)
             .into_iter()
             .partition(|c| every || now.duration_since(c.accepted_at) >= timeout);
@@ -156,7 +157,7 @@ impl Supervisor {
         if stand_in.is_some() {
             return None;
         }
-        if now < due && !self.every_slot_errored() {
+        if now < due && !self.no_worker_coming() {
             return Some(tokio::time::Instant::from_std(due));
         }
         match Acceptor::new(listener) {
