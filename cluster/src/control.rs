@@ -127,7 +127,9 @@ pub struct WorkerStatus {
     pub slot: usize,
     /// Its process id (none for an errored slot).
     pub pid: Option<u32>,
-    /// `starting`, `ready`, `draining`, `retiring`, or `errored` (a slot left down).
+    /// `starting`, `ready`, `suspect` (ready, but it missed heartbeats: it gets no new
+    /// connections until it answers again), `draining`, `retiring`, or `errored` (a slot left
+    /// down).
     pub state: String,
     /// Seconds since it started.
     pub uptime_s: u64,

@@ -60,6 +60,15 @@ fn a_stopped_worker_gets_no_connections_and_its_unacknowledged_ones_go_to_anothe
             .collect();
         clients.into_iter().map(|c| c.join().expect("client thread")).collect()
     });
+    let state_of = |pid: u32| {
+        let status = herd.status();
+        let workers = status["workers"].as_array().expect("workers").clone();
+        workers.into_iter().find(|w| w["pid"] == pid).map(|w| w["state"].as_str().unwrap_or_default().to_owned())
+    };
+    wait_for("status to show the stopped worker as suspect", Duration::from_secs(10), || {
+        (state_of(victim).as_deref() == Some("suspect")).then_some(())
+    });
+    assert_eq!(state_of(other).as_deref(), Some("ready"));
     herd_e2e::signal(victim, Signal::SIGCONT);
     for (res, after) in &answers {
         let res = res.as_ref().unwrap_or_else(|e| panic!("a connection got no answer ({e}) after {after:?}"));

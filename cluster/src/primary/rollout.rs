@@ -255,6 +255,7 @@ impl Supervisor {
                 let state = match (retiring, w.state) {
                     (true, _) => "retiring",
                     (false, State::Starting) => "starting",
+                    (false, State::Ready) if !w.is_responsive(now, self.config.recycling.worker_timeout) => "suspect",
                     (false, State::Ready) => "ready",
                     (false, State::Draining) => "draining",
                 };
