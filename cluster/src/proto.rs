@@ -121,6 +121,13 @@ impl Stamp {
         u64::try_from(Duration::from(now).as_micros()).ok().map(Stamp)
     }
 
+    /// The stamp `age` ago.
+    #[cfg(test)]
+    pub(crate) fn ago(age: Duration) -> Option<Stamp> {
+        let micros = u64::try_from(age.as_micros()).ok()?;
+        Stamp::now().map(|now| Stamp(now.0.saturating_sub(micros)))
+    }
+
     /// Time since this stamp (zero for a stamp from the future or an unreadable clock).
     pub(crate) fn elapsed(self) -> Duration {
         Stamp::now().map_or(Duration::ZERO, |now| Duration::from_micros(now.0.saturating_sub(self.0)))

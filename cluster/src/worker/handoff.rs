@@ -171,3 +171,35 @@ impl AsyncWrite for TrackedStream {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Stamp;
+
+    #[tokio::test]
+    async fn a_hand_off_older_than_the_expiry_is_dropped_unserved() {
+        let (channel, _primary_end) = Channel::pair().expect("socketpair");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let local = listener.local_addr().expect("addr");
+        let (mut incoming, sink) = handoff(channel, local, false);
+        let mut fds = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(std::net::TcpStream::connect(local).expect("connect"));
+            fds.push(OwnedFd::from(listener.accept().expect("accept").0));
+        }
+        let conns = vec![
+            Handoff { id: 1, peer: local, sent_at: Stamp::now() },
+            Handoff { id: 2, peer: local, sent_at: Stamp::ago(HANDOFF_EXPIRY * 2) },
+            Handoff { id: 3, peer: local, sent_at: None },
+        ];
+        let (accepted, refused) = sink.adopt(conns, fds);
+        assert_eq!(accepted, [1, 3], "fresh and unstamped hand-offs are served");
+        assert!(refused.is_empty(), "the expired one is not refused either: the primary took it back");
+        for _ in 0..2 {
+            let _served = axum::serve::Listener::accept(&mut incoming).await;
+        }
+        assert!(incoming.incoming.try_recv().is_err(), "nothing else reached the server");
+    }
+}
