@@ -284,6 +284,12 @@ pub struct ServeArgs {
     /// A cache value larger than this is answered but never stored.
     #[arg(long, env = "HERD_CACHE_MAX_VALUE_BYTES", default_value = "64KiB", value_parser = parse_size)]
     pub cache_max_value_bytes: u64,
+    /// How long a connection waits for a worker that can serve it (none ready, or the ready
+    /// ones stopped answering heartbeats) before the primary answers it 503 + Retry-After
+    /// itself (at once when every slot is errored; /healthz too, so a balancer takes the host
+    /// out). In shared mode: how long no worker may serve before the primary answers so.
+    #[arg(long, env = "HERD_QUEUE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub queue_timeout: Duration,
 }
 
 impl ServeArgs {

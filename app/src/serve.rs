@@ -43,6 +43,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
     }
     config.control_socket = args.control_socket.clone();
     config.balance = args.balance();
+    config.queue_timeout = args.queue_timeout;
 
     let mut private = None;
     let redis_url = match role {

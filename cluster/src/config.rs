@@ -6,6 +6,9 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a new worker may take to report ready during a reload before the reload aborts.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection waits for a worker that can serve it before the primary answers it
+/// `503` itself (HAProxy's `timeout queue` plays the same part; 5 s is its common setting).
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How connections reach workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -112,6 +115,11 @@ pub struct ClusterConfig {
     /// Where the merged log goes. With a sink, workers' output is captured and merged into it
     /// (and `herd ctl logs` can follow it); without one, workers write to the inherited stderr.
     pub logs: Option<crate::logs::LogSink>,
+    /// How long a connection waits for a worker that can serve it (none is ready, or every
+    /// ready one missed its heartbeats) before the primary answers `503` + `Retry-After`
+    /// itself; at once when every slot is errored. In shared mode, how long no worker may
+    /// serve before the primary accepts on the listener itself to answer so.
+    pub queue_timeout: Duration,
 }
 
 impl ClusterConfig {
@@ -128,6 +136,7 @@ impl ClusterConfig {
             control_socket: None,
             worker_env: Vec::new(),
             logs: None,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
         }
     }
 }

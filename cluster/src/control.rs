@@ -127,7 +127,9 @@ pub struct WorkerStatus {
     pub slot: usize,
     /// Its process id (none for an errored slot).
     pub pid: Option<u32>,
-    /// `starting`, `ready`, `draining`, `retiring`, or `errored` (a slot left down).
+    /// `starting`, `ready`, `suspect` (ready, but it missed heartbeats: it gets no new
+    /// connections until it answers again), `draining`, `retiring`, or `errored` (a slot left
+    /// down).
     pub state: String,
     /// Seconds since it started.
     pub uptime_s: u64,
@@ -135,7 +137,8 @@ pub struct WorkerStatus {
     pub restarts: u64,
     /// Resident memory in bytes, when readable.
     pub rss_bytes: Option<u64>,
-    /// Connections handed to it and still open (primary-accept modes only).
+    /// Connections it holds open, in every balance mode, as of its last heartbeat (at most a
+    /// second old); none before its first.
     pub open_connections: Option<usize>,
 }
 

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::{State, Supervisor};
+use super::Supervisor;
 use crate::{
     messaging::{Reply, GATHER_TIMEOUT},
     proto::ToWorker,
@@ -64,8 +64,10 @@ impl Supervisor {
         let id = self.gatherings.next_id;
         self.gatherings.next_id += 1;
         let mut waiting = HashSet::new();
+        // A suspect worker would only make everyone wait for the deadline.
+        let (now, worker_timeout) = (std::time::Instant::now(), self.config.recycling.worker_timeout);
         for (slot, s) in self.slots.iter().enumerate() {
-            if let Some(w) = s.worker.as_ref().filter(|w| w.state == State::Ready) {
+            if let Some(w) = s.worker.as_ref().filter(|w| w.is_responsive(now, worker_timeout)) {
                 w.tell(ToWorker::Query { id, payload: payload.clone() });
                 waiting.insert((slot, w.generation));
             }

@@ -255,6 +255,7 @@ impl Supervisor {
                 let state = match (retiring, w.state) {
                     (true, _) => "retiring",
                     (false, State::Starting) => "starting",
+                    (false, State::Ready) if !w.is_responsive(now, self.config.recycling.worker_timeout) => "suspect",
                     (false, State::Ready) => "ready",
                     (false, State::Draining) => "draining",
                 };
@@ -265,7 +266,7 @@ impl Supervisor {
                     uptime_s: now.duration_since(w.started).as_secs(),
                     restarts: restarts(slot),
                     rss_bytes: rss_bytes(w.pid),
-                    open_connections: self.config.balance.primary_accepts().then_some(w.open),
+                    open_connections: w.open_reported.and_then(|open| usize::try_from(open).ok()),
                 }
             })
             .chain(self.slots.iter().enumerate().filter(|(_, s)| s.errored && s.worker.is_none()).map(|(slot, s)| {

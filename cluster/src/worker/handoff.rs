@@ -19,7 +19,7 @@ use tokio::{
 
 use crate::{
     channel::Channel,
-    proto::{Handoff, ToPrimary},
+    proto::{Handoff, ToPrimary, HANDOFF_EXPIRY},
 };
 
 /// Yields the connections the primary handed to this worker.
@@ -64,11 +64,19 @@ pub(crate) fn handoff(channel: Channel, local: SocketAddr, report_closes: bool) 
 
 impl HandoffSink {
     /// Adopts the received descriptors; returns the ids accepted and the ids refused (a
-    /// descriptor that could not be registered, or a missing one).
+    /// descriptor that could not be registered, or a missing one). Hand-offs older than
+    /// [`HANDOFF_EXPIRY`] are dropped unserved and in neither list: the primary has taken
+    /// them back for another worker (this one was stopped or stuck meanwhile).
     pub(crate) fn adopt(&self, conns: Vec<Handoff>, fds: Vec<OwnedFd>) -> (Vec<u64>, Vec<u64>) {
         let (mut accepted, mut refused) = (Vec::with_capacity(conns.len()), Vec::new());
         let mut fds = fds.into_iter();
+        let mut expired = 0;
         for handoff in conns {
+            if handoff.sent_at.is_some_and(|sent| sent.elapsed() > HANDOFF_EXPIRY) {
+                drop(fds.next()); // our copy only: the primary still holds the connection
+                expired += 1;
+                continue;
+            }
             let stream = fds.next().ok_or_else(|| io::Error::other("missing descriptor")).and_then(|fd| {
                 let std_stream = std::net::TcpStream::from(fd);
                 std_stream.set_nonblocking(true)?;
@@ -88,6 +96,9 @@ impl HandoffSink {
                     refused.push(handoff.id);
                 }
             }
+        }
+        if expired > 0 {
+            tracing::warn!("dropped {expired} connection(s) handed over more than {HANDOFF_EXPIRY:?} ago: the primary gave them to another worker");
         }
         (accepted, refused)
     }
@@ -158,5 +169,37 @@ impl AsyncWrite for TrackedStream {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::Stamp;
+
+    #[tokio::test]
+    async fn a_hand_off_older_than_the_expiry_is_dropped_unserved() {
+        let (channel, _primary_end) = Channel::pair().expect("socketpair");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let local = listener.local_addr().expect("addr");
+        let (mut incoming, sink) = handoff(channel, local, false);
+        let mut fds = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(std::net::TcpStream::connect(local).expect("connect"));
+            fds.push(OwnedFd::from(listener.accept().expect("accept").0));
+        }
+        let conns = vec![
+            Handoff { id: 1, peer: local, sent_at: Stamp::now() },
+            Handoff { id: 2, peer: local, sent_at: Stamp::ago(HANDOFF_EXPIRY * 2) },
+            Handoff { id: 3, peer: local, sent_at: None },
+        ];
+        let (accepted, refused) = sink.adopt(conns, fds);
+        assert_eq!(accepted, [1, 3], "fresh and unstamped hand-offs are served");
+        assert!(refused.is_empty(), "the expired one is not refused either: the primary took it back");
+        for _ in 0..2 {
+            let _served = axum::serve::Listener::accept(&mut incoming).await;
+        }
+        assert!(incoming.incoming.try_recv().is_err(), "nothing else reached the server");
     }
 }

@@ -1,12 +1,9 @@
 //! The worker side: adopt the inherited sockets, build the app, report ready, serve, drain.
 
 mod handoff;
+mod open;
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    time::{Duration, Instant},
-};
+use std::{future::Future, net::SocketAddr, time::Instant};
 
 use axum::{
     middleware::from_fn_with_state,
@@ -22,11 +19,12 @@ use crate::{
     error::ClusterError,
     fd::{self, Expect},
     messaging::Messenger,
-    proto::{ToPrimary, ToWorker},
+    proto::{ToPrimary, ToWorker, HEARTBEAT_INTERVAL},
     role::{WorkerIdentity, IPC_FD, LISTEN_FD},
     shutdown::{self, Stop},
 };
 use handoff::{HandoffListener, HandoffSink};
+use open::OpenConnections;
 
 /// What a worker's application factory learns about the process it runs in.
 #[derive(Debug, Clone)]
@@ -103,18 +101,19 @@ where
     channel.send(&ToPrimary::Ready { pid: ctx.pid }).await?;
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::info!(slot = ctx.slot, generation = ctx.generation, threads, "worker ready");
-    heartbeat(channel.clone(), drain.clone());
+    let open = OpenConnections::default();
+    heartbeat(channel.clone(), drain.clone(), open.clone());
     match source {
         Source::Shared(listener) => {
-            let listener = DrainableListener::new(listener, stop.clone()).tap_io(|tcp| {
+            let listener = open.count(DrainableListener::new(listener, stop.clone())).tap_io(|conn| {
                 // Small JSON responses should not wait for Nagle's algorithm.
-                let _ = tcp.set_nodelay(true);
+                let _ = conn.get_ref().set_nodelay(true);
             });
             serve(listener, router, drain, channel, stop, config).await
         }
         Source::Handoff(listener, _sink) => {
-            let listener = listener.tap_io(|conn| {
-                let _ = conn.tcp().set_nodelay(true);
+            let listener = open.count(listener).tap_io(|conn| {
+                let _ = conn.get_ref().tcp().set_nodelay(true);
             });
             serve(listener, router, drain, channel, stop, config).await
         }
@@ -122,18 +121,16 @@ where
     Ok(())
 }
 
-/// How often a serving worker tells the primary it is alive.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Tells the primary, every second, that this worker's runtime still makes progress (the task
 /// runs on the same runtime as the requests, so a runtime whose threads are all stuck stops
-/// sending) and how many requests it served.
-fn heartbeat(channel: Channel, drain: Drain) {
+/// sending), how many requests it served and how many connections it holds open.
+fn heartbeat(channel: Channel, drain: Drain, open: OpenConnections) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
             tick.tick().await;
-            if channel.send(&ToPrimary::Heartbeat { requests: drain.served() }).await.is_err() {
+            let beat = ToPrimary::Heartbeat { requests: drain.served(), open: Some(open.get()) };
+            if channel.send(&beat).await.is_err() {
                 return; // the primary is gone; the IPC reader starts the drain
             }
         }
