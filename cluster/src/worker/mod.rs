@@ -18,6 +18,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     channel::{Channel, RecvBuf},
     config::ClusterConfig,
+    conn,
     drain::{self, Drain, DrainMode, DrainableListener},
     error::ClusterError,
     fd::{self, Expect},
@@ -102,7 +103,8 @@ where
     let drain = Drain::new();
     channel.send(&ToPrimary::Ready { pid: ctx.pid }).await?;
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::info!(slot = ctx.slot, generation = ctx.generation, threads, "worker ready");
+    let max_connections = config.connections.max_connections();
+    tracing::info!(slot = ctx.slot, generation = ctx.generation, threads, max_connections, "worker ready");
     heartbeat(channel.clone(), drain.clone());
     match source {
         Source::Shared(listener) => {
@@ -157,8 +159,7 @@ async fn serve<L>(
     config: &ClusterConfig,
 ) where
     L: Listener<Addr = SocketAddr>,
-    L::Io: Unpin,
-    SocketAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+    L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let app = router.layer(from_fn_with_state(drain.clone(), drain::guard));
     let graceful = {
@@ -178,8 +179,7 @@ async fn serve<L>(
             }
         }
     };
-    let served =
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(graceful);
+    let served = conn::serve(listener, app, &config.connections, graceful);
     // The primary enforces the deadline by killing us; stopping a little earlier ourselves lets
     // the log say why.
     let mut stop = stop;
@@ -188,12 +188,7 @@ async fn serve<L>(
         tokio::time::sleep(config.shutdown_timeout).await;
     };
     tokio::select! {
-        result = served => {
-            if let Err(err) = result {
-                tracing::error!(error = %err, "server failed");
-            }
-            tracing::info!("worker drained");
-        }
+        () = served => tracing::info!("worker drained"),
         _ = deadline => tracing::warn!(in_flight = drain.in_flight(), "shutdown deadline passed with requests in flight"),
     }
 }

@@ -1,0 +1,165 @@
+//! Serving a router on client connections with hyper directly, because `axum::serve` offers no
+//! timeouts: every connection here has a header timeout, a keep-alive timeout, a request
+//! count, a timed body and a place under the worker's connection cap
+//! ([`crate::config::ConnectionLimits`]).
+//!
+//! What `axum::serve` gave is kept: `ConnectInfo<SocketAddr>` holds the real peer, HTTP/1
+//! upgrades work, and on the graceful signal the accept loop stops, every connection is asked
+//! to finish its request and close (idle ones close at once), and [`serve`] returns once all
+//! of them have.
+
+mod activity;
+mod body;
+mod cap;
+mod io;
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use axum::{
+    extract::ConnectInfo,
+    http::{header, HeaderValue, StatusCode, Version},
+    response::{IntoResponse, Response},
+    serve::Listener,
+    Router,
+};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::watch,
+};
+use tower::ServiceExt;
+
+use crate::config::ConnectionLimits;
+use activity::Activity;
+use body::{ResponseBody, TimedBody};
+use cap::ConnectionCap;
+
+/// Serves `router` on the connections `listener` yields until `graceful` resolves, then lets
+/// the open connections finish and returns once they have.
+pub(crate) async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    limits: &ConnectionLimits,
+    graceful: impl Future<Output = ()>,
+) where
+    L: Listener<Addr = SocketAddr>,
+    L::Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cap = ConnectionCap::new(limits.max_connections());
+    let mut builder = http1::Builder::new();
+    // The timer drives hyper's internal timeouts; its header timeout is replaced by our own
+    // (see `activity`), which also covers keep-alive pauses.
+    builder.timer(TokioTimer::new()).header_read_timeout(None);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Every connection task holds a clone; `closed()` resolves when the last one ends.
+    let (done_tx, done_rx) = watch::channel(());
+    tokio::pin!(graceful);
+    loop {
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut graceful => break,
+        };
+        let Some(slot) = cap.try_acquire() else {
+            cap.refuse(io);
+            continue;
+        };
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(io::WatchedIo::new(io, activity.clone(), slot));
+        let service = ConnService { router: router.clone(), peer, activity: activity.clone(), limits: limits.clone() };
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        let (mut stop, done) = (stop_rx.clone(), done_rx.clone());
+        let (header_timeout, keepalive_timeout) = (limits.header_timeout, limits.keepalive_timeout);
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    served = conn.as_mut() => {
+                        if let Err(err) = served {
+                            tracing::debug!(%peer, error = %err, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = stop.wait_for(|stop| *stop), if !stopping => {
+                        stopping = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    // Both expiries leave nothing to answer: no request is in progress (an
+                    // idle connection's last response was handed to the socket, a partial
+                    // head has no request yet), so the connection is simply closed, as nginx
+                    // does.
+                    expiry = activity.expired(header_timeout, keepalive_timeout) => {
+                        tracing::debug!(%peer, ?expiry, "closing a connection that timed out");
+                        break;
+                    }
+                }
+            }
+            drop(done);
+        });
+    }
+    // Stop accepting (for handed-off connections this refuses the ones still coming), ask every
+    // connection to finish, and wait for them.
+    drop(listener);
+    drop(done_rx);
+    let _ = stop_tx.send(true);
+    done_tx.closed().await;
+}
+
+/// The router as hyper's per-connection service: adds `ConnectInfo`, times the request body,
+/// and closes the connection after its last allowed request.
+#[derive(Clone)]
+struct ConnService {
+    router: Router,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    limits: ConnectionLimits,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let last = self.activity.request_started() >= self.limits.keepalive_requests;
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let mut request = request.map(|incoming| {
+            let body = TimedBody::new(incoming, self.limits.body_timeout, self.limits.body_deadline, timed_out.clone());
+            axum::body::Body::new(body)
+        });
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        let (router, activity) = (self.router.clone(), self.activity.clone());
+        Box::pin(async move {
+            let http1 = request.version() <= Version::HTTP_11;
+            let mut response = match router.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            if timed_out.load(Ordering::Relaxed) {
+                // Whatever the handler made of the failed read (axum's extractors say 400),
+                // the client was too slow.
+                response = body_timeout_response();
+            }
+            if http1 && (last || response.status() == StatusCode::REQUEST_TIMEOUT) {
+                // hyper closes an HTTP/1 connection after a response that says so.
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(response.map(|body| ResponseBody::new(body, activity)))
+        })
+    }
+}
+
+fn body_timeout_response() -> Response {
+    (StatusCode::REQUEST_TIMEOUT, axum::Json(serde_json::json!({ "error": "the request body did not arrive in time" })))
+        .into_response()
+}
