@@ -273,6 +273,10 @@ pub struct ServeArgs {
     /// An idle keep-alive connection is closed after this long.
     #[arg(long, env = "HERD_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_timeout)]
     pub keepalive_timeout: Duration,
+    /// A response the client reads none of for this long is abandoned and the connection
+    /// closed.
+    #[arg(long, env = "HERD_SEND_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub send_timeout: Duration,
     /// Requests served on one connection; the last response says `Connection: close`.
     #[arg(long, env = "HERD_KEEPALIVE_REQUESTS", default_value_t = herd_cluster::config::DEFAULT_KEEPALIVE_REQUESTS,
           value_parser = clap::value_parser!(u64).range(1..))]
@@ -327,6 +331,7 @@ impl ServeArgs {
             body_timeout: self.body_timeout,
             body_deadline: self.body_deadline,
             keepalive_timeout: self.keepalive_timeout,
+            send_timeout: self.send_timeout,
             keepalive_requests: self.keepalive_requests,
             max_connections: self.max_connections.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         }

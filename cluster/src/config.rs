@@ -153,6 +153,9 @@ pub const DEFAULT_BODY_DEADLINE: Duration = Duration::from_secs(60);
 /// idle timeout of common balancers, so that the balancer, not herd, closes a pooled
 /// connection (a server closing first races with the balancer's next request).
 pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long a response write may wait for a client that reads nothing (nginx's
+/// `send_timeout` is 60 s) before the connection is closed.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Requests served on one connection before it is closed (nginx's `keepalive_requests`).
 pub const DEFAULT_KEEPALIVE_REQUESTS: u64 = 1000;
 /// Descriptors a worker keeps for everything but client connections (Redis, IPC, log files,
@@ -174,6 +177,8 @@ pub struct ConnectionLimits {
     pub body_deadline: Duration,
     /// See [`DEFAULT_KEEPALIVE_TIMEOUT`].
     pub keepalive_timeout: Duration,
+    /// See [`DEFAULT_SEND_TIMEOUT`].
+    pub send_timeout: Duration,
     /// See [`DEFAULT_KEEPALIVE_REQUESTS`]; the last response carries `Connection: close`.
     pub keepalive_requests: u64,
     /// Open client connections per worker; beyond it a new connection gets a 503 (or is
@@ -189,6 +194,7 @@ impl Default for ConnectionLimits {
             body_timeout: DEFAULT_BODY_TIMEOUT,
             body_deadline: DEFAULT_BODY_DEADLINE,
             keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
             keepalive_requests: DEFAULT_KEEPALIVE_REQUESTS,
             max_connections: None,
         }

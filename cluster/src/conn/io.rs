@@ -1,5 +1,5 @@
 //! The client socket as hyper sees it: reads tell the connection's [`Activity`] that bytes
-//! arrived, and the slot under the connection cap is held for as long as the socket lives
+//! arrived, writes whether the client still reads, and the slot under the connection cap is held for as long as the socket lives
 //! (an upgraded connection, which leaves hyper, still counts).
 
 use std::{
@@ -25,6 +25,15 @@ impl<I> WatchedIo<I> {
     }
 }
 
+impl<I> WatchedIo<I> {
+    fn note_write(&self, polled: &Poll<io::Result<usize>>) {
+        match polled {
+            Poll::Pending => self.activity.write_blocked(),
+            Poll::Ready(_) => self.activity.write_progressed(),
+        }
+    }
+}
+
 impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
@@ -38,7 +47,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for WatchedIo<I> {
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for WatchedIo<I> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note_write(&polled);
+        polled
     }
 
     fn poll_write_vectored(
@@ -46,7 +57,9 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for WatchedIo<I> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.note_write(&polled);
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -78,7 +78,7 @@ pub(crate) async fn serve<L>(
         let service = ConnService { router: router.clone(), peer, activity: activity.clone(), limits: limits.clone() };
         let conn = builder.serve_connection(io, service).with_upgrades();
         let (mut stop, done) = (stop_rx.clone(), done_rx.clone());
-        let (header_timeout, keepalive_timeout) = (limits.header_timeout, limits.keepalive_timeout);
+        let limits = limits.clone();
         tokio::spawn(async move {
             tokio::pin!(conn);
             let mut stopping = false;
@@ -94,11 +94,10 @@ pub(crate) async fn serve<L>(
                         stopping = true;
                         conn.as_mut().graceful_shutdown();
                     }
-                    // Both expiries leave nothing to answer: no request is in progress (an
-                    // idle connection's last response was handed to the socket, a partial
-                    // head has no request yet), so the connection is simply closed, as nginx
-                    // does.
-                    expiry = activity.expired(header_timeout, keepalive_timeout) => {
+                    // No expiry leaves anything to answer: a partial head has no request yet, an
+                    // idle connection's last response was handed to the socket, a stalled one
+                    // is not being read. So the connection is simply closed, as nginx does.
+                    expiry = activity.expired(&limits) => {
                         tracing::debug!(%peer, ?expiry, "closing a connection that timed out");
                         break;
                     }
@@ -162,4 +161,56 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnServ
 fn body_timeout_response() -> Response {
     (StatusCode::REQUEST_TIMEOUT, axum::Json(serde_json::json!({ "error": "the request body did not arrive in time" })))
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::{body::Bytes, routing::get};
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+        time::Instant,
+    };
+
+    use super::*;
+
+    async fn get_small(addr: SocketAddr) -> String {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let _ = stream.write_all(b"GET /small HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_response_the_client_does_not_read_is_abandoned_after_the_send_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        // More than the socket buffers of both ends can hold.
+        let big = Bytes::from(vec![b'x'; 64 << 20]);
+        let router = Router::new()
+            .route("/big", get(move || async move { big.clone() }))
+            .route("/small", get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }));
+        let limits =
+            ConnectionLimits { send_timeout: Duration::from_secs(1), max_connections: Some(1), ..Default::default() };
+        tokio::spawn(async move { serve(listener, router, &limits, std::future::pending()).await });
+
+        let mut stalled = TcpStream::connect(addr).await.expect("connect");
+        stalled.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").await.expect("request");
+        let started = Instant::now();
+        let refused = get_small(addr).await;
+        assert!(refused.starts_with("HTTP/1.1 503"), "the stalled connection holds the only slot: {refused:?}");
+        let served = loop {
+            assert!(started.elapsed() < Duration::from_secs(10), "the stalled response was never abandoned");
+            let response = get_small(addr).await;
+            if response.starts_with("HTTP/1.1 200") {
+                break response;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(started.elapsed() >= Duration::from_millis(900), "abandoned before the send timeout");
+        assert!(served.contains("\r\n\r\n127.0.0.1:"), "ConnectInfo is the peer: {served}");
+    }
 }
