@@ -277,3 +277,25 @@ fn connections_over_the_cap_are_refused_when_the_primary_accepts() {
 fn connections_over_the_cap_are_refused_when_workers_share_the_listener() {
     connections_over_the_cap_are_refused("shared");
 }
+
+/// Without `--max-connections` the cap follows the worker's descriptor limit, leaving an eighth
+/// (at least 64) for its own use: 192 of 256.
+#[test]
+fn the_default_cap_is_derived_from_the_descriptor_limit() {
+    let redis = RedisServer::start();
+    let herd_bin = herd_e2e::herd::herd_bin();
+    let args = [
+        "--nofile=256:256",
+        herd_bin.to_str().expect("utf-8 path"),
+        "serve",
+        "--bind",
+        "127.0.0.1:0",
+        "--redis-url",
+        &redis.url(),
+        "--workers",
+        "1",
+    ];
+    let herd = Herd::spawn_program(std::path::Path::new("prlimit"), &std::env::temp_dir(), &args, &[]);
+    let ready = herd.wait_log("the worker to be ready", herd_e2e::herd::START_TIMEOUT, |l| l.contains("worker ready"));
+    assert!(ready.contains("max_connections=192"), "{ready}");
+}
