@@ -1,6 +1,6 @@
 //! Serving a router on client connections with hyper directly, because `axum::serve` offers no
-//! timeouts: every connection here has a header timeout, a keep-alive timeout, a request
-//! count, a timed body and a place under the worker's connection cap
+//! timeouts: every connection here has a header timeout, a keep-alive timeout, a send timeout,
+//! a request count, a timed body and a place under the worker's connection cap
 //! ([`crate::config::ConnectionLimits`]).
 //!
 //! What `axum::serve` gave is kept: `ConnectInfo<SocketAddr>` holds the real peer, HTTP/1
@@ -116,7 +116,6 @@ pub(crate) async fn serve<L>(
 
 /// The router as hyper's per-connection service: adds `ConnectInfo`, times the request body,
 /// and closes the connection after its last allowed request.
-#[derive(Clone)]
 struct ConnService {
     router: Router,
     peer: SocketAddr,
