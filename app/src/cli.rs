@@ -290,6 +290,32 @@ pub struct ServeArgs {
     /// out). In shared mode: how long no worker may serve before the primary answers so.
     #[arg(long, env = "HERD_QUEUE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub queue_timeout: Duration,
+    /// A client must send a request's line and headers within this long (from connecting, or
+    /// from its first byte after a keep-alive pause), or the connection is closed.
+    #[arg(long, env = "HERD_HEADER_TIMEOUT", default_value = "20s", value_parser = parse_timeout)]
+    pub header_timeout: Duration,
+    /// A request body that pauses this long between two reads is abandoned with 408.
+    #[arg(long, env = "HERD_BODY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub body_timeout: Duration,
+    /// A whole request body must arrive within this long after its headers, or 408.
+    #[arg(long, env = "HERD_BODY_DEADLINE", default_value = "60s", value_parser = parse_timeout)]
+    pub body_deadline: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    #[arg(long, env = "HERD_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_timeout)]
+    pub keepalive_timeout: Duration,
+    /// A response the client reads none of for this long is abandoned and the connection
+    /// closed.
+    #[arg(long, env = "HERD_SEND_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub send_timeout: Duration,
+    /// Requests served on one connection; the last response says `Connection: close`.
+    #[arg(long, env = "HERD_KEEPALIVE_REQUESTS", default_value_t = herd_cluster::config::DEFAULT_KEEPALIVE_REQUESTS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_requests: u64,
+    /// Open client connections per worker; one more gets a 503 with Retry-After (or is closed)
+    /// [default: the worker's open-file limit (ulimit -n) minus an eighth, at least 64, kept
+    /// for Redis, IPC and logs: 896 of 1024]
+    #[arg(long, env = "HERD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub max_connections: Option<u64>,
 }
 
 impl ServeArgs {
@@ -352,6 +378,21 @@ impl ServeArgs {
     }
 }
 
+impl ServeArgs {
+    /// The timeouts and caps of workers' client connections.
+    pub fn connection_limits(&self) -> herd_cluster::ConnectionLimits {
+        herd_cluster::ConnectionLimits {
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            body_deadline: self.body_deadline,
+            keepalive_timeout: self.keepalive_timeout,
+            send_timeout: self.send_timeout,
+            keepalive_requests: self.keepalive_requests,
+            max_connections: self.max_connections.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        }
+    }
+}
+
 /// `NAME:PASSWORD` from `--demo-user`.
 #[derive(Debug, Clone)]
 pub struct DemoUser {
@@ -374,6 +415,11 @@ impl FromStr for DemoUser {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use a form like 30s, 500ms, 2m)"))
+}
+
+/// A duration above zero (a zero timeout would close every connection at once).
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    Some(parse_duration(s)?).filter(|d| !d.is_zero()).ok_or_else(|| "must be longer than zero".to_owned())
 }
 
 fn parse_backoff(s: &str) -> Result<(Duration, Duration), String> {
@@ -498,6 +544,28 @@ mod tests {
         );
         assert!(serve(&["--heavy-max-n", "lots"]).is_err());
         assert!(serve(&["--heavy-concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn connection_limits() {
+        let defaults = serve(&[]).expect("defaults").connection_limits();
+        assert_eq!(defaults, herd_cluster::ConnectionLimits::default(), "flag defaults are the library's");
+        let args = serve(&[
+            "--header-timeout",
+            "2s",
+            "--keepalive-timeout",
+            "5s",
+            "--keepalive-requests",
+            "3",
+            "--max-connections",
+            "10",
+        ])
+        .expect("valid");
+        let limits = args.connection_limits();
+        assert_eq!((limits.header_timeout, limits.keepalive_timeout), (Duration::from_secs(2), Duration::from_secs(5)));
+        assert_eq!((limits.keepalive_requests, limits.max_connections), (3, Some(10)));
+        assert!(serve(&["--header-timeout", "0s"]).is_err() && serve(&["--max-connections", "0"]).is_err());
+        assert!(serve(&["--keepalive-requests", "0"]).is_err());
     }
 
     #[test]

@@ -92,6 +92,7 @@ fn example_value(key: &str) -> &'static str {
         "control_socket" => "\"/run/herd/herd.sock\"",
         "max_memory" => "\"512MiB\"",
         "max_requests" => "10000",
+        "max_connections" => "4096",
         _ => "\"\"",
     }
 }

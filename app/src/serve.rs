@@ -41,6 +41,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
             "--debug-routes can crash and stall workers on request: it is refused unless --bind is a loopback address"
         );
     }
+    config.connections = args.connection_limits();
     config.control_socket = args.control_socket.clone();
     config.balance = args.balance();
     config.queue_timeout = args.queue_timeout;

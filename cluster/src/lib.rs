@@ -43,6 +43,8 @@
 //!   rendezvous hashing of the client IP.
 //! - `worker`: serving the router on the inherited listener or on handed-off connections, and
 //!   draining on request.
+//! - `conn`: one client connection on hyper: header, body and keep-alive timeouts, requests
+//!   per connection, and the per-worker connection cap.
 //! - `proto` and `channel`: the typed messages and the `SOCK_SEQPACKET` socket they travel on.
 //! - `fd`: the one place with `unsafe`: adopting inherited descriptors and passing accepted
 //!   sockets with `SCM_RIGHTS`.
@@ -58,6 +60,7 @@ pub mod messaging;
 pub mod role;
 
 mod channel;
+mod conn;
 mod dispatch;
 mod error;
 mod fd;
@@ -66,7 +69,7 @@ mod proto;
 mod shutdown;
 mod worker;
 
-pub use config::{Balance, ClusterConfig, Recycling, RestartPolicy};
+pub use config::{Balance, ClusterConfig, ConnectionLimits, Recycling, RestartPolicy};
 pub use error::ClusterError;
 pub use messaging::{Message, Messenger, Reply};
 pub use primary::ShutdownReport;

@@ -1,6 +1,7 @@
 //! The worker side of primary-accept modes: connections arrive over the IPC socket and feed
-//! `axum::serve` through [`HandoffListener`], an ordinary [`axum::serve::Listener`], so
-//! `ConnectInfo<SocketAddr>` shows the real client and graceful shutdown works unchanged.
+//! the worker's connection loop (`crate::conn`) through [`HandoffListener`], an ordinary
+//! [`axum::serve::Listener`], so `ConnectInfo<SocketAddr>` shows the real client and graceful
+//! shutdown, timeouts and the connection cap work as for the shared listener.
 
 use std::{
     io,

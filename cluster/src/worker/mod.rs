@@ -1,7 +1,6 @@
 //! The worker side: adopt the inherited sockets, build the app, report ready, serve, drain.
 
 mod handoff;
-mod open;
 
 use std::{future::Future, net::SocketAddr, time::Instant};
 
@@ -15,6 +14,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     channel::{Channel, RecvBuf},
     config::ClusterConfig,
+    conn,
     drain::{self, Drain, DrainMode, DrainableListener},
     error::ClusterError,
     fd::{self, Expect},
@@ -24,7 +24,6 @@ use crate::{
     shutdown::{self, Stop},
 };
 use handoff::{HandoffListener, HandoffSink};
-use open::OpenConnections;
 
 /// What a worker's application factory learns about the process it runs in.
 #[derive(Debug, Clone)]
@@ -100,22 +99,28 @@ where
     let drain = Drain::new();
     channel.send(&ToPrimary::Ready { pid: ctx.pid }).await?;
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::info!(slot = ctx.slot, generation = ctx.generation, threads, "worker ready");
-    let open = OpenConnections::default();
-    heartbeat(channel.clone(), drain.clone(), open.clone());
+    let cap = conn::ConnectionCap::new(config.connections.max_connections());
+    tracing::info!(
+        slot = ctx.slot,
+        generation = ctx.generation,
+        threads,
+        max_connections = config.connections.max_connections(),
+        "worker ready"
+    );
+    heartbeat(channel.clone(), drain.clone(), cap.clone());
     match source {
         Source::Shared(listener) => {
-            let listener = open.count(DrainableListener::new(listener, stop.clone())).tap_io(|conn| {
+            let listener = DrainableListener::new(listener, stop.clone()).tap_io(|tcp| {
                 // Small JSON responses should not wait for Nagle's algorithm.
-                let _ = conn.get_ref().set_nodelay(true);
+                let _ = tcp.set_nodelay(true);
             });
-            serve(listener, router, drain, channel, stop, config).await
+            serve(listener, router, drain, cap, channel, stop, config).await
         }
         Source::Handoff(listener, _sink) => {
-            let listener = open.count(listener).tap_io(|conn| {
-                let _ = conn.get_ref().tcp().set_nodelay(true);
+            let listener = listener.tap_io(|conn| {
+                let _ = conn.tcp().set_nodelay(true);
             });
-            serve(listener, router, drain, channel, stop, config).await
+            serve(listener, router, drain, cap, channel, stop, config).await
         }
     }
     Ok(())
@@ -124,12 +129,15 @@ where
 /// Tells the primary, every second, that this worker's runtime still makes progress (the task
 /// runs on the same runtime as the requests, so a runtime whose threads are all stuck stops
 /// sending), how many requests it served and how many connections it holds open.
-fn heartbeat(channel: Channel, drain: Drain, open: OpenConnections) {
+fn heartbeat(channel: Channel, drain: Drain, open: conn::ConnectionCap) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
             tick.tick().await;
-            let beat = ToPrimary::Heartbeat { requests: drain.served(), open: Some(open.get()) };
+            let beat = ToPrimary::Heartbeat {
+                requests: drain.served(),
+                open: Some(u64::try_from(open.open()).unwrap_or(u64::MAX)),
+            };
             if channel.send(&beat).await.is_err() {
                 return; // the primary is gone; the IPC reader starts the drain
             }
@@ -149,13 +157,13 @@ async fn serve<L>(
     listener: L,
     router: Router,
     drain: Drain,
+    cap: conn::ConnectionCap,
     channel: Channel,
     stop: shutdown::Signal,
     config: &ClusterConfig,
 ) where
     L: Listener<Addr = SocketAddr>,
-    L::Io: Unpin,
-    SocketAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+    L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let app = router.layer(from_fn_with_state(drain.clone(), drain::guard));
     let graceful = {
@@ -175,8 +183,7 @@ async fn serve<L>(
             }
         }
     };
-    let served =
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(graceful);
+    let served = conn::serve(listener, app, &config.connections, cap, graceful);
     // The primary enforces the deadline by killing us; stopping a little earlier ourselves lets
     // the log say why.
     let mut stop = stop;
@@ -185,12 +192,7 @@ async fn serve<L>(
         tokio::time::sleep(config.shutdown_timeout).await;
     };
     tokio::select! {
-        result = served => {
-            if let Err(err) = result {
-                tracing::error!(error = %err, "server failed");
-            }
-            tracing::info!("worker drained");
-        }
+        () = served => tracing::info!("worker drained"),
         _ = deadline => tracing::warn!(in_flight = drain.in_flight(), "shutdown deadline passed with requests in flight"),
     }
 }
