@@ -194,7 +194,8 @@ mod tests {
             .route("/small", get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }));
         let limits =
             ConnectionLimits { send_timeout: Duration::from_secs(1), max_connections: Some(1), ..Default::default() };
-        tokio::spawn(async move { serve(listener, router, &limits, std::future::pending()).await });
+        let cap = ConnectionCap::new(limits.max_connections());
+        tokio::spawn(async move { serve(listener, router, &limits, cap, std::future::pending()).await });
 
         let mut stalled = TcpStream::connect(addr).await.expect("connect");
         stalled.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").await.expect("request");
