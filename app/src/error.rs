@@ -29,6 +29,13 @@ pub enum AppError {
     /// Too many failed logins from this address or for this user name.
     #[error("too many failed logins, retry in {retry_after} s")]
     RateLimited { retry_after: u64 },
+    /// Every password-hashing permit of this worker stayed taken for the queue timeout. 503,
+    /// not 429: the server is short of capacity, this client did nothing wrong.
+    #[error("too many logins at once, retry shortly")]
+    Busy,
+    /// A state-changing request sent by a page of another origin (see `routes::origin`).
+    #[error("cross-origin request refused")]
+    CrossOrigin,
     /// Redis is unreachable or timed out.
     #[error("session store unavailable, retry shortly")]
     Unavailable(String),
@@ -48,6 +55,11 @@ impl IntoResponse for AppError {
         let status = match &self {
             AppError::BadRequest { status, .. } => *status,
             AppError::BadCredentials => StatusCode::UNAUTHORIZED,
+            AppError::CrossOrigin => StatusCode::FORBIDDEN,
+            AppError::Busy => {
+                let body = Json(json!({ "error": self.to_string() }));
+                return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, RETRY_AFTER_SECS)], body).into_response();
+            }
             AppError::RateLimited { retry_after } => {
                 let body = Json(json!({ "error": self.to_string() }));
                 return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, retry_after.to_string())], body).into_response();
@@ -98,6 +110,7 @@ impl From<UserError> for AppError {
         match err {
             UserError::InvalidName | UserError::InvalidPassword => AppError::BadCredentials,
             UserError::Store(e) => AppError::from(e),
+            UserError::Busy => AppError::Busy,
             other => AppError::Internal(other.to_string()),
         }
     }

@@ -15,6 +15,7 @@ pub(crate) enum Notice {
     BadInput,
     RateLimited,
     Unavailable,
+    Busy,
 }
 
 impl Notice {
@@ -24,6 +25,7 @@ impl Notice {
             "bad-input" => Some(Notice::BadInput),
             "rate-limited" => Some(Notice::RateLimited),
             "unavailable" => Some(Notice::Unavailable),
+            "busy" => Some(Notice::Busy),
             _ => None,
         }
     }
@@ -34,6 +36,7 @@ impl Notice {
             Notice::BadInput => "bad-input",
             Notice::RateLimited => "rate-limited",
             Notice::Unavailable => "unavailable",
+            Notice::Busy => "busy",
         }
     }
 
@@ -43,6 +46,7 @@ impl Notice {
             Notice::BadInput => "That form could not be read; please fill in both fields.",
             Notice::RateLimited => "Too many failed logins. Please wait a few minutes before trying again.",
             Notice::Unavailable => "The session store (Redis) is unavailable right now. Please retry in a moment.",
+            Notice::Busy => "Too many logins at once right now. Please retry in a moment.",
         }
     }
 }
@@ -252,7 +256,7 @@ mod tests {
     fn notices_come_from_a_fixed_list() {
         assert_eq!(Notice::from_code("bad-login"), Some(Notice::BadLogin));
         assert_eq!(Notice::from_code("<script>"), None);
-        for notice in [Notice::BadLogin, Notice::BadInput, Notice::RateLimited, Notice::Unavailable] {
+        for notice in [Notice::BadLogin, Notice::BadInput, Notice::RateLimited, Notice::Unavailable, Notice::Busy] {
             assert_eq!(Notice::from_code(notice.code()), Some(notice));
         }
     }
