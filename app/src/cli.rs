@@ -443,6 +443,24 @@ mod tests {
     }
 
     #[test]
+    fn login_limits_default_to_their_constants() {
+        use crate::users::{limit::LoginLimits, HashLimit};
+        let defaults = serve(&[]).expect("defaults");
+        let limits = LoginLimits::default();
+        assert_eq!(
+            (defaults.login_limit_per_user_address, defaults.login_limit_per_user, defaults.login_limit_per_address),
+            (limits.per_user_address, limits.per_user, limits.per_address)
+        );
+        assert_eq!(defaults.login_limit_window, limits.window);
+        assert_eq!(defaults.login_queue_timeout, HashLimit::default().queue_timeout);
+        assert_eq!(defaults.login_concurrency, None, "one hash per CPU unless asked");
+        let args = serve(&["--allowed-origins", "https://App.example:443,http://localhost:3000"]).expect("origins");
+        assert_eq!(args.allowed_origins, ["https://app.example", "http://localhost:3000"]);
+        assert!(serve(&["--allowed-origins", "evil.example"]).is_err());
+        assert!(serve(&["--login-limit-per-user", "0"]).is_err());
+    }
+
+    #[test]
     fn bad_values_are_clap_errors() {
         assert!(serve(&["--balance", "fastest"]).is_err());
         assert!(serve(&["--workers", "0"]).is_err());

@@ -120,10 +120,7 @@ impl LoginLimiter {
     /// Takes one attempt from every budget of `user` logging in from `ip`: the attempt, or
     /// `Err(seconds)` to wait when one budget is spent (nothing is then counted).
     pub async fn admit(&self, ip: IpAddr, user: &str) -> Result<Result<Attempt, u64>, StoreError> {
-        let client = herd_cluster::client_ip::group_label(ip);
-        let user_address = self.keys.login_failures("user-ip", &format!("{user}:{client}"));
-        let address = self.keys.login_failures("ip", &client);
-        let all = self.keys.login_failures("user", user);
+        let [user_address, address, all] = counter_keys(&self.keys, ip, user);
         let budgets = [
             (&user_address, self.limits.per_user_address),
             (&address, self.limits.per_address),
@@ -175,6 +172,46 @@ impl LoginLimiter {
     }
 }
 
+/// The counters of `user` logging in from `ip`: per user and client, per client, per user.
+/// User names cannot hold `:` (see [`crate::users::validate`]), so the keys cannot collide.
+fn counter_keys(keys: &Keys, ip: IpAddr, user: &str) -> [String; 3] {
+    let client = herd_cluster::client_ip::group_label(ip);
+    [
+        keys.login_failures("user-ip", &format!("{user}:{client}")),
+        keys.login_failures("ip", &client),
+        keys.login_failures("user", user),
+    ]
+}
+
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(ip: &str) -> [String; 3] {
+        counter_keys(&Keys::default(), ip.parse().expect("literal address"), "alice")
+    }
+
+    #[test]
+    fn an_ipv6_client_is_counted_by_its_slash_64() {
+        assert_eq!(keys("2001:db8:1:2::1"), keys("2001:db8:1:2:ffff:ffff:ffff:fffe"), "one /64, one client");
+        assert_ne!(keys("2001:db8:1:2::1")[1], keys("2001:db8:1:3::1")[1]);
+        assert_eq!(keys("2001:db8:1:2::1")[1], "herd:ratelimit:login:ip:2001:db8:1:2::/64");
+        assert_eq!(keys("::ffff:192.0.2.7"), keys("192.0.2.7"), "a mapped IPv4 client is that IPv4 client");
+    }
+
+    #[test]
+    fn the_three_budgets_have_their_own_keys() {
+        assert_eq!(
+            keys("192.0.2.7"),
+            [
+                "herd:ratelimit:login:user-ip:alice:192.0.2.7".to_owned(),
+                "herd:ratelimit:login:ip:192.0.2.7".to_owned(),
+                "herd:ratelimit:login:user:alice".to_owned(),
+            ]
+        );
+    }
 }
