@@ -92,8 +92,8 @@ pub fn parse_origin(text: &str) -> Result<String, String> {
         "https" => 443,
         _ => return Err(bad()),
     };
-    let bare = uri.path_and_query().map_or(true, |p| p.as_str().is_empty() || p.as_str() == "/");
-    if !bare || authority.as_str().contains('@') {
+    let path = uri.path_and_query().map_or("", |p| p.as_str());
+    if !(path.is_empty() || path == "/") || authority.as_str().contains('@') {
         return Err(bad());
     }
     let host = authority.host().to_ascii_lowercase();
