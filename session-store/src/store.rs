@@ -240,11 +240,12 @@ impl RedisSessionStore {
         Ok(())
     }
 
-    /// The old session of a login lives on for the grace period only.
-    async fn retire(&self, old: &Id) -> Result<(), StoreError> {
+    /// The old session of a login lives on for the grace period only; false if there was
+    /// no such session.
+    async fn retire(&self, old: &Id) -> Result<bool, StoreError> {
         let args = vec!["retire".to_owned(), millis(self.limits.grace).to_string()];
-        let _: i64 = scripts::run(&self.pool, Op::Retire, &self.key(old), args).await?;
-        Ok(())
+        let retired: i64 = scripts::run(&self.pool, Op::Retire, &self.key(old), args).await?;
+        Ok(retired == 1)
     }
 
     /// A login failed after its new session was written: back to the old one.
@@ -337,8 +338,12 @@ impl RedisSessionStore {
             // A login (`cycle_id`): the new record exists, so the old one may go, after a grace.
             // Noted first, so that a failure of either step below is undone with the request.
             scope::with(|state| state.rotation = Some((old, record.id)));
-            self.link_predecessor(&record.id, &old).await?;
-            self.retire(&old).await?;
+            // Linked only if there was a record to retire (a first login replaces an id that
+            // was never stored). The new id reaches the client only with this response, so
+            // no logout can use it before the link exists.
+            if self.retire(&old).await? {
+                self.link_predecessor(&record.id, &old).await?;
+            }
         }
         Ok(())
     }
