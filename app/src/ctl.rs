@@ -25,9 +25,9 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
         CtlCommand::Broadcast { json } => (Request::Send { slot: None, payload: parse_json(&json)? }, false),
         CtlCommand::Send { slot, json } => (Request::Send { slot: Some(slot), payload: parse_json(&json)? }, false),
     };
-    let response = control::request(&socket, &request)
-        .await
-        .with_context(|| format!("cannot talk to a herd primary at {} (is it running? see --socket)", socket.display()))?;
+    let response = control::request(&socket, &request).await.with_context(|| {
+        format!("cannot talk to a herd primary at {} (is it running? see --socket)", socket.display())
+    })?;
     if json {
         println!("{}", serde_json::to_string_pretty(&response)?);
         return Ok(if response.ok { 0 } else { 1 });
@@ -48,7 +48,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
 }
 
 fn parse_json(text: &str) -> anyhow::Result<serde_json::Value> {
-    serde_json::from_str(text).with_context(|| format!("the message must be JSON, e.g. '{{\"type\":\"reset-stats\"}}', not {text:?}"))
+    serde_json::from_str(text)
+        .with_context(|| format!("the message must be JSON, e.g. '{{\"type\":\"reset-stats\"}}', not {text:?}"))
 }
 
 /// `status`, redrawn every second, like `pm2 monit`.
@@ -80,14 +81,23 @@ pub fn table(status: &Status) -> String {
         out.push_str(&format!(" · last reload: {reload}"));
     }
     out.push('\n');
-    out.push_str(&format!("{:<5} {:<8} {:<9} {:>8} {:>8} {:>10} {:>6}\n", "slot", "pid", "state", "uptime", "restarts", "rss", "conns"));
+    out.push_str(&format!(
+        "{:<5} {:<8} {:<9} {:>8} {:>8} {:>10} {:>6}\n",
+        "slot", "pid", "state", "uptime", "restarts", "rss", "conns"
+    ));
     for w in &status.workers {
         let rss = w.rss_bytes.map_or("-".to_owned(), |b| format!("{:.1}MiB", b as f64 / (1024.0 * 1024.0)));
         let conns = w.open_connections.map_or("-".to_owned(), |c| c.to_string());
         let pid = w.pid.map_or("-".to_owned(), |p| p.to_string());
         out.push_str(&format!(
             "{:<5} {:<8} {:<9} {:>8} {:>8} {:>10} {:>6}\n",
-            w.slot, pid, w.state, uptime(w.uptime_s), w.restarts, rss, conns
+            w.slot,
+            pid,
+            w.state,
+            uptime(w.uptime_s),
+            w.restarts,
+            rss,
+            conns
         ));
     }
     out

@@ -58,11 +58,13 @@ impl IntoResponse for AppError {
             AppError::CrossOrigin => StatusCode::FORBIDDEN,
             AppError::Busy => {
                 let body = Json(json!({ "error": self.to_string() }));
-                return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, RETRY_AFTER_SECS)], body).into_response();
+                return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, RETRY_AFTER_SECS)], body)
+                    .into_response();
             }
             AppError::RateLimited { retry_after } => {
                 let body = Json(json!({ "error": self.to_string() }));
-                return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, retry_after.to_string())], body).into_response();
+                return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, retry_after.to_string())], body)
+                    .into_response();
             }
             AppError::Unavailable(cause) => {
                 tracing::warn!(%cause, "answering 503: Redis unavailable");

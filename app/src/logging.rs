@@ -45,7 +45,9 @@ impl Tag {
     fn of(role: Role) -> Self {
         let pid = std::process::id();
         match role {
-            Role::Primary => Self { text: format!("primary pid={pid}"), json_fields: format!(r#""process":"primary","pid":{pid},"#) },
+            Role::Primary => {
+                Self { text: format!("primary pid={pid}"), json_fields: format!(r#""process":"primary","pid":{pid},"#) }
+            }
             Role::Worker(id) => Self {
                 text: format!("worker={} pid={pid}", id.slot),
                 json_fields: format!(r#""process":"worker","worker":{},"pid":{pid},"#, id.slot),
@@ -113,9 +115,14 @@ mod tests {
 
     #[test]
     fn lines_are_tagged_in_both_formats() {
-        let tag = Tag { text: "worker=1 pid=7".into(), json_fields: r#""process":"worker","worker":1,"pid":7,"#.into() };
+        let tag =
+            Tag { text: "worker=1 pid=7".into(), json_fields: r#""process":"worker","worker":1,"pid":7,"#.into() };
         assert_eq!(tag.apply("INFO ready"), "worker=1 pid=7 INFO ready");
-        let json: serde_json::Value = serde_json::from_str(&tag.apply(r#"{"level":"INFO","fields":{"message":"ready"}}"#)).expect("still JSON");
-        assert_eq!((json["worker"].as_u64(), json["pid"].as_u64(), json["level"].as_str()), (Some(1), Some(7), Some("INFO")));
+        let json: serde_json::Value =
+            serde_json::from_str(&tag.apply(r#"{"level":"INFO","fields":{"message":"ready"}}"#)).expect("still JSON");
+        assert_eq!(
+            (json["worker"].as_u64(), json["pid"].as_u64(), json["level"].as_str()),
+            (Some(1), Some(7), Some("INFO"))
+        );
     }
 }

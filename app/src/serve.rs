@@ -40,7 +40,9 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
         max_requests_jitter: args.max_requests_jitter,
     };
     if args.debug_routes && !args.bind.ip().is_loopback() {
-        bail!("--debug-routes can crash and stall workers on request: it is refused unless --bind is a loopback address");
+        bail!(
+            "--debug-routes can crash and stall workers on request: it is refused unless --bind is a loopback address"
+        );
     }
     config.control_socket = args.control_socket.clone();
     config.balance = args.balance();

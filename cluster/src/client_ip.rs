@@ -47,25 +47,15 @@ mod tests {
 
     #[test]
     fn ipv6_addresses_in_one_slash_64_are_one_client() {
-        assert_eq!(
-            group(ip("2001:db8:1:2::1")),
-            group(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"))
-        );
+        assert_eq!(group(ip("2001:db8:1:2::1")), group(ip("2001:db8:1:2:ffff:ffff:ffff:ffff")));
         assert_eq!(group_label(ip("2001:db8:1:2:abcd::9")), "2001:db8:1:2::/64");
-        assert_ne!(
-            group(ip("2001:db8:1:2::1")),
-            group(ip("2001:db8:1:3::1")),
-            "the next /64 is another client"
-        );
+        assert_ne!(group(ip("2001:db8:1:2::1")), group(ip("2001:db8:1:3::1")), "the next /64 is another client");
         assert_eq!(group_label(ip("::1")), "::/64");
     }
 
     #[test]
     fn ipv4_is_per_address_and_mapped_ipv6_counts_as_ipv4() {
-        assert_eq!(
-            group(ip("::ffff:10.1.2.3")),
-            IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3))
-        );
+        assert_eq!(group(ip("::ffff:10.1.2.3")), IpAddr::V4(Ipv4Addr::new(10, 1, 2, 3)));
         assert_eq!(group_label(ip("::ffff:10.1.2.3")), "10.1.2.3");
         assert_ne!(group(ip("10.1.2.3")), group(ip("10.1.2.4")));
     }

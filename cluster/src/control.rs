@@ -232,7 +232,9 @@ async fn follow(sink: crate::logs::LogSink, mut write: tokio::net::unix::OwnedWr
     loop {
         let line = match lines.recv().await {
             Ok(line) => line,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => Arc::from(format!("[{missed} log lines skipped: the follower was too slow]")),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                Arc::from(format!("[{missed} log lines skipped: the follower was too slow]"))
+            }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
         if write.write_all(line.as_bytes()).await.is_err() || write.write_all(b"\n").await.is_err() {
@@ -251,7 +253,8 @@ pub async fn follow_logs(path: &Path, mut on_line: impl FnMut(&str)) -> std::io:
     write.write_all(&line).await?;
     let mut lines = BufReader::new(read).lines();
     let first = lines.next_line().await?.unwrap_or_default();
-    let response: Response = serde_json::from_str(&first).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let response: Response =
+        serde_json::from_str(&first).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     if !response.ok {
         return Err(std::io::Error::other(response.error.unwrap_or_default()));
     }

@@ -116,7 +116,10 @@ impl Messenger {
 
     /// Asks every ready worker `question` and returns their answers (workers that do not answer
     /// within the primary's one-second limit are left out).
-    pub async fn gather<Q: Serialize, A: DeserializeOwned>(&self, question: &Q) -> Result<Vec<(Reply, A)>, MessagingError> {
+    pub async fn gather<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        question: &Q,
+    ) -> Result<Vec<(Reply, A)>, MessagingError> {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         if let Ok(mut pending) = self.inner.pending.lock() {

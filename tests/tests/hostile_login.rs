@@ -108,8 +108,7 @@ fn peak_rss_kib(pid: u32) -> u64 {
 #[test]
 fn a_burst_of_logins_is_bounded_in_memory_and_the_excess_gets_a_quick_503() {
     let redis = RedisServer::start();
-    let herd =
-        Herd::start(&redis, &["--workers", "1", "--login-concurrency", "2", "--login-queue-timeout", "500ms"]);
+    let herd = Herd::start(&redis, &["--workers", "1", "--login-concurrency", "2", "--login-queue-timeout", "500ms"]);
     let worker = *herd.worker_pids().first().expect("a worker pid");
     // One login first, so the baseline includes the allocator's first argon2 arenas.
     assert_eq!(login_json(&herd.client(), "alice", "wonderland").status, 200);
@@ -194,14 +193,22 @@ fn cross_site_posts_are_refused_and_same_origin_ones_accepted() {
     let form = b"username=alice&password=wonderland";
     let post = |headers: &[(&str, &str)]| herd.client().request("POST", "/login", headers, form).expect("login");
 
-    for foreign in [&[FORM, ("Origin", "https://evil.example")][..], &[FORM, ("Sec-Fetch-Site", "cross-site")], &[FORM, ("Origin", "null")]] {
+    for foreign in [
+        &[FORM, ("Origin", "https://evil.example")][..],
+        &[FORM, ("Sec-Fetch-Site", "cross-site")],
+        &[FORM, ("Origin", "null")],
+    ] {
         let refused = post(foreign);
         assert_eq!(refused.status, 403, "{foreign:?}: {}", refused.body);
         assert!(refused.json()["error"].as_str().is_some_and(|e| e.contains("cross-origin")));
         assert!(refused.header("set-cookie").is_none(), "no session for a cross-site form");
     }
     // The kit sends `Host: herd.test`; herd speaks plain HTTP here.
-    for same in [&[FORM, ("Origin", "http://herd.test"), ("Sec-Fetch-Site", "same-origin")][..], &[FORM, ("Origin", "https://app.example")], &[FORM]] {
+    for same in [
+        &[FORM, ("Origin", "http://herd.test"), ("Sec-Fetch-Site", "same-origin")][..],
+        &[FORM, ("Origin", "https://app.example")],
+        &[FORM],
+    ] {
         let ok = post(same);
         assert_eq!(ok.status, 200, "{same:?}: {}", ok.body);
         assert!(ok.cookie().is_some());

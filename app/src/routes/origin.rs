@@ -68,7 +68,8 @@ pub(super) async fn check(State(policy): State<OriginPolicy>, request: Request, 
 /// The origin this request was addressed to: its `Host` (or, in HTTP/2, its URI's authority)
 /// with the scheme the client used.
 fn own_origin(uri: &Uri, headers: &HeaderMap) -> Option<String> {
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| uri.authority().map(|a| a.as_str()))?;
+    let host =
+        headers.get(header::HOST).and_then(|v| v.to_str().ok()).or_else(|| uri.authority().map(|a| a.as_str()))?;
     let scheme = headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
@@ -123,7 +124,8 @@ mod tests {
         assert_eq!(parse_origin("HTTPS://Example.COM:443"), Ok("https://example.com".to_owned()));
         assert_eq!(parse_origin("http://localhost:3000/"), Ok("http://localhost:3000".to_owned()));
         assert_eq!(parse_origin("http://[::1]:80"), Ok("http://[::1]".to_owned()));
-        for bad in ["null", "example.com", "ftp://example.com", "https://example.com/path", "https://u@example.com", ""] {
+        for bad in ["null", "example.com", "ftp://example.com", "https://example.com/path", "https://u@example.com", ""]
+        {
             assert!(parse_origin(bad).is_err(), "{bad:?}");
         }
     }
@@ -133,7 +135,10 @@ mod tests {
         let policy = OriginPolicy::default();
         assert!(!allows(&policy, Method::POST, &[("origin", "https://evil.example")]));
         assert!(!allows(&policy, Method::DELETE, &[("origin", "null")]));
-        assert!(!allows(&policy, Method::POST, &[("origin", "https://herd.test:3000")]), "another scheme is another origin");
+        assert!(
+            !allows(&policy, Method::POST, &[("origin", "https://herd.test:3000")]),
+            "another scheme is another origin"
+        );
         assert!(allows(&policy, Method::GET, &[("origin", "https://evil.example")]));
         assert!(allows(&policy, Method::POST, &[("origin", "http://herd.test:3000")]));
         assert!(allows(&policy, Method::POST, &[("origin", "https://herd.test:3000"), ("x-forwarded-proto", "https")]));

@@ -129,7 +129,8 @@ impl LoginLimiter {
         let window = millis(self.limits.window);
         for (taken, (key, limit)) in budgets.iter().enumerate() {
             let args = vec!["take".to_owned(), limit.to_string(), window.to_string()];
-            let (counted, ttl_ms): (i64, i64) = COUNTER.evalsha_with_reload(self.pool.next(), (*key).clone(), args).await?;
+            let (counted, ttl_ms): (i64, i64) =
+                COUNTER.evalsha_with_reload(self.pool.next(), (*key).clone(), args).await?;
             if counted == 0 {
                 // Refusals use up nobody's budget.
                 for (key, _) in &budgets[..taken] {
@@ -167,7 +168,8 @@ impl LoginLimiter {
     }
 
     async fn give_back(&self, key: &str) -> Result<(), StoreError> {
-        let _: (i64, i64) = COUNTER.evalsha_with_reload(self.pool.next(), key.to_owned(), vec!["give".to_owned()]).await?;
+        let _: (i64, i64) =
+            COUNTER.evalsha_with_reload(self.pool.next(), key.to_owned(), vec!["give".to_owned()]).await?;
         Ok(())
     }
 }

@@ -87,7 +87,12 @@ impl Users {
 
     pub fn with_hash_limit(pool: Pool, keys: Keys, limit: HashLimit) -> Self {
         let permits = limit.concurrency.clamp(1, Semaphore::MAX_PERMITS);
-        Self { pool, keys: Arc::new(keys), hashing: Arc::new(Semaphore::new(permits)), queue_timeout: limit.queue_timeout }
+        Self {
+            pool,
+            keys: Arc::new(keys),
+            hashing: Arc::new(Semaphore::new(permits)),
+            queue_timeout: limit.queue_timeout,
+        }
     }
 
     /// Creates the user or replaces its password.
@@ -106,20 +111,24 @@ impl Users {
         let stored: Option<String> = self.pool.hget(self.keys.user(name), "password").await?;
         let known = stored.is_some();
         let password = password.to_owned();
-        let matches = self.hash_within_limit(move || {
-            let phc = stored.as_deref().unwrap_or_else(|| dummy_hash());
-            PasswordHash::new(phc)
-                .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-                .map_err(|e| UserError::Hash(e.to_string()))
-        })
-        .await??;
+        let matches = self
+            .hash_within_limit(move || {
+                let phc = stored.as_deref().unwrap_or_else(|| dummy_hash());
+                PasswordHash::new(phc)
+                    .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+                    .map_err(|e| UserError::Hash(e.to_string()))
+            })
+            .await??;
         Ok(known && matches)
     }
 
     /// Runs one hash on the blocking pool once a permit is free, or fails with
     /// [`UserError::Busy`] after the queue timeout. The permit is held until the hash is done,
     /// even if the request is dropped meanwhile: its memory is in use until then.
-    async fn hash_within_limit<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, UserError> {
+    async fn hash_within_limit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, UserError> {
         let permit = match tokio::time::timeout(self.queue_timeout, self.hashing.clone().acquire_owned()).await {
             Ok(Ok(permit)) => permit,
             // Timed out; or closed, which never happens (no one calls `close`).

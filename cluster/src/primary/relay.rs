@@ -70,7 +70,8 @@ impl Supervisor {
                 waiting.insert((slot, w.generation));
             }
         }
-        let gathering = Gathering { asker, asker_id, waiting, replies: Vec::new(), deadline: Instant::now() + GATHER_TIMEOUT };
+        let gathering =
+            Gathering { asker, asker_id, waiting, replies: Vec::new(), deadline: Instant::now() + GATHER_TIMEOUT };
         self.gatherings.open.insert(id, gathering);
         self.finish_gathers(false);
     }
