@@ -316,6 +316,36 @@ pub struct ServeArgs {
     /// for Redis, IPC and logs: 896 of 1024]
     #[arg(long, env = "HERD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub max_connections: Option<u64>,
+    /// Login attempts allowed for one user name from one client (IPv4 address or IPv6 /64)
+    /// per --login-limit-window; then 429.
+    #[arg(long, env = "HERD_LOGIN_LIMIT_PER_USER_ADDRESS", default_value_t = crate::users::limit::DEFAULT_PER_USER_ADDRESS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_limit_per_user_address: u32,
+    /// Login attempts allowed for one user name from all clients together per window (stops
+    /// distributed guessing; keep it well above the per-user-address limit, so that one
+    /// client cannot lock the user out).
+    #[arg(long, env = "HERD_LOGIN_LIMIT_PER_USER", default_value_t = crate::users::limit::DEFAULT_PER_USER,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_limit_per_user: u32,
+    /// Login attempts allowed from one client (IPv4 address or IPv6 /64), any user names, per
+    /// window.
+    #[arg(long, env = "HERD_LOGIN_LIMIT_PER_ADDRESS", default_value_t = crate::users::limit::DEFAULT_PER_ADDRESS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_limit_per_address: u32,
+    /// The login limits' window, from a counter's first attempt.
+    #[arg(long, env = "HERD_LOGIN_LIMIT_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    pub login_limit_window: Duration,
+    /// Password hashes (argon2, 19 MiB each) running at once per worker; more logins wait
+    /// for --login-queue-timeout, then get 503 [default: number of CPUs]
+    #[arg(long, env = "HERD_LOGIN_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub login_concurrency: Option<u16>,
+    /// How long a login waits for a free hashing slot before it gets 503 + Retry-After.
+    #[arg(long, env = "HERD_LOGIN_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub login_queue_timeout: Duration,
+    /// Origins (scheme://host[:port]) besides herd's own whose pages may send POST/DELETE
+    /// requests (comma-separated in the environment variable). Others get 403.
+    #[arg(long = "allowed-origins", env = "HERD_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::routes::origin::parse_origin)]
+    pub allowed_origins: Vec<String>,
 }
 
 impl ServeArgs {
@@ -566,6 +596,24 @@ mod tests {
         assert_eq!((limits.keepalive_requests, limits.max_connections), (3, Some(10)));
         assert!(serve(&["--header-timeout", "0s"]).is_err() && serve(&["--max-connections", "0"]).is_err());
         assert!(serve(&["--keepalive-requests", "0"]).is_err());
+    }
+
+    #[test]
+    fn login_limits_default_to_their_constants() {
+        use crate::users::{limit::LoginLimits, HashLimit};
+        let defaults = serve(&[]).expect("defaults");
+        let limits = LoginLimits::default();
+        assert_eq!(
+            (defaults.login_limit_per_user_address, defaults.login_limit_per_user, defaults.login_limit_per_address),
+            (limits.per_user_address, limits.per_user, limits.per_address)
+        );
+        assert_eq!(defaults.login_limit_window, limits.window);
+        assert_eq!(defaults.login_queue_timeout, HashLimit::default().queue_timeout);
+        assert_eq!(defaults.login_concurrency, None, "one hash per CPU unless asked");
+        let args = serve(&["--allowed-origins", "https://App.example:443,http://localhost:3000"]).expect("origins");
+        assert_eq!(args.allowed_origins, ["https://app.example", "http://localhost:3000"]);
+        assert!(serve(&["--allowed-origins", "evil.example"]).is_err());
+        assert!(serve(&["--login-limit-per-user", "0"]).is_err());
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub enum AppError {
     /// Too many failed logins from this address or for this user name.
     #[error("too many failed logins, retry in {retry_after} s")]
     RateLimited { retry_after: u64 },
+    /// A state-changing request sent by a page of another origin (see `routes::origin`).
+    #[error("cross-origin request refused")]
+    CrossOrigin,
     /// Redis is unreachable or timed out.
     #[error("session store unavailable, retry shortly")]
     Unavailable(String),
@@ -37,8 +40,9 @@ pub enum AppError {
     /// `Retry-After` (a 503 would invite clients and balancers to retry into the same wall).
     #[error("{}", herd_session_store::operator::STORE_FULL)]
     StoreFull(String),
-    /// This worker already runs as many computations of this kind as it may; the client may
-    /// retry after `retry_after` seconds.
+    /// This worker already runs as many computations of this kind (argon2 hashes, `/heavy`
+    /// loops) as it may and none freed up within the wait. 503, not 429: the server is short
+    /// of capacity, this client did nothing wrong; it may retry after `retry_after` seconds.
     #[error("server busy: too many {what} at once, retry in {retry_after} s")]
     Busy { what: &'static str, retry_after: u64 },
     /// A bug or an unexpected failure.
@@ -57,6 +61,7 @@ impl IntoResponse for AppError {
         let status = match &self {
             AppError::BadRequest { status, .. } => *status,
             AppError::BadCredentials => StatusCode::UNAUTHORIZED,
+            AppError::CrossOrigin => StatusCode::FORBIDDEN,
             AppError::RateLimited { retry_after } => {
                 let body = Json(json!({ "error": self.to_string() }));
                 return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, retry_after.to_string())], body)
@@ -122,6 +127,7 @@ impl From<UserError> for AppError {
         match err {
             UserError::InvalidName | UserError::InvalidPassword => AppError::BadCredentials,
             UserError::Store(e) => AppError::from(e),
+            UserError::Busy => AppError::Busy { what: "logins", retry_after: 1 },
             other => AppError::Internal(other.to_string()),
         }
     }

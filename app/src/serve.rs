@@ -12,7 +12,10 @@ use crate::{
     cli::{default_redis_url, ServeArgs, DEFAULT_REDIS_ADDR},
     private_redis::{self, PrivateRedis},
     routes::{self, AppState, SessionSettings},
-    users::Users,
+    users::{
+        limit::{LoginLimiter, LoginLimits},
+        HashLimit, Users,
+    },
 };
 
 /// Runs `herd serve` in either role; returns the process exit code.
@@ -81,6 +84,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
         secure: args.secure_cookies,
         debug_routes: args.debug_routes,
         stock_store: args.session_store == crate::cli::SessionStoreKind::Stock,
+        origins: routes::origin::OriginPolicy::new(args.allowed_origins.clone()),
         limits: SessionLimits {
             idle: args.session_idle,
             max_age: args.session_max_age,
@@ -92,8 +96,10 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
     let keys = Keys::new(args.redis.key_prefix.clone());
     let demo_users = args.demo_users.iter().map(|u| u.name.clone()).collect();
     let limits = Limits { heavy: args.heavy_limits(), cache: args.cache_limits() };
+    let login = login_settings(&args)?;
     let outcome =
-        herd_cluster::run(config, move |ctx| build_app(ctx, redis_config, keys, settings, demo_users, limits)).await;
+        herd_cluster::run(config, move |ctx| build_app(ctx, redis_config, keys, settings, login, demo_users, limits))
+            .await;
     if let Some(redis) = private {
         redis.stop().await;
     }
@@ -104,6 +110,33 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
             1
         }
         Outcome::Worker => 0,
+    })
+}
+
+/// What bounds logins: the rate limits (shared through Redis) and the hashing cap (per worker).
+#[derive(Debug, Clone, Copy)]
+struct LoginSettings {
+    limits: LoginLimits,
+    hashing: HashLimit,
+}
+
+fn login_settings(args: &ServeArgs) -> anyhow::Result<LoginSettings> {
+    if args.login_limit_window.is_zero() {
+        bail!("--login-limit-window must be longer than zero");
+    }
+    let mut hashing = HashLimit::default();
+    if let Some(concurrency) = args.login_concurrency {
+        hashing.concurrency = usize::from(concurrency);
+    }
+    hashing.queue_timeout = args.login_queue_timeout;
+    Ok(LoginSettings {
+        limits: LoginLimits {
+            per_user_address: args.login_limit_per_user_address,
+            per_user: args.login_limit_per_user,
+            per_address: args.login_limit_per_address,
+            window: args.login_limit_window,
+        },
+        hashing,
     })
 }
 
@@ -169,6 +202,7 @@ async fn build_app(
     config: RedisConfig,
     keys: Keys,
     settings: SessionSettings,
+    login: LoginSettings,
     demo_users: std::sync::Arc<[String]>,
     limits: Limits,
 ) -> Result<axum::Router, StoreError> {
@@ -193,10 +227,14 @@ async fn build_app(
         .await?;
     let counters = std::sync::Arc::new(routes::stats::Counters::default());
     routes::stats::serve_counters(&ctx.messenger, counters.clone());
-    let limiter = crate::users::limit::LoginLimiter::new(pool.clone(), keys.clone());
+    let limiter = LoginLimiter::new(pool.clone(), keys.clone(), login.limits);
+    // Before the worker reports ready, so the first unknown user costs one hash like any other.
+    if let Err(err) = tokio::task::spawn_blocking(crate::users::prepare_dummy_hash).await {
+        tracing::warn!(error = %err, "could not prepare the unknown-user hash");
+    }
     let logins = crate::users::sessions::UserSessions::new(pool.clone(), keys.clone());
     let state = AppState::new(routes::Shared {
-        users: Users::new(pool.clone(), keys.clone()),
+        users: Users::with_hash_limit(pool.clone(), keys.clone(), login.hashing),
         limiter,
         logins,
         store: store.clone(),

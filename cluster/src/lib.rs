@@ -33,6 +33,7 @@
 //!
 //! # Layout
 //!
+//! - [`client_ip`]: which addresses count as one client (IPv6 by /64), for affinity and limits.
 //! - [`config`]: what the cluster needs to know (worker count, bind address, deadlines).
 //! - [`control`]: the operator's control socket and its JSON protocol (`herd ctl`).
 //! - [`role`]: how a process learns whether it is the primary or worker *k*.
@@ -52,6 +53,7 @@
 //! - [`messaging`]: application messages between workers and the primary (broadcast, gather).
 //! - [`logs`]: the merged log of the primary and its workers, its files and followers.
 
+pub mod client_ip;
 pub mod config;
 pub mod control;
 pub mod drain;

@@ -13,7 +13,9 @@
 //!   new one has been written, the old one is *retired*, readable for a grace period for the
 //!   requests already in flight with the old cookie. If the request fails (5xx) the rotation is
 //!   undone: the new record goes, the old one is restored. A plain `flush`/`delete` (log out)
-//!   deletes for real at the end of a successful request.
+//!   deletes for real at the end of a successful request, together with the sessions that
+//!   logins replaced on the way to this one and whose grace still runs (the new record's
+//!   `:replaced` link names its predecessor), so no earlier cookie of the login outlives it.
 //! - **Typed failures.** tower-sessions answers a failed save with an empty 500. The layer
 //!   knows why the store failed and answers 503 + `Retry-After` (Redis unreachable or slow),
 //!   507 (Redis is full: `maxmemory` reached, an operator must act) or 413 (the session would

@@ -12,12 +12,15 @@
 //! | `GET /heavy/cached?n=` | the same through the shared cache, computed once cluster-wide |
 //! | `DELETE /heavy/cached?n=` | forgets it, in Redis and in every worker's local copy |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness including Redis |
+//!
+//! Every `POST`/`DELETE` sent by a page of another origin is refused first ([`origin`]).
 
 mod auth;
 mod debug;
 mod health;
 pub mod heavy;
 mod home;
+pub mod origin;
 mod page;
 pub mod stats;
 
@@ -93,6 +96,8 @@ pub struct SessionSettings {
     pub limits: herd_session_store::SessionLimits,
     /// Use the stock tower-sessions-redis-store instead (the benchmark's baseline).
     pub stock_store: bool,
+    /// Which other origins' pages may send state-changing requests (`--allowed-origins`).
+    pub origins: origin::OriginPolicy,
 }
 
 pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSettings) -> Router {
@@ -133,6 +138,7 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .layer(
             ServiceBuilder::new()
                 .layer(middleware::from_fn_with_state(state.clone(), stats::count))
+                .layer(middleware::from_fn_with_state(settings.origins.clone(), origin::check))
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
         .with_state(state)

@@ -17,6 +17,7 @@ pub(crate) enum Notice {
     Unavailable,
     /// Redis is full (507): retrying does not help.
     StoreFull,
+    Busy,
 }
 
 impl Notice {
@@ -27,6 +28,7 @@ impl Notice {
             "rate-limited" => Some(Notice::RateLimited),
             "unavailable" => Some(Notice::Unavailable),
             "store-full" => Some(Notice::StoreFull),
+            "busy" => Some(Notice::Busy),
             _ => None,
         }
     }
@@ -38,6 +40,7 @@ impl Notice {
             Notice::RateLimited => "rate-limited",
             Notice::Unavailable => "unavailable",
             Notice::StoreFull => "store-full",
+            Notice::Busy => "busy",
         }
     }
 
@@ -47,6 +50,7 @@ impl Notice {
             Notice::BadInput => "That form could not be read; please fill in both fields.",
             Notice::RateLimited => "Too many failed logins. Please wait a few minutes before trying again.",
             Notice::Unavailable => "The session store (Redis) is unavailable right now. Please retry in a moment.",
+            Notice::Busy => "The server is busy right now. Please retry in a moment.",
             Notice::StoreFull => {
                 "The session store (Redis) is full: logins and changes are refused until an operator frees memory."
             }
@@ -66,9 +70,9 @@ impl Notice {
                 herd_session_store::operator::redis_full(cause);
                 (StatusCode::INSUFFICIENT_STORAGE, Notice::StoreFull)
             }
-            AppError::Unavailable(_) | AppError::Internal(_) | AppError::Busy { .. } => {
-                (StatusCode::SERVICE_UNAVAILABLE, Notice::Unavailable)
-            }
+            AppError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, Notice::Busy),
+            AppError::Unavailable(_) | AppError::Internal(_) => (StatusCode::SERVICE_UNAVAILABLE, Notice::Unavailable),
+            AppError::CrossOrigin => (StatusCode::FORBIDDEN, Notice::BadInput),
         }
     }
 }
@@ -289,7 +293,7 @@ mod tests {
     fn notices_come_from_a_fixed_list() {
         assert_eq!(Notice::from_code("bad-login"), Some(Notice::BadLogin));
         assert_eq!(Notice::from_code("<script>"), None);
-        for notice in [Notice::BadLogin, Notice::BadInput, Notice::RateLimited, Notice::Unavailable] {
+        for notice in [Notice::BadLogin, Notice::BadInput, Notice::RateLimited, Notice::Unavailable, Notice::Busy] {
             assert_eq!(Notice::from_code(notice.code()), Some(notice));
         }
     }
