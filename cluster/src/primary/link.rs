@@ -168,11 +168,15 @@ impl LinkTask {
                         ipc_open = false;
                     }
                 },
-                Some(msg) = self.mailbox.recv(), if ipc_open => {
-                    if self.ipc.send(&msg).await.is_err() {
-                        ipc_open = false; // the worker is going away
+                // A failed send ends the link only when the channel itself failed (the worker
+                // is going away); one message that could not be sent is that message's loss.
+                Some(msg) = self.mailbox.recv(), if ipc_open => match self.ipc.send(&msg).await {
+                    Ok(()) => {}
+                    Err(err) if err.is_bad_message() => {
+                        tracing::error!(slot = self.slot, pid = self.pid, error = %err, "a message to a worker was dropped");
                     }
-                }
+                    Err(_) => ipc_open = false,
+                },
                 Some(first) = self.outbox.recv(), if ipc_open => {
                     if let Err(err) = self.hand_off(first).await {
                         // The worker is going away; its exit returns these connections.
@@ -222,11 +226,20 @@ impl LinkTask {
         }
         let conns: Vec<Handoff> = batch.iter().map(|c| Handoff { id: c.id, peer: c.peer }).collect();
         let fds: Vec<RawFd> = batch.iter().map(|c| c.stream.as_raw_fd()).collect();
-        let sent = self.ipc.send_with_fds(&ToWorker::Connections { conns }, &fds).await;
-        // Sent or not, they stay ours until acknowledged: a failed send means the worker is
-        // dying, and its exit returns everything unacknowledged.
-        self.unacked.extend(batch.into_iter().map(|c| (c.id, c)));
-        sent
+        match self.ipc.send_with_fds(&ToWorker::Connections { conns }, &fds).await {
+            Err(err) if err.is_bad_message() => {
+                // Cannot happen with a bounded batch of fixed-size entries; if it did, the
+                // worker never saw these, and closing them beats stopping the link.
+                tracing::error!(slot = self.slot, pid = self.pid, error = %err, "closing {} connection(s) that could not be handed off", batch.len());
+                Ok(())
+            }
+            sent => {
+                // Sent or not, they stay ours until acknowledged: a failed send means the worker
+                // is dying, and its exit returns everything unacknowledged.
+                self.unacked.extend(batch.into_iter().map(|c| (c.id, c)));
+                sent
+            }
+        }
     }
 }
 

@@ -407,7 +407,13 @@ impl Supervisor {
                 }
             }
             ToPrimary::Broadcast { payload } => {
-                self.relay_broadcast(Some(slot), &payload);
+                if let Err(err) = self.relay_broadcast(Some(slot), &payload) {
+                    tracing::warn!("worker {slot}'s broadcast was not relayed: {err}");
+                }
+                return;
+            }
+            ToPrimary::Unanswered { id, reason } => {
+                self.on_unanswered(slot, generation, id, reason);
                 return;
             }
             ToPrimary::Gather { id, payload } => {
@@ -451,6 +457,7 @@ impl Supervisor {
             ToPrimary::Broadcast { .. }
             | ToPrimary::Gather { .. }
             | ToPrimary::Reply { .. }
+            | ToPrimary::Unanswered { .. }
             | ToPrimary::Accepted { .. }
             | ToPrimary::Refused { .. } => {}
         }

@@ -129,8 +129,11 @@ fn heartbeat(channel: Channel, drain: Drain) {
         let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
             tick.tick().await;
-            if channel.send(&ToPrimary::Heartbeat { requests: drain.served() }).await.is_err() {
-                return; // the primary is gone; the IPC reader starts the drain
+            match channel.send(&ToPrimary::Heartbeat { requests: drain.served() }).await {
+                Ok(()) => {}
+                // One message's trouble is not the link's: keep beating.
+                Err(err) if err.is_bad_message() => tracing::warn!(error = %err, "cannot send a heartbeat"),
+                Err(_) => return, // the primary is gone; the IPC reader starts the drain
             }
         }
     });
@@ -230,7 +233,8 @@ fn watch_primary(
                     let messenger = messenger.clone();
                     tokio::spawn(async move { messenger.answer(id, payload).await });
                 }
-                ToWorker::Gathered { id, replies } => messenger.gathered(id, replies),
+                ToWorker::GatheredPart { id, replies } => messenger.gathered_part(id, replies),
+                ToWorker::Gathered { id, replies, unanswered } => messenger.gathered(id, replies, unanswered),
                 ToWorker::Retire => trigger.fire(Stop::Retire),
                 ToWorker::Connections { conns } => {
                     let (accepted, refused) = match &sink {
