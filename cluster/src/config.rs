@@ -112,6 +112,11 @@ pub struct ClusterConfig {
     /// Where the merged log goes. With a sink, workers' output is captured and merged into it
     /// (and `herd ctl logs` can follow it); without one, workers write to the inherited stderr.
     pub logs: Option<crate::logs::LogSink>,
+    /// The arguments workers are started with (after argv[0]); `None` gives them the
+    /// primary's own. Every local user can read a process's arguments (`/proc/PID/cmdline`):
+    /// an app whose command line may hold secrets passes the public part here and the
+    /// secrets through `worker_env`.
+    pub worker_args: Option<Vec<OsString>>,
 }
 
 impl ClusterConfig {
@@ -128,6 +133,7 @@ impl ClusterConfig {
             control_socket: None,
             worker_env: Vec::new(),
             logs: None,
+            worker_args: None,
         }
     }
 }

@@ -56,7 +56,8 @@ pub(crate) struct Link {
 /// Everything needed to start workers; lives as long as the primary.
 pub(crate) struct Spawner {
     pub(crate) exe: PathBuf,
-    /// The primary's own argv[0], and its other arguments, which workers get too.
+    /// The primary's own argv[0], and the other arguments workers get (the primary's own
+    /// unless the app chose them: [`crate::ClusterConfig::worker_args`]).
     pub(crate) arg0: OsString,
     pub(crate) args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,

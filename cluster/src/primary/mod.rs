@@ -99,7 +99,7 @@ pub(crate) async fn run(
     let spawner = Spawner {
         arg0: argv.next().unwrap_or_else(|| exe.clone().into_os_string()),
         exe,
-        args: argv.collect::<Vec<OsString>>(),
+        args: config.worker_args.clone().unwrap_or_else(|| argv.collect::<Vec<OsString>>()),
         env: config.worker_env.clone(),
         logs: config.logs.clone(),
         // The primary keeps `listener` itself, open, in every mode (dropped only on return).
