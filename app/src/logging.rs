@@ -3,6 +3,10 @@
 //! `"pid"` fields. In the primary, lines go through the cluster's merged log (stderr, the
 //! `--log-file`/`--error-log-file` files, `herd ctl logs`); workers write to their stderr,
 //! which the primary reads into the same merged log. `RUST_LOG` overrides the default filter.
+//!
+//! A log line is one line whatever a client sent: control characters in the message or in any
+//! field (a user name with `\n` and a forged `ERROR …` after it, terminal escapes) are written
+//! as visible escapes ([`one_line`]), for every event, in both formats.
 
 use std::io::{self, IsTerminal, Write};
 
@@ -10,7 +14,10 @@ use clap::ValueEnum;
 use herd_cluster::{logs::LogSink, Role};
 use tracing_subscriber::{fmt::MakeWriter, EnvFilter};
 
-const DEFAULT_FILTER: &str = "info,fred=warn,tower_sessions=warn,tower_sessions_core=warn";
+/// Lines any client can trigger at will are below the default level, so that anonymous load
+/// cannot fill the disk (issue 13: 41 MB of log from 60 s of it): tower-sessions warns on every
+/// malformed session cookie, and `/heavy` logs each computation at info.
+const DEFAULT_FILTER: &str = "info,fred=warn,tower_sessions=error,tower_sessions_core=warn,herd::routes::heavy=warn";
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -26,7 +33,7 @@ pub fn init(role: Role, format: LogFormat, sink: Option<LogSink>) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     // Colours only for a person at a terminal, never into files or pipes.
     let ansi = sink.is_none() && io::stderr().is_terminal();
-    let writer = LineWriter { tag: Tag::of(role), sink };
+    let writer = LineWriter { tag: Tag::of(role), sink, colours: ansi && format == LogFormat::Pretty };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_target(false);
     match format {
         LogFormat::Pretty => builder.with_ansi(ansi).init(),
@@ -65,6 +72,8 @@ impl Tag {
 struct LineWriter {
     tag: Tag,
     sink: Option<LogSink>,
+    /// The formatter colours its output: keep its colour codes (only those).
+    colours: bool,
 }
 
 impl<'a> MakeWriter<'a> for LineWriter {
@@ -94,22 +103,67 @@ impl Write for LineBuf<'_> {
 
 impl Drop for LineBuf<'_> {
     fn drop(&mut self) {
+        // The formatter writes one event per writer: one line, ending in a newline.
         let text = String::from_utf8_lossy(&self.buf);
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            let tagged = self.to.tag.apply(line);
-            match &self.to.sink {
-                Some(sink) => sink.write_line(&tagged),
-                None => {
-                    let _ = writeln!(io::stderr().lock(), "{tagged}");
-                }
+        let line = one_line(text.strip_suffix('\n').unwrap_or(&text), self.to.colours);
+        if line.is_empty() {
+            return;
+        }
+        let tagged = self.to.tag.apply(&line);
+        match &self.to.sink {
+            Some(sink) => sink.write_line(&tagged),
+            None => {
+                let _ = writeln!(io::stderr().lock(), "{tagged}");
             }
         }
     }
 }
 
+/// `event` with every control character (newlines, escapes, C1 codes) and bidirectional
+/// override written as a visible escape (`\n`, `\x1b`, `\u{202e}`), so that text from a client
+/// can neither start a forged line nor drive the terminal. With `colours`, the formatter's own
+/// colour codes (`ESC [ digits;… m`, which only colour) are kept.
+pub fn one_line(event: &str, colours: bool) -> String {
+    let mut out = String::with_capacity(event.len());
+    let mut chars = event.char_indices().peekable();
+    while let Some((i, c)) = chars.next() {
+        if c == '\x1b' && colours {
+            let rest = &event[i + 1..];
+            let params = rest.strip_prefix('[').map(|r| r.bytes().take_while(|b| b.is_ascii_digit() || *b == b';').count());
+            if let Some(n) = params.filter(|n| rest.as_bytes().get(1 + n) == Some(&b'm')) {
+                out.push_str(&event[i..i + 1 + 1 + n + 1]);
+                for _ in 0..n + 2 {
+                    chars.next();
+                }
+                continue;
+            }
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push('\t'),
+            c if c.is_control() => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => out.push_str(&format!("\\u{{{:x}}}", u32::from(c))),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_from_clients_cannot_forge_lines_or_drive_the_terminal() {
+        let forged = "login refused user=x\nERROR worker 0 pid 1 killed by SIGKILL\x1b[31m\x1b[2J\r\u{202e}\u{85}";
+        let line = one_line(forged, false);
+        assert_eq!(line, "login refused user=x\\nERROR worker 0 pid 1 killed by SIGKILL\\x1b[31m\\x1b[2J\\r\\u{202e}\\x85");
+        assert!(!line.chars().any(char::is_control));
+        // At a terminal, the formatter's colours stay; anything else is still escaped.
+        assert_eq!(one_line("\x1b[2m2026\x1b[0m \x1b[32mINFO\x1b[0m a\x1b[2Jb\x1b[", true), "\x1b[2m2026\x1b[0m \x1b[32mINFO\x1b[0m a\\x1b[2Jb\\x1b[");
+        assert_eq!(one_line("tab\tstays, ünïcode too", false), "tab\tstays, ünïcode too");
+    }
 
     #[test]
     fn lines_are_tagged_in_both_formats() {
