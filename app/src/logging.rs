@@ -14,10 +14,27 @@ use clap::ValueEnum;
 use herd_cluster::{logs::LogSink, Role};
 use tracing_subscriber::{fmt::MakeWriter, EnvFilter};
 
-/// Lines any client can trigger at will are below the default level, so that anonymous load
-/// cannot fill the disk (issue 13: 41 MB of log from 60 s of it): tower-sessions warns on every
-/// malformed session cookie, and `/heavy` logs each computation at info.
-const DEFAULT_FILTER: &str = "info,fred=warn,tower_sessions=error,tower_sessions_core=warn,herd::routes::heavy=warn";
+const DEFAULT_FILTER: &str = "info,fred=warn,tower_sessions_core=warn";
+
+/// Lines any client can trigger at will, once per request, stay out of the log (issue 13: 41 MB
+/// from 60 s of anonymous load) unless `RUST_LOG` names their target: tower-sessions warns on
+/// every malformed session cookie, and `/heavy` logs each computation at info.
+const QUIET_BY_DEFAULT: [(&str, &str); 2] = [("tower_sessions", "tower_sessions=error"), ("herd::routes::heavy", "herd::routes::heavy=warn")];
+
+/// `RUST_LOG` (else [`DEFAULT_FILTER`]), with [`QUIET_BY_DEFAULT`] for every target it does
+/// not name.
+fn filter() -> EnvFilter {
+    let from_env = std::env::var("RUST_LOG").ok().filter(|f| !f.trim().is_empty());
+    let mut filter = from_env.as_deref().and_then(|f| EnvFilter::try_new(f).ok()).unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
+    for (target, directive) in QUIET_BY_DEFAULT {
+        if !from_env.as_deref().is_some_and(|f| f.contains(target)) {
+            if let Ok(directive) = directive.parse() {
+                filter = filter.add_directive(directive);
+            }
+        }
+    }
+    filter
+}
 
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
@@ -30,7 +47,7 @@ pub enum LogFormat {
 }
 
 pub fn init(role: Role, format: LogFormat, sink: Option<LogSink>) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter = filter();
     // Colours only for a person at a terminal, never into files or pipes.
     let ansi = sink.is_none() && io::stderr().is_terminal();
     let writer = LineWriter { tag: Tag::of(role), sink, colours: ansi && format == LogFormat::Pretty };
