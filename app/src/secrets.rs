@@ -50,7 +50,8 @@ pub fn worker_args(args: impl IntoIterator<Item = OsString>) -> (Vec<OsString>, 
 /// The first non-blank line of `--redis-url-file`, trimmed. Errors name the file, never its
 /// content.
 pub fn read_url_file(path: &Path) -> anyhow::Result<String> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --redis-url-file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read --redis-url-file {}", path.display()))?;
     match text.lines().map(str::trim).find(|l| !l.is_empty()) {
         Some(url) => Ok(url.to_owned()),
         None => bail!("--redis-url-file {} is empty", path.display()),
@@ -59,7 +60,8 @@ pub fn read_url_file(path: &Path) -> anyhow::Result<String> {
 
 /// `--demo-user-file`: one `NAME:PASSWORD` per line; blank lines and `#` comments skipped.
 pub fn read_demo_users(path: &Path) -> anyhow::Result<Vec<DemoUser>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --demo-user-file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read --demo-user-file {}", path.display()))?;
     let mut users = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
@@ -67,7 +69,9 @@ pub fn read_demo_users(path: &Path) -> anyhow::Result<Vec<DemoUser>> {
             continue;
         }
         // The parse error says what is expected; the line itself may hold a password.
-        let user = line.parse::<DemoUser>().map_err(|why| anyhow::anyhow!("--demo-user-file {} line {}: {why}", path.display(), n + 1))?;
+        let user = line
+            .parse::<DemoUser>()
+            .map_err(|why| anyhow::anyhow!("--demo-user-file {} line {}: {why}", path.display(), n + 1))?;
         users.push(user);
     }
     Ok(users)
@@ -107,7 +111,14 @@ mod tests {
     #[test]
     fn secret_flags_and_their_values_are_left_out_of_workers_arguments() {
         let (kept, removed) = worker_args(os(&[
-            "serve", "--redis-url", "redis://:pw@h", "--workers", "2", "--demo-user=alice:wonderland", "--demo-user", "bob:pw",
+            "serve",
+            "--redis-url",
+            "redis://:pw@h",
+            "--workers",
+            "2",
+            "--demo-user=alice:wonderland",
+            "--demo-user",
+            "bob:pw",
         ]));
         assert_eq!((kept, removed), (os(&["serve", "--workers", "2"]), true));
         let (kept, removed) = worker_args(os(&["serve", "--redis-url-file", "/run/url", "--", "--demo-user"]));

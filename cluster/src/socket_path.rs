@@ -69,7 +69,9 @@ pub enum SocketPathError {
         mode: u32,
     },
     /// The process answering on the socket runs as another user.
-    #[error("the process answering on {path} runs as uid {owner}, not as this user (uid {me}): refusing to talk to it")]
+    #[error(
+        "the process answering on {path} runs as uid {owner}, not as this user (uid {me}): refusing to talk to it"
+    )]
     ForeignPeer {
         /// The socket.
         path: PathBuf,
@@ -107,7 +109,11 @@ pub(crate) fn prepare_for_bind(path: &Path) -> Result<bool, SocketPathError> {
         ensure_private_dir(&dir)?;
     } else {
         if fs::symlink_metadata(&dir).is_err() {
-            DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(|source| SocketPathError::Io { path: dir.clone(), source })?;
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&dir)
+                .map_err(|source| SocketPathError::Io { path: dir.clone(), source })?;
         }
         check_shared_dir(&dir)?;
     }
@@ -186,7 +192,12 @@ fn check_socket(path: &Path, meta: &Metadata, root_may_own: bool) -> Result<(), 
     check_kind_and_owner(path, meta, "socket", root_may_own)
 }
 
-fn check_kind_and_owner(path: &Path, meta: &Metadata, expected: &'static str, root_may_own: bool) -> Result<(), SocketPathError> {
+fn check_kind_and_owner(
+    path: &Path,
+    meta: &Metadata,
+    expected: &'static str,
+    root_may_own: bool,
+) -> Result<(), SocketPathError> {
     let kind = meta.file_type();
     if kind.is_symlink() {
         return Err(SocketPathError::Symlink { path: path.to_owned() });

@@ -66,7 +66,9 @@ fn stats_with_big_notes_answers_and_no_worker_dies() {
         assert_eq!(res.status, 200, "never a 500: {}", res.body);
         let stats = res.json();
         let workers = stats["workers"].as_array().cloned().unwrap_or_default();
-        let dropped = |w: &serde_json::Value| w["notes_dropped"].as_u64().unwrap_or(0) + w["notes"].as_array().map_or(0, |n| n.len() as u64);
+        let dropped = |w: &serde_json::Value| {
+            w["notes_dropped"].as_u64().unwrap_or(0) + w["notes"].as_array().map_or(0, |n| n.len() as u64)
+        };
         (workers.len() == 2 && workers.iter().all(|w| dropped(w) == 4)).then_some(stats)
     });
     for worker in stats["workers"].as_array().expect("workers") {
@@ -143,8 +145,17 @@ fn control_socket_places_others_could_control_are_refused() {
     std::os::unix::fs::symlink(dir.path().join("elsewhere"), dir.path().join("link.sock")).expect("symlink");
     serve(&dir.path().join("link.sock"), &[], "symbolic link");
     let (code, _, err) = {
-        let out = std::process::Command::new(herd_bin()).args(["ctl", "--socket"]).arg(dir.path().join("link.sock")).arg("stop").output().expect("ctl");
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        let out = std::process::Command::new(herd_bin())
+            .args(["ctl", "--socket"])
+            .arg(dir.path().join("link.sock"))
+            .arg("stop")
+            .output()
+            .expect("ctl");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     };
     assert!(code != Some(0) && err.contains("symbolic link"), "ctl refuses a planted link: {err}");
 
@@ -185,6 +196,12 @@ fn workers_command_lines_hold_no_password() {
     };
     let base = ["serve", "--bind", "127.0.0.1:0", "--workers", "2", "--secure-cookies", "false"];
 
+    // On the primary's command line (public, and herd says so): never on the workers'.
+    let herd = Herd::start(&redis, &["--workers", "2"]);
+    check(&herd, true);
+    assert!(herd.log().iter().any(|l| l.contains("WARN") && l.contains("command line")), "a warning");
+    drop(herd);
+
     // Through the environment.
     let herd = Herd::spawn(&base, &[("REDIS_URL", &url), ("HERD_DEMO_USER", "alice:wonderland")]);
     herd.wait_log("workers ready", Duration::from_secs(30), |l| l.contains("workers ready"));
@@ -196,17 +213,17 @@ fn workers_command_lines_hold_no_password() {
     std::fs::write(dir.path().join("url"), format!("{url}\n")).expect("url file");
     std::fs::write(dir.path().join("users"), "# demo\nalice:wonderland\n").expect("users file");
     let (url_file, users_file) = (dir.path().join("url"), dir.path().join("users"));
-    let files = ["--redis-url-file", url_file.to_str().expect("utf-8"), "--demo-user-file", users_file.to_str().expect("utf-8")];
+    let files = [
+        "--redis-url-file",
+        url_file.to_str().expect("utf-8"),
+        "--demo-user-file",
+        users_file.to_str().expect("utf-8"),
+    ];
     let args: Vec<&str> = base.iter().chain(files.iter()).copied().collect();
     let herd = Herd::spawn(&args, &[]);
     herd.wait_log("workers ready", Duration::from_secs(30), |l| l.contains("workers ready"));
     check(&herd, false);
     drop(herd);
-
-    // On the primary's command line (public, and herd says so): never on the workers'.
-    let herd = Herd::start(&redis, &["--workers", "2"]);
-    check(&herd, true);
-    assert!(herd.log().iter().any(|l| l.contains("WARN") && l.contains("command line")), "a warning");
 }
 
 #[test]
@@ -228,14 +245,18 @@ fn a_user_name_cannot_forge_log_lines() {
     // Fill the per-address failure budget, so that the next attempt is refused and logged with
     // its user name whatever that name is.
     for i in 0..25 {
-        let res = client.post_json("/login", &json!({ "username": format!("u{i}"), "password": "nope" }).to_string()).expect("login");
+        let res = client
+            .post_json("/login", &json!({ "username": format!("u{i}"), "password": "nope" }).to_string())
+            .expect("login");
         assert!(matches!(res.status, 401 | 429), "{}", res.body);
     }
     let skip = herd.log_len();
     let forged = "x\nERROR worker 0 pid 1 killed by SIGKILL\x1b[31m";
-    let res = client.post_json("/login", &json!({ "username": forged, "password": "nope" }).to_string()).expect("login");
+    let res =
+        client.post_json("/login", &json!({ "username": forged, "password": "nope" }).to_string()).expect("login");
     assert!(matches!(res.status, 400 | 401 | 429), "{}", res.body);
-    let line = herd.wait_log_from(skip, "the refused login's line", Duration::from_secs(10), |l| l.contains("killed by SIGKILL"));
+    let line = herd
+        .wait_log_from(skip, "the refused login's line", Duration::from_secs(10), |l| l.contains("killed by SIGKILL"));
     assert!(line.contains(r"x\nERROR worker 0 pid 1 killed by SIGKILL\x1b[31m"), "escaped in place: {line:?}");
     for line in &herd.log()[skip..] {
         assert!(!line.contains('\x1b') && !line.trim_start().starts_with("ERROR"), "forged: {line:?}");
@@ -258,7 +279,9 @@ fn forged_cookies_and_heavy_requests_do_not_multiply_log_lines() {
     // A marker each worker logs after the requests: their earlier lines have arrived by then.
     let (code, _, err) = herd.ctl(&["broadcast", r#"{"type":"reset-stats"}"#]);
     assert_eq!(code, 0, "{err}");
-    wait_for("both workers' marker", Duration::from_secs(10), || (herd.log()[skip..].iter().filter(|l| l.contains("stats reset")).count() >= 2).then_some(()));
+    wait_for("both workers' marker", Duration::from_secs(10), || {
+        (herd.log()[skip..].iter().filter(|l| l.contains("stats reset")).count() >= 2).then_some(())
+    });
     let lines: Vec<String> = herd.log()[skip..].iter().filter(|l| !l.contains("stats reset")).cloned().collect();
     assert!(lines.len() <= 5, "300 anonymous requests wrote {} lines: {lines:#?}", lines.len());
 }

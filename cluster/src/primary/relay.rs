@@ -169,7 +169,9 @@ fn split_replies(replies: Vec<Reply>) -> Vec<Vec<Reply>> {
             used = 0;
         }
         used += size;
-        parts.last_mut().map(|p| p.push(reply));
+        if let Some(part) = parts.last_mut() {
+            part.push(reply);
+        }
     }
     parts
 }
