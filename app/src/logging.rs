@@ -6,12 +6,19 @@
 //!
 //! A log line is one line whatever a client sent: control characters in the message or in any
 //! field (a user name with `\n` and a forged `ERROR …` after it, terminal escapes) are written
-//! as visible escapes ([`one_line`]), for every event, in both formats.
+//! as visible escapes ([`one_line`]), for every event, in both formats. Lines a client can
+//! trigger per request are rate-limited per call site ([`LINES_PER_SECOND`]).
 
-use std::io::{self, IsTerminal, Write};
+use std::{
+    collections::HashMap,
+    io::{self, IsTerminal, Write},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use clap::ValueEnum;
 use herd_cluster::{logs::LogSink, Role};
+use tracing::{callsite::Identifier, Metadata};
 use tracing_subscriber::{fmt::MakeWriter, EnvFilter};
 
 const DEFAULT_FILTER: &str = "info,fred=warn,tower_sessions_core=warn";
@@ -50,7 +57,13 @@ pub fn init(role: Role, format: LogFormat, sink: Option<LogSink>) {
     let filter = filter();
     // Colours only for a person at a terminal, never into files or pipes.
     let ansi = sink.is_none() && io::stderr().is_terminal();
-    let writer = LineWriter { tag: Tag::of(role), sink, colours: ansi && format == LogFormat::Pretty };
+    let writer = LineWriter {
+        tag: Tag::of(role),
+        sink,
+        colours: ansi && format == LogFormat::Pretty,
+        json: format == LogFormat::Json,
+        budgets: Mutex::new(HashMap::new()),
+    };
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_target(false);
     match format {
         LogFormat::Pretty => builder.with_ansi(ansi).init(),
@@ -85,26 +98,94 @@ impl Tag {
     }
 }
 
+/// Targets whose lines a client can trigger once per request (a failed or refused login, a 503
+/// answered while Redis is down): each of their call sites writes at most
+/// [`LINES_PER_SECOND`]; the next line after a second with more says how many were left out.
+const BUDGETED_TARGETS: [&str; 3] = ["herd::routes", "herd::error", "herd_session_store"];
+/// See [`BUDGETED_TARGETS`].
+pub const LINES_PER_SECOND: u32 = 20;
+
 /// Hands each formatted event, tagged, to the merged log or to stderr.
 struct LineWriter {
     tag: Tag,
     sink: Option<LogSink>,
     /// The formatter colours its output: keep its colour codes (only those).
     colours: bool,
+    /// Lines are JSON objects.
+    json: bool,
+    /// Lines written this second per budgeted call site.
+    budgets: Mutex<HashMap<Identifier, Budget>>,
+}
+
+/// One call site's second.
+struct Budget {
+    since: Instant,
+    written: u32,
+    left_out: u64,
+}
+
+impl LineWriter {
+    /// Whether this event may be written, and how many of its call site's lines were left out
+    /// in the second before.
+    fn admit(&self, meta: &Metadata<'_>) -> (bool, u64) {
+        if !BUDGETED_TARGETS.iter().any(|t| meta.target().starts_with(t)) {
+            return (true, 0);
+        }
+        let Ok(mut budgets) = self.budgets.lock() else { return (true, 0) };
+        let budget = budgets.entry(meta.callsite()).or_insert_with(|| Budget { since: Instant::now(), written: 0, left_out: 0 });
+        let mut reported = 0;
+        if budget.since.elapsed() >= Duration::from_secs(1) {
+            reported = std::mem::take(&mut budget.left_out);
+            budget.since = Instant::now();
+            budget.written = 0;
+        }
+        if budget.written < LINES_PER_SECOND {
+            budget.written += 1;
+            (true, reported)
+        } else {
+            budget.left_out += 1;
+            (false, reported)
+        }
+    }
+
+    fn emit(&self, line: &str) {
+        let tagged = self.tag.apply(line);
+        match &self.sink {
+            Some(sink) => sink.write_line(&tagged),
+            None => {
+                let _ = writeln!(io::stderr().lock(), "{tagged}");
+            }
+        }
+    }
 }
 
 impl<'a> MakeWriter<'a> for LineWriter {
     type Writer = LineBuf<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
-        LineBuf { buf: Vec::with_capacity(256), to: self }
+        LineBuf { buf: Vec::with_capacity(256), to: self, discard: false }
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
+        let (admitted, left_out) = self.admit(meta);
+        if left_out > 0 {
+            let note = format!("{left_out} more line(s) like the next were left out (at most {LINES_PER_SECOND} a second)");
+            self.emit(&if self.json {
+                serde_json::json!({ "level": "WARN", "fields": { "message": note }, "target": meta.target() }).to_string()
+            } else {
+                format!(" WARN {note}")
+            });
+        }
+        LineBuf { buf: Vec::with_capacity(256), to: self, discard: !admitted }
     }
 }
 
-/// One event's bytes; emitted line by line when the formatter is done with it.
+/// One event's bytes; emitted as one line when the formatter is done with it.
 struct LineBuf<'a> {
     buf: Vec<u8>,
     to: &'a LineWriter,
+    /// Over its call site's budget: written nowhere.
+    discard: bool,
 }
 
 impl Write for LineBuf<'_> {
@@ -123,15 +204,8 @@ impl Drop for LineBuf<'_> {
         // The formatter writes one event per writer: one line, ending in a newline.
         let text = String::from_utf8_lossy(&self.buf);
         let line = one_line(text.strip_suffix('\n').unwrap_or(&text), self.to.colours);
-        if line.is_empty() {
-            return;
-        }
-        let tagged = self.to.tag.apply(&line);
-        match &self.to.sink {
-            Some(sink) => sink.write_line(&tagged),
-            None => {
-                let _ = writeln!(io::stderr().lock(), "{tagged}");
-            }
+        if !line.is_empty() && !self.discard {
+            self.to.emit(&line);
         }
     }
 }

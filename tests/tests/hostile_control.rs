@@ -285,3 +285,45 @@ fn forged_cookies_and_heavy_requests_do_not_multiply_log_lines() {
     let lines: Vec<String> = herd.log()[skip..].iter().filter(|l| !l.contains("stats reset")).cloned().collect();
     assert!(lines.len() <= 5, "300 anonymous requests wrote {} lines: {lines:#?}", lines.len());
 }
+
+#[test]
+fn a_login_flood_writes_a_bounded_number_of_lines() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "1"]);
+    let ip: std::net::IpAddr = "127.0.0.78".parse().expect("ip");
+    for i in 0..25 {
+        let res = herd
+            .client()
+            .from_ip(ip)
+            .post_json("/login", &json!({ "username": format!("u{i}"), "password": "nope" }).to_string());
+        assert!(matches!(res.expect("login").status, 401 | 429));
+    }
+    // Refused attempts are cheap (no hash): 200 of them as fast as 8 clients can send them.
+    let skip = herd.log_len();
+    let started = Instant::now();
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let client = herd.client().from_ip(ip);
+            std::thread::spawn(move || {
+                for _ in 0..25 {
+                    let res = client.post_json("/login", r#"{"username":"alice","password":"nope"}"#).expect("login");
+                    assert_eq!(res.status, 429, "{}", res.body);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().expect("client thread");
+    }
+    let seconds = started.elapsed().as_secs() + 2;
+    // One more attempt after the flood's second says how many lines were left out.
+    wait_for("the left-out count", Duration::from_secs(10), || {
+        let _ = herd.client().from_ip(ip).post_json("/login", r#"{"username":"alice","password":"nope"}"#);
+        herd.log()[skip..].iter().any(|l| l.contains("left out")).then_some(())
+    });
+    let refused = herd.log()[skip..].iter().filter(|l| l.contains("login refused")).count();
+    assert!(
+        refused as u64 <= 20 * seconds + 10 && refused < 150,
+        "{refused} lines for 200 refused logins in {seconds} s"
+    );
+}
