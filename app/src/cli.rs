@@ -386,8 +386,16 @@ mod tests {
     #[test]
     fn flags_parse() {
         let args = serve(&[
-            "--workers", "3", "--bind", "127.0.0.1:3000", "--demo-user", "alice:wonder:land",
-            "--secure-cookies", "false", "--shutdown-timeout", "1500ms",
+            "--workers",
+            "3",
+            "--bind",
+            "127.0.0.1:3000",
+            "--demo-user",
+            "alice:wonder:land",
+            "--secure-cookies",
+            "false",
+            "--shutdown-timeout",
+            "1500ms",
         ])
         .expect("valid flags");
         assert_eq!(args.workers, Some(3));
@@ -416,7 +424,10 @@ mod tests {
         assert_eq!("-1".parse(), Ok(ScaleArg::By(-1)));
         assert!("many".parse::<ScaleArg>().is_err());
         let cli = Cli::try_parse_from(["herd", "ctl", "scale", "-1"]).expect("negative scale parses");
-        assert!(matches!(cli.command, Command::Ctl(CtlArgs { command: CtlCommand::Scale { count: ScaleArg::By(-1) }, .. })));
+        assert!(matches!(
+            cli.command,
+            Command::Ctl(CtlArgs { command: CtlCommand::Scale { count: ScaleArg::By(-1) }, .. })
+        ));
     }
 
     #[test]
@@ -428,10 +439,17 @@ mod tests {
 
     #[test]
     fn session_limits() {
-        let args = serve(&["--session-idle", "2s", "--session-max-age", "1h", "--session-max-bytes", "1KiB"]).expect("valid");
-        assert_eq!((args.session_idle, args.session_max_age, args.session_max_bytes), (Duration::from_secs(2), Duration::from_secs(3600), 1024));
+        let args =
+            serve(&["--session-idle", "2s", "--session-max-age", "1h", "--session-max-bytes", "1KiB"]).expect("valid");
+        assert_eq!(
+            (args.session_idle, args.session_max_age, args.session_max_bytes),
+            (Duration::from_secs(2), Duration::from_secs(3600), 1024)
+        );
         let defaults = serve(&[]).expect("defaults");
-        assert_eq!((defaults.session_idle, defaults.session_max_age), (Duration::from_secs(1800), Duration::from_secs(12 * 3600)));
+        assert_eq!(
+            (defaults.session_idle, defaults.session_max_age),
+            (Duration::from_secs(1800), Duration::from_secs(12 * 3600))
+        );
     }
 
     #[test]

@@ -40,13 +40,17 @@ pub fn parse_from(argv: Vec<OsString>) -> anyhow::Result<Cli> {
 /// The flags the file contributes: one per key that neither a flag nor an environment
 /// variable already set.
 fn flags_from_file(path: &Path, given: &ArgMatches) -> anyhow::Result<Vec<OsString>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
     let table: toml::Table = text.parse().with_context(|| format!("{} is not valid TOML", path.display()))?;
     let serve = Cli::command().find_subcommand("serve").cloned().context("the serve command")?;
     let mut flags = Vec::new();
     for (key, value) in &table {
         let Some(arg) = serve.get_arguments().find(|a| file_key(a).as_deref() == Some(key.as_str())) else {
-            bail!("{}: unknown key `{key}` (keys are `serve` flags with _ for -; see `herd config example`)", path.display());
+            bail!(
+                "{}: unknown key `{key}` (keys are `serve` flags with _ for -; see `herd config example`)",
+                path.display()
+            );
         };
         let id = arg.get_id().as_str();
         if id == "config" {
@@ -116,7 +120,10 @@ pub fn example() -> String {
          # this file. Uncomment what you want to change.\n",
     );
     let serve = Cli::command().find_subcommand("serve").cloned().unwrap_or_else(|| clap::Command::new("serve"));
-    for arg in serve.get_arguments().filter(|a| a.get_long().is_some() && !a.is_hide_set() && a.get_id() != "config" && a.get_id() != "help") {
+    for arg in serve
+        .get_arguments()
+        .filter(|a| a.get_long().is_some() && !a.is_hide_set() && a.get_id() != "config" && a.get_id() != "help")
+    {
         let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
         out.push('\n');
         for line in help.lines() {
@@ -200,7 +207,10 @@ mod tests {
         let err = parse_from(args(&["--config", &f.arg()])).expect_err("bad bool").to_string();
         assert!(err.contains("`sticky` must be true or false"), "{err}");
         let f = file("workers = [\n");
-        assert!(parse_from(args(&["--config", &f.arg()])).expect_err("bad toml").to_string().contains("not valid TOML"));
+        assert!(parse_from(args(&["--config", &f.arg()]))
+            .expect_err("bad toml")
+            .to_string()
+            .contains("not valid TOML"));
     }
 
     #[test]
@@ -214,7 +224,8 @@ mod tests {
             .collect();
         assert!(uncommented.contains("workers") || uncommented.contains("bind"), "{example}");
         // Every key in the example is accepted (values of keys without defaults are skipped).
-        let keys_only: String = uncommented.lines().filter(|l| !l.ends_with("= \"\"")).map(|l| format!("{l}\n")).collect();
+        let keys_only: String =
+            uncommented.lines().filter(|l| !l.ends_with("= \"\"")).map(|l| format!("{l}\n")).collect();
         let f = file(&keys_only);
         parse_from(args(&["--config", &f.arg()])).expect("the example's keys and defaults are valid");
     }

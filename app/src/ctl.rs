@@ -55,7 +55,8 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
 }
 
 fn parse_json(text: &str) -> anyhow::Result<serde_json::Value> {
-    serde_json::from_str(text).with_context(|| format!("the message must be JSON, e.g. '{{\"type\":\"reset-stats\"}}', not {text:?}"))
+    serde_json::from_str(text)
+        .with_context(|| format!("the message must be JSON, e.g. '{{\"type\":\"reset-stats\"}}', not {text:?}"))
 }
 
 /// `status`, redrawn every second, like `pm2 monit`.
@@ -87,14 +88,23 @@ pub fn table(status: &Status) -> String {
         out.push_str(&format!(" · last reload: {reload}"));
     }
     out.push('\n');
-    out.push_str(&format!("{:<5} {:<8} {:<9} {:>8} {:>8} {:>10} {:>6}\n", "slot", "pid", "state", "uptime", "restarts", "rss", "conns"));
+    out.push_str(&format!(
+        "{:<5} {:<8} {:<9} {:>8} {:>8} {:>10} {:>6}\n",
+        "slot", "pid", "state", "uptime", "restarts", "rss", "conns"
+    ));
     for w in &status.workers {
         let rss = w.rss_bytes.map_or("-".to_owned(), |b| format!("{:.1}MiB", b as f64 / (1024.0 * 1024.0)));
         let conns = w.open_connections.map_or("-".to_owned(), |c| c.to_string());
         let pid = w.pid.map_or("-".to_owned(), |p| p.to_string());
         out.push_str(&format!(
             "{:<5} {:<8} {:<9} {:>8} {:>8} {:>10} {:>6}\n",
-            w.slot, pid, w.state, uptime(w.uptime_s), w.restarts, rss, conns
+            w.slot,
+            pid,
+            w.state,
+            uptime(w.uptime_s),
+            w.restarts,
+            rss,
+            conns
         ));
     }
     out

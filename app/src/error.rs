@@ -50,7 +50,8 @@ impl IntoResponse for AppError {
             AppError::BadCredentials => StatusCode::UNAUTHORIZED,
             AppError::RateLimited { retry_after } => {
                 let body = Json(json!({ "error": self.to_string() }));
-                return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, retry_after.to_string())], body).into_response();
+                return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, retry_after.to_string())], body)
+                    .into_response();
             }
             AppError::Unavailable(cause) => {
                 tracing::warn!(%cause, "answering 503: Redis unavailable");

@@ -26,13 +26,15 @@ const DEFAULT_FILTER: &str = "info,fred=warn,tower_sessions_core=warn";
 /// Lines any client can trigger at will, once per request, stay out of the log (issue 13: 41 MB
 /// from 60 s of anonymous load) unless `RUST_LOG` names their target: tower-sessions warns on
 /// every malformed session cookie, and `/heavy` logs each computation at info.
-const QUIET_BY_DEFAULT: [(&str, &str); 2] = [("tower_sessions", "tower_sessions=error"), ("herd::routes::heavy", "herd::routes::heavy=warn")];
+const QUIET_BY_DEFAULT: [(&str, &str); 2] =
+    [("tower_sessions", "tower_sessions=error"), ("herd::routes::heavy", "herd::routes::heavy=warn")];
 
 /// `RUST_LOG` (else [`DEFAULT_FILTER`]), with [`QUIET_BY_DEFAULT`] for every target it does
 /// not name.
 fn filter() -> EnvFilter {
     let from_env = std::env::var("RUST_LOG").ok().filter(|f| !f.trim().is_empty());
-    let mut filter = from_env.as_deref().and_then(|f| EnvFilter::try_new(f).ok()).unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
+    let mut filter =
+        from_env.as_deref().and_then(|f| EnvFilter::try_new(f).ok()).unwrap_or_else(|| EnvFilter::new(DEFAULT_FILTER));
     for (target, directive) in QUIET_BY_DEFAULT {
         if !from_env.as_deref().is_some_and(|f| f.contains(target)) {
             if let Ok(directive) = directive.parse() {
@@ -82,7 +84,9 @@ impl Tag {
     fn of(role: Role) -> Self {
         let pid = std::process::id();
         match role {
-            Role::Primary => Self { text: format!("primary pid={pid}"), json_fields: format!(r#""process":"primary","pid":{pid},"#) },
+            Role::Primary => {
+                Self { text: format!("primary pid={pid}"), json_fields: format!(r#""process":"primary","pid":{pid},"#) }
+            }
             Role::Worker(id) => Self {
                 text: format!("worker={} pid={pid}", id.slot),
                 json_fields: format!(r#""process":"worker","worker":{},"pid":{pid},"#, id.slot),
@@ -132,7 +136,8 @@ impl LineWriter {
             return (true, 0);
         }
         let Ok(mut budgets) = self.budgets.lock() else { return (true, 0) };
-        let budget = budgets.entry(meta.callsite()).or_insert_with(|| Budget { since: Instant::now(), written: 0, left_out: 0 });
+        let budget =
+            budgets.entry(meta.callsite()).or_insert_with(|| Budget { since: Instant::now(), written: 0, left_out: 0 });
         let mut reported = 0;
         if budget.since.elapsed() >= Duration::from_secs(1) {
             reported = std::mem::take(&mut budget.left_out);
@@ -169,9 +174,11 @@ impl<'a> MakeWriter<'a> for LineWriter {
     fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Self::Writer {
         let (admitted, left_out) = self.admit(meta);
         if left_out > 0 {
-            let note = format!("{left_out} more line(s) like the next were left out (at most {LINES_PER_SECOND} a second)");
+            let note =
+                format!("{left_out} more line(s) like the next were left out (at most {LINES_PER_SECOND} a second)");
             self.emit(&if self.json {
-                serde_json::json!({ "level": "WARN", "fields": { "message": note }, "target": meta.target() }).to_string()
+                serde_json::json!({ "level": "WARN", "fields": { "message": note }, "target": meta.target() })
+                    .to_string()
             } else {
                 format!(" WARN {note}")
             });
@@ -220,7 +227,8 @@ pub fn one_line(event: &str, colours: bool) -> String {
     while let Some((i, c)) = chars.next() {
         if c == '\x1b' && colours {
             let rest = &event[i + 1..];
-            let params = rest.strip_prefix('[').map(|r| r.bytes().take_while(|b| b.is_ascii_digit() || *b == b';').count());
+            let params =
+                rest.strip_prefix('[').map(|r| r.bytes().take_while(|b| b.is_ascii_digit() || *b == b';').count());
             if let Some(n) = params.filter(|n| rest.as_bytes().get(1 + n) == Some(&b'm')) {
                 out.push_str(&event[i..i + 1 + 1 + n + 1]);
                 for _ in 0..n + 2 {
@@ -249,18 +257,29 @@ mod tests {
     fn control_characters_from_clients_cannot_forge_lines_or_drive_the_terminal() {
         let forged = "login refused user=x\nERROR worker 0 pid 1 killed by SIGKILL\x1b[31m\x1b[2J\r\u{202e}\u{85}";
         let line = one_line(forged, false);
-        assert_eq!(line, "login refused user=x\\nERROR worker 0 pid 1 killed by SIGKILL\\x1b[31m\\x1b[2J\\r\\u{202e}\\x85");
+        assert_eq!(
+            line,
+            "login refused user=x\\nERROR worker 0 pid 1 killed by SIGKILL\\x1b[31m\\x1b[2J\\r\\u{202e}\\x85"
+        );
         assert!(!line.chars().any(char::is_control));
         // At a terminal, the formatter's colours stay; anything else is still escaped.
-        assert_eq!(one_line("\x1b[2m2026\x1b[0m \x1b[32mINFO\x1b[0m a\x1b[2Jb\x1b[", true), "\x1b[2m2026\x1b[0m \x1b[32mINFO\x1b[0m a\\x1b[2Jb\\x1b[");
+        assert_eq!(
+            one_line("\x1b[2m2026\x1b[0m \x1b[32mINFO\x1b[0m a\x1b[2Jb\x1b[", true),
+            "\x1b[2m2026\x1b[0m \x1b[32mINFO\x1b[0m a\\x1b[2Jb\\x1b["
+        );
         assert_eq!(one_line("tab\tstays, ünïcode too", false), "tab\tstays, ünïcode too");
     }
 
     #[test]
     fn lines_are_tagged_in_both_formats() {
-        let tag = Tag { text: "worker=1 pid=7".into(), json_fields: r#""process":"worker","worker":1,"pid":7,"#.into() };
+        let tag =
+            Tag { text: "worker=1 pid=7".into(), json_fields: r#""process":"worker","worker":1,"pid":7,"#.into() };
         assert_eq!(tag.apply("INFO ready"), "worker=1 pid=7 INFO ready");
-        let json: serde_json::Value = serde_json::from_str(&tag.apply(r#"{"level":"INFO","fields":{"message":"ready"}}"#)).expect("still JSON");
-        assert_eq!((json["worker"].as_u64(), json["pid"].as_u64(), json["level"].as_str()), (Some(1), Some(7), Some("INFO")));
+        let json: serde_json::Value =
+            serde_json::from_str(&tag.apply(r#"{"level":"INFO","fields":{"message":"ready"}}"#)).expect("still JSON");
+        assert_eq!(
+            (json["worker"].as_u64(), json["pid"].as_u64(), json["level"].as_str()),
+            (Some(1), Some(7), Some("INFO"))
+        );
     }
 }

@@ -29,13 +29,15 @@ fn main() -> ExitCode {
         Command::Serve(args) => {
             let sink = match role {
                 // The primary merges everyone's lines; workers write theirs to its pipe.
-                herd_cluster::Role::Primary => match herd_cluster::logs::LogSink::new(args.log_file.clone(), args.error_log_file.clone()) {
-                    Ok(sink) => Some(sink),
-                    Err(err) => {
-                        eprintln!("herd: cannot open the log files: {err}");
-                        return ExitCode::FAILURE;
+                herd_cluster::Role::Primary => {
+                    match herd_cluster::logs::LogSink::new(args.log_file.clone(), args.error_log_file.clone()) {
+                        Ok(sink) => Some(sink),
+                        Err(err) => {
+                            eprintln!("herd: cannot open the log files: {err}");
+                            return ExitCode::FAILURE;
+                        }
                     }
-                },
+                }
                 herd_cluster::Role::Worker(_) => None,
             };
             (args.log_format, sink)

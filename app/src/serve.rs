@@ -37,7 +37,9 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
         max_requests_jitter: args.max_requests_jitter,
     };
     if args.debug_routes && !args.bind.ip().is_loopback() {
-        bail!("--debug-routes can crash and stall workers on request: it is refused unless --bind is a loopback address");
+        bail!(
+            "--debug-routes can crash and stall workers on request: it is refused unless --bind is a loopback address"
+        );
     }
     config.control_socket = args.control_socket.clone();
     config.balance = args.balance();
@@ -93,8 +95,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
     let redis_config = args.redis.config(redis_url);
     let keys = Keys::new(args.redis.key_prefix.clone());
     let demo_users = demo_users.iter().map(|u| u.name.clone()).collect();
-    let outcome =
-        herd_cluster::run(config, move |ctx| build_app(ctx, redis_config, keys, settings, demo_users)).await;
+    let outcome = herd_cluster::run(config, move |ctx| build_app(ctx, redis_config, keys, settings, demo_users)).await;
     if let Some(redis) = private {
         redis.stop().await;
     }
@@ -162,7 +163,11 @@ fn keep_secrets_off_workers_command_lines(config: &mut ClusterConfig, args: &Ser
     config.worker_args = Some(public);
 }
 
-async fn seed_demo_users(redis: &RedisConfig, args: &ServeArgs, demo_users: &[crate::cli::DemoUser]) -> anyhow::Result<()> {
+async fn seed_demo_users(
+    redis: &RedisConfig,
+    args: &ServeArgs,
+    demo_users: &[crate::cli::DemoUser],
+) -> anyhow::Result<()> {
     let pool = connect_redis(redis).await?;
     let users = Users::new(pool.clone(), Keys::new(args.redis.key_prefix.clone()));
     for demo in demo_users {

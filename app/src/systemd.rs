@@ -17,7 +17,12 @@ pub fn print_unit(args: &ServeArgs) -> anyhow::Result<i32> {
     // The flags exactly as given after `systemd-unit`; clap has already validated them.
     let flags: Vec<String> = std::env::args().skip(2).map(|a| quote(&a)).collect();
     let mut unit = String::new();
-    let _ = writeln!(unit, "[Unit]\nDescription=herd: {} workers on {}", args.workers.map_or("one per CPU".into(), |n| n.to_string()), args.bind);
+    let _ = writeln!(
+        unit,
+        "[Unit]\nDescription=herd: {} workers on {}",
+        args.workers.map_or("one per CPU".into(), |n| n.to_string()),
+        args.bind
+    );
     let _ = writeln!(unit, "After=network-online.target redis-server.service\nWants=network-online.target\n");
     let _ = writeln!(unit, "[Service]\nType=notify\nNotifyAccess=main");
     // Relative paths in the flags (--config, the private Redis's ./.herd) mean what they mean here.

@@ -84,14 +84,13 @@ impl Channel {
     /// [`ChannelError::Oversized`]: one bad message, the channel still works.
     pub(crate) async fn send_with_fds<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> Result<(), ChannelError> {
         let bytes = encode(msg)?;
-        self.fd
-            .async_io(Interest::WRITABLE, |sock| fd::send_with_fds(sock.as_fd(), &bytes, fds))
-            .await
-            .map_err(|err| match err.raw_os_error() {
+        self.fd.async_io(Interest::WRITABLE, |sock| fd::send_with_fds(sock.as_fd(), &bytes, fds)).await.map_err(
+            |err| match err.raw_os_error() {
                 // The kernel's own limit (the socket's send buffer) is per message too.
                 Some(nix::libc::EMSGSIZE) => ChannelError::Oversized(bytes.len()),
                 _ => ChannelError::Send(err),
-            })?;
+            },
+        )?;
         Ok(())
     }
 

@@ -31,9 +31,9 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
-pub use crate::socket_path::SocketPathError;
 use crate::socket_path;
+pub use crate::socket_path::SocketPathError;
+use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -227,7 +227,9 @@ async fn follow(sink: crate::logs::LogSink, mut write: tokio::net::unix::OwnedWr
     loop {
         let line = match lines.recv().await {
             Ok(line) => line,
-            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => Arc::from(format!("[{missed} log lines skipped: the follower was too slow]")),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                Arc::from(format!("[{missed} log lines skipped: the follower was too slow]"))
+            }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         };
         if write.write_all(line.as_bytes()).await.is_err() || write.write_all(b"\n").await.is_err() {
@@ -249,7 +251,8 @@ pub async fn follow_logs(path: &Path, timeout: Duration, mut on_line: impl FnMut
     })
     .await?
     .unwrap_or_default();
-    let response: Response = serde_json::from_str(&first).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+    let response: Response =
+        serde_json::from_str(&first).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     if !response.ok {
         return Err(std::io::Error::other(response.error.unwrap_or_default()));
     }
@@ -282,7 +285,10 @@ pub async fn request(path: &Path, request: &Request, timeout: Duration) -> std::
     })
     .await?;
     if reply.is_empty() {
-        return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, format!("{} closed without answering", path.display())));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{} closed without answering", path.display()),
+        ));
     }
     serde_json::from_str(&reply).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
@@ -290,7 +296,10 @@ pub async fn request(path: &Path, request: &Request, timeout: Duration) -> std::
 /// Connects to the primary at `path`, after checking that the socket is this user's, and
 /// checks that the process answering runs as this user (or root): a socket another local user
 /// planted would otherwise receive the operator's commands.
-async fn connect(path: &Path, timeout: Duration) -> std::io::Result<(tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf)> {
+async fn connect(
+    path: &Path,
+    timeout: Duration,
+) -> std::io::Result<(tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf)> {
     socket_path::check_before_connect(path)?;
     let stream = within(timeout, path, UnixStream::connect(path)).await?;
     let peer = stream.peer_cred()?;
@@ -299,9 +308,16 @@ async fn connect(path: &Path, timeout: Duration) -> std::io::Result<(tokio::net:
 }
 
 /// `io` with a deadline; the error says what did not answer.
-async fn within<T>(timeout: Duration, path: &Path, io: impl std::future::Future<Output = std::io::Result<T>>) -> std::io::Result<T> {
+async fn within<T>(
+    timeout: Duration,
+    path: &Path,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
     tokio::time::timeout(timeout, io).await.unwrap_or_else(|_| {
-        Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer on {} within {timeout:?}", path.display())))
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer on {} within {timeout:?}", path.display()),
+        ))
     })
 }
 

@@ -113,12 +113,8 @@ impl Drain {
         loop {
             let notified = self.inner.done.notified();
             if self.in_flight() == 0 {
-                let quiet_for = self
-                    .inner
-                    .last_done
-                    .lock()
-                    .map(|last| last.map_or(LINGER, |t| t.elapsed()))
-                    .unwrap_or(LINGER);
+                let quiet_for =
+                    self.inner.last_done.lock().map(|last| last.map_or(LINGER, |t| t.elapsed())).unwrap_or(LINGER);
                 if quiet_for >= LINGER {
                     return;
                 }
@@ -236,9 +232,7 @@ mod tests {
     use tower::ServiceExt;
 
     fn app(drain: &Drain) -> Router {
-        Router::new()
-            .route("/", get(|| async { "ok" }))
-            .layer(from_fn_with_state(drain.clone(), guard))
+        Router::new().route("/", get(|| async { "ok" })).layer(from_fn_with_state(drain.clone(), guard))
     }
 
     #[tokio::test]

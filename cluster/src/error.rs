@@ -12,7 +12,9 @@ pub enum ClusterError {
         source: io::Error,
     },
     /// A worker's environment lacks a variable the primary always sets.
-    #[error("worker environment variable {name} is missing or malformed (was this process started by a herd primary?)")]
+    #[error(
+        "worker environment variable {name} is missing or malformed (was this process started by a herd primary?)"
+    )]
     BadWorkerEnv {
         /// The variable.
         name: &'static str,

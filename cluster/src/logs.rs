@@ -90,7 +90,9 @@ impl LogSink {
 
 /// Warnings and errors, in the text format (` WARN `, ` ERROR `) or JSON (`"level":"WARN"`).
 fn is_warning_or_error(line: &str) -> bool {
-    ["WARN", "ERROR"].iter().any(|level| line.contains(&format!(" {level} ")) || line.contains(&format!("\"level\":\"{level}\"")))
+    ["WARN", "ERROR"]
+        .iter()
+        .any(|level| line.contains(&format!(" {level} ")) || line.contains(&format!("\"level\":\"{level}\"")))
 }
 
 #[cfg(test)]

@@ -167,7 +167,10 @@ impl Messenger {
     /// within the primary's one-second limit are left out). A question or an answer bigger
     /// than [`MAX_PAYLOAD`] fails the gather ([`MessagingError::TooLarge`],
     /// [`MessagingError::Unanswered`]).
-    pub async fn gather<Q: Serialize, A: DeserializeOwned>(&self, question: &Q) -> Result<Vec<(Reply, A)>, MessagingError> {
+    pub async fn gather<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        question: &Q,
+    ) -> Result<Vec<(Reply, A)>, MessagingError> {
         let payload = checked_payload(question)?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (done, rx) = oneshot::channel();

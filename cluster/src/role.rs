@@ -42,10 +42,7 @@ impl Role {
         if std::env::var_os(ENV_IPC_FD).is_none() {
             return Ok(Role::Primary);
         }
-        Ok(Role::Worker(WorkerIdentity {
-            slot: env_number(ENV_WORKER_SLOT)?,
-            generation: env_number(ENV_GENERATION)?,
-        }))
+        Ok(Role::Worker(WorkerIdentity { slot: env_number(ENV_WORKER_SLOT)?, generation: env_number(ENV_GENERATION)? }))
     }
 
     /// True in a worker process.
@@ -55,8 +52,5 @@ impl Role {
 }
 
 fn env_number<T: std::str::FromStr>(name: &'static str) -> Result<T, ClusterError> {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .ok_or(ClusterError::BadWorkerEnv { name })
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).ok_or(ClusterError::BadWorkerEnv { name })
 }

@@ -171,7 +171,13 @@ impl Cache {
         self.lookup(key, ttl, negative_ttl, compute).await
     }
 
-    async fn lookup<F, Fut, E>(&self, key: &str, ttl: Duration, negative_ttl: Duration, compute: F) -> Result<Cached<Option<String>>, CacheError<E>>
+    async fn lookup<F, Fut, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        negative_ttl: Duration,
+        compute: F,
+    ) -> Result<Cached<Option<String>>, CacheError<E>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Option<String>, E>>,
@@ -189,8 +195,11 @@ impl Cache {
                 return Ok(Cached { value, from_cache: true, source: Source::Redis });
             }
             let lock = Expiration::PX(millis(LOCK_LIFETIME));
-            let acquired: Option<String> =
-                self.pool.set(&lock_key, token.as_str(), Some(lock), Some(SetOptions::NX), false).await.map_err(StoreError::from)?;
+            let acquired: Option<String> = self
+                .pool
+                .set(&lock_key, token.as_str(), Some(lock), Some(SetOptions::NX), false)
+                .await
+                .map_err(StoreError::from)?;
             if acquired.is_some() {
                 let Some(compute) = compute.take() else { break };
                 let result = match compute().await {
@@ -200,8 +209,11 @@ impl Cache {
                             None => ("n".to_owned(), negative_ttl),
                         };
                         let expiry = Expiration::PX(millis(self.jittered(lifetime)));
-                        let _: Option<String> =
-                            self.pool.set(&value_key, stored, Some(expiry), None, false).await.map_err(StoreError::from)?;
+                        let _: Option<String> = self
+                            .pool
+                            .set(&value_key, stored, Some(expiry), None, false)
+                            .await
+                            .map_err(StoreError::from)?;
                         self.keep_local(key, value.clone(), generation);
                         Ok(Cached { value, from_cache: false, source: Source::Computed })
                     }
@@ -294,7 +306,11 @@ impl Cache {
 
 /// Subscribes a new connection to `channel` and drops local copies as invalidations arrive;
 /// all of them after a reconnection, which may have missed some.
-async fn listen_for_invalidations(template: &Client, channel: String, copies: Arc<LocalCopies>) -> Result<(), StoreError> {
+async fn listen_for_invalidations(
+    template: &Client,
+    channel: String,
+    copies: Arc<LocalCopies>,
+) -> Result<(), StoreError> {
     let subscriber = template.clone_new();
     let mut messages = subscriber.message_rx();
     let mut reconnections = subscriber.reconnect_rx();

@@ -39,7 +39,12 @@ pub struct RedisConfig {
 impl RedisConfig {
     /// Defaults for everything but the URL.
     pub fn new(url: impl Into<String>) -> Self {
-        Self { url: url.into(), pool_size: usize::from(DEFAULT_POOL_SIZE), command_timeout: DEFAULT_COMMAND_TIMEOUT, ca_cert: None }
+        Self {
+            url: url.into(),
+            pool_size: usize::from(DEFAULT_POOL_SIZE),
+            command_timeout: DEFAULT_COMMAND_TIMEOUT,
+            ca_cert: None,
+        }
     }
 }
 
@@ -92,8 +97,8 @@ pub fn redact_url(url: &str) -> String {
 /// completed within `command_timeout`, treat a connection that has not answered for twice
 /// that as dead, and never resend a command that may already have been applied.
 pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
-    let mut parsed = Config::from_url(&config.url)
-        .map_err(|source| StoreError::Url { url: redact_url(&config.url), source })?;
+    let mut parsed =
+        Config::from_url(&config.url).map_err(|source| StoreError::Url { url: redact_url(&config.url), source })?;
     if uses_tls(&config.url) {
         parsed.tls = Some(crate::tls::connector(config.ca_cert.as_deref())?.into());
     } else if config.ca_cert.is_some() {

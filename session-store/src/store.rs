@@ -56,7 +56,9 @@ pub(crate) enum Base {
 impl Base {
     fn values(&self) -> HashMap<&str, &str> {
         match self {
-            Base::Loaded(text) => record::parse(text).map(|stored| stored.values.into_iter().collect()).unwrap_or_default(),
+            Base::Loaded(text) => {
+                record::parse(text).map(|stored| stored.values.into_iter().collect()).unwrap_or_default()
+            }
             Base::Written(encoded) => pairs(encoded).into_iter().collect(),
         }
     }
@@ -158,13 +160,22 @@ impl RedisSessionStore {
 
     /// Writes values of `id`: `set` as given, `removed` deleted; false if the condition of
     /// `mode` failed (key taken for a create, gone otherwise).
-    pub(crate) async fn write(&self, mode: Mode, id: &Id, set: &[(&str, &str)], removed: &[&str]) -> Result<bool, StoreError> {
+    pub(crate) async fn write(
+        &self,
+        mode: Mode,
+        id: &Id,
+        set: &[(&str, &str)],
+        removed: &[&str],
+    ) -> Result<bool, StoreError> {
         let mut args = self.clock_args();
-        args.push(match mode {
-            Mode::Create => "create",
-            Mode::Patch => "patch",
-            Mode::Replace => "replace",
-        }.to_owned());
+        args.push(
+            match mode {
+                Mode::Create => "create",
+                Mode::Patch => "patch",
+                Mode::Replace => "replace",
+            }
+            .to_owned(),
+        );
         args.push(set.len().to_string());
         for (name, json) in set {
             args.push((*name).to_owned());
@@ -268,7 +279,8 @@ impl RedisSessionStore {
         let written = match scope::with(|state| state.take_base(&record.id)).flatten() {
             Some(base) => {
                 let values = base.values();
-                let set: Vec<_> = pairs(&encoded).into_iter().filter(|(name, json)| values.get(name) != Some(json)).collect();
+                let set: Vec<_> =
+                    pairs(&encoded).into_iter().filter(|(name, json)| values.get(name) != Some(json)).collect();
                 let removed: Vec<&str> = values.keys().copied().filter(|name| !encoded.contains_key(*name)).collect();
                 if set.is_empty() && removed.is_empty() {
                     // Nothing changed; the load already extended the idle timeout.

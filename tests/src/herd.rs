@@ -63,7 +63,12 @@ impl Herd {
     }
 
     /// Runs any program built on herd-cluster (an example, say) the same way.
-    pub fn spawn_program(program: &std::path::Path, cwd: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Herd {
+    pub fn spawn_program(
+        program: &std::path::Path,
+        cwd: &std::path::Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Herd {
         let mut child = Command::new(program)
             .current_dir(cwd)
             .env_remove("REDIS_URL")
@@ -92,10 +97,9 @@ impl Herd {
         let line = herd.wait_log("the listening address", START_TIMEOUT, |l| l.contains("listening on "));
         // Text or JSON logs: the address is what follows, up to the first character that
         // cannot be part of one.
-        let addr: Option<String> = line
-            .split("listening on ")
-            .nth(1)
-            .map(|rest| rest.chars().take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')).collect());
+        let addr: Option<String> = line.split("listening on ").nth(1).map(|rest| {
+            rest.chars().take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')).collect()
+        });
         herd.addr = addr.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
         herd
     }
@@ -259,13 +263,28 @@ fn cargo_build(name: &str, kind: &str) -> PathBuf {
     // and the next `cargo test`, and every crate above them would be rebuilt twice per run.
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
-        let per_package = ["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CRATE_", "CARGO_BIN_", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR"];
+        let per_package = [
+            "CARGO_PKG_",
+            "CARGO_MANIFEST_",
+            "CARGO_CRATE_",
+            "CARGO_BIN_",
+            "CARGO_PRIMARY_PACKAGE",
+            "CARGO_TARGET_TMPDIR",
+        ];
         if per_package.iter().any(|prefix| key.starts_with(prefix)) {
             cargo.env_remove(key.as_ref());
         }
     }
     let out = cargo
-        .args(["build", "--quiet", "--workspace", "--all-targets", "--message-format=json", "--manifest-path", manifest])
+        .args([
+            "build",
+            "--quiet",
+            "--workspace",
+            "--all-targets",
+            "--message-format=json",
+            "--manifest-path",
+            manifest,
+        ])
         .stderr(Stdio::inherit())
         .output()
         .expect("run cargo build");
@@ -273,7 +292,9 @@ fn cargo_build(name: &str, kind: &str) -> PathBuf {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|msg| msg["target"]["name"] == name && msg["target"]["kind"][0] == kind && msg["profile"]["test"] == false)
+        .filter(|msg| {
+            msg["target"]["name"] == name && msg["target"]["kind"][0] == kind && msg["profile"]["test"] == false
+        })
         .find_map(|msg| msg["executable"].as_str().map(PathBuf::from))
         .unwrap_or_else(|| panic!("cargo reported no executable for {kind} {name}"))
 }

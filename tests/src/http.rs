@@ -70,7 +70,13 @@ impl Client {
     }
 
     /// One request on a new connection, closed after the response.
-    pub fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> std::io::Result<Response> {
+    pub fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
         let mut conn = self.connect()?;
         conn.send(method, path, headers, body, self.cookie.as_deref(), true)
     }
@@ -133,7 +139,8 @@ impl Conn {
         if self.reader.read_line(&mut status_line)? == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));
         }
-        let status = status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("status line"))?;
+        let status =
+            status_line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("status line"))?;
         let mut headers = Vec::new();
         loop {
             let mut line = String::new();

@@ -77,7 +77,9 @@ fn client_loop(addr: SocketAddr, path: &str, stop: &AtomicBool, report: &Mutex<L
             Ok((c, res)) => {
                 if (200..300).contains(&res.status) {
                     r.ok += 1;
-                    if let Some(pid) = serde_json::from_str::<serde_json::Value>(&res.body).ok().and_then(|b| b["pid"].as_u64()) {
+                    if let Some(pid) =
+                        serde_json::from_str::<serde_json::Value>(&res.body).ok().and_then(|b| b["pid"].as_u64())
+                    {
                         r.pids.insert(pid);
                     }
                 } else {

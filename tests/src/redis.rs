@@ -33,7 +33,8 @@ openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=lo
 printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' > ext
 openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 -extfile ext -out server.crt
 "#;
-        let out = Command::new("sh").arg("-c").arg(sh).current_dir(dir.path()).output().expect("openssl must be installed");
+        let out =
+            Command::new("sh").arg("-c").arg(sh).current_dir(dir.path()).output().expect("openssl must be installed");
         assert!(out.status.success(), "openssl: {}", String::from_utf8_lossy(&out.stderr));
         Tls { dir }
     }
@@ -135,11 +136,7 @@ impl RedisServer {
         if let Some(password) = &self.password {
             command.args(["--no-auth-warning", "-a", password]);
         }
-        let out = command
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
+        let out = command.args(args).stderr(Stdio::null()).output().ok()?;
         let text = String::from_utf8_lossy(&out.stdout).trim().to_owned();
         (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
     }

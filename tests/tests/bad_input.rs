@@ -77,7 +77,9 @@ fn repeated_failed_logins_are_rate_limited_across_workers() {
     let herd = Herd::start(&redis, &["--workers", "3"]);
     let from = |n: u8| herd.client().from_ip(std::net::IpAddr::from([127, 0, 0, n]));
     let login = |n: u8, user: &str, password: &str| {
-        from(n).post_json("/login", &format!(r#"{{"username":"{user}","password":"{password}"}}"#)).expect("login request")
+        from(n)
+            .post_json("/login", &format!(r#"{{"username":"{user}","password":"{password}"}}"#))
+            .expect("login request")
     };
     // Five wrong passwords for alice, on fresh connections (so on several workers).
     for _ in 0..5 {

@@ -101,7 +101,11 @@ async fn log_in(c: &Client, base: &str, password: &str, expect: &str) {
     form.set_by_name("username", "alice").await.expect("user field");
     form.set_by_name("password", password).await.expect("password field");
     c.find(Locator::Css("#login button")).await.expect("button").click().await.expect("submit");
-    c.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css(expect)).await.expect("the page after logging in");
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(expect))
+        .await
+        .expect("the page after logging in");
 }
 
 /// Reloads `n` times; returns (pid, user, visits) as each page showed them.
@@ -156,7 +160,11 @@ async fn a_browser_logs_in_reloads_across_workers_and_logs_out() {
     }
 
     c.find(Locator::Css("#session form button")).await.expect("logout button").click().await.expect("log out");
-    c.wait().at_most(Duration::from_secs(20)).for_element(Locator::Css("#login")).await.expect("the login form is back");
+    c.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("#login"))
+        .await
+        .expect("the login form is back");
     assert!(text(c, "#session").await.contains("Not logged in"));
     browser.client.clone().close().await.expect("close the browser");
 }

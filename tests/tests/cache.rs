@@ -77,7 +77,12 @@ async fn entries_written_together_expire_apart() {
     let mut ttls = HashSet::new();
     for i in 0..20 {
         let key = format!("k{i}");
-        cache.get_or_compute(&key, Duration::from_secs(100), || async { Ok::<_, std::convert::Infallible>("v".to_owned()) }).await.expect("set");
+        cache
+            .get_or_compute(&key, Duration::from_secs(100), || async {
+                Ok::<_, std::convert::Infallible>("v".to_owned())
+            })
+            .await
+            .expect("set");
         let pttl: i64 = redis.cli(&["PTTL", &format!("herd:cache:{key}")]).and_then(|t| t.parse().ok()).unwrap_or(-1);
         assert!((89_000..=110_000).contains(&pttl), "within ±10 % of 100 s: {pttl}");
         ttls.insert(pttl / 1000);

@@ -49,7 +49,9 @@ fn every_serve_flag_reads_an_environment_variable() {
     let cookie = res.header("set-cookie").expect("cookie");
     assert!(cookie.starts_with("sid=") && !cookie.contains("Secure"), "{cookie}");
     herd.signal(Signal::SIGTERM);
-    herd.wait_log("the shutdown timeout from HERD_SHUTDOWN_TIMEOUT", Duration::from_secs(10), |l| l.contains("(timeout 5s)"));
+    herd.wait_log("the shutdown timeout from HERD_SHUTDOWN_TIMEOUT", Duration::from_secs(10), |l| {
+        l.contains("(timeout 5s)")
+    });
 }
 
 /// The README's flag table is where users look: a flag or environment variable that `herd serve
@@ -107,7 +109,12 @@ fn users_add_reads_the_password_from_stdin() {
 fn debug_routes_are_refused_off_loopback() {
     let redis = RedisServer::start();
     let url = redis.url();
-    assert_herd_fails(&["serve", "--bind", "0.0.0.0:0", "--redis-url", &url, "--debug-routes"], &[], 1, &["--debug-routes", "loopback"]);
+    assert_herd_fails(
+        &["serve", "--bind", "0.0.0.0:0", "--redis-url", &url, "--debug-routes"],
+        &[],
+        1,
+        &["--debug-routes", "loopback"],
+    );
 }
 
 #[test]
@@ -121,9 +128,13 @@ fn unreachable_redis_is_a_clear_startup_error() {
 /// The quick start without Redis depends on nothing answering at the default address; a
 /// machine that runs its own Redis there cannot show it.
 fn default_redis_is_free() -> bool {
-    let taken = std::net::TcpStream::connect_timeout(&"127.0.0.1:6379".parse().expect("literal"), Duration::from_millis(300)).is_ok();
+    let taken =
+        std::net::TcpStream::connect_timeout(&"127.0.0.1:6379".parse().expect("literal"), Duration::from_millis(300))
+            .is_ok();
     if taken {
-        eprintln!("SKIPPED: something listens on 127.0.0.1:6379, so herd would use it instead of a private redis-server");
+        eprintln!(
+            "SKIPPED: something listens on 127.0.0.1:6379, so herd would use it instead of a private redis-server"
+        );
     }
     !taken
 }
@@ -136,10 +147,21 @@ fn without_redis_herd_starts_a_private_one_and_stops_it_on_exit() {
     let cwd = TempDir::new("private-redis");
     let mut herd = Herd::spawn_in(
         cwd.path(),
-        &["serve", "--bind", "127.0.0.1:0", "--workers", "2", "--demo-user", "alice:wonderland", "--secure-cookies", "false"],
+        &[
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--workers",
+            "2",
+            "--demo-user",
+            "alice:wonderland",
+            "--secure-cookies",
+            "false",
+        ],
         &[],
     );
-    let started = herd.wait_log("the private redis", herd_e2e::herd::START_TIMEOUT, |l| l.contains("started a private redis-server"));
+    let started = herd
+        .wait_log("the private redis", herd_e2e::herd::START_TIMEOUT, |l| l.contains("started a private redis-server"));
     herd.wait_log("workers", herd_e2e::herd::START_TIMEOUT, |l| l.contains("workers ready"));
     let redis_pid: u32 = started
         .split("(pid ")
@@ -164,7 +186,12 @@ fn without_redis_or_redis_server_herd_says_how_to_get_one() {
         return;
     }
     let env = [("REDIS_URL", None), ("PATH", Some("/nonexistent"))];
-    assert_herd_fails(&["serve", "--bind", "127.0.0.1:0", "--workers", "1"], &env, 1, &["redis-server is not on PATH", "--redis-url"]);
+    assert_herd_fails(
+        &["serve", "--bind", "127.0.0.1:0", "--workers", "1"],
+        &env,
+        1,
+        &["redis-server is not on PATH", "--redis-url"],
+    );
 }
 
 #[test]
@@ -173,7 +200,10 @@ fn sticky_from_the_environment_takes_the_usual_boolean_spellings() {
     let redis = RedisServer::start();
     let url = redis.url();
     for (value, balance) in [("1", "ip-hash"), ("0", "round-robin"), ("yes", "ip-hash"), ("false", "round-robin")] {
-        let herd = Herd::spawn(&["serve", "--bind", "127.0.0.1:0", "--workers", "1", "--redis-url", &url], &[("STICKY", value)]);
+        let herd = Herd::spawn(
+            &["serve", "--bind", "127.0.0.1:0", "--workers", "1", "--redis-url", &url],
+            &[("STICKY", value)],
+        );
         herd.wait_log("ready", herd_e2e::herd::START_TIMEOUT, |l| l.contains("workers ready"));
         assert_eq!(herd.client().get("/").expect("GET /").json()["balance"], balance, "STICKY={value}");
     }
@@ -186,7 +216,9 @@ fn sticky_from_the_environment_takes_the_usual_boolean_spellings() {
 #[test]
 fn threads_sets_the_runtime_threads_of_each_worker() {
     let redis = RedisServer::start();
-    for (args, expected) in [(&["--workers", "1"][..], "threads=1"), (&["--workers", "1", "--threads", "3"][..], "threads=3")] {
+    for (args, expected) in
+        [(&["--workers", "1"][..], "threads=1"), (&["--workers", "1", "--threads", "3"][..], "threads=3")]
+    {
         let herd = Herd::start(&redis, args);
         let ready = herd.wait_log("the worker's ready line", Duration::from_secs(5), |l| l.contains("worker ready"));
         assert!(ready.contains(expected), "a worker started with {args:?} logged {ready}");

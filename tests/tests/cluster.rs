@@ -8,7 +8,11 @@ use nix::sys::signal::Signal;
 
 /// Parses the pid out of a primary line `worker <slot> pid <pid> ...`.
 fn pid_in(line: &str) -> u32 {
-    line.split(" pid ").nth(1).and_then(|r| r.split_whitespace().next()).and_then(|p| p.parse().ok()).expect("pid in line")
+    line.split(" pid ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .expect("pid in line")
 }
 
 /// Supervision must not depend on who accepts connections.
@@ -61,24 +65,38 @@ fn workers_that_die_young_restart_with_growing_backoff() {
     let herd = Herd::start(&redis, &["--workers", "1"]);
     let mut delays = Vec::new();
     for round in 0..4 {
-        let started = herd.wait_log("a worker start", Duration::from_secs(10), |l| l.contains("worker 0 pid ") && l.ends_with(" started"));
+        let started = herd.wait_log("a worker start", Duration::from_secs(10), |l| {
+            l.contains("worker 0 pid ") && l.ends_with(" started")
+        });
         // The newest start line is the current worker.
-        let current = herd.log().iter().rev().find(|l| l.contains("worker 0 pid ") && l.ends_with(" started")).cloned().unwrap_or(started);
+        let current = herd
+            .log()
+            .iter()
+            .rev()
+            .find(|l| l.contains("worker 0 pid ") && l.ends_with(" started"))
+            .cloned()
+            .unwrap_or(started);
         let pid = pid_in(&current);
         let mark = herd.log_len();
         herd_e2e::signal(pid, Signal::SIGKILL);
-        let death = herd.wait_log_from(mark, "the death", Duration::from_secs(10), |l| l.contains(&format!("pid {pid} killed by SIGKILL")));
+        let death = herd.wait_log_from(mark, "the death", Duration::from_secs(10), |l| {
+            l.contains(&format!("pid {pid} killed by SIGKILL"))
+        });
         match death.split("restarting in ").nth(1) {
             Some(delay) => delays.push(delay.trim_end_matches("ms").parse::<u64>().expect("a delay in ms")),
             // Only the first worker can have lived past 5 s (a slow start): a healthy death.
             None => assert_eq!(round, 0, "a worker killed right after starting must back off: {death}"),
         }
-        herd.wait_log_from(mark, "the restart", Duration::from_secs(10), |l| l.contains("worker 0 pid ") && l.ends_with(" started"));
+        herd.wait_log_from(mark, "the restart", Duration::from_secs(10), |l| {
+            l.contains("worker 0 pid ") && l.ends_with(" started")
+        });
     }
     assert!(delays.len() >= 3 && delays[0] == 100, "100 ms first: {delays:?}");
     assert!(delays.windows(2).all(|w| w[1] == w[0] * 2), "then doubling: {delays:?}");
     // After the storm the slot serves again.
-    wait_for("the slot to serve again", Duration::from_secs(30), || herd.client().get("/healthz").ok().filter(|r| r.status == 200));
+    wait_for("the slot to serve again", Duration::from_secs(30), || {
+        herd.client().get("/healthz").ok().filter(|r| r.status == 200)
+    });
 }
 
 #[test]
@@ -88,7 +106,8 @@ fn a_worker_that_exits_by_itself_is_replaced() {
     let pid = herd.client().get("/").expect("GET /").json()["pid"].as_u64().expect("pid") as u32;
     let mark = herd.log_len();
     herd_e2e::signal(pid, Signal::SIGTERM);
-    let line = herd.wait_log_from(mark, "the exit", Duration::from_secs(10), |l| l.contains(&format!("pid {pid} exited")));
+    let line =
+        herd.wait_log_from(mark, "the exit", Duration::from_secs(10), |l| l.contains(&format!("pid {pid} exited")));
     assert!(line.contains("exited cleanly, restarting"), "{line}");
     herd.wait_log_from(mark, "the replacement", Duration::from_secs(30), |l| l.ends_with(" ready"));
 }
@@ -106,7 +125,8 @@ const HEAVY_LOGS: [(&str, &str); 1] = [("RUST_LOG", "info,herd::routes::heavy=in
 
 fn graceful_sigterm(mode: &str) {
     let redis = RedisServer::start();
-    let mut herd = Herd::start_with_env(&redis, &["--workers", "1", "--shutdown-timeout", "60s", "--balance", mode], &HEAVY_LOGS);
+    let mut herd =
+        Herd::start_with_env(&redis, &["--workers", "1", "--shutdown-timeout", "60s", "--balance", mode], &HEAVY_LOGS);
     let workers = herd.worker_pids();
     let mut idle = herd.client().connect().expect("keep-alive connection");
     assert_eq!(idle.get("/healthz", None).expect("first request").status, 200);

@@ -79,7 +79,9 @@ fn sticky_clients_of_a_dead_worker_move_and_return_while_others_stay() {
     let (slot, _) = served_by(&clients[0]);
     assert_ne!(slot, victim_slot, "served by the killed worker's slot");
     // Wait until the death is known, then check that only the victim's clients moved.
-    herd.wait_log_from(mark, "the death", Duration::from_secs(10), |l| l.contains(&format!("pid {victim_pid} killed by SIGKILL")));
+    herd.wait_log_from(mark, "the death", Duration::from_secs(10), |l| {
+        l.contains(&format!("pid {victim_pid} killed by SIGKILL"))
+    });
     for (client, &(home, _)) in clients.iter().zip(&homes) {
         let (now, _) = served_by(client);
         if home != victim_slot {
@@ -99,7 +101,11 @@ fn sticky_clients_of_a_dead_worker_move_and_return_while_others_stay() {
 fn least_conn_avoids_the_worker_holding_idle_connections() {
     let redis = RedisServer::start();
     // Debug lines show the primary's count of open connections per worker.
-    let herd = Herd::start_with_env(&redis, &["--workers", "4", "--balance", "least-conn"], &[("RUST_LOG", "info,herd_cluster=debug")]);
+    let herd = Herd::start_with_env(
+        &redis,
+        &["--workers", "4", "--balance", "least-conn"],
+        &[("RUST_LOG", "info,herd_cluster=debug")],
+    );
     // 32 keep-alive connections spread over 4 workers: 8 each.
     let mut held: Vec<(u64, herd_e2e::http::Conn)> = (0..32)
         .map(|_| {
@@ -190,10 +196,14 @@ fn a_client_arriving_while_every_worker_restarts_is_served_late_not_refused() {
     for &pid in &old {
         herd_e2e::signal(pid, Signal::SIGKILL);
     }
-    wait_for("every worker to be dead", Duration::from_secs(10), || old.iter().all(|&p| !herd_e2e::process_alive(p)).then_some(()));
+    wait_for("every worker to be dead", Duration::from_secs(10), || {
+        old.iter().all(|&p| !herd_e2e::process_alive(p)).then_some(())
+    });
     let res = std::thread::scope(|scope| {
         let request = scope.spawn(|| herd.client().get("/"));
-        herd.wait_log_from(mark, "the primary to hold the connection", Duration::from_secs(10), |l| l.contains("holding new connections"));
+        herd.wait_log_from(mark, "the primary to hold the connection", Duration::from_secs(10), |l| {
+            l.contains("holding new connections")
+        });
         herd_e2e::signal(redis.pid(), Signal::SIGCONT);
         request.join().expect("client thread")
     });
@@ -201,5 +211,8 @@ fn a_client_arriving_while_every_worker_restarts_is_served_late_not_refused() {
     assert_eq!(res.status, 200);
     let pid = res.json()["pid"].as_u64().expect("pid") as u32;
     assert!(!old.contains(&pid), "served by a dead worker?");
-    assert!(herd.log().iter().skip(mark).any(|l| l.contains("handing 1 queued connection(s)")), "the held connection was not handed over");
+    assert!(
+        herd.log().iter().skip(mark).any(|l| l.contains("handing 1 queued connection(s)")),
+        "the held connection was not handed over"
+    );
 }

@@ -31,13 +31,15 @@ fn compose_wires_redis_and_herd_together() {
     let herd = &doc["services"]["herd"];
 
     assert!(redis["image"].as_str().is_some_and(|i| i.starts_with("redis:7")), "Redis 7 image");
-    let command: Vec<&str> = redis["command"].as_sequence().expect("redis command").iter().filter_map(Value::as_str).collect();
+    let command: Vec<&str> =
+        redis["command"].as_sequence().expect("redis command").iter().filter_map(Value::as_str).collect();
     assert!(command.windows(2).any(|w| w == ["--appendonly", "yes"]), "AOF on: {command:?}");
     let volume = redis["volumes"][0].as_str().expect("a redis volume");
     let (name, target) = volume.split_once(':').expect("name:path");
     assert_eq!(target, "/data", "the redis image keeps its data in /data");
     assert!(doc["volumes"].get(name).is_some(), "volume {name} is a declared named volume");
-    let check: Vec<&str> = redis["healthcheck"]["test"].as_sequence().expect("healthcheck").iter().filter_map(Value::as_str).collect();
+    let check: Vec<&str> =
+        redis["healthcheck"]["test"].as_sequence().expect("healthcheck").iter().filter_map(Value::as_str).collect();
     assert_eq!(check, ["CMD", "redis-cli", "ping"], "redis-cli ships in the redis image");
 
     assert_eq!(herd["build"].as_str(), Some("."));
@@ -64,7 +66,10 @@ fn the_image_builds_herd_and_runs_it_unprivileged() {
     assert!(froms[0].contains("rust:") && froms[0].ends_with("AS build"));
     assert!(froms[1].contains("-slim"), "small runtime image");
     assert!(dockerfile.contains("cargo build --release --locked -p herd"));
-    assert!(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock")).exists(), "--locked needs Cargo.lock");
+    assert!(
+        std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock")).exists(),
+        "--locked needs Cargo.lock"
+    );
     let user = dockerfile.lines().rev().find_map(|l| l.strip_prefix("USER ")).expect("a USER line");
     assert_ne!(user.trim(), "root");
     assert!(dockerfile.contains("EXPOSE 3000"));

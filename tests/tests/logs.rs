@@ -31,16 +31,28 @@ fn log_files_in_json_with_who_wrote_each_line_reopened_on_usr1() {
     let mark = herd.log_len();
     herd_e2e::signal(pid, Signal::SIGKILL);
     // Wait for the death itself: lines of the workers' start-up may still be arriving.
-    herd.wait_log_from(mark, "the death", Duration::from_secs(30), |l| l.contains(&format!("pid {pid} killed by SIGKILL")));
+    herd.wait_log_from(mark, "the death", Duration::from_secs(30), |l| {
+        l.contains(&format!("pid {pid} killed by SIGKILL"))
+    });
 
     let all = lines(&out);
     assert!(all.len() > 5, "{all:?}");
-    let parsed: Vec<serde_json::Value> = all.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
-    assert!(parsed.iter().all(|v| v["pid"].as_u64().is_some() && v["process"].as_str().is_some()), "every line says who wrote it");
-    assert!(parsed.iter().any(|v| v["process"] == "worker" && v["worker"].as_u64().is_some()), "worker lines are merged in");
+    let parsed: Vec<serde_json::Value> =
+        all.iter().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    assert!(
+        parsed.iter().all(|v| v["pid"].as_u64().is_some() && v["process"].as_str().is_some()),
+        "every line says who wrote it"
+    );
+    assert!(
+        parsed.iter().any(|v| v["process"] == "worker" && v["worker"].as_u64().is_some()),
+        "worker lines are merged in"
+    );
     let warnings = lines(&err);
     assert!(warnings.iter().any(|l| l.contains(&format!("pid {pid} killed by SIGKILL"))), "{warnings:?}");
-    assert!(warnings.iter().all(|l| l.contains(r#""level":"WARN""#) || l.contains(r#""level":"ERROR""#)), "{warnings:?}");
+    assert!(
+        warnings.iter().all(|l| l.contains(r#""level":"WARN""#) || l.contains(r#""level":"ERROR""#)),
+        "{warnings:?}"
+    );
 
     // logrotate: move the file away, SIGUSR1, and new lines go to a fresh file.
     std::fs::rename(&out, dir.path().join("out.log.1")).expect("rotate");
@@ -70,7 +82,8 @@ fn ctl_logs_follows_the_merged_log() {
     // Log in until the follower shows a worker's login line (it may connect after the first).
     let seen = herd_e2e::wait_for("a login line in herd ctl logs", Duration::from_secs(20), || {
         herd.client().from_ip("127.0.0.5".parse().expect("literal")).login();
-        std::iter::from_fn(|| rx.recv_timeout(Duration::from_millis(200)).ok()).find(|l| l.contains("login") && l.contains("client=127.0.0.5"))
+        std::iter::from_fn(|| rx.recv_timeout(Duration::from_millis(200)).ok())
+            .find(|l| l.contains("login") && l.contains("client=127.0.0.5"))
     });
     assert!(seen.starts_with("worker="), "a worker's line, tagged: {seen}");
     let _ = follower.kill();

@@ -41,7 +41,12 @@ fn broadcasts_reach_every_worker_once_and_in_order() {
     assert_eq!(code, 0);
     let stats = wait_for("every worker to get the notes", Duration::from_secs(10), || {
         let stats = get_stats(&herd);
-        stats["workers"].as_array().expect("workers").iter().all(|w| w["notes"].as_array().is_some_and(|n| n.len() >= 5)).then_some(stats)
+        stats["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .all(|w| w["notes"].as_array().is_some_and(|n| n.len() >= 5))
+            .then_some(stats)
     });
     for worker in stats["workers"].as_array().expect("workers") {
         let mut expected: Vec<Value> = (0..5).map(Value::from).collect();

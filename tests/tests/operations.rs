@@ -48,9 +48,13 @@ fn reloads_under_load_lose_nothing(mode: &str) {
 
     ready_workers(&herd, 2); // the last retired workers finish draining
     let status = herd.status();
-    let now: HashSet<u64> = status["workers"].as_array().expect("workers").iter().map(|w| w["pid"].as_u64().expect("pid")).collect();
+    let now: HashSet<u64> =
+        status["workers"].as_array().expect("workers").iter().map(|w| w["pid"].as_u64().expect("pid")).collect();
     assert_eq!(now.len(), 2);
-    assert!(now.iter().all(|pid| !before.contains(&(*pid as u32))), "a worker survived three reloads: {before:?} → {now:?}");
+    assert!(
+        now.iter().all(|pid| !before.contains(&(*pid as u32))),
+        "a worker survived three reloads: {before:?} → {now:?}"
+    );
     assert_eq!(status["last_reload"], "reload succeeded");
     eprintln!("{mode}: {} requests, 0 failed, across 3 reloads", report.ok);
 }
@@ -110,7 +114,8 @@ fn scaling_under_load_loses_no_request() {
     assert_eq!((code, out.trim()), (0, "scaled to 4 workers"));
     ready_workers(&herd, 4);
     // Kept-alive connections stay where they are; new connections reach the new workers.
-    let fresh: HashSet<u64> = (0..8).map(|_| herd.client().get("/healthz").expect("GET").json()["pid"].as_u64().expect("pid")).collect();
+    let fresh: HashSet<u64> =
+        (0..8).map(|_| herd.client().get("/healthz").expect("GET").json()["pid"].as_u64().expect("pid")).collect();
     assert_eq!(fresh.len(), 4, "new connections reach all four workers: {fresh:?}");
     carry_load(Duration::from_secs(2));
 
@@ -150,14 +155,24 @@ fn restart_replaces_one_slot_and_status_is_a_table() {
     assert_eq!((code, out.trim()), (0, "slot 1 restarted"));
     let after = herd.status();
     let pid = |s: &serde_json::Value, slot: u64| {
-        s["workers"].as_array().expect("workers").iter().find(|w| w["slot"] == slot && w["state"] == "ready").map(|w| w["pid"].clone())
+        s["workers"]
+            .as_array()
+            .expect("workers")
+            .iter()
+            .find(|w| w["slot"] == slot && w["state"] == "ready")
+            .map(|w| w["pid"].clone())
     };
     assert_eq!(pid(&before, 0), pid(&after, 0), "slot 0 untouched");
     assert_ne!(pid(&before, 1), pid(&after, 1), "slot 1 replaced");
 
     let (code, out, _) = herd.ctl(&["status"]);
     assert_eq!(code, 0);
-    assert!(out.lines().nth(1).is_some_and(|h| h.split_whitespace().eq(["slot", "pid", "state", "uptime", "restarts", "rss", "conns"])), "{out}");
+    assert!(
+        out.lines()
+            .nth(1)
+            .is_some_and(|h| h.split_whitespace().eq(["slot", "pid", "state", "uptime", "restarts", "rss", "conns"])),
+        "{out}"
+    );
     assert_eq!(out.lines().filter(|l| l.contains(" ready ")).count(), 2, "{out}");
 
     let (code, _, err) = herd.ctl(&["restart", "7"]);
@@ -223,7 +238,13 @@ fn systemd_unit_runs_serve_with_the_given_flags() {
     assert!(exec.ends_with(" serve --workers 4 --bind 127.0.0.1:8080 --shutdown-timeout 20s"), "{exec}");
     let program = exec.trim_start_matches("ExecStart=").split(' ').next().expect("program");
     assert!(std::path::Path::new(program).is_absolute(), "{program}");
-    for expected in ["Type=notify", "ExecReload=/bin/kill -HUP $MAINPID", "KillMode=mixed", "TimeoutStopSec=25", "Environment=REDIS_URL=redis://10.0.0.5:6379"] {
+    for expected in [
+        "Type=notify",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "KillMode=mixed",
+        "TimeoutStopSec=25",
+        "Environment=REDIS_URL=redis://10.0.0.5:6379",
+    ] {
         assert!(lines.contains(&expected), "missing {expected:?} in\n{unit}");
     }
     // Flags are validated like serve's.
@@ -235,7 +256,10 @@ fn a_reload_reads_the_changed_config_file_and_a_bad_one_changes_nothing() {
     let redis = RedisServer::start();
     let dir = herd_e2e::TempDir::new("config");
     let config = dir.path().join("herd.toml");
-    let write = |url: &str| std::fs::write(&config, format!("workers = 2\nredis_url = \"{url}\"\nready_timeout = \"2s\"\n")).expect("write config");
+    let write = |url: &str| {
+        std::fs::write(&config, format!("workers = 2\nredis_url = \"{url}\"\nready_timeout = \"2s\"\n"))
+            .expect("write config")
+    };
     write(&redis.url());
     let path = config.to_string_lossy().into_owned();
     let herd = Herd::spawn(&["serve", "--bind", "127.0.0.1:0", "--config", &path], &[]);
@@ -267,7 +291,12 @@ fn config_example_is_a_valid_config_file() {
     let dir = herd_e2e::TempDir::new("example");
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "wrokers = 3\n").expect("write");
-    herd_e2e::herd::assert_herd_fails(&["serve", "--config", &path.to_string_lossy()], &[], 2, &["unknown key `wrokers`"]);
+    herd_e2e::herd::assert_herd_fails(
+        &["serve", "--config", &path.to_string_lossy()],
+        &[],
+        2,
+        &["unknown key `wrokers`"],
+    );
 }
 
 #[test]

@@ -32,13 +32,17 @@ fn the_readme_curl_session_does_what_it_says() {
     let mut output = String::new();
     for cmd in &commands {
         let cmd = cmd.replace("127.0.0.1:3000", &herd.addr.to_string());
-        let out = std::process::Command::new("bash").arg("-c").arg(&cmd).current_dir(dir.path()).output().expect("bash");
+        let out =
+            std::process::Command::new("bash").arg("-c").arg(&cmd).current_dir(dir.path()).output().expect("bash");
         assert!(out.status.success(), "{cmd}: {}", String::from_utf8_lossy(&out.stderr));
         output.push_str(&String::from_utf8_lossy(&out.stdout));
         output.push('\n');
     }
-    let lines: Vec<serde_json::Value> =
-        output.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("JSON output")).collect();
+    let lines: Vec<serde_json::Value> = output
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).expect("JSON output"))
+        .collect();
     assert_eq!(lines[0], serde_json::json!({ "user": "alice" }));
     let pages = &lines[1..];
     assert_eq!(pages.len(), 3);

@@ -12,7 +12,8 @@ fn sessions_users_rate_limits_and_the_cache_work_on_a_redis_cluster() {
     let herd = Herd::start_at(&cluster.url(), &["--workers", "2"], &[]);
 
     // Sessions shared by the workers, visits exact.
-    let mut devices: Vec<herd_e2e::Client> = (2..6).map(|n| herd.client().from_ip(std::net::IpAddr::from([127, 0, 0, n]))).collect();
+    let mut devices: Vec<herd_e2e::Client> =
+        (2..6).map(|n| herd.client().from_ip(std::net::IpAddr::from([127, 0, 0, n]))).collect();
     for device in &mut devices {
         device.login();
         for visit in 1..=3 {

@@ -17,9 +17,13 @@ fn a_hung_worker_is_killed_and_replaced() {
     let mark = herd.log_len();
     let client = herd.client();
     let blocked = thread::spawn(move || client.get("/debug/block?ms=60000"));
-    let line = herd.wait_log_from(mark, "the hang to be noticed", Duration::from_secs(2 + 2 + 2), |l| l.contains("sent no heartbeat"));
+    let line = herd.wait_log_from(mark, "the hang to be noticed", Duration::from_secs(2 + 2 + 2), |l| {
+        l.contains("sent no heartbeat")
+    });
     assert!(line.contains("killing it"), "{line}");
-    herd.wait_log_from(mark, "the replacement", Duration::from_secs(30), |l| l.contains("killed by SIGKILL, restarting"));
+    herd.wait_log_from(mark, "the replacement", Duration::from_secs(30), |l| {
+        l.contains("killed by SIGKILL, restarting")
+    });
     assert!(blocked.join().expect("client thread").is_err(), "the hung request cannot have been answered");
     assert_eq!(herd.client().get("/healthz").expect("the cluster serves").status, 200);
 }
@@ -32,8 +36,10 @@ fn a_worker_over_the_memory_limit_is_replaced_gracefully() {
     let res = herd.client().get("/debug/alloc?mib=160").expect("alloc");
     assert_eq!(res.status, 200, "{}", res.body);
     // Checked every second: the limit acts within 3 s of the allocation.
-    let line = herd.wait_log_from(mark, "the memory limit to act", Duration::from_secs(3), |l| l.contains("over --max-memory"));
-    let retired = herd.wait_log_from(mark, "the bloated worker to retire", Duration::from_secs(30), |l| l.contains("retired"));
+    let line = herd
+        .wait_log_from(mark, "the memory limit to act", Duration::from_secs(3), |l| l.contains("over --max-memory"));
+    let retired =
+        herd.wait_log_from(mark, "the bloated worker to retire", Duration::from_secs(30), |l| l.contains("retired"));
     let victim = line.split(" pid ").nth(1).and_then(|r| r.split_whitespace().next()).expect("pid in the line");
     assert!(retired.contains(&format!("pid {victim} retired")), "{retired}");
     assert!(retired.contains("exited cleanly"), "replaced gracefully, not killed: {retired}");
@@ -53,7 +59,9 @@ fn a_slot_that_keeps_crashing_backs_off_then_is_left_down() {
     for round in 0..4 {
         let mark = herd.log_len();
         let _ = crasher.get("/debug/crash"); // no answer: the worker aborts
-        let death = herd.wait_log_from(mark, "the crash", Duration::from_secs(10), |l| l.contains(&format!("worker {slot} pid ")) && l.contains("SIGABRT"));
+        let death = herd.wait_log_from(mark, "the crash", Duration::from_secs(10), |l| {
+            l.contains(&format!("worker {slot} pid ")) && l.contains("SIGABRT")
+        });
         if round < 3 {
             // The first victim may have lived past 5 s on a busy machine: a healthy death,
             // restarted at once. Every later one is young.
@@ -74,7 +82,8 @@ fn a_slot_that_keeps_crashing_backs_off_then_is_left_down() {
         assert_eq!(client.get("/healthz").expect("served").status, 200);
     }
     let status = herd.status();
-    let errored: Vec<_> = status["workers"].as_array().expect("workers").iter().filter(|w| w["state"] == "errored").collect();
+    let errored: Vec<_> =
+        status["workers"].as_array().expect("workers").iter().filter(|w| w["state"] == "errored").collect();
     assert_eq!(errored.len(), 1, "{status}");
     assert_eq!(errored[0]["slot"], slot);
 

@@ -87,7 +87,10 @@ fn logout_ends_the_session_server_side() {
     assert_eq!(logout.status, 200);
     let removal = logout.header("set-cookie").expect("a removal cookie").to_owned();
     assert!(removal.contains("Max-Age=0"), "{removal}");
-    assert!(removal.contains("HttpOnly") && removal.contains("SameSite=Lax"), "the removal cookie keeps the flags: {removal}");
+    assert!(
+        removal.contains("HttpOnly") && removal.contains("SameSite=Lax"),
+        "the removal cookie keeps the flags: {removal}"
+    );
     assert_eq!(redis.keys("herd:sess:*"), Vec::<String>::new(), "session deleted from Redis");
 
     // Replaying the old cookie (as a thief would) gets nothing, on every worker.
@@ -205,7 +208,12 @@ fn form_login_works_like_json() {
     let herd = Herd::start(&redis, &["--workers", "1"]);
     let res = herd
         .client()
-        .request("POST", "/login", &[("Content-Type", "application/x-www-form-urlencoded")], b"username=alice&password=wonderland")
+        .request(
+            "POST",
+            "/login",
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            b"username=alice&password=wonderland",
+        )
         .expect("form login");
     assert_eq!(res.status, 200, "{}", res.body);
     assert_eq!(res.json()["user"], "alice");
@@ -252,7 +260,8 @@ fn logout_everywhere_and_a_password_change_end_every_session_of_the_user() {
     let me = |c: &herd_e2e::Client| c.get("/me").expect("GET /me").json()["user"].clone();
     assert_eq!(me(&herd.client()), serde_json::Value::Null, "anonymous");
 
-    let mut devices: Vec<herd_e2e::Client> = (2..5).map(|n| herd.client().from_ip(std::net::IpAddr::from([127, 0, 0, n]))).collect();
+    let mut devices: Vec<herd_e2e::Client> =
+        (2..5).map(|n| herd.client().from_ip(std::net::IpAddr::from([127, 0, 0, n]))).collect();
     for device in &mut devices {
         device.login();
         assert_eq!(me(device), "alice");
@@ -275,11 +284,17 @@ fn logout_everywhere_and_a_password_change_end_every_session_of_the_user() {
     std::io::Write::write_all(&mut passwd.stdin.take().expect("stdin"), b"looking-glass\n").expect("password");
     let out = passwd.wait_with_output().expect("passwd");
     assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("1 session(s) ended"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("1 session(s) ended"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert_eq!(me(&devices[1]), serde_json::Value::Null);
-    let old = herd.client().post_json("/login", r#"{"username":"alice","password":"wonderland"}"#).expect("old password");
+    let old =
+        herd.client().post_json("/login", r#"{"username":"alice","password":"wonderland"}"#).expect("old password");
     assert_eq!(old.status, 401);
-    let new = herd.client().post_json("/login", r#"{"username":"alice","password":"looking-glass"}"#).expect("new password");
+    let new =
+        herd.client().post_json("/login", r#"{"username":"alice","password":"looking-glass"}"#).expect("new password");
     assert_eq!(new.status, 200);
 }
 
@@ -377,7 +392,9 @@ fn killing_redis_mid_load_loses_no_session_and_no_acknowledged_visit() {
     std::thread::sleep(Duration::from_millis(1000));
     redis.restart();
     let probe = herd.client();
-    wait_for("Redis to be back for herd", Duration::from_secs(15), || (probe.get("/readyz").ok()?.status == 200).then_some(()));
+    wait_for("Redis to be back for herd", Duration::from_secs(15), || {
+        (probe.get("/readyz").ok()?.status == 200).then_some(())
+    });
     // Keep the load on until plenty of sessions worked again after the restart.
     let before = served_so_far();
     wait_for("the load to flow again", Duration::from_secs(30), || (served_so_far() >= before + 300).then_some(()));

@@ -58,7 +58,13 @@ async fn login(Path(fail): Path<bool>, session: Session) -> StatusCode {
 
 /// Names and values a careless record format would split, merge or round wrongly.
 fn odd_values() -> Vec<(&'static str, Value)> {
-    vec![("a:b", json!("1:2")), ("ü", json!("ünï\n:")), ("", json!("12:x")), ("3:n", json!("")), ("big", json!(12_345_678_901_234_567_u64))]
+    vec![
+        ("a:b", json!("1:2")),
+        ("ü", json!("ünï\n:")),
+        ("", json!("12:x")),
+        ("3:n", json!("")),
+        ("big", json!(12_345_678_901_234_567_u64)),
+    ]
 }
 
 /// Step 0 stores [`odd_values`], step 1 changes one and removes another (a merged save); every

@@ -39,7 +39,12 @@ fn an_untrusted_certificate_is_refused() {
 fn rediss_never_falls_back_to_plaintext() {
     let plain = RedisServer::start_with(None, Some(PASSWORD));
     let url = plain.url().replacen("redis://", "rediss://", 1);
-    let stderr = assert_herd_fails(&["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--demo-user", "a:b"], &[], 1, &["cannot reach Redis"]);
+    let stderr = assert_herd_fails(
+        &["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--demo-user", "a:b"],
+        &[],
+        1,
+        &["cannot reach Redis"],
+    );
     assert!(!stderr.contains(PASSWORD), "the password is never logged: {stderr}");
     assert!(plain.keys("herd:*").is_empty(), "nothing was written in plaintext");
 

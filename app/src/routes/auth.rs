@@ -10,11 +10,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tower_sessions::Session;
 
-use super::{
-    home::now,
-    page::Notice,
-    wants_html, AppState,
-};
+use super::{home::now, page::Notice, wants_html, AppState};
 use crate::error::AppError;
 
 /// Session key of the logged-in user's name.

@@ -26,10 +26,7 @@ pub(super) struct Amount {
 }
 
 pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/debug/block", get(block))
-        .route("/debug/alloc", get(alloc))
-        .route("/debug/crash", get(crash))
+    Router::new().route("/debug/block", get(block)).route("/debug/alloc", get(alloc)).route("/debug/crash", get(crash))
 }
 
 fn amount(query: Result<Query<Amount>, QueryRejection>) -> Result<Amount, AppError> {
@@ -43,7 +40,8 @@ async fn block(query: Result<Query<Amount>, QueryRejection>) -> Result<Json<Valu
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
     tracing::warn!(ms, threads, "blocking the runtime on request (/debug/block)");
     // One blocking sleep per runtime thread: each occupies a thread, so nothing else runs.
-    let sleeps: Vec<_> = (0..threads).map(|_| tokio::spawn(async move { std::thread::sleep(Duration::from_millis(ms)) })).collect();
+    let sleeps: Vec<_> =
+        (0..threads).map(|_| tokio::spawn(async move { std::thread::sleep(Duration::from_millis(ms)) })).collect();
     for sleep in sleeps {
         let _ = sleep.await;
     }

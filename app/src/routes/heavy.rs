@@ -31,9 +31,8 @@ pub(super) async fn heavy(
 ) -> Result<Json<Heavy>, AppError> {
     let n = n_from(params)?;
     tracing::info!(n, "heavy computation started");
-    let result = tokio::task::spawn_blocking(move || sum_below(n))
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let result =
+        tokio::task::spawn_blocking(move || sum_below(n)).await.map_err(|e| AppError::Internal(e.to_string()))?;
     Ok(Json(Heavy { result, pid: state.worker.pid }))
 }
 

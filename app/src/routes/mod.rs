@@ -104,7 +104,8 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .route("/me", get(auth::me));
     // One `Router::layer` per stack, not one per layer: axum wraps every route in a boxed
     // service per `layer` call and clones each box on every request.
-    let removal = std::sync::Arc::new(RemovalCookie { prefix: format!("{}=", settings.cookie_name), secure: settings.secure });
+    let removal =
+        std::sync::Arc::new(RemovalCookie { prefix: format!("{}=", settings.cookie_name), secure: settings.secure });
     let cookies = ServiceBuilder::new().layer(middleware::from_fn(error::no_store)).layer(middleware::map_response(
         move |response| {
             let removal = removal.clone();
@@ -152,13 +153,19 @@ async fn require_admin(
     }
     let refusal = "this route changes state for every client: it is served only with --admin-routes \
                    (operators: `herd ctl broadcast '{\"type\":\"reset-stats\"}'`)";
-    axum::response::IntoResponse::into_response(error::AppError::bad_request(axum::http::StatusCode::FORBIDDEN, refusal))
+    axum::response::IntoResponse::into_response(error::AppError::bad_request(
+        axum::http::StatusCode::FORBIDDEN,
+        refusal,
+    ))
 }
 
 /// The session cookie: HttpOnly, SameSite=Lax, Secure unless turned off. The store ends
 /// sessions (idle timeout, absolute lifetime); the cookie only has to live as long as a session
 /// can, so it is refreshed on writes, not on every read.
-fn session_layer<S: tower_sessions::SessionStore + Clone>(store: S, settings: &SessionSettings) -> SessionManagerLayer<S> {
+fn session_layer<S: tower_sessions::SessionStore + Clone>(
+    store: S,
+    settings: &SessionSettings,
+) -> SessionManagerLayer<S> {
     let cookie_lifetime = time::Duration::try_from(settings.limits.max_age).unwrap_or(time::Duration::weeks(1));
     SessionManagerLayer::new(store)
         .with_name(settings.cookie_name.clone())
@@ -210,8 +217,5 @@ impl RemovalCookie {
 
 /// True when the client asked for HTML (a browser navigating), not JSON.
 fn wants_html(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|accept| accept.contains("text/html"))
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|accept| accept.contains("text/html"))
 }

@@ -120,7 +120,10 @@ pub(crate) fn render(view: &PageView<'_>) -> String {
         }
         None => {
             let hint = match view.demo_users.first() {
-                Some(name) => format!(r#"<p class="hint">Demo user: <b>{}</b> (its password was given with <code>--demo-user</code>)</p>"#, escape(name)),
+                Some(name) => format!(
+                    r#"<p class="hint">Demo user: <b>{}</b> (its password was given with <code>--demo-user</code>)</p>"#,
+                    escape(name)
+                ),
                 None => String::new(),
             };
             let _ = write!(
@@ -225,7 +228,15 @@ mod tests {
     use super::*;
 
     fn view<'a>(session: Option<(&'a str, u64, u64)>, demo: &'a [String]) -> PageView<'a> {
-        PageView { slot: 2, pid: 4242, balance: Balance::RoundRobin, uptime_s: 75, session, demo_users: demo, notice: None }
+        PageView {
+            slot: 2,
+            pid: 4242,
+            balance: Balance::RoundRobin,
+            uptime_s: 75,
+            session,
+            demo_users: demo,
+            notice: None,
+        }
     }
 
     #[test]

@@ -132,12 +132,9 @@ pub(super) async fn count(State(state): State<AppState>, request: Request, next:
 
 /// `{"requests": total, "workers": [{slot, pid, requests, resets, notes}]}` from every ready worker.
 pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
-    let replies = state
-        .worker
-        .messenger
-        .gather::<_, WorkerStats>(&StatsMessage::Stats)
-        .await
-        .map_err(|e| AppError::bad_request(StatusCode::SERVICE_UNAVAILABLE, format!("cannot gather the workers' stats: {e}")))?;
+    let replies = state.worker.messenger.gather::<_, WorkerStats>(&StatsMessage::Stats).await.map_err(|e| {
+        AppError::bad_request(StatusCode::SERVICE_UNAVAILABLE, format!("cannot gather the workers' stats: {e}"))
+    })?;
     let total: u64 = replies.iter().map(|(_, s)| s.requests).sum();
     let workers: Vec<Value> = replies
         .into_iter()
@@ -150,11 +147,8 @@ pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, 
 
 /// Broadcasts a counter reset to every worker.
 pub(super) async fn reset(State(state): State<AppState>) -> Result<(StatusCode, Json<Value>), AppError> {
-    state
-        .worker
-        .messenger
-        .broadcast(&StatsMessage::ResetStats)
-        .await
-        .map_err(|e| AppError::bad_request(StatusCode::SERVICE_UNAVAILABLE, format!("cannot broadcast the reset: {e}")))?;
+    state.worker.messenger.broadcast(&StatsMessage::ResetStats).await.map_err(|e| {
+        AppError::bad_request(StatusCode::SERVICE_UNAVAILABLE, format!("cannot broadcast the reset: {e}"))
+    })?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "reset": "broadcast to every worker" }))))
 }

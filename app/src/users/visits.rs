@@ -7,11 +7,7 @@
 
 use std::time::Duration;
 
-use fred::{
-    clients::Pool,
-    interfaces::KeysInterface,
-    types::Expiration,
-};
+use fred::{clients::Pool, interfaces::KeysInterface, types::Expiration};
 use herd_session_store::StoreError;
 
 #[derive(Clone)]
@@ -46,7 +42,8 @@ impl Visits {
 
     /// Starts a new session's count at zero.
     pub async fn reset(&self, session_key: &str) -> Result<(), StoreError> {
-        let _: Option<String> = self.pool.set(key(session_key), 0, Some(Expiration::EX(self.ttl())), None, false).await?;
+        let _: Option<String> =
+            self.pool.set(key(session_key), 0, Some(Expiration::EX(self.ttl())), None, false).await?;
         Ok(())
     }
 

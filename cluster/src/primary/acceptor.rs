@@ -28,7 +28,8 @@ impl Acceptor {
         loop {
             match self.listener.async_io(Interest::READABLE, |l| l.accept()).await {
                 Ok(accepted) => return accepted,
-                Err(err) if matches!(err.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) => {}
+                Err(err) if matches!(err.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset) => {
+                }
                 Err(err) => {
                     tracing::error!(error = %err, "accept failed; pausing accepts for 100ms");
                     tokio::time::sleep(Duration::from_millis(100)).await;

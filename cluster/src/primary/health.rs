@@ -24,15 +24,25 @@ impl Supervisor {
             if replacing {
                 continue;
             }
-            if let (Some(max), Some(rss)) = (recycling.max_memory, recycling.max_memory.and_then(|_| rss_bytes(w.pid))) {
+            if let (Some(max), Some(rss)) = (recycling.max_memory, recycling.max_memory.and_then(|_| rss_bytes(w.pid)))
+            {
                 if rss > max {
-                    tracing::warn!("worker {slot} pid {} uses {} MiB, over --max-memory {} MiB: replacing it", w.pid, rss >> 20, max >> 20);
+                    tracing::warn!(
+                        "worker {slot} pid {} uses {} MiB, over --max-memory {} MiB: replacing it",
+                        w.pid,
+                        rss >> 20,
+                        max >> 20
+                    );
                     recycle.push((slot, "memory limit"));
                     continue;
                 }
             }
             if let Some(limit) = w.recycle_after.filter(|limit| w.requests >= *limit) {
-                tracing::info!("worker {slot} pid {} served {} requests (limit {limit}): recycling it", w.pid, w.requests);
+                tracing::info!(
+                    "worker {slot} pid {} served {} requests (limit {limit}): recycling it",
+                    w.pid,
+                    w.requests
+                );
                 recycle.push((slot, "max requests"));
             }
         }

@@ -400,7 +400,10 @@ impl Supervisor {
     fn on_message(&mut self, slot: usize, generation: u64, msg: ToPrimary) {
         match msg {
             ToPrimary::Ready { .. } => {
-                let is_successor = self.slots.get(slot).is_some_and(|s| s.successor.as_ref().is_some_and(|w| w.generation == generation));
+                let is_successor = self
+                    .slots
+                    .get(slot)
+                    .is_some_and(|s| s.successor.as_ref().is_some_and(|w| w.generation == generation));
                 if is_successor {
                     self.promote_successor(slot);
                     return;
@@ -433,7 +436,8 @@ impl Supervisor {
             ToPrimary::Ready { .. } => {
                 worker.become_ready();
                 tracing::info!("worker {slot} pid {} ready", worker.pid);
-                let ready = self.slots.iter().filter(|s| s.worker.as_ref().is_some_and(|w| w.state == State::Ready)).count();
+                let ready =
+                    self.slots.iter().filter(|s| s.worker.as_ref().is_some_and(|w| w.state == State::Ready)).count();
                 if ready == self.slots.len() && !self.all_ready_logged {
                     self.all_ready_logged = true;
                     tracing::info!("all {ready} workers ready");
@@ -561,7 +565,11 @@ impl Supervisor {
 
     /// Every worker process the primary is responsible for, with its slot.
     fn all_workers(&self) -> impl Iterator<Item = (usize, &Worker)> {
-        let in_slots = self.slots.iter().enumerate().flat_map(|(i, s)| s.worker.iter().chain(s.successor.iter()).map(move |w| (i, w)));
+        let in_slots = self
+            .slots
+            .iter()
+            .enumerate()
+            .flat_map(|(i, s)| s.worker.iter().chain(s.successor.iter()).map(move |w| (i, w)));
         in_slots.chain(self.retiring.iter().map(|(slot, w)| (*slot, w)))
     }
 

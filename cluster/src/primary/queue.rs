@@ -15,7 +15,9 @@ impl Supervisor {
                 .slots
                 .iter()
                 .enumerate()
-                .filter_map(|(slot, s)| s.worker.as_ref().filter(|w| w.state == State::Ready).map(|w| Candidate { slot, open: w.open }))
+                .filter_map(|(slot, s)| {
+                    s.worker.as_ref().filter(|w| w.state == State::Ready).map(|w| Candidate { slot, open: w.open })
+                })
                 .collect();
             let Some(slot) = self.chooser.choose(conn.peer.ip(), &candidates) else {
                 return self.enqueue(conn);

@@ -116,7 +116,8 @@ impl Supervisor {
                 rollout.waiters.extend(waiter);
             }
             None => {
-                self.rollout = Some(Rollout { pending: slots.into(), current: None, waiters: waiter.into_iter().collect(), what });
+                self.rollout =
+                    Some(Rollout { pending: slots.into(), current: None, waiters: waiter.into_iter().collect(), what });
                 self.advance_rollout();
             }
         }

@@ -55,7 +55,9 @@ pub(crate) fn handoff(channel: Channel, local: SocketAddr, report_closes: bool) 
                 }
                 match channel.send(&ToPrimary::Closed { count }).await {
                     Ok(()) => {}
-                    Err(err) if err.is_bad_message() => tracing::warn!(error = %err, "cannot report closed connections"),
+                    Err(err) if err.is_bad_message() => {
+                        tracing::warn!(error = %err, "cannot report closed connections")
+                    }
                     Err(_) => return, // the primary is gone; the worker is draining anyway
                 }
             }

@@ -2,7 +2,11 @@
 
 mod handoff;
 
-use std::{future::Future, net::SocketAddr, time::{Duration, Instant}};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use axum::{
     middleware::from_fn_with_state,
@@ -177,8 +181,8 @@ async fn serve<L>(
             }
         }
     };
-    let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(graceful);
+    let served =
+        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(graceful);
     // The primary enforces the deadline by killing us; stopping a little earlier ourselves lets
     // the log say why.
     let mut stop = stop;
