@@ -50,6 +50,10 @@ pub struct CtlArgs {
     /// does]
     #[arg(long, env = "HERD_CONTROL_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// Give up when the primary does not accept or answer within this long [default: 10s;
+    /// 10m for reload and restart, which wait for every new worker to be ready]
+    #[arg(long, env = "HERD_CTL_TIMEOUT", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -127,9 +131,14 @@ pub enum UsersCommand {
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
     /// Redis URL [default: redis://127.0.0.1:6379; with `serve`, a private redis-server is
-    /// started when nothing answers there]
+    /// started when nothing answers there]. The command line is visible to every local user
+    /// (`ps`, /proc/PID/cmdline): put a password in REDIS_URL or --redis-url-file instead.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Read the Redis URL from this file (its first line; wins over --redis-url), so that its
+    /// password is in neither the command line nor the environment.
+    #[arg(long, env = "HERD_REDIS_URL_FILE")]
+    pub redis_url_file: Option<PathBuf>,
     /// Prefix of every Redis key herd writes.
     #[arg(long, env = "HERD_KEY_PREFIX", default_value = herd_session_store::keys::DEFAULT_PREFIX)]
     pub key_prefix: String,
@@ -190,7 +199,9 @@ pub struct ServeArgs {
     /// is aborted (the old workers keep serving).
     #[arg(long, env = "HERD_READY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
-    /// Unix socket for `herd ctl` (mode 0600) [default: $XDG_RUNTIME_DIR or /tmp, herd-PORT.sock]
+    /// Unix socket for `herd ctl` (mode 0600) [default: herd-PORT.sock in $XDG_RUNTIME_DIR/herd,
+    /// else /tmp/herd-UID; herd creates that directory 0700 and refuses one that another user
+    /// owns or others may write]
     #[arg(long, env = "HERD_CONTROL_SOCKET")]
     pub control_socket: Option<PathBuf>,
     /// Delay before restarting a worker that died soon after starting, as MIN..MAX: MIN first,
@@ -233,7 +244,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_DEBUG_ROUTES", value_parser = BoolishValueParser::new())]
     pub debug_routes: bool,
     /// Create or update this user at start, as NAME:PASSWORD (repeatable; comma-separated in
-    /// the environment variable).
+    /// the environment variable). The command line is visible to every local user: prefer
+    /// HERD_DEMO_USER or --demo-user-file for real passwords.
     #[arg(long = "demo-user", env = "HERD_DEMO_USER", value_delimiter = ',')]
     pub demo_users: Vec<DemoUser>,
     /// Mark the session cookie `Secure` (browsers then send it over HTTPS only). Turn off for
@@ -346,6 +358,16 @@ pub struct ServeArgs {
     /// requests (comma-separated in the environment variable). Others get 403.
     #[arg(long = "allowed-origins", env = "HERD_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::routes::origin::parse_origin)]
     pub allowed_origins: Vec<String>,
+    // Control channel and secrets (issue 13).
+    /// Serve `POST /stats/reset` and `DELETE /heavy/cached`, which change state for every
+    /// client, to anyone who reaches the port; off, they answer 403 (`herd ctl broadcast
+    /// '{"type":"reset-stats"}'` still resets the stats).
+    #[arg(long, env = "HERD_ADMIN_ROUTES", value_parser = BoolishValueParser::new())]
+    pub admin_routes: bool,
+    /// Read the demo users from this file, one NAME:PASSWORD per line (blank lines and `#`
+    /// comments skipped), instead of the command line, which every local user can read.
+    #[arg(long, env = "HERD_DEMO_USER_FILE")]
+    pub demo_user_file: Option<PathBuf>,
 }
 
 impl ServeArgs {

@@ -13,6 +13,8 @@
 //! - [`routes`]: the HTTP routes and [`routes::router`].
 //! - [`error`]: how failures become JSON responses with the right status.
 //! - [`logging`]: tracing setup; every worker line says which worker wrote it.
+//! - [`secrets`]: the Redis URL and demo passwords: from files or the environment, never a
+//!   worker's command line, redacted in logs.
 
 pub mod cli;
 pub mod config_file;
@@ -22,6 +24,7 @@ pub mod eviction;
 pub mod logging;
 pub mod private_redis;
 pub mod routes;
+pub mod secrets;
 pub mod serve;
 pub mod systemd;
 pub mod users;

@@ -49,10 +49,15 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
     config.balance = args.balance();
     config.queue_timeout = args.queue_timeout;
 
+    let configured_url = crate::secrets::configured_url(&args.redis)?;
+    let demo_users = crate::secrets::demo_users(&args)?;
+    if role == Role::Primary {
+        keep_secrets_off_workers_command_lines(&mut config, &args);
+    }
     let mut private = None;
     let redis_url = match role {
         Role::Primary => {
-            let url = match &args.redis.redis_url {
+            let url = match &configured_url {
                 // Configured (flag, environment or file): workers read it the same way, so a
                 // reload picks up a changed config file.
                 Some(url) => url.clone(),
@@ -65,7 +70,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
                     url
                 }
             };
-            if let Err(err) = seed_demo_users(&args.redis.config(url.clone()), &args).await {
+            if let Err(err) = seed_demo_users(&args.redis.config(url.clone()), &args, &demo_users).await {
                 if let Some(redis) = private {
                     redis.stop().await;
                 }
@@ -73,7 +78,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
             }
             url
         }
-        Role::Worker(_) => args.redis.redis_url.clone().unwrap_or_else(default_redis_url),
+        Role::Worker(_) => configured_url.unwrap_or_else(default_redis_url),
     };
 
     if args.session_idle.is_zero() || args.session_max_age.is_zero() {
@@ -83,6 +88,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
         cookie_name: args.cookie_name.clone(),
         secure: args.secure_cookies,
         debug_routes: args.debug_routes,
+        admin_routes: args.admin_routes,
         stock_store: args.session_store == crate::cli::SessionStoreKind::Stock,
         origins: routes::origin::OriginPolicy::new(args.allowed_origins.clone()),
         limits: SessionLimits {
@@ -94,7 +100,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
     };
     let redis_config = args.redis.config(redis_url);
     let keys = Keys::new(args.redis.key_prefix.clone());
-    let demo_users = args.demo_users.iter().map(|u| u.name.clone()).collect();
+    let demo_users = demo_users.iter().map(|u| u.name.clone()).collect();
     let limits = Limits { heavy: args.heavy_limits(), cache: args.cache_limits() };
     let login = login_settings(&args)?;
     let outcome =
@@ -159,12 +165,51 @@ async fn find_or_start_redis() -> anyhow::Result<Option<PrivateRedis>> {
     Ok(Some(redis))
 }
 
+/// Workers get the primary's arguments without `--redis-url` and `--demo-user` (every local
+/// user can read a command line), and those values through their environment instead.
+fn keep_secrets_off_workers_command_lines(config: &mut ClusterConfig, args: &ServeArgs) {
+    let (public, removed) = crate::secrets::worker_args(std::env::args_os().skip(1));
+    if !removed {
+        return;
+    }
+    let argv: Vec<String> = std::env::args().collect();
+    let in_argv = |flag: &str| argv.iter().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    if in_argv("--redis-url") {
+        if let Some(url) = &args.redis.redis_url {
+            if crate::secrets::has_password(url) {
+                tracing::warn!(
+                    "the Redis password is on herd's command line, which every local user can read: \
+                     use REDIS_URL or --redis-url-file (workers get it through their environment)"
+                );
+            }
+            config.worker_env.push(("REDIS_URL".into(), url.into()));
+        }
+    }
+    if in_argv("--demo-user") {
+        tracing::warn!("--demo-user passwords are on herd's command line, which every local user can read: use HERD_DEMO_USER or --demo-user-file");
+        // The environment variable is comma-separated: a password with a comma cannot travel
+        // in it, and workers only need the names (for the login form's hint) anyway.
+        let listed: Vec<String> = args
+            .demo_users
+            .iter()
+            .map(|u| format!("{}:{}", u.name, u.password))
+            .filter(|entry| !entry.contains(','))
+            .collect();
+        config.worker_env.push(("HERD_DEMO_USER".into(), listed.join(",").into()));
+    }
+    config.worker_args = Some(public);
+}
+
 /// Checks Redis's eviction policy and creates the demo users.
-async fn seed_demo_users(redis: &RedisConfig, args: &ServeArgs) -> anyhow::Result<()> {
+async fn seed_demo_users(
+    redis: &RedisConfig,
+    args: &ServeArgs,
+    demo_users: &[crate::cli::DemoUser],
+) -> anyhow::Result<()> {
     let pool = connect_redis(redis).await?;
     crate::eviction::check(&pool).await;
     let users = Users::new(pool.clone(), Keys::new(args.redis.key_prefix.clone()));
-    for demo in &args.demo_users {
+    for demo in demo_users {
         users
             .set_password(&demo.name, &demo.password)
             .await
@@ -249,23 +294,4 @@ async fn build_app(
     Ok(routes::router(state, store, &settings))
 }
 
-/// Hides the password of a `redis://user:pass@host` URL for log lines.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn redact_hides_credentials_only() {
-        assert_eq!(redact("redis://user:secret@host:7000/0"), "redis://***@host:7000/0");
-        assert_eq!(redact("redis://10.0.0.5:7000"), "redis://10.0.0.5:7000");
-    }
-}
+pub use crate::secrets::redact;

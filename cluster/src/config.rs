@@ -122,6 +122,11 @@ pub struct ClusterConfig {
     pub queue_timeout: Duration,
     /// Timeouts and caps of each worker's client connections.
     pub connections: ConnectionLimits,
+    /// The arguments workers are started with (after argv[0]); `None` gives them the
+    /// primary's own. Every local user can read a process's arguments (`/proc/PID/cmdline`):
+    /// an app whose command line may hold secrets passes the public part here and the
+    /// secrets through `worker_env`.
+    pub worker_args: Option<Vec<OsString>>,
 }
 
 impl ClusterConfig {
@@ -140,6 +145,7 @@ impl ClusterConfig {
             logs: None,
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             connections: ConnectionLimits::default(),
+            worker_args: None,
         }
     }
 }

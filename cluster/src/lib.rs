@@ -69,6 +69,7 @@ mod fd;
 mod primary;
 mod proto;
 mod shutdown;
+mod socket_path;
 mod worker;
 
 pub use config::{Balance, ClusterConfig, ConnectionLimits, Recycling, RestartPolicy};

@@ -65,6 +65,9 @@ pub(crate) enum ToPrimary {
     Gather { id: u64, payload: Value },
     /// This worker's answer to [`ToWorker::Query`] `id`.
     Reply { id: u64, payload: Value },
+    /// This worker cannot answer [`ToWorker::Query`] `id` (its answer would not fit in one
+    /// message); the asker's gather fails with `reason` instead of waiting for it.
+    Unanswered { id: u64, reason: String },
 }
 
 /// Primary → worker.
@@ -84,8 +87,24 @@ pub(crate) enum ToWorker {
     Message { from: Option<usize>, payload: Value },
     /// A question from a [`ToPrimary::Gather`]; answer with [`ToPrimary::Reply`] and the same id.
     Query { id: u64, payload: Value },
-    /// The answers to this worker's [`ToPrimary::Gather`] `id`.
-    Gathered { id: u64, replies: Vec<Reply> },
+    /// Some of the answers to this worker's [`ToPrimary::Gather`] `id`; more follow. A reply set
+    /// that does not fit in one message travels as parts and a final [`ToWorker::Gathered`].
+    GatheredPart { id: u64, replies: Vec<Reply> },
+    /// The (last) answers to this worker's [`ToPrimary::Gather`] `id`, and the workers that
+    /// could not answer.
+    Gathered {
+        id: u64,
+        replies: Vec<Reply>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unanswered: Vec<Unanswered>,
+    },
+}
+
+/// A worker that could not answer a gather, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Unanswered {
+    pub(crate) slot: usize,
+    pub(crate) reason: String,
 }
 
 /// One handed-off connection.

@@ -69,7 +69,7 @@ mod tls;
 
 pub use cache::{Cache, Cached};
 pub use keys::Keys;
-pub use pool::{connect, RedisConfig};
+pub use pool::{connect, redact_url, RedisConfig};
 pub use scope::SessionScopeLayer;
 pub use store::{RedisSessionStore, SessionLimits};
 
@@ -79,7 +79,7 @@ pub enum StoreError {
     /// The Redis URL could not be parsed.
     #[error("invalid Redis URL {url:?}: {source}")]
     Url {
-        /// The URL as given (credentials included: callers should not log it as is).
+        /// The URL, its credentials hidden ([`redact_url`]).
         url: String,
         /// fred's complaint.
         source: fred::error::Error,

@@ -66,7 +66,8 @@ pub(crate) struct Link {
 /// Everything needed to start workers; lives as long as the primary.
 pub(crate) struct Spawner {
     pub(crate) exe: PathBuf,
-    /// The primary's own argv[0], and its other arguments, which workers get too.
+    /// The primary's own argv[0], and the other arguments workers get (the primary's own
+    /// unless the app chose them: [`crate::ClusterConfig::worker_args`]).
     pub(crate) arg0: OsString,
     pub(crate) args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,
@@ -186,14 +187,20 @@ impl LinkTask {
                     // A stopped worker stops reading; once its socket is full a send waits
                     // until it reads again, and the kill that ends it must still get through.
                     let sent = tokio::select! {
-                        sent = self.ipc.send(&msg) => sent.is_ok(),
+                        sent = self.ipc.send(&msg) => sent,
                         Some(()) = self.kill_requests.recv() => {
                             let _ = self.child.start_kill();
-                            false
+                            Err(crate::channel::ChannelError::Send(io::Error::other("killed while sending")))
                         }
                     };
-                    if !sent {
-                        ipc_open = false; // the worker is going away
+                    match sent {
+                        Ok(()) => {}
+                        // One message that could not be sent (too large) is that message's loss;
+                        // only a failed channel (the worker is going away) ends the link.
+                        Err(err) if err.is_bad_message() => {
+                            tracing::error!(slot = self.slot, pid = self.pid, error = %err, "a message to a worker was dropped");
+                        }
+                        Err(_) => ipc_open = false,
                     }
                 }
                 Some(first) = self.outbox.recv(), if ipc_open => {
@@ -209,15 +216,23 @@ impl LinkTask {
                             Err(crate::channel::ChannelError::Send(io::Error::other("killed while handing off")))
                         }
                     };
-                    // Sent or not, they stay ours until acknowledged: a failed send means the
-                    // worker is dying, and its exit returns everything unacknowledged.
-                    let now = Instant::now();
-                    self.sent.extend(batch.iter().map(|c| (c.id, now)));
-                    self.unacked.extend(batch.into_iter().map(|c| (c.id, c)));
-                    if let Err(err) = sent {
-                        // The worker is going away; its exit returns these connections.
-                        tracing::debug!(slot = self.slot, pid = self.pid, error = %err, "cannot hand off connections");
-                        ipc_open = false;
+                    match sent {
+                        // Cannot happen with a bounded batch of fixed-size entries; if it did, the
+                        // worker never saw these, and closing them beats stopping the link.
+                        Err(err) if err.is_bad_message() => {
+                            tracing::error!(slot = self.slot, pid = self.pid, error = %err, "closing {} connection(s) that could not be handed off", batch.len());
+                        }
+                        // Sent or not, they stay ours until acknowledged: a failed send means the
+                        // worker is dying, and its exit returns everything unacknowledged.
+                        sent => {
+                            let now = Instant::now();
+                            self.sent.extend(batch.iter().map(|c| (c.id, now)));
+                            self.unacked.extend(batch.into_iter().map(|c| (c.id, c)));
+                            if let Err(err) = sent {
+                                tracing::debug!(slot = self.slot, pid = self.pid, error = %err, "cannot hand off connections");
+                                ipc_open = false;
+                            }
+                        }
                     }
                 }
                 _ = sleep_until(reclaim_at), if ipc_open => {

@@ -102,7 +102,7 @@ pub(crate) async fn run(
     let spawner = Spawner {
         arg0: argv.next().unwrap_or_else(|| exe.clone().into_os_string()),
         exe,
-        args: argv.collect::<Vec<OsString>>(),
+        args: config.worker_args.clone().unwrap_or_else(|| argv.collect::<Vec<OsString>>()),
         env: config.worker_env.clone(),
         logs: config.logs.clone(),
         // The primary keeps `listener` itself, open, in every mode (dropped only on return).
@@ -461,7 +461,13 @@ impl Supervisor {
                 }
             }
             ToPrimary::Broadcast { payload } => {
-                self.relay_broadcast(Some(slot), &payload);
+                if let Err(err) = self.relay_broadcast(Some(slot), &payload) {
+                    tracing::warn!("worker {slot}'s broadcast was not relayed: {err}");
+                }
+                return;
+            }
+            ToPrimary::Unanswered { id, reason } => {
+                self.on_unanswered(slot, generation, id, reason);
                 return;
             }
             ToPrimary::Gather { id, payload } => {
@@ -511,6 +517,7 @@ impl Supervisor {
             ToPrimary::Broadcast { .. }
             | ToPrimary::Gather { .. }
             | ToPrimary::Reply { .. }
+            | ToPrimary::Unanswered { .. }
             | ToPrimary::Accepted { .. }
             | ToPrimary::Refused { .. } => {}
         }

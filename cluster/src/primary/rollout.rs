@@ -82,15 +82,17 @@ impl Supervisor {
                 });
             }
             Request::Send { slot: Some(slot), payload } => {
-                let _ = reply.send(if self.relay_to(slot, payload) {
-                    Response { workers: Some(1), ..Response::ok() }
-                } else {
-                    Response::error(format!("no worker in slot {slot}"))
+                let _ = reply.send(match self.relay_to(slot, payload) {
+                    Ok(true) => Response { workers: Some(1), ..Response::ok() },
+                    Ok(false) => Response::error(format!("no worker in slot {slot}")),
+                    Err(err) => Response::error(format!("not sent: {err}")),
                 });
             }
             Request::Send { slot: None, payload } => {
-                let sent = self.relay_broadcast(None, &payload);
-                let _ = reply.send(Response { workers: Some(sent), ..Response::ok() });
+                let _ = reply.send(match self.relay_broadcast(None, &payload) {
+                    Ok(sent) => Response { workers: Some(sent), ..Response::ok() },
+                    Err(err) => Response::error(format!("not sent: {err}")),
+                });
             }
             Request::Stop | Request::Logs => unreachable!("handled by the run loop and the control socket"),
         }

@@ -54,8 +54,12 @@ pub(crate) fn handoff(channel: Channel, local: SocketAddr, report_closes: bool) 
                 while closed_rx.try_recv().is_ok() {
                     count += 1;
                 }
-                if channel.send(&ToPrimary::Closed { count }).await.is_err() {
-                    return; // the primary is gone; the worker is draining anyway
+                match channel.send(&ToPrimary::Closed { count }).await {
+                    Ok(()) => {}
+                    Err(err) if err.is_bad_message() => {
+                        tracing::warn!(error = %err, "cannot report closed connections")
+                    }
+                    Err(_) => return, // the primary is gone; the worker is draining anyway
                 }
             }
         });

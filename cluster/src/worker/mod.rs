@@ -138,8 +138,11 @@ fn heartbeat(channel: Channel, drain: Drain, open: conn::ConnectionCap) {
                 requests: drain.served(),
                 open: Some(u64::try_from(open.open()).unwrap_or(u64::MAX)),
             };
-            if channel.send(&beat).await.is_err() {
-                return; // the primary is gone; the IPC reader starts the drain
+            match channel.send(&beat).await {
+                Ok(()) => {}
+                // One message's trouble is not the link's: keep beating.
+                Err(err) if err.is_bad_message() => tracing::warn!(error = %err, "cannot send a heartbeat"),
+                Err(_) => return, // the primary is gone; the IPC reader starts the drain
             }
         }
     });
@@ -233,7 +236,8 @@ fn watch_primary(
                     let messenger = messenger.clone();
                     tokio::spawn(async move { messenger.answer(id, payload).await });
                 }
-                ToWorker::Gathered { id, replies } => messenger.gathered(id, replies),
+                ToWorker::GatheredPart { id, replies } => messenger.gathered_part(id, replies),
+                ToWorker::Gathered { id, replies, unanswered } => messenger.gathered(id, replies, unanswered),
                 ToWorker::Retire => trigger.fire(Stop::Retire),
                 ToWorker::Connections { conns } => {
                     let (accepted, refused) = match &sink {
