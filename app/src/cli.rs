@@ -50,6 +50,10 @@ pub struct CtlArgs {
     /// does]
     #[arg(long, env = "HERD_CONTROL_SOCKET")]
     pub socket: Option<PathBuf>,
+    /// Give up when the primary does not accept or answer within this long [default: 10s;
+    /// 10m for reload and restart, which wait for every new worker to be ready]
+    #[arg(long, env = "HERD_CTL_TIMEOUT", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
     #[command(subcommand)]
     pub command: CtlCommand,
 }
@@ -127,9 +131,14 @@ pub enum UsersCommand {
 #[derive(Debug, Clone, Args)]
 pub struct RedisArgs {
     /// Redis URL [default: redis://127.0.0.1:6379; with `serve`, a private redis-server is
-    /// started when nothing answers there]
+    /// started when nothing answers there]. The command line is visible to every local user
+    /// (`ps`, /proc/PID/cmdline): put a password in REDIS_URL or --redis-url-file instead.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+    /// Read the Redis URL from this file (its first line; wins over --redis-url), so that its
+    /// password is in neither the command line nor the environment.
+    #[arg(long, env = "HERD_REDIS_URL_FILE")]
+    pub redis_url_file: Option<PathBuf>,
     /// Prefix of every Redis key herd writes.
     #[arg(long, env = "HERD_KEY_PREFIX", default_value = herd_session_store::keys::DEFAULT_PREFIX)]
     pub key_prefix: String,
@@ -190,7 +199,9 @@ pub struct ServeArgs {
     /// is aborted (the old workers keep serving).
     #[arg(long, env = "HERD_READY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub ready_timeout: Duration,
-    /// Unix socket for `herd ctl` (mode 0600) [default: $XDG_RUNTIME_DIR or /tmp, herd-PORT.sock]
+    /// Unix socket for `herd ctl` (mode 0600) [default: herd-PORT.sock in $XDG_RUNTIME_DIR/herd,
+    /// else /tmp/herd-UID; herd creates that directory 0700 and refuses one that another user
+    /// owns or others may write]
     #[arg(long, env = "HERD_CONTROL_SOCKET")]
     pub control_socket: Option<PathBuf>,
     /// Delay before restarting a worker that died soon after starting, as MIN..MAX: MIN first,
@@ -233,7 +244,8 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_DEBUG_ROUTES", value_parser = BoolishValueParser::new())]
     pub debug_routes: bool,
     /// Create or update this user at start, as NAME:PASSWORD (repeatable; comma-separated in
-    /// the environment variable).
+    /// the environment variable). The command line is visible to every local user: prefer
+    /// HERD_DEMO_USER or --demo-user-file for real passwords.
     #[arg(long = "demo-user", env = "HERD_DEMO_USER", value_delimiter = ',')]
     pub demo_users: Vec<DemoUser>,
     /// Mark the session cookie `Secure` (browsers then send it over HTTPS only). Turn off for
@@ -266,6 +278,127 @@ pub struct ServeArgs {
     /// limit at start.
     #[arg(long, env = "HERD_FD_RESERVE", default_value_t = herd_cluster::config::DEFAULT_FD_RESERVE)]
     pub fd_reserve: usize,
+    /// Largest `n` of `/heavy?n=` and `/heavy/cached?n=` (1e9 is about 0.3 s of one core in a
+    /// release build); more is a 400.
+    #[arg(long, env = "HERD_HEAVY_MAX_N", default_value_t = crate::routes::heavy::DEFAULT_MAX_N, value_parser = parse_heavy_n)]
+    pub heavy_max_n: u64,
+    /// `/heavy` computations running at once per worker (each stops when its client goes);
+    /// a request beyond waits --heavy-queue-wait for a slot, then gets 503 + Retry-After.
+    #[arg(long, env = "HERD_HEAVY_CONCURRENCY", default_value_t = crate::routes::heavy::DEFAULT_CONCURRENCY as u16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub heavy_concurrency: u16,
+    /// See --heavy-concurrency.
+    #[arg(long, env = "HERD_HEAVY_QUEUE_WAIT", default_value = "1s", value_parser = parse_duration)]
+    pub heavy_queue_wait: Duration,
+    /// Entries the shared cache may write per window (the longest TTL of what it wrote), so
+    /// never more alive at once; past it values are answered but not stored.
+    #[arg(long, env = "HERD_CACHE_MAX_ENTRIES", default_value_t = herd_session_store::cache::DEFAULT_MAX_ENTRIES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub cache_max_entries: u64,
+    /// Bytes (keys, values, overhead) the shared cache may write per window; see
+    /// --cache-max-entries.
+    #[arg(long, env = "HERD_CACHE_MAX_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    pub cache_max_bytes: u64,
+    /// A cache value larger than this is answered but never stored.
+    #[arg(long, env = "HERD_CACHE_MAX_VALUE_BYTES", default_value = "64KiB", value_parser = parse_size)]
+    pub cache_max_value_bytes: u64,
+    /// How long a connection waits for a worker that can serve it (none ready, or the ready
+    /// ones stopped answering heartbeats) before the primary answers it 503 + Retry-After
+    /// itself (at once when every slot is errored; /healthz too, so a balancer takes the host
+    /// out). In shared mode: how long no worker may serve before the primary answers so.
+    #[arg(long, env = "HERD_QUEUE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub queue_timeout: Duration,
+    /// A client must send a request's line and headers within this long (from connecting, or
+    /// from its first byte after a keep-alive pause), or the connection is closed.
+    #[arg(long, env = "HERD_HEADER_TIMEOUT", default_value = "20s", value_parser = parse_timeout)]
+    pub header_timeout: Duration,
+    /// A request body that pauses this long between two reads is abandoned with 408.
+    #[arg(long, env = "HERD_BODY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    pub body_timeout: Duration,
+    /// A whole request body must arrive within this long after its headers, or 408.
+    #[arg(long, env = "HERD_BODY_DEADLINE", default_value = "60s", value_parser = parse_timeout)]
+    pub body_deadline: Duration,
+    /// An idle keep-alive connection is closed after this long.
+    #[arg(long, env = "HERD_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_timeout)]
+    pub keepalive_timeout: Duration,
+    /// A response the client reads none of for this long is abandoned and the connection
+    /// closed.
+    #[arg(long, env = "HERD_SEND_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    pub send_timeout: Duration,
+    /// Requests served on one connection; the last response says `Connection: close`.
+    #[arg(long, env = "HERD_KEEPALIVE_REQUESTS", default_value_t = herd_cluster::config::DEFAULT_KEEPALIVE_REQUESTS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_requests: u64,
+    /// Open client connections per worker; one more gets a 503 with Retry-After (or is closed)
+    /// [default: the worker's open-file limit (ulimit -n) minus an eighth, at least 64, kept
+    /// for Redis, IPC and logs: 896 of 1024]
+    #[arg(long, env = "HERD_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub max_connections: Option<u64>,
+    /// Login attempts allowed for one user name from one client (IPv4 address or IPv6 /64)
+    /// per --login-limit-window; then 429.
+    #[arg(long, env = "HERD_LOGIN_LIMIT_PER_USER_ADDRESS", default_value_t = crate::users::limit::DEFAULT_PER_USER_ADDRESS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_limit_per_user_address: u32,
+    /// Login attempts allowed for one user name from all clients together per window (stops
+    /// distributed guessing; keep it well above the per-user-address limit, so that one
+    /// client cannot lock the user out).
+    #[arg(long, env = "HERD_LOGIN_LIMIT_PER_USER", default_value_t = crate::users::limit::DEFAULT_PER_USER,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_limit_per_user: u32,
+    /// Login attempts allowed from one client (IPv4 address or IPv6 /64), any user names, per
+    /// window.
+    #[arg(long, env = "HERD_LOGIN_LIMIT_PER_ADDRESS", default_value_t = crate::users::limit::DEFAULT_PER_ADDRESS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub login_limit_per_address: u32,
+    /// The login limits' window, from a counter's first attempt.
+    #[arg(long, env = "HERD_LOGIN_LIMIT_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    pub login_limit_window: Duration,
+    /// Password hashes (argon2, 19 MiB each) running at once per worker; more logins wait
+    /// for --login-queue-timeout, then get 503 [default: number of CPUs]
+    #[arg(long, env = "HERD_LOGIN_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub login_concurrency: Option<u16>,
+    /// How long a login waits for a free hashing slot before it gets 503 + Retry-After.
+    #[arg(long, env = "HERD_LOGIN_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    pub login_queue_timeout: Duration,
+    /// Origins (scheme://host[:port]) besides herd's own whose pages may send POST/DELETE
+    /// requests (comma-separated in the environment variable). Others get 403.
+    #[arg(long = "allowed-origins", env = "HERD_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::routes::origin::parse_origin)]
+    pub allowed_origins: Vec<String>,
+    // Control channel and secrets (issue 13).
+    /// Serve `POST /stats/reset` and `DELETE /heavy/cached`, which change state for every
+    /// client, to anyone who reaches the port; off, they answer 403 (`herd ctl broadcast
+    /// '{"type":"reset-stats"}'` still resets the stats).
+    #[arg(long, env = "HERD_ADMIN_ROUTES", value_parser = BoolishValueParser::new())]
+    pub admin_routes: bool,
+    /// Read the demo users from this file, one NAME:PASSWORD per line (blank lines and `#`
+    /// comments skipped), instead of the command line, which every local user can read.
+    #[arg(long, env = "HERD_DEMO_USER_FILE")]
+    pub demo_user_file: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// What `/heavy` may cost one worker.
+    pub fn heavy_limits(&self) -> crate::routes::heavy::HeavyLimits {
+        crate::routes::heavy::HeavyLimits {
+            max_n: self.heavy_max_n,
+            concurrency: usize::from(self.heavy_concurrency),
+            queue_wait: self.heavy_queue_wait,
+        }
+    }
+
+    /// How much of Redis the shared cache may use.
+    pub fn cache_limits(&self) -> herd_session_store::cache::CacheLimits {
+        herd_session_store::cache::CacheLimits {
+            max_entries: self.cache_max_entries,
+            max_bytes: self.cache_max_bytes,
+            max_value_bytes: usize::try_from(self.cache_max_value_bytes).unwrap_or(usize::MAX),
+        }
+    }
+}
+
+/// `1e9`-style or plain integers.
+fn parse_heavy_n(s: &str) -> Result<u64, String> {
+    crate::routes::heavy::parse_n(s, u64::MAX).ok_or_else(|| format!("{s:?} is not a whole number like 1e9"))
 }
 
 /// `--session-store` values.
@@ -303,6 +436,21 @@ impl ServeArgs {
     }
 }
 
+impl ServeArgs {
+    /// The timeouts and caps of workers' client connections.
+    pub fn connection_limits(&self) -> herd_cluster::ConnectionLimits {
+        herd_cluster::ConnectionLimits {
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            body_deadline: self.body_deadline,
+            keepalive_timeout: self.keepalive_timeout,
+            send_timeout: self.send_timeout,
+            keepalive_requests: self.keepalive_requests,
+            max_connections: self.max_connections.map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
+        }
+    }
+}
+
 /// `NAME:PASSWORD` from `--demo-user`.
 #[derive(Debug, Clone)]
 pub struct DemoUser {
@@ -325,6 +473,11 @@ impl FromStr for DemoUser {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (use a form like 30s, 500ms, 2m)"))
+}
+
+/// A duration above zero (a zero timeout would close every connection at once).
+fn parse_timeout(s: &str) -> Result<Duration, String> {
+    Some(parse_duration(s)?).filter(|d| !d.is_zero()).ok_or_else(|| "must be longer than zero".to_owned())
 }
 
 fn parse_backoff(s: &str) -> Result<(Duration, Duration), String> {
@@ -434,6 +587,61 @@ mod tests {
             (defaults.session_idle, defaults.session_max_age),
             (Duration::from_secs(1800), Duration::from_secs(12 * 3600))
         );
+    }
+
+    #[test]
+    fn heavy_and_cache_limits_default_to_the_library_constants() {
+        let defaults = serve(&[]).expect("defaults");
+        assert_eq!(defaults.heavy_limits(), crate::routes::heavy::HeavyLimits::default());
+        assert_eq!(defaults.cache_limits(), herd_session_store::cache::CacheLimits::default());
+        let set =
+            serve(&["--heavy-max-n", "1e6", "--heavy-concurrency", "3", "--heavy-queue-wait", "200ms"]).expect("valid");
+        assert_eq!(
+            (set.heavy_max_n, set.heavy_concurrency, set.heavy_queue_wait),
+            (1_000_000, 3, Duration::from_millis(200))
+        );
+        assert!(serve(&["--heavy-max-n", "lots"]).is_err());
+        assert!(serve(&["--heavy-concurrency", "0"]).is_err());
+    }
+
+    #[test]
+    fn connection_limits() {
+        let defaults = serve(&[]).expect("defaults").connection_limits();
+        assert_eq!(defaults, herd_cluster::ConnectionLimits::default(), "flag defaults are the library's");
+        let args = serve(&[
+            "--header-timeout",
+            "2s",
+            "--keepalive-timeout",
+            "5s",
+            "--keepalive-requests",
+            "3",
+            "--max-connections",
+            "10",
+        ])
+        .expect("valid");
+        let limits = args.connection_limits();
+        assert_eq!((limits.header_timeout, limits.keepalive_timeout), (Duration::from_secs(2), Duration::from_secs(5)));
+        assert_eq!((limits.keepalive_requests, limits.max_connections), (3, Some(10)));
+        assert!(serve(&["--header-timeout", "0s"]).is_err() && serve(&["--max-connections", "0"]).is_err());
+        assert!(serve(&["--keepalive-requests", "0"]).is_err());
+    }
+
+    #[test]
+    fn login_limits_default_to_their_constants() {
+        use crate::users::{limit::LoginLimits, HashLimit};
+        let defaults = serve(&[]).expect("defaults");
+        let limits = LoginLimits::default();
+        assert_eq!(
+            (defaults.login_limit_per_user_address, defaults.login_limit_per_user, defaults.login_limit_per_address),
+            (limits.per_user_address, limits.per_user, limits.per_address)
+        );
+        assert_eq!(defaults.login_limit_window, limits.window);
+        assert_eq!(defaults.login_queue_timeout, HashLimit::default().queue_timeout);
+        assert_eq!(defaults.login_concurrency, None, "one hash per CPU unless asked");
+        let args = serve(&["--allowed-origins", "https://App.example:443,http://localhost:3000"]).expect("origins");
+        assert_eq!(args.allowed_origins, ["https://app.example", "http://localhost:3000"]);
+        assert!(serve(&["--allowed-origins", "evil.example"]).is_err());
+        assert!(serve(&["--login-limit-per-user", "0"]).is_err());
     }
 
     #[test]

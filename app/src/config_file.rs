@@ -92,6 +92,10 @@ fn example_value(key: &str) -> &'static str {
         "control_socket" => "\"/run/herd/herd.sock\"",
         "max_memory" => "\"512MiB\"",
         "max_requests" => "10000",
+        "max_connections" => "4096",
+        "demo_user" => r#"["alice:wonderland"]"#,
+        "login_concurrency" => "2",
+        "allowed_origins" => r#"["https://app.example"]"#,
         _ => "\"\"",
     }
 }
@@ -133,7 +137,7 @@ pub fn example() -> String {
         let default = arg.get_default_values().first().map(|d| d.to_string_lossy().into_owned());
         let example = match (arg.get_action(), default) {
             (ArgAction::SetTrue, _) => "false".to_owned(),
-            (ArgAction::Append, _) => r#"["alice:wonderland"]"#.to_owned(),
+            (ArgAction::Append, _) => example_value(&key).to_owned(),
             (_, Some(d)) if d.parse::<f64>().is_ok() || d == "true" || d == "false" => d,
             (_, Some(d)) => format!("{d:?}"),
             (_, None) => example_value(&key).to_owned(),

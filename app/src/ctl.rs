@@ -1,21 +1,30 @@
 //! `herd ctl`: one request to the primary's control socket, printed for a human (or as JSON).
 
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context};
 use herd_cluster::control::{self, Request, Status};
 
 use crate::cli::{CtlArgs, CtlCommand, ScaleArg};
 
+/// How long `herd ctl` waits for the primary to accept and to answer, unless `--timeout`.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The same for `reload` and `restart`, which answer once every new worker is ready.
+pub const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
+
 pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
     let socket = args.socket.unwrap_or_else(default_socket);
+    let timeout = args.timeout.unwrap_or(match args.command {
+        CtlCommand::Reload | CtlCommand::Restart { .. } => DEFAULT_ROLLOUT_TIMEOUT,
+        _ => DEFAULT_TIMEOUT,
+    });
     let unreachable = || format!("cannot talk to a herd primary at {} (is it running? see --socket)", socket.display());
     let (request, json) = match args.command {
         CtlCommand::Logs => {
-            control::follow_logs(&socket, |line| println!("{line}")).await.with_context(unreachable)?;
+            control::follow_logs(&socket, timeout, |line| println!("{line}")).await.with_context(unreachable)?;
             return Ok(0);
         }
-        CtlCommand::Top => return top(&socket).await.with_context(unreachable),
+        CtlCommand::Top => return top(&socket, timeout).await.with_context(unreachable),
         CtlCommand::Status { json } => (Request::Status, json),
         CtlCommand::Reload => (Request::Reload, false),
         CtlCommand::Scale { count: ScaleArg::To(n) } => (Request::Scale { to: Some(n), by: None }, false),
@@ -25,9 +34,7 @@ pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
         CtlCommand::Broadcast { json } => (Request::Send { slot: None, payload: parse_json(&json)? }, false),
         CtlCommand::Send { slot, json } => (Request::Send { slot: Some(slot), payload: parse_json(&json)? }, false),
     };
-    let response = control::request(&socket, &request).await.with_context(|| {
-        format!("cannot talk to a herd primary at {} (is it running? see --socket)", socket.display())
-    })?;
+    let response = control::request(&socket, &request, timeout).await.with_context(unreachable)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&response)?);
         return Ok(if response.ok { 0 } else { 1 });
@@ -53,11 +60,11 @@ fn parse_json(text: &str) -> anyhow::Result<serde_json::Value> {
 }
 
 /// `status`, redrawn every second, like `pm2 monit`.
-async fn top(socket: &std::path::Path) -> std::io::Result<i32> {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+async fn top(socket: &std::path::Path, timeout: Duration) -> std::io::Result<i32> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tick.tick().await;
-        let response = control::request(socket, &Request::Status).await?;
+        let response = control::request(socket, &Request::Status, timeout).await?;
         let Some(status) = response.status else {
             eprintln!("{}", response.error.unwrap_or_default());
             return Ok(1);

@@ -2,7 +2,8 @@
 //!
 //! Responses are `{"error": "..."}` with the status that tells the client what to do: 4xx for
 //! its own mistakes, 503 + `Retry-After` while Redis is unreachable (never "you were logged
-//! out"), 500 only for bugs, with details in the log rather than the body.
+//! out") or the server is too busy, 507 while Redis is full (an operator problem, logged once
+//! per interval), 500 only for bugs, with details in the log rather than the body.
 
 use axum::{
     extract::Request,
@@ -29,9 +30,21 @@ pub enum AppError {
     /// Too many failed logins from this address or for this user name.
     #[error("too many failed logins, retry in {retry_after} s")]
     RateLimited { retry_after: u64 },
+    /// A state-changing request sent by a page of another origin (see `routes::origin`).
+    #[error("cross-origin request refused")]
+    CrossOrigin,
     /// Redis is unreachable or timed out.
     #[error("session store unavailable, retry shortly")]
     Unavailable(String),
+    /// Redis reached `maxmemory` and refuses writes: not transient, so 507 without
+    /// `Retry-After` (a 503 would invite clients and balancers to retry into the same wall).
+    #[error("{}", herd_session_store::operator::STORE_FULL)]
+    StoreFull(String),
+    /// This worker already runs as many computations of this kind (argon2 hashes, `/heavy`
+    /// loops) as it may and none freed up within the wait. 503, not 429: the server is short
+    /// of capacity, this client did nothing wrong; it may retry after `retry_after` seconds.
+    #[error("server busy: too many {what} at once, retry in {retry_after} s")]
+    Busy { what: &'static str, retry_after: u64 },
     /// A bug or an unexpected failure.
     #[error("internal error")]
     Internal(String),
@@ -48,6 +61,7 @@ impl IntoResponse for AppError {
         let status = match &self {
             AppError::BadRequest { status, .. } => *status,
             AppError::BadCredentials => StatusCode::UNAUTHORIZED,
+            AppError::CrossOrigin => StatusCode::FORBIDDEN,
             AppError::RateLimited { retry_after } => {
                 let body = Json(json!({ "error": self.to_string() }));
                 return (StatusCode::TOO_MANY_REQUESTS, [(header::RETRY_AFTER, retry_after.to_string())], body)
@@ -56,6 +70,15 @@ impl IntoResponse for AppError {
             AppError::Unavailable(cause) => {
                 tracing::warn!(%cause, "answering 503: Redis unavailable");
                 return unavailable();
+            }
+            AppError::StoreFull(cause) => {
+                herd_session_store::operator::redis_full(cause);
+                StatusCode::INSUFFICIENT_STORAGE
+            }
+            AppError::Busy { retry_after, .. } => {
+                let body = Json(json!({ "error": self.to_string() }));
+                return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, retry_after.to_string())], body)
+                    .into_response();
             }
             AppError::Internal(cause) => {
                 tracing::error!(%cause, "answering 500");
@@ -78,6 +101,9 @@ fn unavailable() -> Response {
 impl From<tower_sessions::session::Error> for AppError {
     fn from(err: tower_sessions::session::Error) -> Self {
         match err {
+            tower_sessions::session::Error::Store(e) if herd_session_store::is_store_full(&e) => {
+                AppError::StoreFull(e.to_string())
+            }
             tower_sessions::session::Error::Store(e) => AppError::Unavailable(e.to_string()),
             other => AppError::Internal(other.to_string()),
         }
@@ -86,7 +112,9 @@ impl From<tower_sessions::session::Error> for AppError {
 
 impl From<herd_session_store::StoreError> for AppError {
     fn from(err: herd_session_store::StoreError) -> Self {
-        if err.is_unavailable() {
+        if err.is_out_of_memory() {
+            AppError::StoreFull(err.to_string())
+        } else if err.is_unavailable() {
             AppError::Unavailable(err.to_string())
         } else {
             AppError::Internal(err.to_string())
@@ -99,6 +127,7 @@ impl From<UserError> for AppError {
         match err {
             UserError::InvalidName | UserError::InvalidPassword => AppError::BadCredentials,
             UserError::Store(e) => AppError::from(e),
+            UserError::Busy => AppError::Busy { what: "logins", retry_after: 1 },
             other => AppError::Internal(other.to_string()),
         }
     }

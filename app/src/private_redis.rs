@@ -72,6 +72,8 @@ impl PrivateRedis {
         let log = dir.join("redis.log");
         let mut child = Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--appendonly", "yes", "--save", ""])
+            // What herd needs (docs/hardening.md): a full Redis refuses writes, never evicts users.
+            .args(["--maxmemory-policy", "noeviction"])
             .arg("--dir")
             .arg(&dir)
             .arg("--logfile")

@@ -12,7 +12,10 @@ use crate::{
     cli::{default_redis_url, ServeArgs, DEFAULT_REDIS_ADDR},
     private_redis::{self, PrivateRedis},
     routes::{self, AppState, SessionSettings},
-    users::Users,
+    users::{
+        limit::{LoginLimiter, LoginLimits},
+        HashLimit, Users,
+    },
 };
 
 /// Runs `herd serve` in either role; returns the process exit code.
@@ -41,14 +44,21 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
             "--debug-routes can crash and stall workers on request: it is refused unless --bind is a loopback address"
         );
     }
+    config.connections = args.connection_limits();
     config.control_socket = args.control_socket.clone();
     config.fd_reserve = args.fd_reserve;
     config.balance = args.balance();
+    config.queue_timeout = args.queue_timeout;
 
+    let configured_url = crate::secrets::configured_url(&args.redis)?;
+    let demo_users = crate::secrets::demo_users(&args)?;
+    if role == Role::Primary {
+        keep_secrets_off_workers_command_lines(&mut config, &args);
+    }
     let mut private = None;
     let redis_url = match role {
         Role::Primary => {
-            let url = match &args.redis.redis_url {
+            let url = match &configured_url {
                 // Configured (flag, environment or file): workers read it the same way, so a
                 // reload picks up a changed config file.
                 Some(url) => url.clone(),
@@ -61,7 +71,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
                     url
                 }
             };
-            if let Err(err) = seed_demo_users(&args.redis.config(url.clone()), &args).await {
+            if let Err(err) = seed_demo_users(&args.redis.config(url.clone()), &args, &demo_users).await {
                 if let Some(redis) = private {
                     redis.stop().await;
                 }
@@ -69,7 +79,7 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
             }
             url
         }
-        Role::Worker(_) => args.redis.redis_url.clone().unwrap_or_else(default_redis_url),
+        Role::Worker(_) => configured_url.unwrap_or_else(default_redis_url),
     };
 
     if args.session_idle.is_zero() || args.session_max_age.is_zero() {
@@ -79,7 +89,9 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
         cookie_name: args.cookie_name.clone(),
         secure: args.secure_cookies,
         debug_routes: args.debug_routes,
+        admin_routes: args.admin_routes,
         stock_store: args.session_store == crate::cli::SessionStoreKind::Stock,
+        origins: routes::origin::OriginPolicy::new(args.allowed_origins.clone()),
         limits: SessionLimits {
             idle: args.session_idle,
             max_age: args.session_max_age,
@@ -89,8 +101,12 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
     };
     let redis_config = args.redis.config(redis_url);
     let keys = Keys::new(args.redis.key_prefix.clone());
-    let demo_users = args.demo_users.iter().map(|u| u.name.clone()).collect();
-    let outcome = herd_cluster::run(config, move |ctx| build_app(ctx, redis_config, keys, settings, demo_users)).await;
+    let demo_users = demo_users.iter().map(|u| u.name.clone()).collect();
+    let limits = Limits { heavy: args.heavy_limits(), cache: args.cache_limits() };
+    let login = login_settings(&args)?;
+    let outcome =
+        herd_cluster::run(config, move |ctx| build_app(ctx, redis_config, keys, settings, login, demo_users, limits))
+            .await;
     if let Some(redis) = private {
         redis.stop().await;
     }
@@ -101,6 +117,33 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
             1
         }
         Outcome::Worker => 0,
+    })
+}
+
+/// What bounds logins: the rate limits (shared through Redis) and the hashing cap (per worker).
+#[derive(Debug, Clone, Copy)]
+struct LoginSettings {
+    limits: LoginLimits,
+    hashing: HashLimit,
+}
+
+fn login_settings(args: &ServeArgs) -> anyhow::Result<LoginSettings> {
+    if args.login_limit_window.is_zero() {
+        bail!("--login-limit-window must be longer than zero");
+    }
+    let mut hashing = HashLimit::default();
+    if let Some(concurrency) = args.login_concurrency {
+        hashing.concurrency = usize::from(concurrency);
+    }
+    hashing.queue_timeout = args.login_queue_timeout;
+    Ok(LoginSettings {
+        limits: LoginLimits {
+            per_user_address: args.login_limit_per_user_address,
+            per_user: args.login_limit_per_user,
+            per_address: args.login_limit_per_address,
+            window: args.login_limit_window,
+        },
+        hashing,
     })
 }
 
@@ -123,10 +166,51 @@ async fn find_or_start_redis() -> anyhow::Result<Option<PrivateRedis>> {
     Ok(Some(redis))
 }
 
-async fn seed_demo_users(redis: &RedisConfig, args: &ServeArgs) -> anyhow::Result<()> {
+/// Workers get the primary's arguments without `--redis-url` and `--demo-user` (every local
+/// user can read a command line), and those values through their environment instead.
+fn keep_secrets_off_workers_command_lines(config: &mut ClusterConfig, args: &ServeArgs) {
+    let (public, removed) = crate::secrets::worker_args(std::env::args_os().skip(1));
+    if !removed {
+        return;
+    }
+    let argv: Vec<String> = std::env::args().collect();
+    let in_argv = |flag: &str| argv.iter().any(|a| a == flag || a.starts_with(&format!("{flag}=")));
+    if in_argv("--redis-url") {
+        if let Some(url) = &args.redis.redis_url {
+            if crate::secrets::has_password(url) {
+                tracing::warn!(
+                    "the Redis password is on herd's command line, which every local user can read: \
+                     use REDIS_URL or --redis-url-file (workers get it through their environment)"
+                );
+            }
+            config.worker_env.push(("REDIS_URL".into(), url.into()));
+        }
+    }
+    if in_argv("--demo-user") {
+        tracing::warn!("--demo-user passwords are on herd's command line, which every local user can read: use HERD_DEMO_USER or --demo-user-file");
+        // The environment variable is comma-separated: a password with a comma cannot travel
+        // in it, and workers only need the names (for the login form's hint) anyway.
+        let listed: Vec<String> = args
+            .demo_users
+            .iter()
+            .map(|u| format!("{}:{}", u.name, u.password))
+            .filter(|entry| !entry.contains(','))
+            .collect();
+        config.worker_env.push(("HERD_DEMO_USER".into(), listed.join(",").into()));
+    }
+    config.worker_args = Some(public);
+}
+
+/// Checks Redis's eviction policy and creates the demo users.
+async fn seed_demo_users(
+    redis: &RedisConfig,
+    args: &ServeArgs,
+    demo_users: &[crate::cli::DemoUser],
+) -> anyhow::Result<()> {
     let pool = connect_redis(redis).await?;
+    crate::eviction::check(&pool).await;
     let users = Users::new(pool.clone(), Keys::new(args.redis.key_prefix.clone()));
-    for demo in &args.demo_users {
+    for demo in demo_users {
         users
             .set_password(&demo.name, &demo.password)
             .await
@@ -151,13 +235,22 @@ pub async fn connect_redis(config: &RedisConfig) -> anyhow::Result<Pool> {
 /// How long a worker trusts its local copy of a cache entry.
 const CACHE_LOCAL_TTL: Duration = Duration::from_secs(30);
 
+/// What anonymous requests may cost a worker and Redis.
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    heavy: routes::heavy::HeavyLimits,
+    cache: herd_session_store::cache::CacheLimits,
+}
+
 /// Builds a worker's app once Redis answers; the worker reports ready only after this.
 async fn build_app(
     ctx: WorkerContext,
     config: RedisConfig,
     keys: Keys,
     settings: SessionSettings,
+    login: LoginSettings,
     demo_users: std::sync::Arc<[String]>,
+    limits: Limits,
 ) -> Result<axum::Router, StoreError> {
     let pool = loop {
         match herd_session_store::connect(&config).await {
@@ -174,15 +267,20 @@ async fn build_app(
     // Entries written together expire ±10 % apart; each worker answers repeats from memory for
     // a few seconds, dropped at once by an invalidation from any worker.
     let cache = herd_session_store::Cache::new(pool.clone(), keys.clone())
+        .with_limits(limits.cache)
         .with_jitter(0.1)
         .with_local_copies(CACHE_LOCAL_TTL)
         .await?;
     let counters = std::sync::Arc::new(routes::stats::Counters::default());
     routes::stats::serve_counters(&ctx.messenger, counters.clone());
-    let limiter = crate::users::limit::LoginLimiter::new(pool.clone(), keys.clone());
+    let limiter = LoginLimiter::new(pool.clone(), keys.clone(), login.limits);
+    // Before the worker reports ready, so the first unknown user costs one hash like any other.
+    if let Err(err) = tokio::task::spawn_blocking(crate::users::prepare_dummy_hash).await {
+        tracing::warn!(error = %err, "could not prepare the unknown-user hash");
+    }
     let logins = crate::users::sessions::UserSessions::new(pool.clone(), keys.clone());
     let state = AppState::new(routes::Shared {
-        users: Users::new(pool.clone(), keys.clone()),
+        users: Users::with_hash_limit(pool.clone(), keys.clone(), login.hashing),
         limiter,
         logins,
         store: store.clone(),
@@ -192,25 +290,9 @@ async fn build_app(
         worker: ctx,
         demo_users,
         counters,
+        heavy: routes::heavy::HeavyWork::new(limits.heavy),
     });
     Ok(routes::router(state, store, &settings))
 }
 
-/// Hides the password of a `redis://user:pass@host` URL for log lines.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => format!("{}://***@{}", &url[..scheme_end], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::redact;
-
-    #[test]
-    fn redact_hides_credentials_only() {
-        assert_eq!(redact("redis://user:secret@host:7000/0"), "redis://***@host:7000/0");
-        assert_eq!(redact("redis://10.0.0.5:7000"), "redis://10.0.0.5:7000");
-    }
-}
+pub use crate::secrets::redact;

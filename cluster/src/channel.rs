@@ -17,8 +17,10 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 use crate::fd;
 
-/// Largest message accepted; anything bigger is a bug in the peer, not a reason to allocate.
-const MAX_MESSAGE: usize = 64 * 1024;
+/// Largest message sent or accepted. The sender checks it before anything reaches the socket
+/// (a message that does not fit is the caller's error, never the link's); the receiver treats
+/// anything bigger as a bug in the peer, not a reason to allocate.
+pub(crate) const MAX_MESSAGE: usize = 64 * 1024;
 
 /// Errors on the IPC channel.
 #[derive(Debug, thiserror::Error)]
@@ -84,16 +86,18 @@ impl Channel {
         self.send_with_fds(msg, &[]).await
     }
 
-    /// Sends one message with descriptors attached (at most [`fd::MAX_FDS_PER_MESSAGE`]).
+    /// Sends one message with descriptors attached (at most [`fd::MAX_FDS_PER_MESSAGE`]). A
+    /// message bigger than [`MAX_MESSAGE`] is refused here, before it reaches the socket, as
+    /// [`ChannelError::Oversized`]: one bad message, the channel still works.
     pub(crate) async fn send_with_fds<T: Serialize>(&self, msg: &T, fds: &[RawFd]) -> Result<(), ChannelError> {
-        let bytes = serde_json::to_vec(msg)?;
-        if bytes.len() > MAX_MESSAGE {
-            return Err(ChannelError::Oversized(bytes.len()));
-        }
-        self.fd
-            .async_io(Interest::WRITABLE, |sock| fd::send_with_fds(sock.as_fd(), &bytes, fds))
-            .await
-            .map_err(ChannelError::Send)?;
+        let bytes = encode(msg)?;
+        self.fd.async_io(Interest::WRITABLE, |sock| fd::send_with_fds(sock.as_fd(), &bytes, fds)).await.map_err(
+            |err| match err.raw_os_error() {
+                // The kernel's own limit (the socket's send buffer) is per message too.
+                Some(nix::libc::EMSGSIZE) => ChannelError::Oversized(bytes.len()),
+                _ => ChannelError::Send(err),
+            },
+        )?;
         Ok(())
     }
 
@@ -128,6 +132,15 @@ impl Channel {
         }
         Ok(Some((serde_json::from_slice(&buf[..received.len])?, received.fds)))
     }
+}
+
+/// Encodes `msg` as it would be sent, refusing it if it does not fit in one message.
+pub(crate) fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, ChannelError> {
+    let bytes = serde_json::to_vec(msg)?;
+    if bytes.len() > MAX_MESSAGE {
+        return Err(ChannelError::Oversized(bytes.len()));
+    }
+    Ok(bytes)
 }
 
 /// Receive buffer for [`Channel::recv`], big enough for any valid message.
@@ -183,6 +196,17 @@ mod tests {
         assert!(matches!(a.recv::<ToPrimary>(&mut buf).await, Err(ChannelError::Oversized(_))));
         // The channel still works afterwards.
         fd::send_with_fds(b.as_fd(), br#"{"type":"draining"}"#, &[]).expect("raw send");
+        assert_eq!(recv_msg::<ToPrimary>(&a).await, Some(ToPrimary::Draining));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_send_is_refused_before_the_socket_and_the_channel_still_works() {
+        let (a, b) = Channel::pair().expect("socketpair");
+        let b = Channel::from_fd(b).expect("wrap");
+        let huge = ToPrimary::Broadcast { payload: serde_json::Value::String("x".repeat(MAX_MESSAGE)) };
+        let err = b.send(&huge).await.expect_err("too big");
+        assert!(matches!(err, ChannelError::Oversized(n) if n > MAX_MESSAGE) && err.is_bad_message(), "{err}");
+        b.send(&ToPrimary::Draining).await.expect("the next message goes");
         assert_eq!(recv_msg::<ToPrimary>(&a).await, Some(ToPrimary::Draining));
     }
 }

@@ -10,6 +10,9 @@ pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// control socket, log files, Redis connections): connections beyond the open-files limit
 /// minus this are shed. At most half the limit is kept, so a small limit still serves.
 pub const DEFAULT_FD_RESERVE: usize = 64;
+/// How long a connection waits for a worker that can serve it before the primary answers it
+/// `503` itself (HAProxy's `timeout queue` plays the same part; 5 s is its common setting).
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How connections reach workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -119,6 +122,18 @@ pub struct ClusterConfig {
     /// File descriptors each process keeps free for its own work; connections that would use
     /// them are closed at once (see [`DEFAULT_FD_RESERVE`]).
     pub fd_reserve: usize,
+    /// How long a connection waits for a worker that can serve it (none is ready, or every
+    /// ready one missed its heartbeats) before the primary answers `503` + `Retry-After`
+    /// itself; at once when every slot is errored. In shared mode, how long no worker may
+    /// serve before the primary accepts on the listener itself to answer so.
+    pub queue_timeout: Duration,
+    /// Timeouts and caps of each worker's client connections.
+    pub connections: ConnectionLimits,
+    /// The arguments workers are started with (after argv[0]); `None` gives them the
+    /// primary's own. Every local user can read a process's arguments (`/proc/PID/cmdline`):
+    /// an app whose command line may hold secrets passes the public part here and the
+    /// secrets through `worker_env`.
+    pub worker_args: Option<Vec<OsString>>,
 }
 
 impl ClusterConfig {
@@ -136,6 +151,9 @@ impl ClusterConfig {
             worker_env: Vec::new(),
             logs: None,
             fd_reserve: DEFAULT_FD_RESERVE,
+            queue_timeout: DEFAULT_QUEUE_TIMEOUT,
+            connections: ConnectionLimits::default(),
+            worker_args: None,
         }
     }
 }
@@ -143,4 +161,105 @@ impl ClusterConfig {
 /// One worker per CPU the process may use; 1 if that cannot be determined.
 pub fn default_workers() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// How long a client may take to send a request's line and headers, counted from the moment
+/// the server waits for them (accept, or the first byte after a keep-alive pause), however
+/// slowly it trickles them (Puma's `first_data_timeout` is 30 s, hyper's own default 30 s).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest pause between two reads of a request body (nginx's `client_body_timeout` is 60 s).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest time a whole request body may take from the end of its headers, so that a
+/// never-quite-idle trickle is bounded too.
+pub const DEFAULT_BODY_DEADLINE: Duration = Duration::from_secs(60);
+/// How long an idle keep-alive connection stays open. nginx's default (75 s), above the 60 s
+/// idle timeout of common balancers, so that the balancer, not herd, closes a pooled
+/// connection (a server closing first races with the balancer's next request).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long a response write may wait for a client that reads nothing (nginx's
+/// `send_timeout` is 60 s) before the connection is closed.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Requests served on one connection before it is closed (nginx's `keepalive_requests`).
+pub const DEFAULT_KEEPALIVE_REQUESTS: u64 = 1000;
+/// Descriptors a worker keeps for everything but client connections (Redis, IPC, log files,
+/// the runtime, refusals in progress), at the least; see [`max_connections_for_fd_limit`].
+pub const MIN_FD_RESERVE: u64 = 64;
+/// Largest derived connection cap, whatever the descriptor limit (an unlimited one included).
+pub const MAX_DERIVED_CONNECTIONS: u64 = 1 << 20;
+
+/// Timeouts and caps of one worker's client connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// See [`DEFAULT_HEADER_TIMEOUT`]; a connection whose request head is not complete in time
+    /// is closed.
+    pub header_timeout: Duration,
+    /// See [`DEFAULT_BODY_TIMEOUT`]; a handler reading a body that stalls gets an error and
+    /// the client a 408.
+    pub body_timeout: Duration,
+    /// See [`DEFAULT_BODY_DEADLINE`].
+    pub body_deadline: Duration,
+    /// See [`DEFAULT_KEEPALIVE_TIMEOUT`].
+    pub keepalive_timeout: Duration,
+    /// See [`DEFAULT_SEND_TIMEOUT`].
+    pub send_timeout: Duration,
+    /// See [`DEFAULT_KEEPALIVE_REQUESTS`]; the last response carries `Connection: close`.
+    pub keepalive_requests: u64,
+    /// Open client connections per worker; beyond it a new connection gets a 503 (or is
+    /// closed). `None`: derived from the worker's descriptor limit when it starts (see
+    /// [`max_connections_for_fd_limit`]).
+    pub max_connections: Option<usize>,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: DEFAULT_HEADER_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            body_deadline: DEFAULT_BODY_DEADLINE,
+            keepalive_timeout: DEFAULT_KEEPALIVE_TIMEOUT,
+            send_timeout: DEFAULT_SEND_TIMEOUT,
+            keepalive_requests: DEFAULT_KEEPALIVE_REQUESTS,
+            max_connections: None,
+        }
+    }
+}
+
+impl ConnectionLimits {
+    /// The connection cap: the configured one, or the one derived from this process's soft
+    /// `RLIMIT_NOFILE` (with [`MIN_FD_RESERVE`] alone if the limit cannot be read).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or_else(|| {
+            let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+                .map_or(1024, |(soft, _hard)| soft);
+            max_connections_for_fd_limit(soft)
+        })
+    }
+}
+
+/// The default connection cap for a process allowed `soft_limit` open descriptors: the limit
+/// minus a reserve of an eighth (at least [`MIN_FD_RESERVE`]) for the worker's own descriptors,
+/// so that a flood of connections meets a 503 instead of `EMFILE` in the middle of the
+/// worker's own work. 1024 (the usual default) gives 896.
+pub fn max_connections_for_fd_limit(soft_limit: u64) -> usize {
+    let reserve = (soft_limit / 8).max(MIN_FD_RESERVE);
+    let cap = soft_limit.saturating_sub(reserve).clamp(1, MAX_DERIVED_CONNECTIONS);
+    usize::try_from(cap).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_cap_leaves_descriptors_for_the_worker() {
+        assert_eq!(max_connections_for_fd_limit(1024), 896);
+        assert_eq!(max_connections_for_fd_limit(65_536), 57_344);
+        assert_eq!(max_connections_for_fd_limit(256), 192, "at least MIN_FD_RESERVE kept back");
+        assert_eq!(max_connections_for_fd_limit(100), 36);
+        assert_eq!(max_connections_for_fd_limit(10), 1, "never zero");
+        assert_eq!(max_connections_for_fd_limit(u64::MAX), 1 << 20, "unlimited is still bounded");
+        let configured = ConnectionLimits { max_connections: Some(7), ..ConnectionLimits::default() };
+        assert_eq!(configured.max_connections(), 7);
+        assert!(ConnectionLimits::default().max_connections() >= 1);
+    }
 }

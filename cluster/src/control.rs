@@ -1,5 +1,7 @@
 //! The control socket: a Unix socket (mode 0600) on which the primary answers operators, and
-//! the client side `herd ctl` uses.
+//! the client side `herd ctl` uses. By default it lives in a private per-user directory, and
+//! both sides refuse a socket or directory another user could control (see `socket_path`);
+//! the client gives up after a timeout instead of waiting forever.
 //!
 //! # Protocol
 //!
@@ -29,6 +31,8 @@ use std::{
     time::Duration,
 };
 
+use crate::socket_path;
+pub use crate::socket_path::SocketPathError;
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
@@ -127,7 +131,9 @@ pub struct WorkerStatus {
     pub slot: usize,
     /// Its process id (none for an errored slot).
     pub pid: Option<u32>,
-    /// `starting`, `ready`, `draining`, `retiring`, or `errored` (a slot left down).
+    /// `starting`, `ready`, `suspect` (ready, but it missed heartbeats: it gets no new
+    /// connections until it answers again), `draining`, `retiring`, or `errored` (a slot left
+    /// down).
     pub state: String,
     /// Seconds since it started.
     pub uptime_s: u64,
@@ -135,7 +141,8 @@ pub struct WorkerStatus {
     pub restarts: u64,
     /// Resident memory in bytes, when readable.
     pub rss_bytes: Option<u64>,
-    /// Connections handed to it and still open (primary-accept modes only).
+    /// Connections it holds open, in every balance mode, as of its last heartbeat (at most a
+    /// second old); none before its first.
     pub open_connections: Option<usize>,
 }
 
@@ -149,14 +156,8 @@ pub(crate) fn serve(
     commands: mpsc::Sender<Command>,
     logs: Option<crate::logs::LogSink>,
 ) -> std::io::Result<ControlSocket> {
-    if let Ok(meta) = std::fs::symlink_metadata(path) {
-        use std::os::unix::fs::FileTypeExt;
-        if !meta.file_type().is_socket() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                format!("{} exists and is not a socket", path.display()),
-            ));
-        }
+    // A safe directory, and at the path nothing or a socket of ours (see `socket_path`).
+    if socket_path::prepare_for_bind(path)? {
         // A socket left by a primary that died: connecting to it fails, so it is safe to replace.
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(std::io::Error::new(
@@ -165,9 +166,6 @@ pub(crate) fn serve(
             ));
         }
         std::fs::remove_file(path)?;
-    }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
@@ -244,15 +242,18 @@ async fn follow(sink: crate::logs::LogSink, mut write: tokio::net::unix::OwnedWr
 }
 
 /// Follows the merged log of the primary at `path`, calling `on_line` for each line, until the
-/// primary goes away.
-pub async fn follow_logs(path: &Path, mut on_line: impl FnMut(&str)) -> std::io::Result<()> {
-    let stream = UnixStream::connect(path).await?;
-    let (read, mut write) = stream.into_split();
+/// primary goes away. `timeout` bounds connecting and the primary's first answer.
+pub async fn follow_logs(path: &Path, timeout: Duration, mut on_line: impl FnMut(&str)) -> std::io::Result<()> {
+    let (read, mut write) = connect(path, timeout).await?;
     let mut line = serde_json::to_vec(&Request::Logs)?;
     line.push(b'\n');
-    write.write_all(&line).await?;
     let mut lines = BufReader::new(read).lines();
-    let first = lines.next_line().await?.unwrap_or_default();
+    let first = within(timeout, path, async {
+        write.write_all(&line).await?;
+        lines.next_line().await
+    })
+    .await?
+    .unwrap_or_default();
     let response: Response =
         serde_json::from_str(&first).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
     if !response.ok {
@@ -274,21 +275,58 @@ async fn read_request(read: tokio::net::unix::OwnedReadHalf) -> Result<Request, 
     serde_json::from_slice(&line).map_err(|e| format!("not a valid request: {e}"))
 }
 
-/// Sends one request to the primary listening on `path` and returns its answer.
-pub async fn request(path: &Path, request: &Request) -> std::io::Result<Response> {
-    let stream = UnixStream::connect(path).await?;
-    let (read, mut write) = stream.into_split();
+/// Sends one request to the primary listening on `path` and returns its answer, giving up
+/// after `timeout` (connecting, and then the answer, each get that long).
+pub async fn request(path: &Path, request: &Request, timeout: Duration) -> std::io::Result<Response> {
+    let (read, mut write) = connect(path, timeout).await?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    write.write_all(&line).await?;
     let mut reply = String::new();
-    BufReader::new(read).read_line(&mut reply).await?;
+    within(timeout, path, async {
+        write.write_all(&line).await?;
+        BufReader::new(read).read_line(&mut reply).await
+    })
+    .await?;
+    if reply.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("{} closed without answering", path.display()),
+        ));
+    }
     serde_json::from_str(&reply).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
-/// The control socket path used when none is configured: one per port, in the runtime
-/// directory (`$XDG_RUNTIME_DIR`, else the temp directory).
+/// Connects to the primary at `path`, after checking that the socket is this user's, and
+/// checks that the process answering runs as this user (or root): a socket another local user
+/// planted would otherwise receive the operator's commands.
+async fn connect(
+    path: &Path,
+    timeout: Duration,
+) -> std::io::Result<(tokio::net::unix::OwnedReadHalf, tokio::net::unix::OwnedWriteHalf)> {
+    socket_path::check_before_connect(path)?;
+    let stream = within(timeout, path, UnixStream::connect(path)).await?;
+    let peer = stream.peer_cred()?;
+    socket_path::check_peer(path, peer.uid())?;
+    Ok(stream.into_split())
+}
+
+/// `io` with a deadline; the error says what did not answer.
+async fn within<T>(
+    timeout: Duration,
+    path: &Path,
+    io: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(timeout, io).await.unwrap_or_else(|_| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer on {} within {timeout:?}", path.display()),
+        ))
+    })
+}
+
+/// The control socket path used when none is configured: `herd-PORT.sock` in a private
+/// per-user directory, `$XDG_RUNTIME_DIR/herd` or else `herd-UID` in the temp directory
+/// (created mode 0700 and checked before each use).
 pub fn default_path(port: u16) -> PathBuf {
-    let dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    dir.join(format!("herd-{port}.sock"))
+    socket_path::default_dir().join(format!("herd-{port}.sock"))
 }

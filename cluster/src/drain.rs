@@ -11,8 +11,8 @@
 //!    middleware): normally when the worker is only being replaced ([`DrainMode::Retire`], a
 //!    reload or a scale-down: other workers serve the client's next connection), with `503` +
 //!    `Retry-After` when the whole cluster stops ([`DrainMode::Shutdown`]),
-//! 3. waits until no request has been in flight for [`LINGER`], and only then lets axum close
-//!    the connections that are still idle.
+//! 3. waits until no request has been in flight for [`LINGER`], and only then lets the
+//!    worker's connection loop close the connections that are still idle.
 
 use std::{
     net::SocketAddr,
@@ -184,8 +184,8 @@ fn close_after(response: &mut Response) {
 }
 
 /// A TCP listener that stops accepting once the worker drains, leaving queued connections to
-/// other workers, while axum keeps serving the connections it already has. Connections that
-/// would eat into the worker's descriptor reserve (`--fd-reserve`) are closed at once.
+/// other workers, while the worker keeps serving the connections it already has. Connections
+/// that would eat into the worker's descriptor reserve (`--fd-reserve`) are closed at once.
 pub struct DrainableListener {
     inner: tokio::net::TcpListener,
     stop: shutdown::Signal,

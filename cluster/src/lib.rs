@@ -33,6 +33,7 @@
 //!
 //! # Layout
 //!
+//! - [`client_ip`]: which addresses count as one client (IPv6 by /64), for affinity and limits.
 //! - [`config`]: what the cluster needs to know (worker count, bind address, deadlines).
 //! - [`control`]: the operator's control socket and its JSON protocol (`herd ctl`).
 //! - [`role`]: how a process learns whether it is the primary or worker *k*.
@@ -43,6 +44,8 @@
 //!   rendezvous hashing of the client IP.
 //! - `worker`: serving the router on the inherited listener or on handed-off connections, and
 //!   draining on request.
+//! - `conn`: one client connection on hyper: header, body and keep-alive timeouts, requests
+//!   per connection, and the per-worker connection cap.
 //! - `proto` and `channel`: the typed messages and the `SOCK_SEQPACKET` socket they travel on.
 //! - `fd`: the one place with `unsafe`: adopting inherited descriptors and passing accepted
 //!   sockets with `SCM_RIGHTS`.
@@ -52,6 +55,7 @@
 //! - [`messaging`]: application messages between workers and the primary (broadcast, gather).
 //! - [`logs`]: the merged log of the primary and its workers, its files and followers.
 
+pub mod client_ip;
 pub mod config;
 pub mod control;
 pub mod drain;
@@ -60,6 +64,7 @@ pub mod messaging;
 pub mod role;
 
 mod channel;
+mod conn;
 mod dispatch;
 mod error;
 mod fd;
@@ -67,9 +72,10 @@ mod fdlimit;
 mod primary;
 mod proto;
 mod shutdown;
+mod socket_path;
 mod worker;
 
-pub use config::{Balance, ClusterConfig, Recycling, RestartPolicy};
+pub use config::{Balance, ClusterConfig, ConnectionLimits, Recycling, RestartPolicy};
 pub use error::ClusterError;
 pub use messaging::{Message, Messenger, Reply};
 pub use primary::ShutdownReport;

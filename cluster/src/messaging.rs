@@ -6,6 +6,12 @@
 //! their answers (each worker answers with the handler set by [`Messenger::on_query`]). The
 //! primary can also message one worker or all of them (`herd ctl send` / `broadcast`).
 //! Delivery is in order per sender; a message to a worker that dies on the way is lost with it.
+//!
+//! Each payload (a broadcast, a question, one worker's answer) must encode to at most
+//! [`MAX_PAYLOAD`] bytes of JSON: a bigger one is refused at the sender with
+//! [`MessagingError::TooLarge`] and never reaches the IPC socket, so it cannot disturb the
+//! links that carry heartbeats and connections. A gather's reply set may be as big as the
+//! cluster makes it: the primary sends it in parts.
 
 use std::{
     collections::HashMap,
@@ -54,6 +60,42 @@ pub enum MessagingError {
     /// The primary did not answer in time.
     #[error("no answer from the primary within {0:?}")]
     Timeout(Duration),
+    /// A payload does not fit in one IPC message.
+    #[error("message payload of {bytes} bytes exceeds the {limit}-byte limit")]
+    TooLarge {
+        /// Its encoded size.
+        bytes: usize,
+        /// [`MAX_PAYLOAD`].
+        limit: usize,
+    },
+    /// A worker could not answer a gather (e.g. its answer exceeded [`MAX_PAYLOAD`]).
+    #[error("worker {slot} could not answer: {reason}")]
+    Unanswered {
+        /// Its slot.
+        slot: usize,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Largest application payload (a broadcast, a message, a gather's question or one worker's
+/// answer), as encoded JSON: one IPC message less room for the envelope around it.
+pub const MAX_PAYLOAD: usize = crate::channel::MAX_MESSAGE - 1024;
+
+/// `payload` as JSON, if it fits in [`MAX_PAYLOAD`].
+pub(crate) fn checked_payload<T: Serialize>(payload: &T) -> Result<Value, MessagingError> {
+    let value = serde_json::to_value(payload)?;
+    check_size(&value)?;
+    Ok(value)
+}
+
+/// Refuses a payload that would not fit in [`MAX_PAYLOAD`].
+pub(crate) fn check_size(value: &Value) -> Result<(), MessagingError> {
+    let bytes = serde_json::to_vec(value)?.len();
+    if bytes > MAX_PAYLOAD {
+        return Err(MessagingError::TooLarge { bytes, limit: MAX_PAYLOAD });
+    }
+    Ok(())
 }
 
 type QueryHandler = Arc<dyn Fn(Value) -> Value + Send + Sync>;
@@ -68,8 +110,14 @@ struct Inner {
     channel: Channel,
     incoming: broadcast::Sender<Message>,
     handler: Mutex<Option<QueryHandler>>,
-    pending: Mutex<HashMap<u64, oneshot::Sender<Vec<Reply>>>>,
+    pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
+}
+
+/// A gather of ours waiting for its answers, which may arrive in parts.
+struct Pending {
+    done: oneshot::Sender<Result<Vec<Reply>, MessagingError>>,
+    replies: Vec<Reply>,
 }
 
 impl std::fmt::Debug for Messenger {
@@ -94,9 +142,10 @@ impl Messenger {
         }
     }
 
-    /// Sends `payload` to every live worker, this one included, in order.
+    /// Sends `payload` to every live worker, this one included, in order. A payload bigger
+    /// than [`MAX_PAYLOAD`] is refused with [`MessagingError::TooLarge`].
     pub async fn broadcast<T: Serialize>(&self, payload: &T) -> Result<(), MessagingError> {
-        let payload = serde_json::to_value(payload)?;
+        let payload = checked_payload(payload)?;
         self.inner.channel.send(&ToPrimary::Broadcast { payload }).await?;
         Ok(())
     }
@@ -115,25 +164,33 @@ impl Messenger {
     }
 
     /// Asks every ready worker `question` and returns their answers (workers that do not answer
-    /// within the primary's one-second limit are left out).
+    /// within the primary's one-second limit are left out). A question or an answer bigger
+    /// than [`MAX_PAYLOAD`] fails the gather ([`MessagingError::TooLarge`],
+    /// [`MessagingError::Unanswered`]).
     pub async fn gather<Q: Serialize, A: DeserializeOwned>(
         &self,
         question: &Q,
     ) -> Result<Vec<(Reply, A)>, MessagingError> {
+        let payload = checked_payload(question)?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
+        let (done, rx) = oneshot::channel();
         if let Ok(mut pending) = self.inner.pending.lock() {
-            pending.insert(id, tx);
+            pending.insert(id, Pending { done, replies: Vec::new() });
         }
-        let payload = serde_json::to_value(question)?;
-        self.inner.channel.send(&ToPrimary::Gather { id, payload }).await?;
+        let forget = || {
+            if let Ok(mut pending) = self.inner.pending.lock() {
+                pending.remove(&id);
+            }
+        };
+        if let Err(err) = self.inner.channel.send(&ToPrimary::Gather { id, payload }).await {
+            forget();
+            return Err(err.into());
+        }
         let limit = GATHER_TIMEOUT + Duration::from_secs(1);
         let replies = match tokio::time::timeout(limit, rx).await {
-            Ok(Ok(replies)) => replies,
+            Ok(Ok(replies)) => replies?,
             _ => {
-                if let Ok(mut pending) = self.inner.pending.lock() {
-                    pending.remove(&id);
-                }
+                forget();
                 return Err(MessagingError::Timeout(limit));
             }
         };
@@ -152,18 +209,43 @@ impl Messenger {
         let _ = self.inner.incoming.send(Message { from, payload });
     }
 
-    /// A question from another worker's gather: answer it.
+    /// A question from another worker's gather: answer it, or say why it cannot be answered.
     pub(crate) async fn answer(&self, id: u64, question: Value) {
         let handler = self.inner.handler.lock().ok().and_then(|h| h.clone());
         let payload = handler.map_or(Value::Null, |handle| handle(question));
-        let _ = self.inner.channel.send(&ToPrimary::Reply { id, payload }).await;
+        let msg = match check_size(&payload) {
+            Ok(()) => ToPrimary::Reply { id, payload },
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot answer a gather");
+                ToPrimary::Unanswered { id, reason: err.to_string() }
+            }
+        };
+        if let Err(err) = self.inner.channel.send(&msg).await {
+            tracing::warn!(error = %err, "cannot send a gather's answer");
+        }
     }
 
-    /// The answers to one of our gathers arrived.
-    pub(crate) fn gathered(&self, id: u64, replies: Vec<Reply>) {
+    /// Some of the answers to one of our gathers arrived; more follow.
+    pub(crate) fn gathered_part(&self, id: u64, replies: Vec<Reply>) {
+        if let Ok(mut pending) = self.inner.pending.lock() {
+            if let Some(gather) = pending.get_mut(&id) {
+                gather.replies.extend(replies);
+            }
+        }
+    }
+
+    /// The last answers to one of our gathers arrived.
+    pub(crate) fn gathered(&self, id: u64, replies: Vec<Reply>, unanswered: Vec<crate::proto::Unanswered>) {
         let waiter = self.inner.pending.lock().ok().and_then(|mut p| p.remove(&id));
-        if let Some(waiter) = waiter {
-            let _ = waiter.send(replies);
+        if let Some(mut gather) = waiter {
+            let result = match unanswered.into_iter().next() {
+                Some(failed) => Err(MessagingError::Unanswered { slot: failed.slot, reason: failed.reason }),
+                None => {
+                    gather.replies.extend(replies);
+                    Ok(gather.replies)
+                }
+            };
+            let _ = gather.done.send(result);
         }
     }
 }

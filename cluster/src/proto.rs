@@ -20,8 +20,15 @@
 //! A draining worker answers `Refused` instead, and the primary hands those connections to
 //! another worker; a worker out of file descriptors answers `Shed`, and the primary closes
 //! them; a worker that dies before acknowledging has its connections re-dispatched.
+//!
+//! A worker that is alive but stopped (SIGSTOP, a runtime stuck in a handler) neither
+//! acknowledges nor refuses. Each hand-off therefore carries the time it was sent
+//! ([`Stamp`]); the primary takes back what stays unacknowledged for twice
+//! [`HANDOFF_EXPIRY`] and hands it to another worker, and a worker that wakes up drops,
+//! unserved, every hand-off older than [`HANDOFF_EXPIRY`]: by then the primary may have given
+//! it to someone else, and two workers must never serve one socket.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -52,6 +59,9 @@ pub(crate) enum ToPrimary {
     Heartbeat {
         /// Requests served since the worker started.
         requests: u64,
+        /// Connections the worker holds open now (absent from workers older than this field).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        open: Option<u64>,
     },
     /// Deliver `payload` to every live worker (this one included).
     Broadcast { payload: Value },
@@ -59,6 +69,9 @@ pub(crate) enum ToPrimary {
     Gather { id: u64, payload: Value },
     /// This worker's answer to [`ToWorker::Query`] `id`.
     Reply { id: u64, payload: Value },
+    /// This worker cannot answer [`ToWorker::Query`] `id` (its answer would not fit in one
+    /// message); the asker's gather fails with `reason` instead of waiting for it.
+    Unanswered { id: u64, reason: String },
 }
 
 /// Primary → worker.
@@ -78,8 +91,24 @@ pub(crate) enum ToWorker {
     Message { from: Option<usize>, payload: Value },
     /// A question from a [`ToPrimary::Gather`]; answer with [`ToPrimary::Reply`] and the same id.
     Query { id: u64, payload: Value },
-    /// The answers to this worker's [`ToPrimary::Gather`] `id`.
-    Gathered { id: u64, replies: Vec<Reply> },
+    /// Some of the answers to this worker's [`ToPrimary::Gather`] `id`; more follow. A reply set
+    /// that does not fit in one message travels as parts and a final [`ToWorker::Gathered`].
+    GatheredPart { id: u64, replies: Vec<Reply> },
+    /// The (last) answers to this worker's [`ToPrimary::Gather`] `id`, and the workers that
+    /// could not answer.
+    Gathered {
+        id: u64,
+        replies: Vec<Reply>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        unanswered: Vec<Unanswered>,
+    },
+}
+
+/// A worker that could not answer a gather, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Unanswered {
+    pub(crate) slot: usize,
+    pub(crate) reason: String,
 }
 
 /// One handed-off connection.
@@ -89,4 +118,41 @@ pub(crate) struct Handoff {
     pub(crate) id: u64,
     /// The client's address, as the primary's `accept` saw it.
     pub(crate) peer: SocketAddr,
+    /// When the primary sent it (absent from primaries older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) sent_at: Option<Stamp>,
+}
+
+/// How often a serving worker sends [`ToPrimary::Heartbeat`].
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A worker drops, unserved, a hand-off it receives later than this after it was sent (see
+/// the module documentation); the primary reclaims unacknowledged hand-offs after twice this.
+pub(crate) const HANDOFF_EXPIRY: Duration = Duration::from_secs(1);
+
+/// A reading of the system-wide monotonic clock (`CLOCK_MONOTONIC`, which every process on
+/// the host shares and no clock adjustment moves), in microseconds: a worker compares it with
+/// its own reading to learn how long a hand-off waited in its socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct Stamp(u64);
+
+impl Stamp {
+    /// Now; `None` if the clock cannot be read (then nothing expires).
+    pub(crate) fn now() -> Option<Stamp> {
+        let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).ok()?;
+        u64::try_from(Duration::from(now).as_micros()).ok().map(Stamp)
+    }
+
+    /// The stamp `age` ago.
+    #[cfg(test)]
+    pub(crate) fn ago(age: Duration) -> Option<Stamp> {
+        let micros = u64::try_from(age.as_micros()).ok()?;
+        Stamp::now().map(|now| Stamp(now.0.saturating_sub(micros)))
+    }
+
+    /// Time since this stamp (zero for a stamp from the future or an unreadable clock).
+    pub(crate) fn elapsed(self) -> Duration {
+        Stamp::now().map_or(Duration::ZERO, |now| Duration::from_micros(now.0.saturating_sub(self.0)))
+    }
 }

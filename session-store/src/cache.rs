@@ -19,6 +19,16 @@
 //!   within a millisecond). A read that overlaps an invalidation keeps no copy, so a value
 //!   fetched just before the delete cannot outlive it in memory.
 //!
+//! - **Bounded** ([`CacheLimits`]). The cache shares Redis with users and sessions, and its
+//!   keys often come from anonymous requests, so what it may store is capped: a value larger
+//!   than [`CacheLimits::max_value_bytes`] is never stored, and every write is counted in a
+//!   budget of [`CacheLimits::max_entries`] entries and [`CacheLimits::max_bytes`] bytes per
+//!   window (one key, `{prefix}cache-budget`, updated by one script). The window lasts at
+//!   least as long as every entry admitted in it, so the entries alive at once never exceed
+//!   the budget. Once it is spent, values are computed and answered but not stored until the
+//!   window ends. Every entry, lock and the budget carry a TTL, so under `volatile-*` eviction
+//!   only they (and sessions) are candidates, never the users, which have none.
+//!
 //! Values live under `{prefix}cache:{key}`, apart from sessions, so flushing the cache by
 //! prefix never logs anyone out. A stored value is `v` + the value, or `n` for "nothing".
 
@@ -35,11 +45,62 @@ use std::{
 use fred::{
     clients::{Client, Pool},
     interfaces::{ClientLike, EventInterface, KeysInterface, PubsubInterface},
-    types::{Expiration, SetOptions},
+    types::{scripts::Script, Expiration, SetOptions},
 };
 use rand::Rng;
 
-use crate::{Keys, StoreError};
+use crate::{operator::Throttle, Keys, StoreError};
+
+/// Default of [`CacheLimits::max_entries`].
+pub const DEFAULT_MAX_ENTRIES: u64 = 10_000;
+/// Default of [`CacheLimits::max_bytes`]: 16 MiB.
+pub const DEFAULT_MAX_BYTES: u64 = 16 << 20;
+/// Default of [`CacheLimits::max_value_bytes`]: 64 KiB.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 64 << 10;
+/// What Redis spends on a key beyond its name and value (its dictionary entry, object header
+/// and expiry), counted with each entry so the byte budget tracks memory, not just payload.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// How much of Redis (and of each process's memory, for local copies) the cache may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheLimits {
+    /// Entries written per window; also the most local copies a process keeps.
+    pub max_entries: u64,
+    /// Bytes (keys, values and [`ENTRY_OVERHEAD`] each) written per window.
+    pub max_bytes: u64,
+    /// A larger value is answered but never stored.
+    pub max_value_bytes: usize,
+}
+
+impl Default for CacheLimits {
+    fn default() -> Self {
+        Self {
+            max_entries: DEFAULT_MAX_ENTRIES,
+            max_bytes: DEFAULT_MAX_BYTES,
+            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+/// Counts one entry in the cache's budget, if it fits.
+///
+/// KEYS[1]: the budget (hash `entries`, `bytes`). ARGV: the entry's bytes, its lifetime (ms),
+/// max entries, max bytes. Reply: 1 admitted (counted, and the window now lasts at least as long
+/// as the entry), 0 over budget.
+static ADMIT: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
+    Script::from_lua(
+        r#"
+local entries = tonumber(redis.call('HGET', KEYS[1], 'entries') or '0')
+local bytes = tonumber(redis.call('HGET', KEYS[1], 'bytes') or '0')
+local size, lifetime = tonumber(ARGV[1]), tonumber(ARGV[2])
+if entries + 1 > tonumber(ARGV[3]) or bytes + size > tonumber(ARGV[4]) then return 0 end
+redis.call('HINCRBY', KEYS[1], 'entries', 1)
+redis.call('HINCRBY', KEYS[1], 'bytes', size)
+if redis.call('PTTL', KEYS[1]) < lifetime then redis.call('PEXPIRE', KEYS[1], lifetime) end
+return 1
+"#,
+    )
+});
 
 /// How long a computation may hold its key before others give up waiting and try themselves.
 const LOCK_LIFETIME: Duration = Duration::from_secs(30);
@@ -111,12 +172,20 @@ pub struct Cache {
     keys: Keys,
     jitter: f64,
     local: Option<Arc<LocalCopies>>,
+    limits: CacheLimits,
 }
 
 impl Cache {
-    /// A cache on `pool` with keys under `keys`' prefix: no jitter, no local copies.
+    /// A cache on `pool` with keys under `keys`' prefix: no jitter, no local copies, the
+    /// default [`CacheLimits`].
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self { pool, keys, jitter: 0.0, local: None }
+        Self { pool, keys, jitter: 0.0, local: None, limits: CacheLimits::default() }
+    }
+
+    /// Bounds what the cache stores (see [`CacheLimits`]).
+    pub fn with_limits(mut self, limits: CacheLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Each entry lives its TTL scaled by a random factor in `1 ± fraction` (at most 0.5).
@@ -202,24 +271,30 @@ impl Cache {
                 .map_err(StoreError::from)?;
             if acquired.is_some() {
                 let Some(compute) = compute.take() else { break };
+                // Released when this request ends, even if it is dropped mid-computation (its
+                // client left): waiters then take over at once, not after `LOCK_LIFETIME`.
+                let lock = LockGuard { pool: self.pool.clone(), key: lock_key.clone(), token: token.clone() };
                 let result = match compute().await {
                     Ok(value) => {
                         let (stored, lifetime) = match &value {
                             Some(v) => (format!("v{v}"), ttl),
                             None => ("n".to_owned(), negative_ttl),
                         };
-                        let expiry = Expiration::PX(millis(self.jittered(lifetime)));
-                        let _: Option<String> = self
-                            .pool
-                            .set(&value_key, stored, Some(expiry), None, false)
-                            .await
-                            .map_err(StoreError::from)?;
-                        self.keep_local(key, value.clone(), generation);
+                        let lifetime = self.jittered(lifetime);
+                        if self.admit(&value_key, &stored, lifetime).await? {
+                            let expiry = Expiration::PX(millis(lifetime));
+                            let _: Option<String> = self
+                                .pool
+                                .set(&value_key, stored, Some(expiry), None, false)
+                                .await
+                                .map_err(StoreError::from)?;
+                            self.keep_local(key, value.clone(), generation);
+                        }
                         Ok(Cached { value, from_cache: false, source: Source::Computed })
                     }
                     Err(err) => Err(CacheError::Compute(err)),
                 };
-                self.release(&lock_key, &token).await;
+                lock.release().await;
                 return result;
             }
             // Someone else computes: wait for the value, or for their lock to go away.
@@ -238,6 +313,36 @@ impl Cache {
             fred::error::ErrorKind::Unknown,
             "cache computation could not run",
         ))))
+    }
+
+    /// True when `stored` may be written under `value_key` for `lifetime`: small enough, and
+    /// counted in the budget of the current window.
+    async fn admit(&self, value_key: &str, stored: &str, lifetime: Duration) -> Result<bool, StoreError> {
+        if stored.len() > self.limits.max_value_bytes {
+            tracing::debug!(key = value_key, bytes = stored.len(), "cache value too large to store");
+            return Ok(false);
+        }
+        let size = value_key.len() + stored.len() + ENTRY_OVERHEAD;
+        let args = vec![
+            size.to_string(),
+            millis(lifetime).to_string(),
+            self.limits.max_entries.to_string(),
+            self.limits.max_bytes.to_string(),
+        ];
+        let admitted: i64 = ADMIT.evalsha_with_reload(self.pool.next(), self.keys.cache_budget(), args).await?;
+        if admitted == 0 {
+            static SPENT: Throttle = Throttle::new();
+            if let Some(suppressed) = SPENT.admit(Instant::now()) {
+                tracing::warn!(
+                    max_entries = self.limits.max_entries,
+                    max_bytes = self.limits.max_bytes,
+                    suppressed,
+                    "the shared cache's budget is spent: new values are answered but not stored \
+                     until its window ends (a flood of distinct keys, or limits set too low)"
+                );
+            }
+        }
+        Ok(admitted == 1)
     }
 
     /// The shared entry: `Some(Some(v))` a value, `Some(None)` a cached "nothing", `None` a miss.
@@ -274,6 +379,11 @@ impl Cache {
             }
             let now = Instant::now();
             entries.retain(|_, (_, until)| *until > now);
+            // Bounded like the shared entries: a flood of distinct keys cannot grow a process.
+            let full = u64::try_from(entries.len()).unwrap_or(u64::MAX) >= self.limits.max_entries;
+            if full && !entries.contains_key(key) {
+                return;
+            }
             entries.insert(key.to_owned(), (value, now + local.ttl));
         }
     }
@@ -294,13 +404,43 @@ impl Cache {
         let _: i64 = self.pool.next().publish(self.invalidation_channel(), key).await?;
         Ok(())
     }
+}
 
-    /// Releases our lock, unless it expired and someone else holds it now.
-    async fn release(&self, lock_key: &str, token: &str) {
-        let holder: Result<Option<String>, _> = self.pool.get(lock_key).await;
-        if matches!(holder, Ok(Some(ref t)) if t == token) {
-            let _: Result<i64, _> = self.pool.del(lock_key).await;
+/// A single-flight lock this process holds: [`LockGuard::release`]d when the computation ends,
+/// or released in the background if the request is dropped before.
+struct LockGuard {
+    pool: Pool,
+    key: String,
+    token: String,
+}
+
+impl LockGuard {
+    /// Releases the lock now.
+    async fn release(mut self) {
+        release(&self.pool, &std::mem::take(&mut self.key), &self.token).await;
+    }
+}
+
+impl Drop for LockGuard {
+    /// A drop cannot wait: the release runs in a task of its own (outside a runtime, the lock
+    /// is left to expire).
+    fn drop(&mut self) {
+        if self.key.is_empty() {
+            return; // released already
         }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (pool, key, token) = (self.pool.clone(), std::mem::take(&mut self.key), std::mem::take(&mut self.token));
+        runtime.spawn(async move { release(&pool, &key, &token).await });
+    }
+}
+
+/// Deletes the lock, unless it expired and someone else holds it now.
+async fn release(pool: &Pool, lock_key: &str, token: &str) {
+    let holder: Result<Option<String>, _> = pool.get(lock_key).await;
+    if matches!(holder, Ok(Some(ref t)) if t == token) {
+        let _: Result<i64, _> = pool.del(lock_key).await;
     }
 }
 

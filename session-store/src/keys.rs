@@ -3,10 +3,12 @@
 //! | key | holds |
 //! |---|---|
 //! | `{prefix}sess:{sha256(session id)}` | one session record |
+//! | `{prefix}sess:{sha256(session id)}:replaced` | the key of the session a login replaced with this one, while its grace runs |
 //! | `{prefix}user:{name}` | a user (hash: `password` = argon2 PHC string) |
 //! | `{prefix}user:{name}:sessions` | the session keys of the user's logins (for "log out everywhere") |
 //! | `{prefix}cache:{key}` | a shared cache entry (`{key}:lock` while one worker computes it) |
-//! | `{prefix}ratelimit:login:{ip\|user}:{id}` | failed logins in the current window (a counter with a TTL) |
+//! | `{prefix}cache-budget` | what the cache wrote in its current window (hash `entries`, `bytes`; a TTL) |
+//! | `{prefix}ratelimit:login:{ip\|user\|user-ip}:{id}` | login attempts in the current window (a counter with a TTL) |
 
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use sha2::{Digest, Sha256};
@@ -64,6 +66,12 @@ impl Keys {
         }
     }
 
+    /// Where the session stored under `session_key` notes the key of the session it replaced
+    /// (a login's predecessor, alive for the grace period): a logout ends both.
+    pub fn replaced(session_key: &str) -> String {
+        format!("{session_key}:replaced")
+    }
+
     /// The key of a user record.
     pub fn user(&self, name: &str) -> String {
         format!("{}user:{name}", self.prefix)
@@ -72,6 +80,13 @@ impl Keys {
     /// A shared cache entry (and `{key}:lock` for its single-flight lock).
     pub fn cache(&self, key: &str) -> String {
         format!("{}cache:{key}", self.prefix)
+    }
+
+    /// The shared cache's budget: what it wrote in the current window (see
+    /// [`crate::cache::CacheLimits`]). Outside the entries' namespace, so no cache key can
+    /// name it.
+    pub fn cache_budget(&self) -> String {
+        format!("{}cache-budget", self.prefix)
     }
 
     /// The set of session keys a user logged in with.

@@ -54,9 +54,11 @@
 //! - [`stock`]: reading sessions the stock `tower-sessions-redis-store` wrote.
 //! - `tls`: the rustls connector for `rediss://`.
 //! - [`cache`]: a cache shared by all workers, computing each missing value once cluster-wide.
+//! - [`operator`]: problems only an operator can fix (a full Redis), logged once per interval.
 
 pub mod cache;
 pub mod keys;
+pub mod operator;
 pub mod pool;
 mod record;
 pub mod scope;
@@ -67,7 +69,7 @@ mod tls;
 
 pub use cache::{Cache, Cached};
 pub use keys::Keys;
-pub use pool::{connect, RedisConfig};
+pub use pool::{connect, redact_url, RedisConfig};
 pub use scope::SessionScopeLayer;
 pub use store::{RedisSessionStore, SessionLimits};
 
@@ -77,14 +79,19 @@ pub enum StoreError {
     /// The Redis URL could not be parsed.
     #[error("invalid Redis URL {url:?}: {source}")]
     Url {
-        /// The URL as given (credentials included: callers should not log it as is).
+        /// The URL, its credentials hidden ([`redact_url`]).
         url: String,
         /// fred's complaint.
         source: fred::error::Error,
     },
     /// Redis failed, timed out or is unreachable.
     #[error("Redis: {0}")]
-    Redis(#[from] fred::error::Error),
+    Redis(fred::error::Error),
+    /// Redis refused a write because it reached `maxmemory` and may evict nothing (policy
+    /// `noeviction`, or no key with a TTL left under `volatile-*`). Not transient: it lasts
+    /// until an operator frees memory or raises the limit (see [`operator`]).
+    #[error("Redis is out of memory: {0}")]
+    OutOfMemory(fred::error::Error),
     /// The session would exceed [`SessionLimits::max_bytes`].
     #[error("session of {size} bytes exceeds the limit of {limit}")]
     TooLarge {
@@ -101,11 +108,38 @@ pub enum StoreError {
     Encode(#[from] serde_json::Error),
 }
 
+/// Where fred's errors are classified: a full Redis (`OOM command not allowed …`, also inside
+/// a script) is told apart from one that is unreachable or slow, because retrying does not
+/// help it.
+impl From<fred::error::Error> for StoreError {
+    fn from(err: fred::error::Error) -> Self {
+        if is_out_of_memory(&err) {
+            StoreError::OutOfMemory(err)
+        } else {
+            StoreError::Redis(err)
+        }
+    }
+}
+
+/// Redis answers `-OOM command not allowed when used memory > 'maxmemory'.`; fred keeps the
+/// text as the details of an `Unknown` error. Redis 6 wraps a script's error as
+/// `ERR Error running script … -OOM command not allowed …`, hence the search.
+fn is_out_of_memory(err: &fred::error::Error) -> bool {
+    let details = err.details();
+    details.starts_with("OOM ") || details.contains("OOM command not allowed")
+}
+
 impl StoreError {
     /// True when the error means "Redis is unavailable right now" rather than a bug: the caller
     /// should answer 503 and let the client retry.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Redis(_))
+    }
+
+    /// True when Redis is full and refuses writes: the caller should answer 507 (see
+    /// [`operator::redis_full`]), not "retry shortly".
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, StoreError::OutOfMemory(_))
     }
 }
 
@@ -115,5 +149,30 @@ impl From<StoreError> for tower_sessions::session_store::Error {
             StoreError::Encode(e) => Self::Encode(e.to_string()),
             other => Self::Backend(other.to_string()),
         }
+    }
+}
+
+/// True when a `tower_sessions` store error (which keeps only the text) came from a full
+/// Redis ([`StoreError::OutOfMemory`]), so a handler can answer 507 rather than 503.
+pub fn is_store_full(err: &tower_sessions::session_store::Error) -> bool {
+    matches!(err, tower_sessions::session_store::Error::Backend(text) if text.starts_with("Redis is out of memory"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_redis_is_told_apart_from_an_unreachable_one() {
+        let oom = fred::error::Error::new(
+            fred::error::ErrorKind::Unknown,
+            "OOM command not allowed when used memory > 'maxmemory'. script: 1f2e, on @user_script:3.",
+        );
+        let full = StoreError::from(oom);
+        assert!(full.is_out_of_memory() && !full.is_unavailable());
+        assert!(is_store_full(&full.into()));
+        let down = StoreError::from(fred::error::Error::new(fred::error::ErrorKind::Timeout, "Request timed out."));
+        assert!(down.is_unavailable() && !down.is_out_of_memory());
+        assert!(!is_store_full(&down.into()));
     }
 }

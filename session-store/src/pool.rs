@@ -22,8 +22,8 @@ pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(1);
 /// (multi-threaded) (`bench/flag.sh --redis-pool-size 1 4`).
 pub const DEFAULT_POOL_SIZE: u16 = 1;
 
-/// How to reach Redis.
-#[derive(Debug, Clone)]
+/// How to reach Redis. Its `Debug` output hides the URL's credentials ([`redact_url`]).
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `redis://[user:pass@]host:port[/db]` and the other forms fred understands.
     pub url: String,
@@ -48,6 +48,47 @@ impl RedisConfig {
     }
 }
 
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("url", &redact_url(&self.url))
+            .field("pool_size", &self.pool_size)
+            .field("command_timeout", &self.command_timeout)
+            .field("ca_cert", &self.ca_cert)
+            .finish()
+    }
+}
+
+/// `url` fit for a log line or an error: the user and password before `@` become `***`, and so
+/// does the value of any query parameter whose name mentions a password
+/// (`sentinelPassword=`). Works on malformed URLs too (no scheme, several `@`): everything up
+/// to the last `@` is hidden, which may hide more than the credentials, never less.
+pub fn redact_url(url: &str) -> String {
+    let start = url.find("://").map_or(0, |i| i + 3);
+    let (head, rest) = url.split_at(start);
+    let rest = match rest.rfind('@') {
+        Some(at) => format!("***{}", &rest[at..]),
+        None => rest.to_owned(),
+    };
+    let (base, query) = match rest.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (rest.as_str(), None),
+    };
+    let mut out = format!("{head}{base}");
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((name, _)) if name.to_ascii_lowercase().contains("pass") => format!("{name}=***"),
+                _ => param.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
+    }
+    out
+}
+
 /// Builds the pool and waits until every connection is up (at most about one command timeout).
 ///
 /// Without fred's defaults changed, a pool has no reconnect policy (a Redis restart breaks it
@@ -57,7 +98,7 @@ impl RedisConfig {
 /// that as dead, and never resend a command that may already have been applied.
 pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
     let mut parsed =
-        Config::from_url(&config.url).map_err(|source| StoreError::Url { url: config.url.clone(), source })?;
+        Config::from_url(&config.url).map_err(|source| StoreError::Url { url: redact_url(&config.url), source })?;
     if uses_tls(&config.url) {
         parsed.tls = Some(crate::tls::connector(config.ca_cert.as_deref())?.into());
     } else if config.ca_cert.is_some() {
@@ -96,7 +137,20 @@ fn uses_tls(url: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::uses_tls;
+    use super::{redact_url, uses_tls, RedisConfig};
+
+    #[test]
+    fn credentials_never_survive_redaction() {
+        assert_eq!(redact_url("redis://user:secret@host:7000/0"), "redis://***@host:7000/0");
+        assert_eq!(redact_url("redis://10.0.0.5:7000"), "redis://10.0.0.5:7000");
+        assert_eq!(redact_url("redis//default:secret@host"), "***@host", "no scheme: hide up to the @");
+        assert_eq!(redact_url("redis://a:b@c:secret@host"), "redis://***@host");
+        assert_eq!(
+            redact_url("redis-sentinel://h:26379/mymaster?sentinelPassword=secret&x=1"),
+            "redis-sentinel://h:26379/mymaster?sentinelPassword=***&x=1"
+        );
+        assert!(!format!("{:?}", RedisConfig::new("redis://default:secret@h:1")).contains("secret"));
+    }
 
     #[test]
     fn tls_schemes_are_recognised() {

@@ -13,10 +13,13 @@
 //!   new one has been written, the old one is *retired*, readable for a grace period for the
 //!   requests already in flight with the old cookie. If the request fails (5xx) the rotation is
 //!   undone: the new record goes, the old one is restored. A plain `flush`/`delete` (log out)
-//!   deletes for real at the end of a successful request.
+//!   deletes for real at the end of a successful request, together with the sessions that
+//!   logins replaced on the way to this one and whose grace still runs (the new record's
+//!   `:replaced` link names its predecessor), so no earlier cookie of the login outlives it.
 //! - **Typed failures.** tower-sessions answers a failed save with an empty 500. The layer
-//!   knows why the store failed and answers 503 + `Retry-After` (Redis unreachable or slow) or
-//!   413 (the session would exceed its size cap), with a JSON body.
+//!   knows why the store failed and answers 503 + `Retry-After` (Redis unreachable or slow),
+//!   507 (Redis is full: `maxmemory` reached, an operator must act) or 413 (the session would
+//!   exceed its size cap), with a JSON body.
 //!
 //! Without the layer the store still works, with the stock semantics: a save replaces the whole
 //! record (last write wins) and a delete is immediate.
@@ -79,13 +82,18 @@ impl RequestState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Failure {
     Unavailable,
-    TooLarge { limit: usize },
+    /// Redis reached `maxmemory`: 507, not "retry shortly".
+    StoreFull,
+    TooLarge {
+        limit: usize,
+    },
 }
 
 impl Failure {
     pub(crate) fn of(err: &StoreError) -> Option<Self> {
         match err {
             StoreError::TooLarge { limit, .. } => Some(Failure::TooLarge { limit: *limit }),
+            StoreError::OutOfMemory(_) => Some(Failure::StoreFull),
             err if err.is_unavailable() => Some(Failure::Unavailable),
             _ => None,
         }
@@ -95,6 +103,10 @@ impl Failure {
         let (status, message) = match self {
             Failure::Unavailable => {
                 (StatusCode::SERVICE_UNAVAILABLE, "session store unavailable, retry shortly".to_owned())
+            }
+            Failure::StoreFull => {
+                crate::operator::redis_full(&"a session could not be saved");
+                (StatusCode::INSUFFICIENT_STORAGE, crate::operator::STORE_FULL.to_owned())
             }
             Failure::TooLarge { limit } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, format!("session data would exceed {limit} bytes"))
@@ -209,7 +221,10 @@ async fn finish<B: From<String>>(store: &RedisSessionStore, state: RequestState,
     }
     match state.failure {
         Some(failure) if response.status().is_server_error() => {
-            tracing::warn!(?failure, "session store failed; answering with the reason");
+            // A full Redis is reported by the response itself, once per interval.
+            if failure != Failure::StoreFull {
+                tracing::warn!(?failure, "session store failed; answering with the reason");
+            }
             failure.response()
         }
         _ => response,

@@ -127,6 +127,7 @@ return 1
 /// that when the login failed.
 ///
 /// KEYS[1]: the old record. ARGV: `retire` and grace (ms), or `restore`, now, idle, max age.
+/// Reply: 1 done, 0 no record there.
 static RETIRE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r#"

@@ -22,7 +22,12 @@ use std::{
 };
 
 use async_trait::async_trait;
-use fred::{bytes_utils::Str, clients::Pool, interfaces::KeysInterface, types::Value as FredValue};
+use fred::{
+    bytes_utils::Str,
+    clients::Pool,
+    interfaces::KeysInterface,
+    types::{Expiration, Value as FredValue},
+};
 use serde_json::Value;
 use time::OffsetDateTime;
 use tower_sessions::{
@@ -37,6 +42,9 @@ use crate::{
     scripts::{self, Op},
     StoreError,
 };
+
+/// Most predecessors a logout follows (see [`RedisSessionStore::delete_now`]).
+const MAX_PREDECESSORS: usize = 16;
 
 /// A session's values by name.
 type Data = HashMap<String, Value>;
@@ -207,17 +215,49 @@ impl RedisSessionStore {
         Ok(encoded)
     }
 
-    /// Deletes a session now, whatever the request does next.
+    /// Ends a session now, whatever the request does next, and with it the sessions its login
+    /// replaced that are still in their grace period (a logout must end every id that still
+    /// answers for this login, not leave the previous cookie working for the grace).
+    ///
+    /// Each link is read and each record deleted by its own single-key command (Redis Cluster);
+    /// the order makes it safe: a link is read before the record it hangs off is deleted.
     pub(crate) async fn delete_now(&self, id: &Id) -> Result<(), StoreError> {
-        let _: i64 = self.pool.del(self.key(id)).await?;
+        let mut ending = self.key(id);
+        // A chain grows by one per login within the grace period of the previous one, and each
+        // link expires with its grace; the bound only guards against a cycle.
+        for _ in 0..MAX_PREDECESSORS {
+            let predecessor: Option<String> = self.pool.get(Keys::replaced(&ending)).await?;
+            self.forget(&ending).await?;
+            match predecessor {
+                Some(key) => ending = key,
+                None => break,
+            }
+        }
         Ok(())
     }
 
-    /// The old session of a login lives on for the grace period only.
-    async fn retire(&self, old: &Id) -> Result<(), StoreError> {
-        let args = vec!["retire".to_owned(), millis(self.limits.grace).to_string()];
-        let _: i64 = scripts::run(&self.pool, Op::Retire, &self.key(old), args).await?;
+    /// Deletes one record and its link to the session it replaced.
+    async fn forget(&self, key: &str) -> Result<(), StoreError> {
+        let _: i64 = self.pool.del(key).await?;
+        let _: i64 = self.pool.del(Keys::replaced(key)).await?;
         Ok(())
+    }
+
+    /// Notes, beside the new session of a login, which session it replaced, for as long as
+    /// that one's grace lasts.
+    async fn link_predecessor(&self, new: &Id, old: &Id) -> Result<(), StoreError> {
+        let grace = Expiration::PX(millis(self.limits.grace));
+        let _: Option<String> =
+            self.pool.set(Keys::replaced(&self.key(new)), self.key(old), Some(grace), None, false).await?;
+        Ok(())
+    }
+
+    /// The old session of a login lives on for the grace period only; false if there was
+    /// no such session.
+    async fn retire(&self, old: &Id) -> Result<bool, StoreError> {
+        let args = vec!["retire".to_owned(), millis(self.limits.grace).to_string()];
+        let retired: i64 = scripts::run(&self.pool, Op::Retire, &self.key(old), args).await?;
+        Ok(retired == 1)
     }
 
     /// A login failed after its new session was written: back to the old one.
@@ -225,7 +265,8 @@ impl RedisSessionStore {
         let mut args = vec!["restore".to_owned()];
         args.extend(self.clock_args());
         let _: i64 = scripts::run(&self.pool, Op::Retire, &self.key(old), args).await?;
-        self.delete_now(new).await
+        // Not `delete_now`: that would follow the link to the old session just restored.
+        self.forget(&self.key(new)).await
     }
 
     async fn load_record(&self, id: &Id) -> Result<Option<Record>, StoreError> {
@@ -253,7 +294,12 @@ impl RedisSessionStore {
             // Losing a touch only shortens the session's idle window; the read still stands.
             match scripts::run::<i64>(&self.pool, Op::Touch, &key, args).await {
                 Ok(_) => seen = now,
-                Err(err) => tracing::warn!(error = %err, "could not extend a session's idle timeout"),
+                // A full Redis refuses every touch: one operator line per interval, not a
+                // WARN per request.
+                Err(err) if err.is_out_of_memory() => crate::operator::redis_full(&err),
+                Err(err) => {
+                    tracing::warn!(error = %err, "could not extend a session's idle timeout")
+                }
             }
         }
         let mut data = Data::with_capacity(values.len());
@@ -263,7 +309,9 @@ impl RedisSessionStore {
                     data.insert(name.to_owned(), value);
                 }
                 // Dropped here, and from Redis by the next save.
-                Err(err) => tracing::warn!(error = %err, name, "corrupt session value; dropping it"),
+                Err(err) => {
+                    tracing::warn!(error = %err, name, "corrupt session value; dropping it")
+                }
             }
         }
         let ends_ms = (seen + idle).min(created + max_age);
@@ -308,8 +356,14 @@ impl RedisSessionStore {
         });
         if let Some(Some(old)) = replaced {
             // A login (`cycle_id`): the new record exists, so the old one may go, after a grace.
-            self.retire(&old).await?;
+            // Noted first, so that a failure of either step below is undone with the request.
             scope::with(|state| state.rotation = Some((old, record.id)));
+            // Linked only if there was a record to retire (a first login replaces an id that
+            // was never stored). The new id reaches the client only with this response, so
+            // no logout can use it before the link exists.
+            if self.retire(&old).await? {
+                self.link_predecessor(&record.id, &old).await?;
+            }
         }
         Ok(())
     }

@@ -164,7 +164,11 @@ impl Herd {
             }
             let now = Instant::now();
             if now >= deadline {
-                panic!("timed out after {timeout:?} waiting for {what}; log:\n{}", lines.join("\n"));
+                let log = lines.join("\n");
+                // Released first: a panic holding it would poison it, and `Drop` (which reads
+                // the log for the worker pids) would then panic again and abort the whole run.
+                drop(lines);
+                panic!("timed out after {timeout:?} waiting for {what}; log:\n{log}");
             }
             lines = self.log.grew.wait_timeout(lines, deadline - now).expect("log lock").0;
         }

@@ -38,13 +38,21 @@ impl Response {
 pub struct Client {
     addr: SocketAddr,
     source: Option<IpAddr>,
+    /// Read and write timeout of its connections.
+    timeout: Duration,
     /// Sent as `Cookie:` with every request when set.
     pub cookie: Option<String>,
 }
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, source: None, cookie: None }
+        Self { addr, source: None, cookie: None, timeout: IO_TIMEOUT }
+    }
+
+    /// Give up reading or writing after `timeout` instead of the default 30 s.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Connect from this local address (any of 127.0.0.0/8 works on Linux).
@@ -92,8 +100,8 @@ impl Client {
                 socket.into()
             }
         };
-        stream.set_read_timeout(Some(IO_TIMEOUT))?;
-        stream.set_write_timeout(Some(IO_TIMEOUT))?;
+        stream.set_read_timeout(Some(self.timeout))?;
+        stream.set_write_timeout(Some(self.timeout))?;
         Ok(Conn { reader: BufReader::new(stream) })
     }
 }

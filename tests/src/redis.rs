@@ -15,6 +15,8 @@ pub struct RedisServer {
     tls: Option<Tls>,
     password: Option<String>,
     cluster_node: bool,
+    /// More `redis-server` arguments, after the kit's own (so they win): `--maxmemory 2mb`, say.
+    extra_args: Vec<String>,
 }
 
 /// A CA and a server certificate for 127.0.0.1 it signed, made with `openssl` for one test.
@@ -54,16 +56,29 @@ impl RedisServer {
         Self::start_with(None, None)
     }
 
-    /// A server that speaks only TLS (with `tls`' certificate) and, if given, wants a password.
-    pub fn start_with(tls: Option<Tls>, password: Option<&str>) -> Self {
-        let mut server = RedisServer {
+    /// A plain server with more `redis-server` arguments (they override the kit's defaults).
+    pub fn start_with_args(args: &[&str]) -> Self {
+        let mut server = Self::unstarted(None, None);
+        server.extra_args = args.iter().map(|a| (*a).to_owned()).collect();
+        server.restart();
+        server
+    }
+
+    fn unstarted(tls: Option<Tls>, password: Option<&str>) -> Self {
+        RedisServer {
             port: crate::free_port(),
             dir: TempDir::new("redis"),
             child: None,
             tls,
             password: password.map(str::to_owned),
             cluster_node: false,
-        };
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// A server that speaks only TLS (with `tls`' certificate) and, if given, wants a password.
+    pub fn start_with(tls: Option<Tls>, password: Option<&str>) -> Self {
+        let mut server = Self::unstarted(tls, password);
         server.restart();
         server
     }
@@ -103,6 +118,7 @@ impl RedisServer {
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(self.dir.path())
+            .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -172,6 +188,7 @@ impl RedisCluster {
                     tls: None,
                     password: None,
                     cluster_node: true,
+                    extra_args: Vec::new(),
                 };
                 node.restart();
                 node

@@ -119,9 +119,14 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
     }
 }
 
+/// `/heavy`'s per-request line is off by default (a client could multiply it); these tests
+/// wait for it.
+const HEAVY_LOGS: [(&str, &str); 1] = [("RUST_LOG", "info,herd::routes::heavy=info")];
+
 fn graceful_sigterm(mode: &str) {
     let redis = RedisServer::start();
-    let mut herd = Herd::start(&redis, &["--workers", "1", "--shutdown-timeout", "60s", "--balance", mode]);
+    let mut herd =
+        Herd::start_with_env(&redis, &["--workers", "1", "--shutdown-timeout", "60s", "--balance", mode], &HEAVY_LOGS);
     let workers = herd.worker_pids();
     let mut idle = herd.client().connect().expect("keep-alive connection");
     assert_eq!(idle.get("/healthz", None).expect("first request").status, 200);
@@ -155,7 +160,12 @@ fn graceful_sigterm(mode: &str) {
 #[test]
 fn shutdown_timeout_kills_workers_that_do_not_drain() {
     let redis = RedisServer::start();
-    let mut herd = Herd::start(&redis, &["--workers", "1", "--shutdown-timeout", "1s"]);
+    // Above the default --heavy-max-n: this request must outlast the shutdown timeout.
+    let mut herd = Herd::start_with_env(
+        &redis,
+        &["--workers", "1", "--shutdown-timeout", "1s", "--heavy-max-n", "1e10"],
+        &HEAVY_LOGS,
+    );
     let workers = herd.worker_pids();
     let endless = {
         let client = herd.client();

@@ -187,7 +187,8 @@ fn killing_a_worker_every_second_refuses_no_connection() {
 #[test]
 fn a_client_arriving_while_every_worker_restarts_is_served_late_not_refused() {
     let redis = RedisServer::start();
-    let herd = Herd::start(&redis, &["--workers", "3"]);
+    // A queue timeout longer than the wait below: this is about holding, not the 503 after it.
+    let herd = Herd::start(&redis, &["--workers", "3", "--queue-timeout", "60s"]);
     let old: Vec<u32> = herd.worker_pids();
     let mark = herd.log_len();
     // A frozen Redis keeps every replacement from becoming ready (each waits for its pool), so

@@ -32,7 +32,7 @@ fn stats_gathers_every_workers_counters() {
 #[test]
 fn broadcasts_reach_every_worker_once_and_in_order() {
     let redis = RedisServer::start();
-    let herd = Herd::start(&redis, &["--workers", "3"]);
+    let herd = Herd::start(&redis, &["--workers", "3", "--admin-routes"]);
     for i in 0..5 {
         let (code, out, err) = herd.ctl(&["broadcast", &json!({ "type": "note", "note": i }).to_string()]);
         assert_eq!((code, out.trim()), (0, "sent to 3 worker(s)"), "{err}");

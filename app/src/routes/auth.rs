@@ -60,16 +60,31 @@ pub(super) async fn login(
 ) -> Response {
     let result = async {
         let creds = creds?;
-        if let Some(retry_after) = state.limiter.check(client.ip(), &creds.username).await? {
-            tracing::warn!(user = %creds.username, client = %client.ip(), "login refused: too many failures");
-            return Err(AppError::RateLimited { retry_after });
+        // Malformed names cost nothing to refuse and must not become counter keys.
+        crate::users::validate(&creds.username, &creds.password)?;
+        // Counted before the password is checked, so concurrent guesses cannot all pass.
+        let attempt = match state.limiter.admit(client.ip(), &creds.username).await? {
+            Ok(attempt) => attempt,
+            Err(retry_after) => {
+                tracing::warn!(user = %creds.username, client = %client.ip(), "login refused: too many attempts");
+                return Err(AppError::RateLimited { retry_after });
+            }
+        };
+        match state.users.verify(&creds.username, &creds.password).await {
+            Ok(true) => state.limiter.succeeded(attempt).await?,
+            Ok(false) => {
+                tracing::info!(user = %creds.username, client = %client.ip(), "failed login");
+                state.limiter.failed(attempt);
+                return Err(AppError::BadCredentials);
+            }
+            Err(err) => {
+                // Not checked (busy, or Redis failed): it counts against no budget.
+                if let Err(give_back) = state.limiter.abandoned(attempt).await {
+                    tracing::warn!(error = %give_back, "could not give back an unchecked login attempt");
+                }
+                return Err(err.into());
+            }
         }
-        if !state.users.verify(&creds.username, &creds.password).await? {
-            tracing::info!(user = %creds.username, client = %client.ip(), "failed login");
-            state.limiter.failed(client.ip(), &creds.username).await?;
-            return Err(AppError::BadCredentials);
-        }
-        state.limiter.succeeded(&creds.username).await?;
         session.cycle_id().await?;
         session.clear().await;
         session.insert(USER_KEY, &creds.username).await?;
@@ -92,12 +107,7 @@ pub(super) async fn login(
         (false, Err(err)) => err.into_response(),
         (true, Ok(_)) => Redirect::to("/").into_response(),
         (true, Err(err)) => {
-            let notice = match err {
-                AppError::BadCredentials => Notice::BadLogin,
-                AppError::RateLimited { .. } => Notice::RateLimited,
-                AppError::BadRequest { .. } => Notice::BadInput,
-                AppError::Unavailable(_) | AppError::Internal(_) => Notice::Unavailable,
-            };
+            let (_, notice) = Notice::of(&err);
             Redirect::to(&format!("/?error={}", notice.code())).into_response()
         }
     }
@@ -141,7 +151,7 @@ pub(super) async fn logout(
         (false, Ok(ended)) => Json(json!({ "user": null, "ended_elsewhere": ended })).into_response(),
         (false, Err(err)) => err.into_response(),
         (true, Ok(_)) => Redirect::to("/").into_response(),
-        (true, Err(_)) => Redirect::to(&format!("/?error={}", Notice::Unavailable.code())).into_response(),
+        (true, Err(err)) => Redirect::to(&format!("/?error={}", Notice::of(&err).1.code())).into_response(),
     }
 }
 

@@ -36,7 +36,9 @@ async fn visit(state: &AppState, session: &Session) -> Result<Option<(String, u6
     let Some(user) = session.get::<String>(USER_KEY).await? else {
         return Ok(None);
     };
-    let Some(id) = session.id() else { return Ok(None) };
+    let Some(id) = session.id() else {
+        return Ok(None);
+    };
     // Counted atomically beside the record: concurrent requests of one session lose nothing.
     // The record itself is not written: loading it extended its idle timeout.
     let visits = state.visits.count(&state.store.key(&id)).await?;
@@ -80,7 +82,10 @@ pub(super) async fn home(
     let requested = query.ok().and_then(|Query(q)| q.error).and_then(|code| Notice::from_code(&code));
     let (status, visit, notice) = match visited {
         Ok(visit) => (StatusCode::OK, visit, requested),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, None, Some(Notice::Unavailable)),
+        Err(err) => {
+            let (status, notice) = Notice::of(&err);
+            (status, None, Some(notice))
+        }
     };
     let view = PageView {
         slot: w.slot,

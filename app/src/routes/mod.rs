@@ -7,22 +7,26 @@
 //! | `POST /logout` | ends the session server-side (`?all=true`: every session of the user) |
 //! | `GET /me` | `{user}`: the session's user, read-only |
 //! | `GET /whoami` | `{pid, worker, balance}`, for the page's chart |
-//! | `GET /stats`, `POST /stats/reset` | every worker's counters, gathered over IPC; reset broadcast |
+//! | `GET /stats`, `POST /stats/reset` | every worker's counters, gathered over IPC; reset broadcast (`--admin-routes`) |
 //! | `GET /heavy?n=` | sum of 0..n on the blocking pool |
 //! | `GET /heavy/cached?n=` | the same through the shared cache, computed once cluster-wide |
-//! | `DELETE /heavy/cached?n=` | forgets it, in Redis and in every worker's local copy |
+//! | `DELETE /heavy/cached?n=` | forgets it, in Redis and in every worker's local copy (`--admin-routes`) |
 //! | `GET /healthz`, `GET /readyz` | liveness; readiness including Redis |
+//!
+//! Every `POST`/`DELETE` sent by a page of another origin is refused first ([`origin`]).
 
 mod auth;
 mod debug;
 mod health;
-mod heavy;
+pub mod heavy;
 mod home;
+pub mod origin;
 mod page;
 pub mod stats;
 
 use axum::{
     extract::DefaultBodyLimit,
+    handler::Handler,
     http::{header, HeaderMap},
     middleware,
     routing::{get, post},
@@ -77,6 +81,8 @@ pub struct Shared {
     pub demo_users: std::sync::Arc<[String]>,
     /// This worker's request counters, reported by `GET /stats`.
     pub counters: std::sync::Arc<stats::Counters>,
+    /// This worker's `/heavy` computations: their cap and limits.
+    pub heavy: heavy::HeavyWork,
 }
 
 /// How the session cookie is made.
@@ -87,10 +93,14 @@ pub struct SessionSettings {
     pub secure: bool,
     /// Serve the `/debug/*` routes (`--debug-routes`).
     pub debug_routes: bool,
+    /// Serve `POST /stats/reset` and `DELETE /heavy/cached` (`--admin-routes`); 403 otherwise.
+    pub admin_routes: bool,
     /// How long sessions live and how big they grow (enforced by the store).
     pub limits: herd_session_store::SessionLimits,
     /// Use the stock tower-sessions-redis-store instead (the benchmark's baseline).
     pub stock_store: bool,
+    /// Which other origins' pages may send state-changing requests (`--allowed-origins`).
+    pub origins: origin::OriginPolicy,
 }
 
 pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSettings) -> Router {
@@ -118,12 +128,14 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         with_session.layer(cookies.layer(scope).layer(session_layer(store, settings)))
     };
     let router = if settings.debug_routes { debug::routes() } else { Router::new() };
+    // Anonymous state changes: 403 unless `--admin-routes`.
+    let admin = middleware::from_fn_with_state(settings.admin_routes, require_admin);
     router
         .route("/whoami", get(home::whoami))
         .route("/stats", get(stats::stats))
-        .route("/stats/reset", post(stats::reset))
+        .route("/stats/reset", post(stats::reset.layer(admin.clone())))
         .route("/heavy", get(heavy::heavy))
-        .route("/heavy/cached", get(heavy::heavy_cached).delete(heavy::forget_cached))
+        .route("/heavy/cached", get(heavy::heavy_cached).delete(heavy::forget_cached.layer(admin)))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .merge(with_session)
@@ -131,9 +143,28 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         .layer(
             ServiceBuilder::new()
                 .layer(middleware::from_fn_with_state(state.clone(), stats::count))
+                .layer(middleware::from_fn_with_state(settings.origins.clone(), origin::check))
                 .layer(DefaultBodyLimit::max(MAX_BODY_BYTES)),
         )
         .with_state(state)
+}
+
+/// Lets a request through to an admin route only when `--admin-routes` is on: they change state
+/// for every client, and anyone who reaches the port could call them.
+async fn require_admin(
+    axum::extract::State(enabled): axum::extract::State<bool>,
+    request: axum::extract::Request,
+    next: middleware::Next,
+) -> axum::response::Response {
+    if enabled {
+        return next.run(request).await;
+    }
+    let refusal = "this route changes state for every client: it is served only with --admin-routes \
+                   (operators: `herd ctl broadcast '{\"type\":\"reset-stats\"}'`)";
+    axum::response::IntoResponse::into_response(error::AppError::bad_request(
+        axum::http::StatusCode::FORBIDDEN,
+        refusal,
+    ))
 }
 
 /// The session cookie: HttpOnly, SameSite=Lax, Secure unless turned off. The store ends

@@ -15,6 +15,9 @@ pub(crate) enum Notice {
     BadInput,
     RateLimited,
     Unavailable,
+    /// Redis is full (507): retrying does not help.
+    StoreFull,
+    Busy,
 }
 
 impl Notice {
@@ -24,6 +27,8 @@ impl Notice {
             "bad-input" => Some(Notice::BadInput),
             "rate-limited" => Some(Notice::RateLimited),
             "unavailable" => Some(Notice::Unavailable),
+            "store-full" => Some(Notice::StoreFull),
+            "busy" => Some(Notice::Busy),
             _ => None,
         }
     }
@@ -34,6 +39,8 @@ impl Notice {
             Notice::BadInput => "bad-input",
             Notice::RateLimited => "rate-limited",
             Notice::Unavailable => "unavailable",
+            Notice::StoreFull => "store-full",
+            Notice::Busy => "busy",
         }
     }
 
@@ -43,6 +50,29 @@ impl Notice {
             Notice::BadInput => "That form could not be read; please fill in both fields.",
             Notice::RateLimited => "Too many failed logins. Please wait a few minutes before trying again.",
             Notice::Unavailable => "The session store (Redis) is unavailable right now. Please retry in a moment.",
+            Notice::Busy => "The server is busy right now. Please retry in a moment.",
+            Notice::StoreFull => {
+                "The session store (Redis) is full: logins and changes are refused until an operator frees memory."
+            }
+        }
+    }
+
+    /// The notice (and the status, for a page rendered in place) for a failed request; a full
+    /// Redis is reported to the operator as it would be for a JSON answer.
+    pub(crate) fn of(err: &crate::error::AppError) -> (axum::http::StatusCode, Self) {
+        use crate::error::AppError;
+        use axum::http::StatusCode;
+        match err {
+            AppError::BadCredentials => (StatusCode::UNAUTHORIZED, Notice::BadLogin),
+            AppError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, Notice::RateLimited),
+            AppError::BadRequest { status, .. } => (*status, Notice::BadInput),
+            AppError::StoreFull(cause) => {
+                herd_session_store::operator::redis_full(cause);
+                (StatusCode::INSUFFICIENT_STORAGE, Notice::StoreFull)
+            }
+            AppError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, Notice::Busy),
+            AppError::Unavailable(_) | AppError::Internal(_) => (StatusCode::SERVICE_UNAVAILABLE, Notice::Unavailable),
+            AppError::CrossOrigin => (StatusCode::FORBIDDEN, Notice::BadInput),
         }
     }
 }
@@ -263,7 +293,7 @@ mod tests {
     fn notices_come_from_a_fixed_list() {
         assert_eq!(Notice::from_code("bad-login"), Some(Notice::BadLogin));
         assert_eq!(Notice::from_code("<script>"), None);
-        for notice in [Notice::BadLogin, Notice::BadInput, Notice::RateLimited, Notice::Unavailable] {
+        for notice in [Notice::BadLogin, Notice::BadInput, Notice::RateLimited, Notice::Unavailable, Notice::Busy] {
             assert_eq!(Notice::from_code(notice.code()), Some(notice));
         }
     }

@@ -3,8 +3,10 @@
 //!
 //! Each worker counts the requests it served (outside `/stats`) and answers the `stats`
 //! question with its counters; `GET /stats` asks every ready worker at once. `POST
-//! /stats/reset` broadcasts a reset that every worker applies when it arrives; the operator can
-//! send the same message with `herd ctl broadcast '{"type":"reset-stats"}'`.
+//! /stats/reset` (with `--admin-routes`) broadcasts a reset that every worker applies when it
+//! arrives; the operator can send the same message with `herd ctl broadcast
+//! '{"type":"reset-stats"}'`. Each answer is bounded ([`NOTES_BUDGET`]), and the gathered set
+//! travels in parts, so `/stats` works with any notes and any number of workers.
 
 use std::sync::{
     atomic::{AtomicU64, Ordering},
@@ -27,6 +29,10 @@ use crate::error::AppError;
 
 /// Notes a worker keeps from `note` messages, newest last (bounded).
 const MAX_NOTES: usize = 100;
+/// Most bytes of notes (as JSON) one worker puts in its `stats` answer, newest first: the
+/// answer must fit in one IPC message (`herd_cluster::messaging::MAX_PAYLOAD`), whatever
+/// operators sent; older notes are counted in `notes_dropped` instead.
+const NOTES_BUDGET: usize = herd_cluster::messaging::MAX_PAYLOAD / 2;
 
 /// One worker's counters.
 #[derive(Debug, Default)]
@@ -53,14 +59,28 @@ struct WorkerStats {
     requests: u64,
     resets: u64,
     notes: Vec<Value>,
+    /// Older notes left out to keep the answer within [`NOTES_BUDGET`].
+    #[serde(default)]
+    notes_dropped: usize,
 }
 
 impl Counters {
     fn snapshot(&self) -> WorkerStats {
+        let all = self.notes.lock().map(|n| n.clone()).unwrap_or_default();
+        let mut used = 0;
+        let kept = all
+            .iter()
+            .rev()
+            .take_while(|note| {
+                used += serde_json::to_vec(note).map_or(usize::MAX / 2, |b| b.len() + 1);
+                used <= NOTES_BUDGET
+            })
+            .count();
         WorkerStats {
             requests: self.requests.load(Ordering::Relaxed),
             resets: self.resets.load(Ordering::Relaxed),
-            notes: self.notes.lock().map(|n| n.clone()).unwrap_or_default(),
+            notes_dropped: all.len() - kept,
+            notes: all[all.len() - kept..].to_vec(),
         }
     }
 }
@@ -112,22 +132,23 @@ pub(super) async fn count(State(state): State<AppState>, request: Request, next:
 
 /// `{"requests": total, "workers": [{slot, pid, requests, resets, notes}]}` from every ready worker.
 pub(super) async fn stats(State(state): State<AppState>) -> Result<Json<Value>, AppError> {
-    let replies = state
-        .worker
-        .messenger
-        .gather::<_, WorkerStats>(&StatsMessage::Stats)
-        .await
-        .map_err(|e| AppError::Internal(e.to_string()))?;
+    let replies = state.worker.messenger.gather::<_, WorkerStats>(&StatsMessage::Stats).await.map_err(|e| {
+        AppError::bad_request(StatusCode::SERVICE_UNAVAILABLE, format!("cannot gather the workers' stats: {e}"))
+    })?;
     let total: u64 = replies.iter().map(|(_, s)| s.requests).sum();
     let workers: Vec<Value> = replies
         .into_iter()
-        .map(|(reply, s)| json!({ "slot": reply.slot, "pid": reply.pid, "requests": s.requests, "resets": s.resets, "notes": s.notes }))
+        .map(|(reply, s)| {
+            json!({ "slot": reply.slot, "pid": reply.pid, "requests": s.requests, "resets": s.resets, "notes": s.notes, "notes_dropped": s.notes_dropped })
+        })
         .collect();
     Ok(Json(json!({ "requests": total, "workers": workers })))
 }
 
 /// Broadcasts a counter reset to every worker.
 pub(super) async fn reset(State(state): State<AppState>) -> Result<(StatusCode, Json<Value>), AppError> {
-    state.worker.messenger.broadcast(&StatsMessage::ResetStats).await.map_err(|e| AppError::Internal(e.to_string()))?;
+    state.worker.messenger.broadcast(&StatsMessage::ResetStats).await.map_err(|e| {
+        AppError::bad_request(StatusCode::SERVICE_UNAVAILABLE, format!("cannot broadcast the reset: {e}"))
+    })?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "reset": "broadcast to every worker" }))))
 }

@@ -21,7 +21,7 @@ pub async fn run(command: UsersCommand) -> anyhow::Result<i32> {
     if password.is_empty() {
         bail!("no password on standard input (try: echo 'secret' | herd users add {name})");
     }
-    let url = redis.redis_url.clone().unwrap_or_else(crate::cli::default_redis_url);
+    let url = crate::secrets::configured_url(&redis)?.unwrap_or_else(crate::cli::default_redis_url);
     let pool = connect_redis(&redis.config(url)).await?;
     let keys = Keys::new(redis.key_prefix);
     Users::new(pool.clone(), keys.clone()).set_password(&name, password).await?;

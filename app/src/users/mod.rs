@@ -1,13 +1,22 @@
 //! Users in Redis: `{prefix}user:{name}` is a hash whose `password` field is an argon2id PHC
 //! string (argon2 crate defaults: m = 19 MiB, t = 2, p = 1, OWASP's first recommendation).
 //! Hashing runs on the blocking pool so a login never stalls the worker's other requests.
+//!
+//! Each hash holds 19 MiB for its duration, so the number running at once is capped per
+//! process ([`HashLimit`]): without the cap, tokio's 512 blocking threads let a burst of
+//! logins take ~10 GiB. Past the cap a login waits at most [`HashLimit::queue_timeout`] for
+//! its turn, then gets [`UserError::Busy`] (503). Every hash, also the one an unknown user
+//! costs, goes through the same cap.
 
 pub mod cli;
 pub mod limit;
 pub mod sessions;
 pub mod visits;
 
-use std::sync::{Arc, OnceLock};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
 
 use argon2::{
     password_hash::{rand_core::OsRng, PasswordHash, PasswordHasher, PasswordVerifier, SaltString},
@@ -15,6 +24,7 @@ use argon2::{
 };
 use fred::{clients::Pool, interfaces::HashesInterface};
 use herd_session_store::{Keys, StoreError};
+use tokio::sync::Semaphore;
 
 /// Longest password accepted; argon2 does not need more and a huge one is a cheap DoS.
 const MAX_PASSWORD_BYTES: usize = 1024;
@@ -29,6 +39,29 @@ pub enum UserError {
     Store(#[from] StoreError),
     #[error("password hashing failed: {0}")]
     Hash(String),
+    /// Every hashing permit stayed taken for the whole queue timeout.
+    #[error("too many logins at once")]
+    Busy,
+}
+
+/// How long a login waits for a hashing permit by default.
+pub const DEFAULT_HASH_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How many argon2 hashes may run at once in this process, and how long one waits for its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashLimit {
+    /// Hashes running at once; each holds 19 MiB while it runs.
+    pub concurrency: usize,
+    /// Longest wait for a permit before the login is refused as busy.
+    pub queue_timeout: Duration,
+}
+
+impl Default for HashLimit {
+    /// One hash per core: more would only queue for the CPU while holding their memory.
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+        Self { concurrency: cores, queue_timeout: DEFAULT_HASH_QUEUE_TIMEOUT }
+    }
 }
 
 impl From<fred::error::Error> for UserError {
@@ -41,18 +74,32 @@ impl From<fred::error::Error> for UserError {
 pub struct Users {
     pool: Pool,
     keys: Arc<Keys>,
+    /// Permits to run a hash; never closed.
+    hashing: Arc<Semaphore>,
+    queue_timeout: Duration,
 }
 
 impl Users {
+    /// Users in Redis, hashing within the default [`HashLimit`].
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self { pool, keys: Arc::new(keys) }
+        Self::with_hash_limit(pool, keys, HashLimit::default())
+    }
+
+    pub fn with_hash_limit(pool: Pool, keys: Keys, limit: HashLimit) -> Self {
+        let permits = limit.concurrency.clamp(1, Semaphore::MAX_PERMITS);
+        Self {
+            pool,
+            keys: Arc::new(keys),
+            hashing: Arc::new(Semaphore::new(permits)),
+            queue_timeout: limit.queue_timeout,
+        }
     }
 
     /// Creates the user or replaces its password.
     pub async fn set_password(&self, name: &str, password: &str) -> Result<(), UserError> {
         validate(name, password)?;
         let password = password.to_owned();
-        let hash = blocking(move || hash(&password)).await??;
+        let hash = self.hash_within_limit(move || hash(&password)).await??;
         let _: i64 = self.pool.hset(self.keys.user(name), ("password", hash)).await?;
         Ok(())
     }
@@ -64,18 +111,48 @@ impl Users {
         let stored: Option<String> = self.pool.hget(self.keys.user(name), "password").await?;
         let known = stored.is_some();
         let password = password.to_owned();
-        let matches = blocking(move || {
-            let phc = stored.as_deref().unwrap_or_else(|| dummy_hash());
-            PasswordHash::new(phc)
-                .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-                .map_err(|e| UserError::Hash(e.to_string()))
-        })
-        .await??;
+        let matches = self
+            .hash_within_limit(move || {
+                let phc = stored.as_deref().unwrap_or_else(|| dummy_hash());
+                PasswordHash::new(phc)
+                    .map(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
+                    .map_err(|e| UserError::Hash(e.to_string()))
+            })
+            .await??;
         Ok(known && matches)
+    }
+
+    /// Runs one hash on the blocking pool once a permit is free, or fails with
+    /// [`UserError::Busy`] after the queue timeout. The permit is held until the hash is done,
+    /// even if the request is dropped meanwhile: its memory is in use until then.
+    async fn hash_within_limit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, UserError> {
+        let permit = match tokio::time::timeout(self.queue_timeout, self.hashing.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => permit,
+            // Timed out; or closed, which never happens (no one calls `close`).
+            Ok(Err(_)) | Err(_) => return Err(UserError::Busy),
+        };
+        tokio::task::spawn_blocking(move || {
+            let result = f();
+            drop(permit);
+            result
+        })
+        .await
+        .map_err(|e| UserError::Hash(e.to_string()))
     }
 }
 
-fn validate(name: &str, password: &str) -> Result<(), UserError> {
+/// Makes the hash that unknown users are verified against, so the first unknown user does not
+/// take twice as long as everyone else (which would tell that the name does not exist). Call it
+/// once at start, off the async threads.
+pub fn prepare_dummy_hash() {
+    dummy_hash();
+}
+
+/// Checks the form of a name and a password, before any work is spent on them.
+pub fn validate(name: &str, password: &str) -> Result<(), UserError> {
     let name_ok = (1..=64).contains(&name.len())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '-'));
     if !name_ok {
@@ -107,10 +184,6 @@ fn dummy_hash() -> &'static str {
             // an empty string then makes every unknown-user check fail, which is still correct.
             .unwrap_or_default()
     })
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, UserError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| UserError::Hash(e.to_string()))
 }
 
 #[cfg(test)]

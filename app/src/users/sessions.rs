@@ -24,11 +24,15 @@ impl UserSessions {
         Self { pool, keys }
     }
 
-    /// Records that `session_key` belongs to `user`.
+    /// Records that `session_key` belongs to `user`: `SADD` and `EXPIRE` sent together in one
+    /// pipeline, so the set is never left without its TTL by a worker stopping between two
+    /// round trips.
     pub async fn add(&self, user: &str, session_key: &str) -> Result<(), StoreError> {
         let index = self.keys.user_sessions(user);
-        let _: i64 = self.pool.sadd(&index, session_key).await?;
-        let _: bool = self.pool.expire(&index, INDEX_TTL_SECS, None).await?;
+        let pipeline = self.pool.next().pipeline();
+        let _: () = pipeline.sadd(&index, session_key).await?;
+        let _: () = pipeline.expire(&index, INDEX_TTL_SECS, None).await?;
+        let _: (i64, bool) = pipeline.all().await?;
         Ok(())
     }
 

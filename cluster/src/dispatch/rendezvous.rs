@@ -39,15 +39,12 @@ impl Rendezvous {
     }
 }
 
-/// What identifies a client: the IPv4 address, or the /64 of an IPv6 one. The top bit tells
-/// the families apart.
+/// What identifies a client: its [`crate::client_ip::group`] (the IPv4 address, or the /64 of
+/// an IPv6 one) as a number. The top bit tells the families apart.
 fn client_key(ip: IpAddr) -> u128 {
-    match ip {
+    match crate::client_ip::group(ip) {
         IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => u128::from(u32::from(v4)),
-            None => (u128::from(v6) >> 64) | (1 << 127),
-        },
+        IpAddr::V6(v6) => (u128::from(v6) >> (128 - crate::client_ip::IPV6_CLIENT_PREFIX)) | (1 << 127),
     }
 }
 

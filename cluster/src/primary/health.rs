@@ -2,23 +2,107 @@
 //! memory), or old (requests served). A hung worker is killed, since it cannot drain; the
 //! others are replaced gracefully through the rollout queue, which replaces one slot at a time,
 //! so two slots never recycle at once.
+//!
+//! Long before a silent worker is killed it is *suspect*: after about two missed heartbeats
+//! (or a hand-off it left unacknowledged) it gets no new connection, because a stopped or
+//! stuck process would sit on every connection handed to it until `--worker-timeout`. The
+//! first heartbeat it sends again clears it.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::{rollout::rss_bytes, State, Supervisor};
+use crate::proto::HEARTBEAT_INTERVAL;
+
+/// Silence after which a worker is suspect: two heartbeats missed, with half an interval of
+/// slack for a busy machine.
+pub(super) const SUSPECT_AFTER: Duration = Duration::from_millis(HEARTBEAT_INTERVAL.as_millis() as u64 * 5 / 2);
+
+/// What the primary knows of one worker's signs of life.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Liveness {
+    last_heartbeat: Instant,
+    /// It left a hand-off unacknowledged until the primary took it back; cleared by the next
+    /// heartbeat.
+    missed_handoff: bool,
+    /// Its suspicion was logged (so it is logged once per episode).
+    reported: bool,
+}
+
+/// How a worker is doing, judged from its signs of life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Health {
+    Healthy,
+    /// Gets no new connections.
+    Suspect,
+    /// Silent for longer than `--worker-timeout`: killed.
+    Hung,
+}
+
+impl Liveness {
+    pub(super) fn new(now: Instant) -> Self {
+        Self { last_heartbeat: now, missed_handoff: false, reported: false }
+    }
+
+    /// A heartbeat arrived; returns true if the worker was suspect until now.
+    pub(super) fn heartbeat(&mut self, now: Instant, worker_timeout: Duration) -> bool {
+        let was_suspect = self.judge(now, worker_timeout) != Health::Healthy;
+        *self = Self::new(now);
+        was_suspect
+    }
+
+    /// It left a hand-off unacknowledged; returns true if that is news in this episode.
+    pub(super) fn missed_handoff(&mut self) -> bool {
+        !std::mem::replace(&mut self.missed_handoff, true)
+    }
+
+    pub(super) fn silent_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.last_heartbeat)
+    }
+
+    pub(super) fn judge(&self, now: Instant, worker_timeout: Duration) -> Health {
+        let silent = self.silent_for(now);
+        if silent > worker_timeout {
+            Health::Hung
+        } else if self.missed_handoff || silent > SUSPECT_AFTER.min(worker_timeout) {
+            Health::Suspect
+        } else {
+            Health::Healthy
+        }
+    }
+
+    pub(super) fn is_suspect(&self, now: Instant, worker_timeout: Duration) -> bool {
+        self.judge(now, worker_timeout) != Health::Healthy
+    }
+
+    /// True the first time it is called in a suspicion episode: time to log it.
+    fn report(&mut self) -> bool {
+        !std::mem::replace(&mut self.reported, true)
+    }
+}
 
 impl Supervisor {
     pub(super) fn check_workers(&mut self) {
         let recycling = self.config.recycling.clone();
         let now = Instant::now();
         let mut recycle = Vec::new();
-        for (slot, s) in self.slots.iter().enumerate() {
-            let Some(w) = s.worker.as_ref().filter(|w| w.state == State::Ready) else { continue };
-            let silent = now.duration_since(w.last_heartbeat);
-            if silent > recycling.worker_timeout {
-                tracing::warn!("worker {slot} pid {} sent no heartbeat for {silent:.1?}: hung, killing it", w.pid);
-                w.kill();
+        for (slot, s) in self.slots.iter_mut().enumerate() {
+            let Some(w) = s.worker.as_mut().filter(|w| w.state == State::Ready) else {
                 continue;
+            };
+            let silent = w.liveness.silent_for(now);
+            match w.liveness.judge(now, recycling.worker_timeout) {
+                Health::Hung => {
+                    tracing::warn!("worker {slot} pid {} sent no heartbeat for {silent:.1?}: hung, killing it", w.pid);
+                    w.kill();
+                    continue;
+                }
+                Health::Suspect if w.liveness.report() => tracing::warn!(
+                    "worker {slot} pid {} silent for {silent:.1?}: no new connections for it until it answers again \
+                     (killed after --worker-timeout {:?})",
+                    w.pid,
+                    recycling.worker_timeout
+                ),
+                Health::Suspect | Health::Healthy => {}
             }
             let replacing = s.successor.is_some() || self.rollout.as_ref().is_some_and(|r| r.includes(slot));
             if replacing {
@@ -49,5 +133,51 @@ impl Supervisor {
         for (slot, why) in recycle {
             self.replace(vec![slot], None, why);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TIMEOUT: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn a_worker_is_suspect_after_two_missed_heartbeats_and_hung_after_the_timeout() {
+        let start = Instant::now();
+        let liveness = Liveness::new(start);
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(liveness.judge(at(1_000), TIMEOUT), Health::Healthy, "one interval late is normal");
+        assert_eq!(liveness.judge(at(2_400), TIMEOUT), Health::Healthy);
+        assert_eq!(liveness.judge(at(2_600), TIMEOUT), Health::Suspect, "two heartbeats missed");
+        assert_eq!(liveness.judge(at(29_000), TIMEOUT), Health::Suspect);
+        assert_eq!(liveness.judge(at(30_001), TIMEOUT), Health::Hung);
+        // A short --worker-timeout makes it suspect no later than hung.
+        assert_eq!(liveness.judge(at(1_500), Duration::from_secs(1)), Health::Hung);
+        assert_eq!(liveness.judge(at(900), Duration::from_millis(800)), Health::Hung);
+    }
+
+    #[test]
+    fn a_heartbeat_clears_suspicion_and_a_missed_handoff_causes_it() {
+        let start = Instant::now();
+        let mut liveness = Liveness::new(start);
+        let later = start + Duration::from_secs(3);
+        assert!(liveness.is_suspect(later, TIMEOUT));
+        assert!(liveness.report(), "the first suspicion is logged");
+        assert!(!liveness.report(), "once");
+        assert!(liveness.heartbeat(later, TIMEOUT), "it was suspect until this heartbeat");
+        assert!(!liveness.is_suspect(later, TIMEOUT));
+        assert!(!liveness.heartbeat(later, TIMEOUT));
+
+        assert!(liveness.missed_handoff(), "news");
+        assert!(!liveness.missed_handoff(), "not news the second time");
+        assert_eq!(
+            liveness.judge(later, TIMEOUT),
+            Health::Suspect,
+            "a hand-off it did not take makes it suspect, silent or not"
+        );
+        assert!(liveness.heartbeat(later + Duration::from_millis(10), TIMEOUT));
+        assert_eq!(liveness.judge(later + Duration::from_millis(10), TIMEOUT), Health::Healthy);
+        assert!(liveness.report(), "a new episode is logged again");
     }
 }

@@ -6,15 +6,18 @@
 //! one `sendmsg`), and keeps the primary's copy of each connection until the worker
 //! acknowledges it. When the worker refuses connections or dies, the unacknowledged ones go
 //! back to the supervisor, which hands them to another worker: a client never sees a reset
-//! because of a worker it had not yet been handed to.
+//! because of a worker it had not yet been handed to. A worker that neither acknowledges nor
+//! refuses (stopped, or stuck) has its hand-offs taken back after [`RECLAIM_AFTER`] (see
+//! [`crate::proto`] for why that cannot make two workers serve one connection).
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, VecDeque},
     ffi::OsString,
     io,
     os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
     path::PathBuf,
     process::ExitStatus,
+    time::{Duration, Instant},
 };
 
 use command_fds::{CommandFdExt, FdMapping};
@@ -24,9 +27,13 @@ use crate::{
     channel::{Channel, RecvBuf},
     dispatch::Conn,
     fd::MAX_FDS_PER_MESSAGE,
-    proto::{Handoff, ToPrimary, ToWorker},
+    proto::{Handoff, Stamp, ToPrimary, ToWorker, HANDOFF_EXPIRY},
     role::{ENV_GENERATION, ENV_IPC_FD, ENV_LISTEN_FD, ENV_WORKER_SLOT, IPC_FD, LISTEN_FD},
 };
+
+/// How long a hand-off may stay unacknowledged before the primary takes it back: twice the
+/// age at which the worker drops it, so a worker that took it in time has long acknowledged.
+pub(crate) const RECLAIM_AFTER: Duration = HANDOFF_EXPIRY.saturating_mul(2);
 
 /// What the supervisor hears about its workers.
 #[derive(Debug)]
@@ -38,6 +45,9 @@ pub(crate) enum Event {
     /// These many connections for this worker were closed because it (or the primary, passing
     /// them) was out of file descriptors.
     Shed { slot: usize, generation: u64, count: usize, why: ShedReason },
+    /// A worker left these connections unacknowledged for [`RECLAIM_AFTER`]: they are the
+    /// primary's again (the worker will drop its copies unserved).
+    Reclaimed { slot: usize, generation: u64, conns: Vec<Conn> },
     /// A worker process ended; `orphans` were handed to it but never acknowledged.
     Exited { slot: usize, generation: u64, status: io::Result<ExitStatus>, orphans: Vec<Conn> },
     /// A backoff delay for this slot is over.
@@ -68,7 +78,8 @@ pub(crate) struct Link {
 /// Everything needed to start workers; lives as long as the primary.
 pub(crate) struct Spawner {
     pub(crate) exe: PathBuf,
-    /// The primary's own argv[0], and its other arguments, which workers get too.
+    /// The primary's own argv[0], and the other arguments workers get (the primary's own
+    /// unless the app chose them: [`crate::ClusterConfig::worker_args`]).
     pub(crate) arg0: OsString,
     pub(crate) args: Vec<OsString>,
     pub(crate) env: Vec<(OsString, OsString)>,
@@ -157,6 +168,7 @@ impl Spawner {
             outbox: outbox_rx,
             mailbox: mailbox_rx,
             unacked: HashMap::new(),
+            sent: VecDeque::new(),
             events: self.events.clone(),
         };
         tokio::spawn(task.run());
@@ -175,6 +187,8 @@ struct LinkTask {
     mailbox: mpsc::UnboundedReceiver<ToWorker>,
     /// Connections sent to the worker and not yet acknowledged, by id.
     unacked: HashMap<u64, Conn>,
+    /// When each hand-off went out, oldest first (acknowledged ones are skipped lazily).
+    sent: VecDeque<(u64, Instant)>,
     events: mpsc::UnboundedSender<Event>,
 }
 
@@ -183,6 +197,7 @@ impl LinkTask {
         let mut ipc_open = true;
         let mut buf = RecvBuf::default();
         let status = loop {
+            let reclaim_at = self.oldest_unacked().map(|sent| tokio::time::Instant::from_std(sent + RECLAIM_AFTER));
             tokio::select! {
                 status = self.child.wait() => break status,
                 Some(()) = self.kill_requests.recv() => {
@@ -205,16 +220,68 @@ impl LinkTask {
                     }
                 },
                 Some(msg) = self.mailbox.recv(), if ipc_open => {
-                    if self.ipc.send(&msg).await.is_err() {
-                        ipc_open = false; // the worker is going away
+                    // A stopped worker stops reading; once its socket is full a send waits
+                    // until it reads again, and the kill that ends it must still get through.
+                    let sent = tokio::select! {
+                        sent = self.ipc.send(&msg) => sent,
+                        Some(()) = self.kill_requests.recv() => {
+                            let _ = self.child.start_kill();
+                            Err(crate::channel::ChannelError::Send(io::Error::other("killed while sending")))
+                        }
+                    };
+                    match sent {
+                        Ok(()) => {}
+                        // One message that could not be sent (too large) is that message's loss;
+                        // only a failed channel (the worker is going away) ends the link.
+                        Err(err) if err.is_bad_message() => {
+                            tracing::error!(slot = self.slot, pid = self.pid, error = %err, "a message to a worker was dropped");
+                        }
+                        Err(_) => ipc_open = false,
                     }
                 }
                 Some(first) = self.outbox.recv(), if ipc_open => {
-                    if let Err(err) = self.hand_off(first).await {
-                        // The worker is going away; its exit returns these connections.
-                        tracing::debug!(slot = self.slot, pid = self.pid, error = %err, "cannot hand off connections");
-                        ipc_open = false;
+                    let batch = self.take_batch(first);
+                    let sent_at = Stamp::now();
+                    let conns: Vec<Handoff> = batch.iter().map(|c| Handoff { id: c.id, peer: c.peer, sent_at }).collect();
+                    let fds: Vec<RawFd> = batch.iter().map(|c| c.stream.as_raw_fd()).collect();
+                    let msg = ToWorker::Connections { conns };
+                    let sent = tokio::select! {
+                        sent = self.ipc.send_with_fds(&msg, &fds) => sent,
+                        Some(()) = self.kill_requests.recv() => {
+                            let _ = self.child.start_kill();
+                            Err(crate::channel::ChannelError::Send(io::Error::other("killed while handing off")))
+                        }
+                    };
+                    match sent {
+                        // Cannot happen with a bounded batch of fixed-size entries; if it did, the
+                        // worker never saw these, and closing them beats stopping the link.
+                        Err(err) if err.is_bad_message() => {
+                            tracing::error!(slot = self.slot, pid = self.pid, error = %err, "closing {} connection(s) that could not be handed off", batch.len());
+                        }
+                        // Too many descriptors in flight, or no kernel memory: the worker is fine,
+                        // these connections are what cannot be afforded. Dropping them closes them.
+                        Err(err) if err.is_exhaustion() => {
+                            tracing::debug!(slot = self.slot, pid = self.pid, error = %err, "cannot pass connections");
+                            let (slot, generation, count) = (self.slot, self.generation, batch.len());
+                            let _ = self.events.send(Event::Shed { slot, generation, count, why: ShedReason::SendExhausted });
+                        }
+                        // Sent or not, they stay ours until acknowledged: a failed send means the
+                        // worker is dying, and its exit returns everything unacknowledged.
+                        sent => {
+                            let now = Instant::now();
+                            self.sent.extend(batch.iter().map(|c| (c.id, now)));
+                            self.unacked.extend(batch.into_iter().map(|c| (c.id, c)));
+                            if let Err(err) = sent {
+                                tracing::debug!(slot = self.slot, pid = self.pid, error = %err, "cannot hand off connections");
+                                ipc_open = false;
+                            }
+                        }
                     }
+                }
+                _ = sleep_until(reclaim_at), if ipc_open => {
+                    // An acknowledgement already waiting must count before anything is taken back.
+                    ipc_open = self.take_waiting_messages(&mut buf).await;
+                    self.reclaim();
                 }
             }
         };
@@ -252,8 +319,8 @@ impl LinkTask {
         }
     }
 
-    /// Sends `first` and whatever else is queued (up to one message's worth) in one `sendmsg`.
-    async fn hand_off(&mut self, first: Conn) -> Result<(), crate::channel::ChannelError> {
+    /// `first` and whatever else is queued, up to one message's worth (one `sendmsg`).
+    fn take_batch(&mut self, first: Conn) -> Vec<Conn> {
         let mut batch = vec![first];
         while batch.len() < MAX_FDS_PER_MESSAGE {
             match self.outbox.try_recv() {
@@ -261,23 +328,64 @@ impl LinkTask {
                 Err(_) => break,
             }
         }
-        let conns: Vec<Handoff> = batch.iter().map(|c| Handoff { id: c.id, peer: c.peer }).collect();
-        let fds: Vec<RawFd> = batch.iter().map(|c| c.stream.as_raw_fd()).collect();
-        let sent = self.ipc.send_with_fds(&ToWorker::Connections { conns }, &fds).await;
-        if let Err(err) = &sent {
-            if err.is_exhaustion() {
-                // Too many descriptors in flight, or no kernel memory: the worker is fine, these
-                // connections are what cannot be afforded. Dropping them closes them.
-                tracing::debug!(slot = self.slot, pid = self.pid, error = %err, "cannot pass connections");
-                let (slot, generation, count) = (self.slot, self.generation, batch.len());
-                let _ = self.events.send(Event::Shed { slot, generation, count, why: ShedReason::SendExhausted });
-                return Ok(());
+        batch
+    }
+
+    /// When the oldest hand-off still unacknowledged went out.
+    fn oldest_unacked(&mut self) -> Option<Instant> {
+        while let Some(&(id, sent)) = self.sent.front() {
+            if self.unacked.contains_key(&id) {
+                return Some(sent);
+            }
+            self.sent.pop_front();
+        }
+        None
+    }
+
+    /// Handles the messages already waiting from the worker (up to a bound, so a chatty worker
+    /// cannot hold the link here), without waiting for more; false if the link has ended.
+    async fn take_waiting_messages(&mut self, buf: &mut RecvBuf) -> bool {
+        for _ in 0..1024 {
+            let received = tokio::select! {
+                biased;
+                received = self.ipc.recv::<ToPrimary>(buf) => received,
+                () = std::future::ready(()) => return true,
+            };
+            match received {
+                Ok(Some((msg, _fds))) => self.on_message(msg),
+                Ok(None) => return false,
+                Err(err) if err.is_bad_message() || err.is_exhaustion() => {}
+                Err(_) => return false,
             }
         }
-        // Sent or not, they stay ours until acknowledged: a failed send means the worker is
-        // dying, and its exit returns everything unacknowledged.
-        self.unacked.extend(batch.into_iter().map(|c| (c.id, c)));
-        sent
+        true
+    }
+
+    /// Takes back every hand-off unacknowledged for [`RECLAIM_AFTER`], for the supervisor to
+    /// hand to another worker.
+    fn reclaim(&mut self) {
+        let now = Instant::now();
+        let mut conns = Vec::new();
+        while let Some(&(id, sent)) = self.sent.front() {
+            if now.saturating_duration_since(sent) < RECLAIM_AFTER {
+                break;
+            }
+            self.sent.pop_front();
+            conns.extend(self.unacked.remove(&id));
+        }
+        if conns.is_empty() {
+            return;
+        }
+        let (slot, generation) = (self.slot, self.generation);
+        let _ = self.events.send(Event::Reclaimed { slot, generation, conns });
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 

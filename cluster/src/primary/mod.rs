@@ -18,6 +18,7 @@ mod notify;
 mod queue;
 mod relay;
 mod rollout;
+mod unavailable;
 
 use std::{
     collections::VecDeque,
@@ -42,9 +43,11 @@ use crate::{
 };
 use acceptor::Acceptor;
 use backoff::{Backoff, Verdict};
+use health::Liveness;
 use link::{Event, Link, ShedReason, SpawnError, Spawner};
 use relay::Gatherings;
 use rollout::Rollout;
+use unavailable::Unavailable;
 
 /// How often the primary checks heartbeats, memory and request counts.
 const CHECK_INTERVAL: Duration = Duration::from_secs(1);
@@ -102,7 +105,7 @@ pub(crate) async fn run(
     let spawner = Spawner {
         arg0: argv.next().unwrap_or_else(|| exe.clone().into_os_string()),
         exe,
-        args: argv.collect::<Vec<OsString>>(),
+        args: config.worker_args.clone().unwrap_or_else(|| argv.collect::<Vec<OsString>>()),
         env: config.worker_env.clone(),
         logs: config.logs.clone(),
         // The primary keeps `listener` itself, open, in every mode (dropped only on return).
@@ -133,8 +136,10 @@ pub(crate) async fn run(
         all_ready_logged: false,
         queue_full_logged: false,
         shed_log: ShedLog::default(),
+        unavailable: Unavailable::default(),
+        unserved_since: Some(Instant::now()),
     };
-    let report = supervisor.run(events, commands, acceptor.as_ref()).await;
+    let report = supervisor.run(events, commands, acceptor.as_ref(), &listener).await;
     drop(listener);
     report
 }
@@ -182,10 +187,14 @@ struct Worker {
     /// When it reported ready: the backoff judges a death by how long the worker served, so a
     /// slow start followed by a crash still counts as dying young.
     ready_since: Option<Instant>,
-    /// Connections handed to it and not yet reported closed (least-conn's measure).
+    /// Connections handed to it and not yet reported closed (least-conn's measure; workers
+    /// report closes only in least-conn mode, so the other modes leave it at 0).
     open: usize,
-    /// When it last proved its runtime makes progress (or became ready).
-    last_heartbeat: Instant,
+    /// Open connections, as of its last heartbeat (what `herd ctl status` shows, in every mode).
+    open_reported: Option<u64>,
+    /// When it last proved its runtime makes progress (or became ready), and whether it is
+    /// suspect.
+    liveness: Liveness,
     /// Requests served, as of its last heartbeat.
     requests: u64,
     /// Served requests after which it is recycled (`--max-requests` plus its jitter).
@@ -210,8 +219,14 @@ impl Worker {
     fn become_ready(&mut self) {
         let now = Instant::now();
         self.state = State::Ready;
-        self.last_heartbeat = now;
+        self.liveness = Liveness::new(now);
         self.ready_since = Some(now);
+    }
+
+    /// Ready, and not suspect of being stopped or stuck: new connections (and gathers) may go
+    /// to it.
+    fn is_responsive(&self, now: Instant, worker_timeout: Duration) -> bool {
+        self.state == State::Ready && !self.liveness.is_suspect(now, worker_timeout)
     }
 
     /// How long it has been serving (zero if it never became ready).
@@ -238,6 +253,11 @@ struct Supervisor {
     queue_full_logged: bool,
     /// Connections closed because a worker, or passing to it, ran out of descriptors.
     shed_log: ShedLog,
+    /// Answers `503` to connections no worker can serve.
+    unavailable: Unavailable,
+    /// Shared mode: since when no worker has been able to take connections (`None` while one
+    /// can).
+    unserved_since: Option<Instant>,
 }
 
 /// Set once the cluster is shutting down.
@@ -276,6 +296,7 @@ impl Supervisor {
         mut events: mpsc::UnboundedReceiver<Event>,
         mut commands: mpsc::Receiver<control::Command>,
         acceptor: Option<&Acceptor>,
+        listener: &std::net::TcpListener,
     ) -> Result<ShutdownReport, ClusterError> {
         let mut signals = Signals::install()?;
         for slot in 0..self.slots.len() {
@@ -284,6 +305,9 @@ impl Supervisor {
         let mut stopping: Option<Stopping> = None;
         let mut checks = tokio::time::interval(CHECK_INTERVAL);
         checks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Shared mode's stand-in for the workers: accepts on the listener to answer 503 while
+        // no worker serves (see `update_stand_in`).
+        let mut stand_in: Option<Acceptor> = None;
         loop {
             if let Some(stop) = &stopping {
                 if self.processes() == 0 {
@@ -294,13 +318,24 @@ impl Supervisor {
             let deadline = stopping.as_ref().map(|s| s.deadline);
             let rollout_deadline = self.rollout.as_ref().and_then(Rollout::deadline);
             let gather_deadline = self.gatherings.next_deadline();
+            let queue_deadline = self.queue_deadline();
+            let stand_in_deadline = if acceptor.is_none() && stopping.is_none() {
+                self.update_stand_in(&mut stand_in, listener)
+            } else {
+                stand_in = None;
+                None
+            };
             tokio::select! {
                 Some(event) = events.recv() => self.handle(event, stopping.is_some()),
                 (stream, peer) = accept(acceptor), if accepting => {
                     let id = self.next_conn_id;
                     self.next_conn_id += 1;
-                    self.dispatch(Conn { id, stream, peer });
+                    self.dispatch(Conn { id, stream, peer, accepted_at: Instant::now() });
                 }
+                (stream, _) = accept(stand_in.as_ref()) => self.unavailable.answer(stream, "no worker is serving"),
+                _ = sleep_until(queue_deadline) => self.answer_overdue(),
+                // Only wakes the loop, which then starts the stand-in.
+                _ = sleep_until(stand_in_deadline) => {}
                 Some((request, reply)) = commands.recv() => {
                     if request == control::Request::Stop {
                         let _ = reply.send(control::Response::ok());
@@ -355,6 +390,22 @@ impl Supervisor {
                     ShedReason::SendExhausted => "too many descriptors in flight to the workers",
                 };
                 self.shed_log.shed(u64::try_from(count).unwrap_or(u64::MAX), why);
+            }
+            Event::Reclaimed { slot, generation, conns } => {
+                if let Some(worker) = self.worker_mut(slot, generation) {
+                    worker.open = worker.open.saturating_sub(conns.len());
+                    // Once per episode: later batches of the same silence are no news.
+                    if worker.liveness.missed_handoff() {
+                        tracing::warn!(
+                            "worker {slot} pid {} acknowledged none of {} connection(s) within {:?}: handing them to \
+                             other workers, and no new ones to it until it answers again",
+                            worker.pid,
+                            conns.len(),
+                            link::RECLAIM_AFTER
+                        );
+                    }
+                }
+                self.redispatch(conns, stopping);
             }
             Event::Exited { slot, generation, status, orphans } => {
                 self.forget_in_gathers(slot, generation);
@@ -429,7 +480,13 @@ impl Supervisor {
                 }
             }
             ToPrimary::Broadcast { payload } => {
-                self.relay_broadcast(Some(slot), &payload);
+                if let Err(err) = self.relay_broadcast(Some(slot), &payload) {
+                    tracing::warn!("worker {slot}'s broadcast was not relayed: {err}");
+                }
+                return;
+            }
+            ToPrimary::Unanswered { id, reason } => {
+                self.on_unanswered(slot, generation, id, reason);
                 return;
             }
             ToPrimary::Gather { id, payload } => {
@@ -442,6 +499,7 @@ impl Supervisor {
             }
             _ => {}
         }
+        let worker_timeout = self.config.recycling.worker_timeout;
         let Some(worker) = self.worker_mut(slot, generation) else {
             return;
         };
@@ -466,14 +524,19 @@ impl Supervisor {
                 worker.open = worker.open.saturating_sub(usize::try_from(count).unwrap_or(usize::MAX));
                 tracing::debug!("worker {slot} pid {} closed {count} connection(s), {} open", worker.pid, worker.open);
             }
-            ToPrimary::Heartbeat { requests } => {
-                worker.last_heartbeat = Instant::now();
+            ToPrimary::Heartbeat { requests, open } => {
                 worker.requests = requests;
+                worker.open_reported = open.or(worker.open_reported);
+                if worker.liveness.heartbeat(Instant::now(), worker_timeout) && worker.state == State::Ready {
+                    tracing::info!("worker {slot} pid {} answers again: handing it connections", worker.pid);
+                    self.flush_queue();
+                }
             }
             // Handled above, or by the link task.
             ToPrimary::Broadcast { .. }
             | ToPrimary::Gather { .. }
             | ToPrimary::Reply { .. }
+            | ToPrimary::Unanswered { .. }
             | ToPrimary::Accepted { .. }
             | ToPrimary::Refused { .. }
             | ToPrimary::Shed { .. } => {}
@@ -505,7 +568,8 @@ impl Supervisor {
                     state: State::Starting,
                     ready_since: None,
                     open: 0,
-                    last_heartbeat: Instant::now(),
+                    open_reported: None,
+                    liveness: Liveness::new(Instant::now()),
                     requests: 0,
                     recycle_after,
                     kill,
@@ -560,7 +624,9 @@ impl Supervisor {
         *stopping = Some(Stopping { deadline: tokio::time::Instant::now() + timeout, killed: 0 });
         notify::notify("STOPPING=1");
         self.abort_rollout("the cluster is shutting down");
-        self.queue.clear();
+        for conn in std::mem::take(&mut self.queue) {
+            self.unavailable.answer(conn.stream, "the cluster is shutting down");
+        }
         for (_, worker) in self.all_workers() {
             worker.tell(ToWorker::Shutdown);
         }

@@ -1,22 +1,29 @@
 //! Handing accepted connections to workers (primary-accept modes), and holding them while no
-//! worker is ready.
+//! worker can take them (for `--queue-timeout` at most: see [`super::unavailable`]).
+
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use super::{State, Supervisor, MAX_QUEUED};
-use crate::dispatch::{Candidate, Conn};
+use crate::{
+    config::Balance,
+    dispatch::{Candidate, Conn},
+};
 
 impl Supervisor {
     /// Hands `conn` to the worker the policy picks, or queues it until one is ready.
     pub(super) fn dispatch(&mut self, conn: Conn) {
         let mut conn = conn;
+        let (now, worker_timeout) = (Instant::now(), self.config.recycling.worker_timeout);
         loop {
             let candidates: Vec<Candidate> = self
                 .slots
                 .iter()
                 .enumerate()
                 .filter_map(|(slot, s)| {
-                    s.worker.as_ref().filter(|w| w.state == State::Ready).map(|w| Candidate { slot, open: w.open })
+                    let w = s.worker.as_ref().filter(|w| w.state == State::Ready)?;
+                    Some(Candidate { slot, open: w.open, suspect: w.liveness.is_suspect(now, worker_timeout) })
                 })
                 .collect();
             let Some(slot) = self.chooser.choose(conn.peer.ip(), &candidates) else {
@@ -27,7 +34,9 @@ impl Supervisor {
             };
             match worker.outbox.send(conn) {
                 Ok(()) => {
-                    worker.open += 1;
+                    if self.config.balance == Balance::LeastConn {
+                        worker.open += 1;
+                    }
                     return;
                 }
                 Err(mpsc::error::SendError(returned)) => {
@@ -41,7 +50,11 @@ impl Supervisor {
 
     pub(super) fn redispatch(&mut self, conns: Vec<Conn>, stopping: bool) {
         if stopping {
-            return; // dropping them closes them: nobody is left to serve them
+            // Nobody is left to serve them.
+            for conn in conns {
+                self.unavailable.answer(conn.stream, "the cluster is shutting down");
+            }
+            return;
         }
         for conn in conns {
             self.dispatch(conn);
@@ -49,9 +62,15 @@ impl Supervisor {
     }
 
     fn enqueue(&mut self, conn: Conn) {
+        if self.no_worker_coming() {
+            return self.unavailable.answer(conn.stream, "every slot is errored");
+        }
         if self.queue.is_empty() {
             // Once per episode: `flush_queue` empties the queue when a worker is ready again.
-            tracing::info!("no worker is ready: holding new connections until one is");
+            tracing::info!(
+                "no worker can take connections: holding new connections until one can (then 503 after --queue-timeout {:?})",
+                self.config.queue_timeout
+            );
         }
         self.queue.push_back(conn);
         if self.queue.len() >= MAX_QUEUED && !self.queue_full_logged {
@@ -85,7 +104,9 @@ impl Supervisor {
 
     /// Hands queued connections to workers, oldest first, as long as one can take them.
     pub(super) fn flush_queue(&mut self) {
-        let has_candidate = self.slots.iter().any(|s| s.worker.as_ref().is_some_and(|w| w.state == State::Ready));
+        let (now, worker_timeout) = (Instant::now(), self.config.recycling.worker_timeout);
+        let has_candidate =
+            self.slots.iter().any(|s| s.worker.as_ref().is_some_and(|w| w.is_responsive(now, worker_timeout)));
         if !has_candidate || self.queue.is_empty() {
             return;
         }

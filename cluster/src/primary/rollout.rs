@@ -82,15 +82,17 @@ impl Supervisor {
                 });
             }
             Request::Send { slot: Some(slot), payload } => {
-                let _ = reply.send(if self.relay_to(slot, payload) {
-                    Response { workers: Some(1), ..Response::ok() }
-                } else {
-                    Response::error(format!("no worker in slot {slot}"))
+                let _ = reply.send(match self.relay_to(slot, payload) {
+                    Ok(true) => Response { workers: Some(1), ..Response::ok() },
+                    Ok(false) => Response::error(format!("no worker in slot {slot}")),
+                    Err(err) => Response::error(format!("not sent: {err}")),
                 });
             }
             Request::Send { slot: None, payload } => {
-                let sent = self.relay_broadcast(None, &payload);
-                let _ = reply.send(Response { workers: Some(sent), ..Response::ok() });
+                let _ = reply.send(match self.relay_broadcast(None, &payload) {
+                    Ok(sent) => Response { workers: Some(sent), ..Response::ok() },
+                    Err(err) => Response::error(format!("not sent: {err}")),
+                });
             }
             Request::Stop | Request::Logs => unreachable!("handled by the run loop and the control socket"),
         }
@@ -255,6 +257,7 @@ impl Supervisor {
                 let state = match (retiring, w.state) {
                     (true, _) => "retiring",
                     (false, State::Starting) => "starting",
+                    (false, State::Ready) if !w.is_responsive(now, self.config.recycling.worker_timeout) => "suspect",
                     (false, State::Ready) => "ready",
                     (false, State::Draining) => "draining",
                 };
@@ -265,7 +268,7 @@ impl Supervisor {
                     uptime_s: now.duration_since(w.started).as_secs(),
                     restarts: restarts(slot),
                     rss_bytes: rss_bytes(w.pid),
-                    open_connections: self.config.balance.primary_accepts().then_some(w.open),
+                    open_connections: w.open_reported.and_then(|open| usize::try_from(open).ok()),
                 }
             })
             .chain(self.slots.iter().enumerate().filter(|(_, s)| s.errored && s.worker.is_none()).map(|(slot, s)| {

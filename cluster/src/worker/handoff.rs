@@ -1,6 +1,7 @@
 //! The worker side of primary-accept modes: connections arrive over the IPC socket and feed
-//! `axum::serve` through [`HandoffListener`], an ordinary [`axum::serve::Listener`], so
-//! `ConnectInfo<SocketAddr>` shows the real client and graceful shutdown works unchanged.
+//! the worker's connection loop (`crate::conn`) through [`HandoffListener`], an ordinary
+//! [`axum::serve::Listener`], so `ConnectInfo<SocketAddr>` shows the real client and graceful
+//! shutdown, timeouts and the connection cap work as for the shared listener.
 
 use std::{
     io,
@@ -20,7 +21,7 @@ use tokio::{
 use crate::{
     channel::Channel,
     fdlimit::FdBudget,
-    proto::{Handoff, ToPrimary},
+    proto::{Handoff, ToPrimary, HANDOFF_EXPIRY},
 };
 
 /// Yields the connections the primary handed to this worker.
@@ -54,8 +55,12 @@ pub(crate) fn handoff(channel: Channel, local: SocketAddr, report_closes: bool) 
                 while closed_rx.try_recv().is_ok() {
                     count += 1;
                 }
-                if channel.send(&ToPrimary::Closed { count }).await.is_err() {
-                    return; // the primary is gone; the worker is draining anyway
+                match channel.send(&ToPrimary::Closed { count }).await {
+                    Ok(()) => {}
+                    Err(err) if err.is_bad_message() => {
+                        tracing::warn!(error = %err, "cannot report closed connections")
+                    }
+                    Err(_) => return, // the primary is gone; the worker is draining anyway
                 }
             }
         });
@@ -78,11 +83,19 @@ impl HandoffSink {
     /// Adopts the received descriptors, in the order of `conns`. A connection whose descriptor
     /// is missing (the kernel could not install it: this process is out of descriptors), lands
     /// in the reserve of `budget`, or cannot be registered is shed: taking it would leave the
-    /// worker without descriptors for its own work.
+    /// worker without descriptors for its own work. Hand-offs older than [`HANDOFF_EXPIRY`]
+    /// are dropped unserved and in no list: the primary has taken them back for another worker
+    /// (this one was stopped or stuck meanwhile).
     pub(crate) fn adopt(&self, conns: Vec<Handoff>, fds: Vec<OwnedFd>, budget: FdBudget) -> Adopted {
         let mut adopted = Adopted { accepted: Vec::with_capacity(conns.len()), ..Adopted::default() };
         let mut fds = fds.into_iter();
+        let mut expired = 0;
         for handoff in conns {
+            if handoff.sent_at.is_some_and(|sent| sent.elapsed() > HANDOFF_EXPIRY) {
+                drop(fds.next()); // our copy only: the primary still holds the connection
+                expired += 1;
+                continue;
+            }
             let Some(fd) = fds.next().filter(|fd| budget.admits(fd.as_raw_fd())) else {
                 adopted.shed.push(handoff.id);
                 continue; // dropping the descriptor closes our copy
@@ -105,6 +118,9 @@ impl HandoffSink {
                     adopted.shed.push(handoff.id);
                 }
             }
+        }
+        if expired > 0 {
+            tracing::warn!("dropped {expired} connection(s) handed over more than {HANDOFF_EXPIRY:?} ago: the primary gave them to another worker");
         }
         adopted
     }
@@ -181,6 +197,7 @@ impl AsyncWrite for TrackedStream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::Stamp;
 
     fn tcp_fd(listener: &std::net::TcpListener) -> (std::net::TcpStream, OwnedFd) {
         let client = std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
@@ -202,11 +219,38 @@ mod tests {
         let high = u64::try_from(fds[1].as_raw_fd()).expect("fd");
         let budget = FdBudget::new(2 * high, usize::try_from(high).expect("fd"));
         let peer = local;
-        let conns = (1..=3).map(|id| Handoff { id, peer }).collect();
+        let conns = (1..=3).map(|id| Handoff { id, peer, sent_at: None }).collect();
         // The kernel delivered two of three descriptors (MSG_CTRUNC): the third is missing.
         let adopted = sink.adopt(conns, fds.into(), budget);
         assert_eq!(adopted, Adopted { accepted: vec![1], refused: vec![], shed: vec![2, 3] });
         let (_stream, addr) = axum::serve::Listener::accept(&mut listener).await;
         assert_eq!(addr, peer);
+    }
+
+    #[tokio::test]
+    async fn a_hand_off_older_than_the_expiry_is_dropped_unserved() {
+        let (channel, _primary_end) = Channel::pair().expect("socketpair");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let local = listener.local_addr().expect("addr");
+        let (mut incoming, sink) = handoff(channel, local, false);
+        let mut fds = Vec::new();
+        let mut clients = Vec::new();
+        for _ in 0..3 {
+            clients.push(std::net::TcpStream::connect(local).expect("connect"));
+            fds.push(OwnedFd::from(listener.accept().expect("accept").0));
+        }
+        let conns = vec![
+            Handoff { id: 1, peer: local, sent_at: Stamp::now() },
+            Handoff { id: 2, peer: local, sent_at: Stamp::ago(HANDOFF_EXPIRY * 2) },
+            Handoff { id: 3, peer: local, sent_at: None },
+        ];
+        let adopted = sink.adopt(conns, fds, FdBudget::new(u64::MAX, 0));
+        let (accepted, refused) = (adopted.accepted, adopted.refused);
+        assert_eq!(accepted, [1, 3], "fresh and unstamped hand-offs are served");
+        assert!(refused.is_empty(), "the expired one is not refused either: the primary took it back");
+        for _ in 0..2 {
+            let _served = axum::serve::Listener::accept(&mut incoming).await;
+        }
+        assert!(incoming.incoming.try_recv().is_err(), "nothing else reached the server");
     }
 }

@@ -18,12 +18,13 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::{
     channel::{Channel, RecvBuf},
     config::ClusterConfig,
+    conn,
     drain::{self, Drain, DrainMode, DrainableListener},
     error::ClusterError,
     fd::{self, Expect},
     fdlimit::FdBudget,
     messaging::Messenger,
-    proto::{ToPrimary, ToWorker},
+    proto::{ToPrimary, ToWorker, HEARTBEAT_INTERVAL},
     role::{WorkerIdentity, IPC_FD, LISTEN_FD},
     shutdown::{self, Stop},
 };
@@ -104,39 +105,50 @@ where
     let drain = Drain::new();
     channel.send(&ToPrimary::Ready { pid: ctx.pid }).await?;
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
-    tracing::info!(slot = ctx.slot, generation = ctx.generation, threads, "worker ready");
-    heartbeat(channel.clone(), drain.clone());
+    let cap = conn::ConnectionCap::new(config.connections.max_connections());
+    tracing::info!(
+        slot = ctx.slot,
+        generation = ctx.generation,
+        threads,
+        max_connections = config.connections.max_connections(),
+        "worker ready"
+    );
+    heartbeat(channel.clone(), drain.clone(), cap.clone());
     match source {
         Source::Shared(listener) => {
             let listener = DrainableListener::new(listener, stop.clone(), budget).tap_io(|tcp| {
                 // Small JSON responses should not wait for Nagle's algorithm.
                 let _ = tcp.set_nodelay(true);
             });
-            serve(listener, router, drain, channel, stop, config).await
+            serve(listener, router, drain, cap, channel, stop, config).await
         }
         Source::Handoff(listener, _sink) => {
             let listener = listener.tap_io(|conn| {
                 let _ = conn.tcp().set_nodelay(true);
             });
-            serve(listener, router, drain, channel, stop, config).await
+            serve(listener, router, drain, cap, channel, stop, config).await
         }
     }
     Ok(())
 }
 
-/// How often a serving worker tells the primary it is alive.
-const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
-
 /// Tells the primary, every second, that this worker's runtime still makes progress (the task
 /// runs on the same runtime as the requests, so a runtime whose threads are all stuck stops
-/// sending) and how many requests it served.
-fn heartbeat(channel: Channel, drain: Drain) {
+/// sending), how many requests it served and how many connections it holds open.
+fn heartbeat(channel: Channel, drain: Drain, open: conn::ConnectionCap) {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(HEARTBEAT_INTERVAL);
         loop {
             tick.tick().await;
-            if channel.send(&ToPrimary::Heartbeat { requests: drain.served() }).await.is_err() {
-                return; // the primary is gone; the IPC reader starts the drain
+            let beat = ToPrimary::Heartbeat {
+                requests: drain.served(),
+                open: Some(u64::try_from(open.open()).unwrap_or(u64::MAX)),
+            };
+            match channel.send(&beat).await {
+                Ok(()) => {}
+                // One message's trouble is not the link's: keep beating.
+                Err(err) if err.is_bad_message() => tracing::warn!(error = %err, "cannot send a heartbeat"),
+                Err(_) => return, // the primary is gone; the IPC reader starts the drain
             }
         }
     });
@@ -154,13 +166,13 @@ async fn serve<L>(
     listener: L,
     router: Router,
     drain: Drain,
+    cap: conn::ConnectionCap,
     channel: Channel,
     stop: shutdown::Signal,
     config: &ClusterConfig,
 ) where
     L: Listener<Addr = SocketAddr>,
-    L::Io: Unpin,
-    SocketAddr: for<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+    L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let app = router.layer(from_fn_with_state(drain.clone(), drain::guard));
     let graceful = {
@@ -180,8 +192,7 @@ async fn serve<L>(
             }
         }
     };
-    let served =
-        axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).with_graceful_shutdown(graceful);
+    let served = conn::serve(listener, app, &config.connections, cap, graceful);
     // The primary enforces the deadline by killing us; stopping a little earlier ourselves lets
     // the log say why.
     let mut stop = stop;
@@ -190,12 +201,7 @@ async fn serve<L>(
         tokio::time::sleep(config.shutdown_timeout).await;
     };
     tokio::select! {
-        result = served => {
-            if let Err(err) = result {
-                tracing::error!(error = %err, "server failed");
-            }
-            tracing::info!("worker drained");
-        }
+        () = served => tracing::info!("worker drained"),
         _ = deadline => tracing::warn!(in_flight = drain.in_flight(), "shutdown deadline passed with requests in flight"),
     }
 }
@@ -246,7 +252,8 @@ fn watch_primary(
                     let messenger = messenger.clone();
                     tokio::spawn(async move { messenger.answer(id, payload).await });
                 }
-                ToWorker::Gathered { id, replies } => messenger.gathered(id, replies),
+                ToWorker::GatheredPart { id, replies } => messenger.gathered_part(id, replies),
+                ToWorker::Gathered { id, replies, unanswered } => messenger.gathered(id, replies, unanswered),
                 ToWorker::Retire => trigger.fire(Stop::Retire),
                 ToWorker::Connections { conns } => {
                     let adopted = match &sink {

@@ -1,0 +1,216 @@
+//! Serving a router on client connections with hyper directly, because `axum::serve` offers no
+//! timeouts: every connection here has a header timeout, a keep-alive timeout, a send timeout,
+//! a request count, a timed body and a place under the worker's connection cap
+//! ([`crate::config::ConnectionLimits`]).
+//!
+//! What `axum::serve` gave is kept: `ConnectInfo<SocketAddr>` holds the real peer, HTTP/1
+//! upgrades work, and on the graceful signal the accept loop stops, every connection is asked
+//! to finish its request and close (idle ones close at once), and [`serve`] returns once all
+//! of them have.
+
+mod activity;
+mod body;
+mod cap;
+mod io;
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    net::SocketAddr,
+    pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
+
+use axum::{
+    extract::ConnectInfo,
+    http::{header, HeaderValue, StatusCode, Version},
+    response::{IntoResponse, Response},
+    serve::Listener,
+    Router,
+};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{
+    io::{AsyncRead, AsyncWrite},
+    sync::watch,
+};
+use tower::ServiceExt;
+
+use crate::config::ConnectionLimits;
+use activity::Activity;
+use body::{ResponseBody, TimedBody};
+pub(crate) use cap::ConnectionCap;
+
+/// Serves `router` on the connections `listener` yields, each under `cap`, until `graceful`
+/// resolves, then lets the open connections finish and returns once they have.
+pub(crate) async fn serve<L>(
+    mut listener: L,
+    router: Router,
+    limits: &ConnectionLimits,
+    cap: ConnectionCap,
+    graceful: impl Future<Output = ()>,
+) where
+    L: Listener<Addr = SocketAddr>,
+    L::Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut builder = http1::Builder::new();
+    // The timer drives hyper's internal timeouts; its header timeout is replaced by our own
+    // (see `activity`), which also covers keep-alive pauses.
+    builder.timer(TokioTimer::new()).header_read_timeout(None);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    // Every connection task holds a clone; `closed()` resolves when the last one ends.
+    let (done_tx, done_rx) = watch::channel(());
+    tokio::pin!(graceful);
+    loop {
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = &mut graceful => break,
+        };
+        let Some(slot) = cap.try_acquire() else {
+            cap.refuse(io);
+            continue;
+        };
+        let activity = Arc::new(Activity::new());
+        let io = TokioIo::new(io::WatchedIo::new(io, activity.clone(), slot));
+        let service = ConnService { router: router.clone(), peer, activity: activity.clone(), limits: limits.clone() };
+        let conn = builder.serve_connection(io, service).with_upgrades();
+        let (mut stop, done) = (stop_rx.clone(), done_rx.clone());
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    served = conn.as_mut() => {
+                        if let Err(err) = served {
+                            tracing::debug!(%peer, error = %err, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = stop.wait_for(|stop| *stop), if !stopping => {
+                        stopping = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    // No expiry leaves anything to answer: a partial head has no request yet, an
+                    // idle connection's last response was handed to the socket, a stalled one
+                    // is not being read. So the connection is simply closed, as nginx does.
+                    expiry = activity.expired(&limits) => {
+                        tracing::debug!(%peer, ?expiry, "closing a connection that timed out");
+                        break;
+                    }
+                }
+            }
+            drop(done);
+        });
+    }
+    // Stop accepting (for handed-off connections this refuses the ones still coming), ask every
+    // connection to finish, and wait for them.
+    drop(listener);
+    drop(done_rx);
+    let _ = stop_tx.send(true);
+    done_tx.closed().await;
+}
+
+/// The router as hyper's per-connection service: adds `ConnectInfo`, times the request body,
+/// and closes the connection after its last allowed request.
+struct ConnService {
+    router: Router,
+    peer: SocketAddr,
+    activity: Arc<Activity>,
+    limits: ConnectionLimits,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService {
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let last = self.activity.request_started() >= self.limits.keepalive_requests;
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let mut request = request.map(|incoming| {
+            let body = TimedBody::new(incoming, self.limits.body_timeout, self.limits.body_deadline, timed_out.clone());
+            axum::body::Body::new(body)
+        });
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        let (router, activity) = (self.router.clone(), self.activity.clone());
+        Box::pin(async move {
+            let http1 = request.version() <= Version::HTTP_11;
+            let mut response = match router.oneshot(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            };
+            if timed_out.load(Ordering::Relaxed) {
+                // Whatever the handler made of the failed read (axum's extractors say 400),
+                // the client was too slow.
+                response = body_timeout_response();
+            }
+            if http1 && (last || response.status() == StatusCode::REQUEST_TIMEOUT) {
+                // hyper closes an HTTP/1 connection after a response that says so.
+                response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            Ok(response.map(|body| ResponseBody::new(body, activity)))
+        })
+    }
+}
+
+fn body_timeout_response() -> Response {
+    (StatusCode::REQUEST_TIMEOUT, axum::Json(serde_json::json!({ "error": "the request body did not arrive in time" })))
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::{body::Bytes, routing::get};
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::{TcpListener, TcpStream},
+        time::Instant,
+    };
+
+    use super::*;
+
+    async fn get_small(addr: SocketAddr) -> String {
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let _ = stream.write_all(b"GET /small HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").await;
+        let mut response = Vec::new();
+        let _ = stream.read_to_end(&mut response).await;
+        String::from_utf8_lossy(&response).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_response_the_client_does_not_read_is_abandoned_after_the_send_timeout() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        // More than the socket buffers of both ends can hold.
+        let big = Bytes::from(vec![b'x'; 64 << 20]);
+        let router = Router::new()
+            .route("/big", get(move || async move { big.clone() }))
+            .route("/small", get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move { peer.to_string() }));
+        let limits =
+            ConnectionLimits { send_timeout: Duration::from_secs(1), max_connections: Some(1), ..Default::default() };
+        let cap = ConnectionCap::new(limits.max_connections());
+        tokio::spawn(async move { serve(listener, router, &limits, cap, std::future::pending()).await });
+
+        let mut stalled = TcpStream::connect(addr).await.expect("connect");
+        stalled.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").await.expect("request");
+        let started = Instant::now();
+        let refused = get_small(addr).await;
+        assert!(refused.starts_with("HTTP/1.1 503"), "the stalled connection holds the only slot: {refused:?}");
+        let served = loop {
+            assert!(started.elapsed() < Duration::from_secs(10), "the stalled response was never abandoned");
+            let response = get_small(addr).await;
+            if response.starts_with("HTTP/1.1 200") {
+                break response;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(started.elapsed() >= Duration::from_millis(900), "abandoned before the send timeout");
+        assert!(served.contains("\r\n\r\n127.0.0.1:"), "ConnectInfo is the peer: {served}");
+    }
+}

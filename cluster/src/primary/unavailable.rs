@@ -1,0 +1,237 @@
+//! The primary's own answer when no worker can serve: `503 Service Unavailable` with
+//! `Retry-After` and `Connection: close`, then close.
+//!
+//! Without it a connection that arrives while every slot is errored (or no worker has been
+//! ready for `--queue-timeout`) would wait forever, and a balancer probing `/healthz` would see
+//! a hang instead of a refusal. Every request gets the same answer, `/healthz` included: the
+//! body says no worker is serving, so a balancer takes the host out until one serves again.
+//!
+//! Each answer runs in its own task with bounded reads and writes, never in the supervisor, and
+//! at most [`MAX_ANSWERING`] at a time: beyond that a connection is simply closed.
+//!
+//! When: in primary-accept modes a queued connection is answered once it waited
+//! `--queue-timeout` for a worker that can take it, at once when every slot is errored (no
+//! worker is coming), and when the cluster shuts down. In shared mode the workers accept on
+//! the listener themselves, so without a worker the kernel would queue connections forever:
+//! once none has served for `--queue-timeout` (at once when every slot is errored) the primary
+//! becomes their stand-in, accepting on the listener to answer 503, until a worker serves again.
+
+use std::{
+    collections::VecDeque,
+    io,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::Semaphore,
+};
+
+use super::{acceptor::Acceptor, Supervisor};
+use crate::dispatch::Conn;
+
+/// Connections answered at once; further ones are closed without an answer.
+const MAX_ANSWERING: usize = 256;
+/// How long the client may take to send its request head (read so that closing the socket
+/// with unread data does not reset the connection before the client reads the answer).
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long writing the answer may take.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
+/// After answering, how long to wait for the client to close, discarding what it still sends.
+const LINGER: Duration = Duration::from_secs(1);
+/// Most request bytes read before answering.
+const MAX_HEAD: usize = 16 * 1024;
+/// Seconds a client should wait before it retries.
+const RETRY_AFTER_SECS: u32 = 1;
+/// The body of the answer.
+const BODY: &str = r#"{"error":"no worker is serving; retry shortly"}"#;
+/// At most one log line per this interval about connections answered 503.
+const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Answers connections with `503` when no worker can.
+pub(super) struct Unavailable {
+    response: Arc<[u8]>,
+    permits: Arc<Semaphore>,
+    /// When the last log line about answers was written, and answers since.
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+impl Default for Unavailable {
+    fn default() -> Self {
+        let response = format!(
+            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {RETRY_AFTER_SECS}\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
+            BODY.len()
+        );
+        Self {
+            response: response.into_bytes().into(),
+            permits: Arc::new(Semaphore::new(MAX_ANSWERING)),
+            logged_at: None,
+            unlogged: 0,
+        }
+    }
+}
+
+impl Unavailable {
+    /// Answers `stream` in a task of its own (or closes it when [`MAX_ANSWERING`] are busy);
+    /// `why` goes into the (rate-limited) log line.
+    pub(super) fn answer(&mut self, stream: std::net::TcpStream, why: &str) {
+        self.unlogged += 1;
+        let now = Instant::now();
+        if self.logged_at.is_none_or(|at| now.duration_since(at) >= LOG_INTERVAL) {
+            tracing::warn!(
+                "answering 503 (no worker is serving): {why}; {} connection(s) since the last such line",
+                self.unlogged
+            );
+            self.logged_at = Some(now);
+            self.unlogged = 0;
+        }
+        let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
+            return; // dropping it closes it
+        };
+        let response = Arc::clone(&self.response);
+        tokio::spawn(async move {
+            if let Err(err) = respond(stream, &response).await {
+                tracing::debug!(error = %err, "could not answer 503 to a client");
+            }
+            drop(permit);
+        });
+    }
+}
+
+impl Supervisor {
+    /// True when no worker will serve again without an operator: every slot is errored, with no
+    /// process starting in it (a reload or a restart may start one there).
+    pub(super) fn no_worker_coming(&self) -> bool {
+        !self.slots.is_empty() && self.slots.iter().all(|s| s.errored && s.worker.is_none() && s.successor.is_none())
+    }
+
+    /// When the longest-waiting queued connection is due for its 503.
+    pub(super) fn queue_deadline(&self) -> Option<tokio::time::Instant> {
+        let oldest = self.queue.iter().map(|c| c.accepted_at).min()?;
+        let due = if self.no_worker_coming() { Instant::now() } else { oldest + self.config.queue_timeout };
+        Some(tokio::time::Instant::from_std(due))
+    }
+
+    /// Answers 503 to every queued connection that waited `--queue-timeout` (all of them when
+    /// every slot is errored).
+    pub(super) fn answer_overdue(&mut self) {
+        let (now, timeout) = (Instant::now(), self.config.queue_timeout);
+        let why = if self.no_worker_coming() {
+            "every slot is errored"
+        } else {
+            "no worker could take them within --queue-timeout"
+        };
+        let every = self.no_worker_coming();
+        let (overdue, waiting): (VecDeque<Conn>, VecDeque<Conn>) = std::mem::take(&mut self.queue)
+            .into_iter()
+            .partition(|c| every || now.duration_since(c.accepted_at) >= timeout);
+        self.queue = waiting;
+        for conn in overdue {
+            self.unavailable.answer(conn.stream, why);
+        }
+    }
+
+    /// Shared mode: starts the stand-in once no worker has served for `--queue-timeout` (at
+    /// once when every slot is errored), and stops it when one serves again. Returns when to
+    /// look again.
+    pub(super) fn update_stand_in(
+        &mut self,
+        stand_in: &mut Option<Acceptor>,
+        listener: &std::net::TcpListener,
+    ) -> Option<tokio::time::Instant> {
+        let (now, worker_timeout) = (Instant::now(), self.config.recycling.worker_timeout);
+        let serving =
+            self.slots.iter().any(|s| s.worker.as_ref().is_some_and(|w| w.is_responsive(now, worker_timeout)));
+        if serving {
+            self.unserved_since = None;
+            if stand_in.take().is_some() {
+                tracing::info!("a worker serves again: the primary stops answering connections itself");
+            }
+            return None;
+        }
+        let due = *self.unserved_since.get_or_insert(now) + self.config.queue_timeout;
+        if stand_in.is_some() {
+            return None;
+        }
+        if now < due && !self.no_worker_coming() {
+            return Some(tokio::time::Instant::from_std(due));
+        }
+        match Acceptor::new(listener, crate::fdlimit::FdBudget::current(self.config.fd_reserve)) {
+            Ok(acceptor) => {
+                tracing::warn!("no worker can serve: the primary answers new connections with 503 until one does");
+                *stand_in = Some(acceptor);
+                None
+            }
+            Err(err) => {
+                tracing::error!("cannot accept on the listener to answer 503 while no worker serves: {err}");
+                Some(tokio::time::Instant::from_std(now + Duration::from_secs(1)))
+            }
+        }
+    }
+}
+
+async fn respond(stream: std::net::TcpStream, response: &[u8]) -> io::Result<()> {
+    stream.set_nonblocking(true)?;
+    let mut stream = TcpStream::from_std(stream)?;
+    let mut head = Vec::with_capacity(1024);
+    // Whatever arrived by then; a client that sends nothing still gets its answer.
+    let _ = tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream, &mut head)).await;
+    let timed_out = || io::Error::new(io::ErrorKind::TimedOut, "write timed out");
+    tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(response)).await.map_err(|_| timed_out())??;
+    stream.shutdown().await?;
+    let _ = tokio::time::timeout(LINGER, discard(&mut stream)).await;
+    Ok(())
+}
+
+/// Reads until the end of the request head (or [`MAX_HEAD`] bytes, or the client's end).
+async fn read_head(stream: &mut TcpStream, head: &mut Vec<u8>) -> io::Result<()> {
+    let mut chunk = [0u8; 2048];
+    while head.len() < MAX_HEAD && !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
+    Ok(())
+}
+
+/// Reads and drops everything until the client closes.
+async fn discard(stream: &mut TcpStream) -> io::Result<()> {
+    let mut chunk = [0u8; 2048];
+    while stream.read(&mut chunk).await? > 0 {}
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    #[tokio::test]
+    async fn answers_503_with_retry_after_and_closes() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = std::thread::spawn(move || {
+            let mut conn = std::net::TcpStream::connect(addr).expect("connect");
+            conn.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+            conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+            let mut answer = String::new();
+            conn.read_to_string(&mut answer).expect("read to the end: the primary closes");
+            answer
+        });
+        let (stream, _) = listener.accept().expect("accept");
+        Unavailable::default().answer(stream, "a test");
+        let answer = tokio::task::spawn_blocking(move || client.join().expect("client")).await.expect("join");
+        assert!(answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{answer}");
+        assert!(answer.contains("\r\nretry-after: 1\r\n"), "{answer}");
+        assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+        let body = answer.split("\r\n\r\n").nth(1).expect("a body");
+        let json: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+        assert!(json["error"].as_str().is_some_and(|e| e.contains("no worker")), "{json}");
+    }
+}
