@@ -119,9 +119,6 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
     }
 }
 
-/// `/heavy`'s per-request line is off by default (a client could multiply it); these tests
-/// wait for it.
-
 fn graceful_sigterm(mode: &str) {
     let redis = RedisServer::start();
     let mut herd =
