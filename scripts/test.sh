@@ -15,4 +15,16 @@ if [ ${#missing[@]} -gt 0 ]; then
   exit 1
 fi
 
+# Lints first: they take seconds once built, and a red lint is cheaper to see than a red test.
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all --check
+else
+  echo "scripts/test.sh: rustfmt not installed (rustup component add rustfmt): format NOT checked" >&2
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --workspace --all-targets --quiet -- -D warnings
+else
+  echo "scripts/test.sh: clippy not installed (rustup component add clippy): lints NOT checked" >&2
+fi
+
 cargo test --workspace "$@"

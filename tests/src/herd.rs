@@ -23,6 +23,11 @@ pub struct Herd {
     exited: Option<ExitStatus>,
 }
 
+/// The environment that turns on `/heavy`'s per-computation INFO line ("heavy computation
+/// started"), off by default because any client can trigger it; tests that wait for a
+/// computation to start need it.
+pub const HEAVY_LOGS: [(&str, &str); 1] = [("RUST_LOG", "info,herd::routes::heavy=info")];
+
 #[derive(Default)]
 struct Log {
     lines: Mutex<Vec<String>>,

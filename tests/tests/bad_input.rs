@@ -106,7 +106,7 @@ fn repeated_failed_logins_are_rate_limited_across_workers() {
 fn concurrent_misses_across_workers_compute_once() {
     let redis = RedisServer::start();
     // `/heavy`'s per-computation line is off by default (a client could multiply it).
-    let herd = Herd::start_with_env(&redis, &["--workers", "4"], &[("RUST_LOG", "info,herd::routes::heavy=info")]);
+    let herd = Herd::start_with_env(&redis, &["--workers", "4"], &herd_e2e::herd::HEAVY_LOGS);
     // 50 clients at once, each on its own connection, so round-robin spreads them over all
     // four workers; a fresh n, so every one of them starts with a miss.
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(50));

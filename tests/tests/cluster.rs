@@ -3,7 +3,7 @@
 
 use std::{thread, time::Duration};
 
-use herd_e2e::{process_alive, wait_for, Herd, RedisServer};
+use herd_e2e::{herd::HEAVY_LOGS, process_alive, wait_for, Herd, RedisServer};
 use nix::sys::signal::Signal;
 
 /// Parses the pid out of a primary line `worker <slot> pid <pid> ...`.
@@ -118,10 +118,6 @@ fn sigterm_finishes_in_flight_requests_refuses_new_ones_and_exits_zero() {
         graceful_sigterm(mode);
     }
 }
-
-/// `/heavy`'s per-request line is off by default (a client could multiply it); these tests
-/// wait for it.
-const HEAVY_LOGS: [(&str, &str); 1] = [("RUST_LOG", "info,herd::routes::heavy=info")];
 
 fn graceful_sigterm(mode: &str) {
     let redis = RedisServer::start();
