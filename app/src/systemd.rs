@@ -12,14 +12,36 @@ use crate::cli::ServeArgs;
 /// Environment variables `herd serve` reads, copied into the unit when set here.
 const ENV_PREFIXES: [&str; 3] = ["HERD_", "REDIS_URL", "STICKY"];
 
+/// Where the unit reads its secrets from (the Redis password, demo users): a unit file and
+/// `systemctl show` are world-readable, and so is the command line of the process it starts,
+/// so secrets given to `systemd-unit` go into no line of the unit but into this file, which
+/// the operator creates readable by root only.
+const SECRETS_FILE: &str = "/etc/herd/secrets.env";
+
 /// The open files limit (`LimitNOFILE`, soft and hard) the unit gives herd: room for tens of
 /// thousands of connections, well below the kernel's default `nr_open` (1048576).
 const UNIT_LIMIT_NOFILE: u32 = 65536;
 
 pub fn print_unit(args: &ServeArgs) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("cannot find the herd executable")?;
-    // The flags exactly as given after `systemd-unit`; clap has already validated them.
-    let flags: Vec<String> = std::env::args().skip(2).map(|a| quote(&a)).collect();
+    // The flags exactly as given after `systemd-unit` (clap has already validated them), but
+    // --redis-url and --demo-user, which travel as environment variables instead.
+    let (public, _) = crate::secrets::worker_args(std::env::args_os().skip(2));
+    let flags: Vec<String> = public.iter().map(|a| quote(&a.to_string_lossy())).collect();
+    let mut public_env: Vec<(String, String)> =
+        std::env::vars().filter(|(k, _)| ENV_PREFIXES.iter().any(|p| k.starts_with(p))).collect();
+    if let Some(url) = &args.redis.redis_url {
+        public_env.retain(|(k, _)| k != "REDIS_URL");
+        public_env.push(("REDIS_URL".into(), url.clone()));
+    }
+    if !args.demo_users.is_empty() {
+        public_env.retain(|(k, _)| k != "HERD_DEMO_USER");
+        public_env.push(("HERD_DEMO_USER".into(), String::new()));
+    }
+    let secret =
+        |(k, v): &(String, String)| k == "HERD_DEMO_USER" || (k == "REDIS_URL" && crate::secrets::has_password(v));
+    let secrets: Vec<String> = public_env.iter().filter(|e| secret(e)).map(|(k, _)| k.clone()).collect();
+    public_env.retain(|e| !secret(e));
     let mut unit = String::new();
     let _ = writeln!(
         unit,
@@ -41,8 +63,17 @@ pub fn print_unit(args: &ServeArgs) -> anyhow::Result<i32> {
     // primary (until a worker takes it) and one in a worker. herd raises its soft limit to this
     // hard one at start.
     let _ = writeln!(unit, "LimitNOFILE={UNIT_LIMIT_NOFILE}");
-    for (key, value) in std::env::vars().filter(|(k, _)| ENV_PREFIXES.iter().any(|p| k.starts_with(p))) {
+    for (key, value) in &public_env {
         let _ = writeln!(unit, "Environment={}", quote(&format!("{key}={value}")));
+    }
+    if !secrets.is_empty() {
+        let _ = writeln!(unit, "# {} (secrets): in {SECRETS_FILE}, mode 0600, never in this file", secrets.join(", "));
+        let _ = writeln!(unit, "EnvironmentFile={SECRETS_FILE}");
+        eprintln!(
+            "herd systemd-unit: {} kept out of the unit (unit files and command lines are world-readable); \
+             put them in {SECRETS_FILE} as NAME=VALUE lines, owned by root, mode 0600",
+            secrets.join(" and ")
+        );
     }
     let _ = writeln!(unit, "\n[Install]\nWantedBy=multi-user.target");
     print!("{unit}");

@@ -251,6 +251,38 @@ fn systemd_unit_runs_serve_with_the_given_flags() {
     herd_e2e::herd::assert_herd_fails(&["systemd-unit", "--workers", "zero"], &[], 2, &["--workers"]);
 }
 
+/// A unit file, `systemctl show` and the command line it starts are world-readable: secrets
+/// given to `systemd-unit` go to an EnvironmentFile the operator keeps private.
+#[test]
+fn systemd_unit_keeps_secrets_out_of_the_unit() {
+    let out = std::process::Command::new(herd_e2e::herd::herd_bin())
+        .args(["systemd-unit", "--redis-url", "redis://default:s3cretpw@10.0.0.5:6379", "--workers", "2"])
+        .args(["--demo-user", "alice:wonderland"])
+        .env_remove("REDIS_URL")
+        .env_remove("HERD_DEMO_USER")
+        .output()
+        .expect("herd systemd-unit");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let unit = String::from_utf8_lossy(&out.stdout);
+    assert!(!unit.contains("s3cretpw") && !unit.contains("wonderland"), "a secret in the unit:\n{unit}");
+    let exec = unit.lines().find(|l| l.starts_with("ExecStart=")).expect("ExecStart");
+    assert!(exec.ends_with(" serve --workers 2"), "{exec}");
+    assert!(unit.lines().any(|l| l == "EnvironmentFile=/etc/herd/secrets.env"), "{unit}");
+    let told = String::from_utf8_lossy(&out.stderr);
+    assert!(told.contains("REDIS_URL") && told.contains("HERD_DEMO_USER") && !told.contains("s3cretpw"), "{told}");
+
+    // A URL without a password is no secret: it stays in the unit.
+    let out = std::process::Command::new(herd_e2e::herd::herd_bin())
+        .args(["systemd-unit", "--redis-url", "redis://10.0.0.5:6379"])
+        .env_remove("REDIS_URL")
+        .env_remove("HERD_DEMO_USER")
+        .output()
+        .expect("herd systemd-unit");
+    let unit = String::from_utf8_lossy(&out.stdout);
+    assert!(unit.lines().any(|l| l == "Environment=REDIS_URL=redis://10.0.0.5:6379"), "{unit}");
+    assert!(!unit.contains("EnvironmentFile"), "{unit}");
+}
+
 #[test]
 fn a_reload_reads_the_changed_config_file_and_a_bad_one_changes_nothing() {
     let redis = RedisServer::start();
