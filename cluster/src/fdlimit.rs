@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::tally::Tally;
+
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 /// How often at most a process logs that it shed connections (with the count since the last
@@ -66,32 +68,6 @@ impl FdBudget {
     /// True when a connection that was given descriptor `fd` may be kept.
     pub(crate) fn admits(self, fd: RawFd) -> bool {
         u64::try_from(fd).is_ok_and(|fd| fd < self.first_reserved)
-    }
-}
-
-/// Counts events and says when to log them: the first at once, then at most one line per
-/// interval, carrying the count since the previous line.
-#[derive(Debug)]
-struct Tally {
-    interval: Duration,
-    last_line: Option<Instant>,
-    unlogged: u64,
-}
-
-impl Tally {
-    fn new(interval: Duration) -> Self {
-        Self { interval, last_line: None, unlogged: 0 }
-    }
-
-    /// Records `count` more events at `now`; `Some(total)` when a line is due, with the number
-    /// since the last line.
-    fn due(&mut self, count: u64, now: Instant) -> Option<u64> {
-        self.unlogged = self.unlogged.saturating_add(count);
-        if self.last_line.is_some_and(|last| now.duration_since(last) < self.interval) {
-            return None;
-        }
-        self.last_line = Some(now);
-        Some(std::mem::take(&mut self.unlogged))
     }
 }
 
@@ -164,18 +140,6 @@ mod tests {
         assert_eq!(FdBudget::new(1024, 0), FdBudget { first_reserved: 1024 });
         assert_eq!(FdBudget::new(0, 64), FdBudget { first_reserved: 0 });
         assert_eq!(FdBudget::new(u64::MAX, usize::MAX), FdBudget { first_reserved: u64::MAX - u64::MAX / 2 });
-    }
-
-    #[test]
-    fn shed_lines_are_one_per_interval_with_the_count_since_the_last() {
-        let mut log = Tally::new(Duration::from_secs(10));
-        let t0 = Instant::now();
-        assert_eq!(log.due(1, t0), Some(1), "the first shed is logged at once");
-        assert_eq!(log.due(5, t0 + Duration::from_secs(1)), None);
-        assert_eq!(log.due(3, t0 + Duration::from_secs(9)), None);
-        assert_eq!(log.due(1, t0 + Duration::from_secs(10)), Some(9));
-        assert_eq!(log.due(2, t0 + Duration::from_secs(11)), None);
-        assert_eq!(log.due(0, t0 + Duration::from_secs(30)), Some(2));
     }
 
     #[test]

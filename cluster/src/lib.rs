@@ -73,6 +73,7 @@ mod primary;
 mod proto;
 mod shutdown;
 mod socket_path;
+mod tally;
 mod worker;
 
 pub use config::{Balance, ClusterConfig, ConnectionLimits, Recycling, RestartPolicy};

@@ -4,16 +4,15 @@
 
 use std::{
     sync::{
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    time::Instant,
-};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::tally::Tally;
 
 /// Refusals answered at the same time; beyond them a connection is closed without a word, so
 /// that refusing costs at most this many descriptors (within the reserve the default cap
@@ -46,8 +45,7 @@ struct Inner {
     max: usize,
     open: AtomicUsize,
     refusing: AtomicUsize,
-    refused: AtomicU64,
-    last_log: Mutex<Option<Instant>>,
+    refusals_log: Mutex<Tally>,
 }
 
 /// One open connection's place under the cap, given back when dropped.
@@ -66,8 +64,7 @@ impl ConnectionCap {
                 max,
                 open: AtomicUsize::new(0),
                 refusing: AtomicUsize::new(0),
-                refused: AtomicU64::new(0),
-                last_log: Mutex::new(None),
+                refusals_log: Mutex::new(Tally::new(LOG_INTERVAL)),
             }),
         }
     }
@@ -116,21 +113,14 @@ impl ConnectionCap {
     }
 
     fn log_refusal(&self) {
-        let inner = &self.inner;
-        inner.refused.fetch_add(1, Ordering::Relaxed);
-        let Ok(mut last) = inner.last_log.try_lock() else {
-            return;
-        };
-        if last.is_some_and(|at| at.elapsed() < LOG_INTERVAL) {
-            return;
+        let Ok(mut log) = self.inner.refusals_log.lock() else { return };
+        if let Some(refused) = log.due(1, Instant::now()) {
+            tracing::warn!(
+                max_connections = self.inner.max,
+                refused,
+                "connection cap reached, refusing new connections with 503"
+            );
         }
-        *last = Some(Instant::now());
-        let refused = inner.refused.swap(0, Ordering::Relaxed);
-        tracing::warn!(
-            max_connections = inner.max,
-            refused,
-            "connection cap reached, refusing new connections with 503"
-        );
     }
 }
 

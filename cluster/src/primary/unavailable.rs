@@ -30,7 +30,7 @@ use tokio::{
 };
 
 use super::{acceptor::Acceptor, Supervisor};
-use crate::dispatch::Conn;
+use crate::{dispatch::Conn, tally::Tally};
 
 /// Connections answered at once; further ones are closed without an answer.
 const MAX_ANSWERING: usize = 256;
@@ -54,9 +54,7 @@ const LOG_INTERVAL: Duration = Duration::from_secs(10);
 pub(super) struct Unavailable {
     response: Arc<[u8]>,
     permits: Arc<Semaphore>,
-    /// When the last log line about answers was written, and answers since.
-    logged_at: Option<Instant>,
-    unlogged: u64,
+    log: Tally,
 }
 
 impl Default for Unavailable {
@@ -69,8 +67,7 @@ impl Default for Unavailable {
         Self {
             response: response.into_bytes().into(),
             permits: Arc::new(Semaphore::new(MAX_ANSWERING)),
-            logged_at: None,
-            unlogged: 0,
+            log: Tally::new(LOG_INTERVAL),
         }
     }
 }
@@ -79,15 +76,10 @@ impl Unavailable {
     /// Answers `stream` in a task of its own (or closes it when [`MAX_ANSWERING`] are busy);
     /// `why` goes into the (rate-limited) log line.
     pub(super) fn answer(&mut self, stream: std::net::TcpStream, why: &str) {
-        self.unlogged += 1;
-        let now = Instant::now();
-        if self.logged_at.is_none_or(|at| now.duration_since(at) >= LOG_INTERVAL) {
+        if let Some(count) = self.log.due(1, Instant::now()) {
             tracing::warn!(
-                "answering 503 (no worker is serving): {why}; {} connection(s) since the last such line",
-                self.unlogged
+                "answering 503 (no worker is serving): {why}; {count} connection(s) since the last such line"
             );
-            self.logged_at = Some(now);
-            self.unlogged = 0;
         }
         let Ok(permit) = Arc::clone(&self.permits).try_acquire_owned() else {
             return; // dropping it closes it
