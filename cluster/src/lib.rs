@@ -63,6 +63,7 @@ pub mod logs;
 pub mod messaging;
 pub mod role;
 
+mod canned;
 mod channel;
 mod conn;
 mod dispatch;

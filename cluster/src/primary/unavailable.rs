@@ -43,10 +43,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 const LINGER: Duration = Duration::from_secs(1);
 /// Most request bytes read before answering.
 const MAX_HEAD: usize = 16 * 1024;
-/// Seconds a client should wait before it retries.
-const RETRY_AFTER_SECS: u32 = 1;
-/// The body of the answer.
-const BODY: &str = r#"{"error":"no worker is serving; retry shortly"}"#;
+/// The error the answer gives.
+const ERROR: &str = "no worker is serving; retry shortly";
 /// At most one log line per this interval about connections answered 503.
 const LOG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -59,13 +57,8 @@ pub(super) struct Unavailable {
 
 impl Default for Unavailable {
     fn default() -> Self {
-        let response = format!(
-            "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {RETRY_AFTER_SECS}\r\n\
-             connection: close\r\ncontent-length: {}\r\n\r\n{BODY}",
-            BODY.len()
-        );
         Self {
-            response: response.into_bytes().into(),
+            response: crate::canned::service_unavailable(ERROR).into(),
             permits: Arc::new(Semaphore::new(MAX_ANSWERING)),
             log: Tally::new(LOG_INTERVAL),
         }
