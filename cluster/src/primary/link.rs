@@ -278,7 +278,7 @@ impl LinkTask {
                         }
                     }
                 }
-                _ = sleep_until(reclaim_at), if ipc_open => {
+                _ = super::sleep_until(reclaim_at), if ipc_open => {
                     // An acknowledgement already waiting must count before anything is taken back.
                     ipc_open = self.take_waiting_messages(&mut buf).await;
                     self.reclaim();
@@ -378,14 +378,6 @@ impl LinkTask {
         }
         let (slot, generation) = (self.slot, self.generation);
         let _ = self.events.send(Event::Reclaimed { slot, generation, conns });
-    }
-}
-
-/// Sleeps until `deadline`, or forever without one.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
