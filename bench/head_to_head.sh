@@ -28,18 +28,7 @@ for round in $(seq "$ROUNDS"); do
     COOKIE[$store]=$(login "http://127.0.0.1:$HERD_PORT")
   done
   for path in "${ROUTES[@]}"; do
-    loads=()
-    for store in "${order[@]}"; do
-      wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Cookie: ${COOKIE[$store]}" "http://127.0.0.1:${PORT[$store]}$path" \
-        >"$REDIS_DIR/wrk.$store" &
-      loads+=($!)
-    done
-    wait "${loads[@]}"
-    for store in herd stock; do
-      RPS[$store]=$(awk '/Requests\/sec/ {print $2}' "$REDIS_DIR/wrk.$store")
-      # A server that answered anything but 2xx would win by failing fast.
-      ! grep -q "Non-2xx" "$REDIS_DIR/wrk.$store" || { echo "bench: $store answered non-2xx on $path" >&2; exit 1; }
-    done
+    at_once "$path" "${order[@]}"
     RATIOS[$path]+="$(ratio "${RPS[herd]}" "${RPS[stock]}") "
     echo "round $round $path: herd ${RPS[herd]} stock ${RPS[stock]} req/s" >&2
   done
@@ -47,12 +36,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 {
-  echo "| route | herd ÷ stock, median | round by round |"
-  echo "|---|---:|---|"
-  for path in "${ROUTES[@]}"; do
-    # shellcheck disable=SC2086
-    echo "| \`GET $path\` | $(MEDIAN_DIGITS=2 median ${RATIOS[$path]}) | ${RATIOS[$path]}|"
-  done
+  ratio_table "herd ÷ stock"
   echo
   echo "(both servers at once, $ROUNDS rounds; workers=$WORKERS each, wrk -t1 -c$CONNS -d${DURATION}s each, logged in, $(nproc) cores)"
 } | tee "$OUT"

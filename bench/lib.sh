@@ -100,3 +100,33 @@ for _ in range(n):
     assert r.status == 200 and must in body, (path, r.status, body)
 PY
 }
+
+# at_once <path> <server...>: one wrk per server (PORT[server], COOKIE[server]) in the same
+# seconds, wrk -t1 -c$CONNS -d$DURATION each; sets RPS[server]. A server that answered anything
+# but 2xx would win by failing fast, so that stops the bench. The caller declares PORT, COOKIE
+# and RPS (declare -A).
+at_once() {
+  local path=$1 server loads=(); shift
+  for server in "$@"; do
+    wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Cookie: ${COOKIE[$server]}" "http://127.0.0.1:${PORT[$server]}$path" \
+      >"$REDIS_DIR/wrk.$server" &
+    loads+=($!)
+  done
+  wait "${loads[@]}"
+  for server in "$@"; do
+    RPS[$server]=$(awk '/Requests\/sec/ {print $2}' "$REDIS_DIR/wrk.$server")
+    ! grep -q "Non-2xx" "$REDIS_DIR/wrk.$server" || { echo "bench: $server answered non-2xx on $path" >&2; exit 1; }
+  done
+}
+
+# ratio_table <heading>: the median and the rounds of RATIOS[path] for every path of ROUTES, as
+# a markdown table (the caller declares RATIOS and ROUTES).
+ratio_table() {
+  echo "| route | $1, median | round by round |"
+  echo "|---|---:|---|"
+  local path
+  for path in "${ROUTES[@]}"; do
+    # shellcheck disable=SC2086
+    echo "| \`GET $path\` | $(MEDIAN_DIGITS=2 median ${RATIOS[$path]}) | ${RATIOS[$path]}|"
+  done
+}

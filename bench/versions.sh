@@ -34,17 +34,7 @@ for round in $(seq "$ROUNDS"); do
     COOKIE[$version]=$(login "http://127.0.0.1:$HERD_PORT")
   done
   for path in "${ROUTES[@]}"; do
-    loads=()
-    for version in "${order[@]}"; do
-      wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Cookie: ${COOKIE[$version]}" "http://127.0.0.1:${PORT[$version]}$path" \
-        >"$REDIS_DIR/wrk.$version" &
-      loads+=($!)
-    done
-    wait "${loads[@]}"
-    for version in new old; do
-      RPS[$version]=$(awk '/Requests\/sec/ {print $2}' "$REDIS_DIR/wrk.$version")
-      ! grep -q "Non-2xx" "$REDIS_DIR/wrk.$version" || { echo "bench: $version answered non-2xx on $path" >&2; exit 1; }
-    done
+    at_once "$path" "${order[@]}"
     RATIOS[$path]+="$(ratio "${RPS[new]}" "${RPS[old]}") "
     echo "round $round $path: new ${RPS[new]} old ${RPS[old]} req/s" >&2
   done
@@ -52,12 +42,7 @@ for round in $(seq "$ROUNDS"); do
 done
 
 {
-  echo "| route | this tree ÷ $BASE, median | round by round |"
-  echo "|---|---:|---|"
-  for path in "${ROUTES[@]}"; do
-    # shellcheck disable=SC2086
-    echo "| \`GET $path\` | $(MEDIAN_DIGITS=2 median ${RATIOS[$path]}) | ${RATIOS[$path]}|"
-  done
+  ratio_table "this tree ÷ $BASE"
   echo
   echo "(both servers at once, $ROUNDS rounds; workers=$WORKERS each, wrk -t1 -c$CONNS -d${DURATION}s each, logged in, $(nproc) cores)"
 } | tee "$OUT"
