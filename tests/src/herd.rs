@@ -161,19 +161,27 @@ impl Herd {
 
     /// Like [`Herd::wait_log`], but only lines after the first `skip` count.
     pub fn wait_log_from(&self, skip: usize, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        match self.find_log_from(skip, timeout, pred) {
+            Some(line) => line,
+            None => panic!("timed out after {timeout:?} waiting for {what}; log:\n{}", self.log().join("\n")),
+        }
+    }
+
+    /// The first line after the first `skip` that matches `pred`, waiting for it up to
+    /// `timeout` (woken as lines arrive); `None` if none came. For figures that are measured
+    /// rather than asserted.
+    pub fn find_log_from(&self, skip: usize, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
         let deadline = Instant::now() + timeout;
         let mut lines = self.log.lines.lock().expect("log lock");
         loop {
             if let Some(line) = lines.iter().skip(skip).find(|l| pred(l)) {
-                return line.clone();
+                return Some(line.clone());
             }
             let now = Instant::now();
             if now >= deadline {
-                let log = lines.join("\n");
-                // Released first: a panic holding it would poison it, and `Drop` (which reads
-                // the log for the worker pids) would then panic again and abort the whole run.
-                drop(lines);
-                panic!("timed out after {timeout:?} waiting for {what}; log:\n{log}");
+                // Released before the caller may panic: a poisoned lock would make `Drop`
+                // (which reads the log for the worker pids) panic again and abort the run.
+                return None;
             }
             lines = self.log.grew.wait_timeout(lines, deadline - now).expect("log lock").0;
         }

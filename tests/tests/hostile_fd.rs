@@ -82,20 +82,6 @@ fn states(status: &serde_json::Value) -> Vec<String> {
         .map_or_else(Vec::new, |w| w.iter().map(|w| w["state"].as_str().unwrap_or("").to_owned()).collect())
 }
 
-/// Waits (without failing) until the log has a line matching `pred` after line `skip`.
-fn log_shows(herd: &Herd, skip: usize, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(line) = herd.log().into_iter().skip(skip).find(|l| pred(l)) {
-            return Some(line);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// What an attack did, measured without failing so the figures print before and after a fix.
 #[derive(Debug)]
 struct Figures {
@@ -149,7 +135,7 @@ fn measure(herd: &Herd, workers: usize, after_hold: impl FnOnce(&Herd)) -> Figur
     let mark = herd.log_len();
     let conns = hold(herd.addr, HELD);
     // Herd sheds what it cannot hold, and says so; without the fix, workers die instead.
-    let shed_logged = log_shows(herd, mark, Duration::from_secs(30), |l| l.contains("shed ")).is_some();
+    let shed_logged = herd.find_log_from(mark, Duration::from_secs(30), |l| l.contains("shed ")).is_some();
     let status = status_within(herd, Duration::from_secs(10));
     let ctl_answered = status.is_some();
     let mut errored = status.map_or(0, |s| states(&s).iter().filter(|s| *s == "errored").count());
@@ -228,7 +214,7 @@ fn the_primary_keeps_a_reserve_of_fds_while_no_worker_can_take_connections() {
     let mut dropped = None;
     let figures = measure(&herd, 2, |herd| {
         // The primary notices that the queued clients left, while still no worker is ready.
-        dropped = log_shows(herd, 0, Duration::from_secs(15), |l| l.contains("whose client had gone"));
+        dropped = herd.find_log_from(0, Duration::from_secs(15), |l| l.contains("whose client had gone"));
         redis.restart();
     });
     eprintln!("no worker ready: {figures}; {dropped:?}");
@@ -253,15 +239,15 @@ fn a_primary_out_of_fds_retries_starting_workers_and_never_marks_a_slot_errored(
     wait_for("replacements started", Duration::from_secs(30), || (herd.worker_pids().len() >= 4).then_some(()));
     let mark = herd.log_len();
     let conns = hold(herd.addr, HELD);
-    log_shows(&herd, mark, Duration::from_secs(30), |l| l.contains("Too many open files"));
+    herd.find_log_from(mark, Duration::from_secs(30), |l| l.contains("Too many open files"));
     // Each slot has had one death; this is its second (of the two allowed). Its restart finds
     // the primary out of descriptors.
     let pids = herd.worker_pids();
     for pid in &pids[pids.len() - 2..] {
         herd_e2e::signal(*pid, nix::sys::signal::Signal::SIGKILL);
     }
-    let failed_start = log_shows(&herd, mark, Duration::from_secs(30), |l| l.contains("cannot start worker"));
-    let errored_early = log_shows(&herd, mark, Duration::from_secs(3), |l| l.contains("errored"));
+    let failed_start = herd.find_log_from(mark, Duration::from_secs(30), |l| l.contains("cannot start worker"));
+    let errored_early = herd.find_log_from(mark, Duration::from_secs(3), |l| l.contains("errored"));
     drop(conns);
     redis.restart();
     let deadline = Instant::now() + RECOVERY;
