@@ -14,6 +14,9 @@ pub const DEFAULT_FD_RESERVE: usize = 64;
 /// `503` itself (HAProxy's `timeout queue` plays the same part; 5 s is its common setting).
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most worker slots a cluster may have (`workers`, and what `scale` accepts).
+pub const MAX_WORKERS: usize = 1024;
+
 /// How connections reach workers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Balance {

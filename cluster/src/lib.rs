@@ -37,9 +37,10 @@
 //! - [`config`]: what the cluster needs to know (worker count, bind address, deadlines).
 //! - [`control`]: the operator's control socket and its JSON protocol (`herd ctl`).
 //! - [`role`]: how a process learns whether it is the primary or worker *k*.
-//! - `primary`: the supervisor — spawning, respawn with backoff, rolling reload, scaling,
-//!   graceful shutdown, and (in primary-accept modes) accepting connections and handing them
-//!   to workers.
+//! - `supervisor`: the primary's decisions as a state machine with no I/O — restarts with
+//!   backoff, rolling reload, scaling, queueing, graceful shutdown — tested by simulation.
+//! - `primary`: the shell around it — the worker processes and their links, the listener
+//!   (accepting in primary-accept modes), the control socket, signals and timers.
 //! - `dispatch`: which worker gets a connection: round-robin, least-connections, or sticky
 //!   rendezvous hashing of the client IP.
 //! - `worker`: serving the router on the inherited listener or on handed-off connections, and
@@ -74,6 +75,7 @@ mod primary;
 mod proto;
 mod shutdown;
 mod socket_path;
+mod supervisor;
 mod tally;
 mod worker;
 

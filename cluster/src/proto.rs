@@ -130,6 +130,10 @@ pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
 /// the module documentation); the primary reclaims unacknowledged hand-offs after twice this.
 pub(crate) const HANDOFF_EXPIRY: Duration = Duration::from_secs(1);
 
+/// How long a hand-off may stay unacknowledged before the primary takes it back: twice the
+/// age at which the worker drops it, so a worker that took it in time has long acknowledged.
+pub(crate) const RECLAIM_AFTER: Duration = HANDOFF_EXPIRY.saturating_mul(2);
+
 /// A reading of the system-wide monotonic clock (`CLOCK_MONOTONIC`, which every process on
 /// the host shares and no clock adjustment moves), in microseconds: a worker compares it with
 /// its own reading to learn how long a hand-off waited in its socket.

@@ -40,8 +40,9 @@ pub(crate) struct Chooser {
 }
 
 impl Chooser {
-    pub(crate) fn new(balance: Balance) -> Self {
-        Self { balance, next: 0, sticky: Rendezvous::random() }
+    /// A chooser whose ip-hash key comes from `seed` (random in the primary; fixed in tests).
+    pub(crate) fn new(balance: Balance, seed: u64) -> Self {
+        Self { balance, next: 0, sticky: Rendezvous::with_key(seed) }
     }
 
     /// The slot to hand a connection from `client` to, among the candidates that are not
@@ -83,7 +84,7 @@ mod tests {
 
     #[test]
     fn round_robin_takes_turns_and_skips_missing_slots() {
-        let mut chooser = Chooser::new(Balance::RoundRobin);
+        let mut chooser = Chooser::new(Balance::RoundRobin, 1);
         let all = candidates(&[0, 0, 0]);
         let picks: Vec<_> = (0..6).filter_map(|_| chooser.choose(CLIENT, &all)).collect();
         assert_eq!(picks, [0, 1, 2, 0, 1, 2]);
@@ -95,7 +96,7 @@ mod tests {
 
     #[test]
     fn least_conn_prefers_the_least_loaded_and_rotates_ties() {
-        let mut chooser = Chooser::new(Balance::LeastConn);
+        let mut chooser = Chooser::new(Balance::LeastConn, 1);
         assert_eq!(chooser.choose(CLIENT, &candidates(&[5, 1, 3])), Some(1));
         let picks: Vec<_> = (0..4).filter_map(|_| chooser.choose(CLIENT, &candidates(&[9, 2, 2, 2]))).collect();
         assert_eq!(picks, [2, 3, 1, 2]);
@@ -104,7 +105,7 @@ mod tests {
     #[test]
     fn a_suspect_worker_is_never_chosen_in_any_mode() {
         for balance in [Balance::RoundRobin, Balance::LeastConn, Balance::IpHash] {
-            let mut chooser = Chooser::new(balance);
+            let mut chooser = Chooser::new(balance, 1);
             let mut all = candidates(&[0, 0, 0]);
             all[1].suspect = true;
             for n in 0..50u8 {
@@ -124,7 +125,7 @@ mod tests {
 
     #[test]
     fn ip_hash_sends_a_suspects_clients_to_their_second_choice_and_back() {
-        let mut chooser = Chooser::new(Balance::IpHash);
+        let mut chooser = Chooser::new(Balance::IpHash, 1);
         let all = candidates(&[0, 0, 0]);
         for n in 0..=255u8 {
             let client = IpAddr::V4(std::net::Ipv4Addr::new(10, 1, 0, n));
@@ -150,6 +151,6 @@ mod tests {
 
     #[test]
     fn shared_mode_never_dispatches() {
-        assert_eq!(Chooser::new(Balance::Shared).choose(CLIENT, &candidates(&[0])), None);
+        assert_eq!(Chooser::new(Balance::Shared, 1).choose(CLIENT, &candidates(&[0])), None);
     }
 }

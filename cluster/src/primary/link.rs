@@ -17,7 +17,7 @@ use std::{
     os::fd::{AsFd, AsRawFd, OwnedFd, RawFd},
     path::PathBuf,
     process::ExitStatus,
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use command_fds::{CommandFdExt, FdMapping};
@@ -27,31 +27,26 @@ use crate::{
     channel::{Channel, RecvBuf},
     dispatch::Conn,
     fd::MAX_FDS_PER_MESSAGE,
-    proto::{Handoff, Stamp, ToPrimary, ToWorker, HANDOFF_EXPIRY},
+    proto::{Handoff, Stamp, ToPrimary, ToWorker, RECLAIM_AFTER},
     role::{ENV_GENERATION, ENV_IPC_FD, ENV_LISTEN_FD, ENV_WORKER_SLOT, IPC_FD, LISTEN_FD},
+    supervisor::WorkerId,
 };
-
-/// How long a hand-off may stay unacknowledged before the primary takes it back: twice the
-/// age at which the worker drops it, so a worker that took it in time has long acknowledged.
-pub(crate) const RECLAIM_AFTER: Duration = HANDOFF_EXPIRY.saturating_mul(2);
 
 /// What the supervisor hears about its workers.
 #[derive(Debug)]
 pub(crate) enum Event {
     /// A worker sent a message.
-    Message { slot: usize, generation: u64, msg: ToPrimary },
+    Message { worker: WorkerId, msg: ToPrimary },
     /// A draining worker refused these connections.
-    Refused { slot: usize, generation: u64, conns: Vec<Conn> },
+    Refused { worker: WorkerId, conns: Vec<Conn> },
     /// These many connections for this worker were closed because it (or the primary, passing
     /// them) was out of file descriptors.
-    Shed { slot: usize, generation: u64, count: usize, why: ShedReason },
+    Shed { worker: WorkerId, count: usize, why: ShedReason },
     /// A worker left these connections unacknowledged for [`RECLAIM_AFTER`]: they are the
     /// primary's again (the worker will drop its copies unserved).
-    Reclaimed { slot: usize, generation: u64, conns: Vec<Conn> },
+    Reclaimed { worker: WorkerId, conns: Vec<Conn> },
     /// A worker process ended; `orphans` were handed to it but never acknowledged.
-    Exited { slot: usize, generation: u64, status: io::Result<ExitStatus>, orphans: Vec<Conn> },
-    /// A backoff delay for this slot is over.
-    RespawnDue { slot: usize, generation: u64 },
+    Exited { worker: WorkerId, status: io::Result<ExitStatus>, orphans: Vec<Conn> },
 }
 
 /// Why connections for a worker were shed.
@@ -73,6 +68,19 @@ pub(crate) struct Link {
     pub(crate) outbox: mpsc::UnboundedSender<Conn>,
     /// Messages for this worker, sent in order by its link task.
     pub(crate) mailbox: mpsc::UnboundedSender<ToWorker>,
+}
+
+impl Link {
+    /// Queues a message for the worker's link task, which sends messages in order without
+    /// holding up the supervisor. A failure means the worker is dying, and its link task
+    /// reports that.
+    pub(crate) fn tell(&self, msg: ToWorker) {
+        let _ = self.mailbox.send(msg);
+    }
+
+    pub(crate) fn kill(&self) {
+        let _ = self.kill.try_send(());
+    }
 }
 
 /// Everything needed to start workers; lives as long as the primary.
@@ -123,7 +131,8 @@ impl SpawnError {
 }
 
 impl Spawner {
-    pub(crate) fn spawn(&self, slot: usize, generation: u64) -> Result<Link, SpawnError> {
+    pub(crate) fn spawn(&self, worker: WorkerId) -> Result<Link, SpawnError> {
+        let (slot, generation) = (worker.slot, worker.generation);
         let (channel, worker_end) = Channel::pair()?;
         let mut fds = vec![FdMapping { parent_fd: worker_end, child_fd: IPC_FD }];
         let mut cmd = tokio::process::Command::new(&self.exe);
@@ -159,8 +168,7 @@ impl Spawner {
         let (outbox, outbox_rx) = mpsc::unbounded_channel();
         let (mailbox, mailbox_rx) = mpsc::unbounded_channel();
         let task = LinkTask {
-            slot,
-            generation,
+            worker,
             pid,
             child,
             ipc: channel,
@@ -177,8 +185,7 @@ impl Spawner {
 }
 
 struct LinkTask {
-    slot: usize,
-    generation: u64,
+    worker: WorkerId,
     pid: u32,
     child: Child,
     ipc: Channel,
@@ -207,15 +214,15 @@ impl LinkTask {
                     Ok(Some((msg, _fds))) => self.on_message(msg),
                     Ok(None) => ipc_open = false,
                     Err(err) if err.is_bad_message() => {
-                        tracing::warn!(slot = self.slot, pid = self.pid, error = %err, "ignoring a bad message from a worker");
+                        tracing::warn!(slot = self.worker.slot, pid = self.pid, error = %err, "ignoring a bad message from a worker");
                     }
                     Err(err) if err.is_exhaustion() => {
                         // Out of memory or descriptors for a moment: the link itself is fine.
-                        tracing::warn!(slot = self.slot, pid = self.pid, error = %err, "IPC receive from a worker failed for want of resources; retrying");
+                        tracing::warn!(slot = self.worker.slot, pid = self.pid, error = %err, "IPC receive from a worker failed for want of resources; retrying");
                         tokio::time::sleep(EXHAUSTED_RETRY).await;
                     }
                     Err(err) => {
-                        tracing::warn!(slot = self.slot, pid = self.pid, error = %err, "IPC with worker failed");
+                        tracing::warn!(slot = self.worker.slot, pid = self.pid, error = %err, "IPC with worker failed");
                         ipc_open = false;
                     }
                 },
@@ -234,7 +241,7 @@ impl LinkTask {
                         // One message that could not be sent (too large) is that message's loss;
                         // only a failed channel (the worker is going away) ends the link.
                         Err(err) if err.is_bad_message() => {
-                            tracing::error!(slot = self.slot, pid = self.pid, error = %err, "a message to a worker was dropped");
+                            tracing::error!(slot = self.worker.slot, pid = self.pid, error = %err, "a message to a worker was dropped");
                         }
                         Err(_) => ipc_open = false,
                     }
@@ -256,14 +263,14 @@ impl LinkTask {
                         // Cannot happen with a bounded batch of fixed-size entries; if it did, the
                         // worker never saw these, and closing them beats stopping the link.
                         Err(err) if err.is_bad_message() => {
-                            tracing::error!(slot = self.slot, pid = self.pid, error = %err, "closing {} connection(s) that could not be handed off", batch.len());
+                            tracing::error!(slot = self.worker.slot, pid = self.pid, error = %err, "closing {} connection(s) that could not be handed off", batch.len());
                         }
                         // Too many descriptors in flight, or no kernel memory: the worker is fine,
                         // these connections are what cannot be afforded. Dropping them closes them.
                         Err(err) if err.is_exhaustion() => {
-                            tracing::debug!(slot = self.slot, pid = self.pid, error = %err, "cannot pass connections");
-                            let (slot, generation, count) = (self.slot, self.generation, batch.len());
-                            let _ = self.events.send(Event::Shed { slot, generation, count, why: ShedReason::SendExhausted });
+                            tracing::debug!(slot = self.worker.slot, pid = self.pid, error = %err, "cannot pass connections");
+                            let (worker, count) = (self.worker, batch.len());
+                            let _ = self.events.send(Event::Shed { worker, count, why: ShedReason::SendExhausted });
                         }
                         // Sent or not, they stay ours until acknowledged: a failed send means the
                         // worker is dying, and its exit returns everything unacknowledged.
@@ -272,7 +279,7 @@ impl LinkTask {
                             self.sent.extend(batch.iter().map(|c| (c.id, now)));
                             self.unacked.extend(batch.into_iter().map(|c| (c.id, c)));
                             if let Err(err) = sent {
-                                tracing::debug!(slot = self.slot, pid = self.pid, error = %err, "cannot hand off connections");
+                                tracing::debug!(slot = self.worker.slot, pid = self.pid, error = %err, "cannot hand off connections");
                                 ipc_open = false;
                             }
                         }
@@ -291,12 +298,11 @@ impl LinkTask {
             orphans.push(conn);
         }
         orphans.sort_by_key(|c| c.id);
-        let (slot, generation) = (self.slot, self.generation);
-        let _ = self.events.send(Event::Exited { slot, generation, status, orphans });
+        let _ = self.events.send(Event::Exited { worker: self.worker, status, orphans });
     }
 
     fn on_message(&mut self, msg: ToPrimary) {
-        let (slot, generation) = (self.slot, self.generation);
+        let worker = self.worker;
         match msg {
             ToPrimary::Accepted { ids } => {
                 // The worker has its own copies now; closing ours does not touch the connection.
@@ -306,15 +312,15 @@ impl LinkTask {
             }
             ToPrimary::Refused { ids } => {
                 let conns = ids.iter().filter_map(|id| self.unacked.remove(id)).collect();
-                let _ = self.events.send(Event::Refused { slot, generation, conns });
+                let _ = self.events.send(Event::Refused { worker, conns });
             }
             ToPrimary::Shed { ids } => {
                 // Dropping our copies closes the connections: the worker has none.
                 let count = ids.iter().filter_map(|id| self.unacked.remove(id)).count();
-                let _ = self.events.send(Event::Shed { slot, generation, count, why: ShedReason::WorkerFull });
+                let _ = self.events.send(Event::Shed { worker, count, why: ShedReason::WorkerFull });
             }
             msg => {
-                let _ = self.events.send(Event::Message { slot, generation, msg });
+                let _ = self.events.send(Event::Message { worker, msg });
             }
         }
     }
@@ -376,8 +382,7 @@ impl LinkTask {
         if conns.is_empty() {
             return;
         }
-        let (slot, generation) = (self.slot, self.generation);
-        let _ = self.events.send(Event::Reclaimed { slot, generation, conns });
+        let _ = self.events.send(Event::Reclaimed { worker: self.worker, conns });
     }
 }
 

@@ -17,7 +17,6 @@
 //! becomes their stand-in, accepting on the listener to answer 503, until a worker serves again.
 
 use std::{
-    collections::VecDeque,
     io,
     sync::Arc,
     time::{Duration, Instant},
@@ -29,8 +28,7 @@ use tokio::{
     sync::Semaphore,
 };
 
-use super::{acceptor::Acceptor, Supervisor};
-use crate::{dispatch::Conn, tally::Tally};
+use crate::tally::Tally;
 
 /// Connections answered at once; further ones are closed without an answer.
 const MAX_ANSWERING: usize = 256;
@@ -84,78 +82,6 @@ impl Unavailable {
             }
             drop(permit);
         });
-    }
-}
-
-impl Supervisor {
-    /// True when no worker will serve again without an operator: every slot is errored, with no
-    /// process starting in it (a reload or a restart may start one there).
-    pub(super) fn no_worker_coming(&self) -> bool {
-        !self.slots.is_empty() && self.slots.iter().all(|s| s.errored && s.worker.is_none() && s.successor.is_none())
-    }
-
-    /// When the longest-waiting queued connection is due for its 503.
-    pub(super) fn queue_deadline(&self) -> Option<tokio::time::Instant> {
-        let oldest = self.queue.iter().map(|c| c.accepted_at).min()?;
-        let due = if self.no_worker_coming() { Instant::now() } else { oldest + self.config.queue_timeout };
-        Some(tokio::time::Instant::from_std(due))
-    }
-
-    /// Answers 503 to every queued connection that waited `--queue-timeout` (all of them when
-    /// every slot is errored).
-    pub(super) fn answer_overdue(&mut self) {
-        let (now, timeout) = (Instant::now(), self.config.queue_timeout);
-        let why = if self.no_worker_coming() {
-            "every slot is errored"
-        } else {
-            "no worker could take them within --queue-timeout"
-        };
-        let every = self.no_worker_coming();
-        let (overdue, waiting): (VecDeque<Conn>, VecDeque<Conn>) = std::mem::take(&mut self.queue)
-            .into_iter()
-            .partition(|c| every || now.duration_since(c.accepted_at) >= timeout);
-        self.queue = waiting;
-        for conn in overdue {
-            self.unavailable.answer(conn.stream, why);
-        }
-    }
-
-    /// Shared mode: starts the stand-in once no worker has served for `--queue-timeout` (at
-    /// once when every slot is errored), and stops it when one serves again. Returns when to
-    /// look again.
-    pub(super) fn update_stand_in(
-        &mut self,
-        stand_in: &mut Option<Acceptor>,
-        listener: &std::net::TcpListener,
-    ) -> Option<tokio::time::Instant> {
-        let (now, worker_timeout) = (Instant::now(), self.config.recycling.worker_timeout);
-        let serving =
-            self.slots.iter().any(|s| s.worker.as_ref().is_some_and(|w| w.is_responsive(now, worker_timeout)));
-        if serving {
-            self.unserved_since = None;
-            if stand_in.take().is_some() {
-                tracing::info!("a worker serves again: the primary stops answering connections itself");
-            }
-            return None;
-        }
-        let due = *self.unserved_since.get_or_insert(now) + self.config.queue_timeout;
-        if stand_in.is_some() {
-            return None;
-        }
-        if now < due && !self.no_worker_coming() {
-            return Some(tokio::time::Instant::from_std(due));
-        }
-        match Acceptor::new(listener, crate::fdlimit::FdBudget::current(self.config.fd_reserve)) {
-            Ok(acceptor) => {
-                tracing::warn!("no worker can serve: the primary answers new connections with 503 until one does");
-                *stand_in = Some(acceptor);
-                None
-            }
-            Err(err) => {
-                tracing::error!("cannot accept on the listener to answer 503 while no worker serves: {err}");
-                Some(tokio::time::Instant::from_std(now + Duration::from_secs(1)))
-            }
-        }
     }
 }
 

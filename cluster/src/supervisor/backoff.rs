@@ -1,15 +1,16 @@
 //! Restart policy for workers that keep dying: exponential backoff for deaths soon after
 //! start, and a circuit breaker that gives up on a slot that crashes too often.
 
-use std::{collections::VecDeque, time::Duration};
-
-use tokio::time::Instant;
+use std::{
+    collections::VecDeque,
+    time::{Duration, Instant},
+};
 
 use crate::config::RestartPolicy;
 
 /// A worker that served (was ready) at least this long is considered healthy: its death resets
 /// the backoff.
-pub(crate) const STABLE_UPTIME: Duration = Duration::from_secs(5);
+pub(super) const STABLE_UPTIME: Duration = Duration::from_secs(5);
 
 /// Longest delay between retries of a start that failed for want of descriptors or memory:
 /// a failed start costs nothing, and the slot should be back within a second of the shortage
@@ -18,7 +19,7 @@ const SHORTAGE_RETRY_CAP: Duration = Duration::from_secs(1);
 
 /// One slot's recent deaths.
 #[derive(Debug, Default, Clone)]
-pub(crate) struct Backoff {
+pub(super) struct Backoff {
     /// Consecutive deaths soon after start.
     streak: u32,
     /// Consecutive starts that failed for want of descriptors or memory (not deaths).
@@ -29,7 +30,7 @@ pub(crate) struct Backoff {
 
 /// What to do after a death.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Verdict {
+pub(super) enum Verdict {
     /// Restart after this delay (zero: at once).
     RestartIn(Duration),
     /// Too many deaths within the window: leave the slot down.
@@ -40,9 +41,8 @@ impl Backoff {
     /// Records a death after `uptime` of serving: nothing after a healthy run, then `base`, 2×`base`,
     /// 4×`base` … up to `cap`; [`Verdict::GiveUp`] once `max_restarts` deaths fall within
     /// `window`.
-    pub(crate) fn on_exit(&mut self, uptime: Duration, policy: &RestartPolicy) -> Verdict {
+    pub(super) fn on_exit(&mut self, uptime: Duration, now: Instant, policy: &RestartPolicy) -> Verdict {
         self.shortages = 0; // a worker ran, so the last start found what it needed
-        let now = Instant::now();
         self.deaths.push_back(now);
         while self.deaths.front().is_some_and(|t| now.duration_since(*t) > policy.window) {
             self.deaths.pop_front();
@@ -62,14 +62,14 @@ impl Backoff {
     /// The delay before retrying a start that failed because the primary or the machine was
     /// out of descriptors or memory: the same doubling as for deaths, but never recorded as a
     /// death, so a shortage can never mark the slot errored.
-    pub(crate) fn on_shortage(&mut self, policy: &RestartPolicy) -> Duration {
+    pub(super) fn on_shortage(&mut self, policy: &RestartPolicy) -> Duration {
         self.shortages = self.shortages.saturating_add(1);
         let doublings = (self.shortages - 1).min(16);
         policy.backoff_base.saturating_mul(1 << doublings).min(policy.backoff_cap).min(SHORTAGE_RETRY_CAP)
     }
 
     /// Forgets the history (an operator restarted the slot by hand).
-    pub(crate) fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         *self = Self::default();
     }
 }
@@ -84,7 +84,7 @@ mod tests {
 
     fn delays(b: &mut Backoff, policy: &RestartPolicy, n: usize) -> Vec<u128> {
         (0..n)
-            .map(|_| match b.on_exit(Duration::from_millis(10), policy) {
+            .map(|_| match b.on_exit(Duration::from_millis(10), Instant::now(), policy) {
                 Verdict::RestartIn(d) => d.as_millis(),
                 Verdict::GiveUp => 0,
             })
@@ -101,10 +101,10 @@ mod tests {
     fn a_healthy_run_resets_the_streak() {
         let mut b = Backoff::default();
         let p = policy(0);
-        b.on_exit(Duration::ZERO, &p);
-        b.on_exit(Duration::ZERO, &p);
-        assert_eq!(b.on_exit(STABLE_UPTIME, &p), Verdict::RestartIn(Duration::ZERO));
-        assert_eq!(b.on_exit(Duration::ZERO, &p), Verdict::RestartIn(Duration::from_millis(100)));
+        b.on_exit(Duration::ZERO, Instant::now(), &p);
+        b.on_exit(Duration::ZERO, Instant::now(), &p);
+        assert_eq!(b.on_exit(STABLE_UPTIME, Instant::now(), &p), Verdict::RestartIn(Duration::ZERO));
+        assert_eq!(b.on_exit(Duration::ZERO, Instant::now(), &p), Verdict::RestartIn(Duration::from_millis(100)));
     }
 
     #[test]
@@ -116,7 +116,7 @@ mod tests {
         assert_eq!(delays[19], 1000);
         // Twenty failed starts later, the slot still has its whole crash allowance.
         for _ in 0..3 {
-            assert!(matches!(b.on_exit(Duration::ZERO, &p), Verdict::RestartIn(_)));
+            assert!(matches!(b.on_exit(Duration::ZERO, Instant::now(), &p), Verdict::RestartIn(_)));
         }
         assert_eq!(b.on_shortage(&p), Duration::from_millis(100), "a worker ran: the shortage streak restarts");
     }
@@ -126,10 +126,10 @@ mod tests {
         let mut b = Backoff::default();
         let p = policy(3);
         for _ in 0..3 {
-            assert!(matches!(b.on_exit(Duration::ZERO, &p), Verdict::RestartIn(_)));
+            assert!(matches!(b.on_exit(Duration::ZERO, Instant::now(), &p), Verdict::RestartIn(_)));
         }
-        assert_eq!(b.on_exit(Duration::ZERO, &p), Verdict::GiveUp);
+        assert_eq!(b.on_exit(Duration::ZERO, Instant::now(), &p), Verdict::GiveUp);
         b.reset();
-        assert!(matches!(b.on_exit(Duration::ZERO, &p), Verdict::RestartIn(_)));
+        assert!(matches!(b.on_exit(Duration::ZERO, Instant::now(), &p), Verdict::RestartIn(_)));
     }
 }

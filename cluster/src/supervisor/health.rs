@@ -1,5 +1,5 @@
-//! The once-a-second check of every serving worker: hung (no heartbeat), too big (resident
-//! memory), or old (requests served). A hung worker is killed, since it cannot drain; the
+//! The once-a-second check of every serving worker: never ready (within `--ready-timeout`),
+//! hung (no heartbeat), too big (resident memory), or old (requests served). A hung worker is killed, since it cannot drain; the
 //! others are replaced gracefully through the rollout queue, which replaces one slot at a time,
 //! so two slots never recycle at once.
 //!
@@ -10,12 +10,12 @@
 
 use std::time::{Duration, Instant};
 
-use super::{rollout::rss_bytes, State, Supervisor};
-use crate::proto::HEARTBEAT_INTERVAL;
+use super::{slots::State, Core, Effect, Ticket, WorkerId};
+use crate::proto::{HEARTBEAT_INTERVAL, RECLAIM_AFTER};
 
 /// Silence after which a worker is suspect: two heartbeats missed, with half an interval of
 /// slack for a busy machine.
-pub(super) const SUSPECT_AFTER: Duration = Duration::from_millis(HEARTBEAT_INTERVAL.as_millis() as u64 * 5 / 2);
+pub(crate) const SUSPECT_AFTER: Duration = Duration::from_millis(HEARTBEAT_INTERVAL.as_millis() as u64 * 5 / 2);
 
 /// What the primary knows of one worker's signs of life.
 #[derive(Debug, Clone, Copy)]
@@ -80,59 +80,123 @@ impl Liveness {
     }
 }
 
-impl Supervisor {
-    pub(super) fn check_workers(&mut self) {
-        let recycling = self.config.recycling.clone();
-        let now = Instant::now();
+impl Core {
+    pub(super) fn on_heartbeat(&mut self, id: WorkerId, requests: u64, open: Option<u64>, now: Instant) {
+        let worker_timeout = self.config.recycling.worker_timeout;
+        let Some(w) = self.slots.get_mut(id) else { return };
+        w.requests = requests;
+        w.open_reported = open.or(w.open_reported);
+        if w.liveness.heartbeat(now, worker_timeout) && w.state == State::Ready {
+            tracing::info!(slot = id.slot, pid = w.pid, "worker answers again: handing it connections");
+            self.flush_queue(now);
+        }
+    }
+
+    /// A worker left hand-offs unacknowledged: it is suspect until its next heartbeat, and the
+    /// connections go to other workers.
+    pub(super) fn on_reclaimed(&mut self, id: WorkerId, conns: Vec<Ticket>, now: Instant) {
+        if let Some(w) = self.slots.get_mut(id) {
+            w.open = w.open.saturating_sub(conns.len());
+            // Once per episode: later batches of the same silence are no news.
+            if w.liveness.missed_handoff() {
+                tracing::warn!(
+                    slot = id.slot,
+                    pid = w.pid,
+                    "worker acknowledged none of {} connection(s) within {:?}: handing them to other workers, and no \
+                     new ones to it until it answers again",
+                    conns.len(),
+                    RECLAIM_AFTER
+                );
+            }
+        }
+        self.redispatch(conns, now);
+    }
+
+    /// The once-a-second check of every serving worker.
+    pub(super) fn check_workers(&mut self, now: Instant) {
+        let worker_timeout = self.config.recycling.worker_timeout;
+        let ready_timeout = self.config.ready_timeout;
+        let mut kill = Vec::new();
+        let mut measure = Vec::new();
         let mut recycle = Vec::new();
+        let rollout = self.rollout.as_ref();
         for (slot, s) in self.slots.iter_mut().enumerate() {
-            let Some(w) = s.worker.as_mut().filter(|w| w.state == State::Ready) else {
+            let Some(w) = s.worker.as_mut().filter(|w| !w.killed) else { continue };
+            if w.state == State::Starting {
+                // A worker that never reports ready would hold its slot forever.
+                if now.saturating_duration_since(w.started) > ready_timeout {
+                    tracing::warn!(
+                        slot,
+                        pid = w.pid,
+                        "worker was not ready within --ready-timeout {ready_timeout:?}: killing it"
+                    );
+                    w.killed = true;
+                    kill.push(w.id);
+                }
                 continue;
-            };
+            }
+            if w.state != State::Ready {
+                continue;
+            }
             let silent = w.liveness.silent_for(now);
-            match w.liveness.judge(now, recycling.worker_timeout) {
+            match w.liveness.judge(now, worker_timeout) {
                 Health::Hung => {
-                    tracing::warn!("worker {slot} pid {} sent no heartbeat for {silent:.1?}: hung, killing it", w.pid);
-                    w.kill();
+                    tracing::warn!(slot, pid = w.pid, "worker sent no heartbeat for {silent:.1?}: hung, killing it");
+                    w.killed = true;
+                    kill.push(w.id);
                     continue;
                 }
                 Health::Suspect if w.liveness.report() => tracing::warn!(
-                    "worker {slot} pid {} silent for {silent:.1?}: no new connections for it until it answers again \
-                     (killed after --worker-timeout {:?})",
-                    w.pid,
-                    recycling.worker_timeout
+                    slot,
+                    pid = w.pid,
+                    "worker silent for {silent:.1?}: no new connections for it until it answers again (killed after \
+                     --worker-timeout {worker_timeout:?})"
                 ),
                 Health::Suspect | Health::Healthy => {}
             }
-            let replacing = s.successor.is_some() || self.rollout.as_ref().is_some_and(|r| r.includes(slot));
-            if replacing {
+            if s.successor.is_some() || rollout.is_some_and(|r| r.includes(slot)) {
                 continue;
             }
-            if let (Some(max), Some(rss)) = (recycling.max_memory, recycling.max_memory.and_then(|_| rss_bytes(w.pid)))
-            {
-                if rss > max {
-                    tracing::warn!(
-                        "worker {slot} pid {} uses {} MiB, over --max-memory {} MiB: replacing it",
-                        w.pid,
-                        rss >> 20,
-                        max >> 20
-                    );
-                    recycle.push((slot, "memory limit"));
-                    continue;
-                }
+            if let (Some(_), Some(pid)) = (self.config.recycling.max_memory, w.pid) {
+                measure.push((w.id, pid));
             }
             if let Some(limit) = w.recycle_after.filter(|limit| w.requests >= *limit) {
                 tracing::info!(
-                    "worker {slot} pid {} served {} requests (limit {limit}): recycling it",
-                    w.pid,
+                    slot,
+                    pid = w.pid,
+                    "worker served {} requests (limit {limit}): recycling it",
                     w.requests
                 );
-                recycle.push((slot, "max requests"));
+                recycle.push(slot);
             }
         }
-        for (slot, why) in recycle {
-            self.replace(vec![slot], None, why);
+        for worker in kill {
+            self.effects.push(Effect::Kill { worker });
         }
+        if !measure.is_empty() {
+            self.effects.push(Effect::MeasureMemory { workers: measure });
+        }
+        for slot in recycle {
+            self.replace(vec![slot], None, "max requests", now);
+        }
+    }
+
+    /// Replaces a worker that grew past `--max-memory` (gracefully, through the rollout queue).
+    pub(super) fn on_memory(&mut self, id: WorkerId, rss: u64, now: Instant) {
+        let Some(max) = self.config.recycling.max_memory else { return };
+        let replacing = self.rollout.as_ref().is_some_and(|r| r.includes(id.slot));
+        let Some(w) = self.slots.slot(id.slot).and_then(|s| s.worker.as_ref()).filter(|w| w.id == id) else { return };
+        if rss <= max || replacing || self.stopping.is_some() {
+            return;
+        }
+        tracing::warn!(
+            slot = id.slot,
+            pid = w.pid,
+            "worker uses {} MiB, over --max-memory {} MiB: replacing it",
+            rss >> 20,
+            max >> 20
+        );
+        self.replace(vec![id.slot], None, "memory limit", now);
     }
 }
 

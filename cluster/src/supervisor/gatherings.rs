@@ -1,16 +1,19 @@
-//! The primary's side of application messaging: relaying broadcasts, and running gathers
+//! The primary's side of application messaging (the data is the core's; the shell only
+//! delivers the messages): relaying broadcasts, and running gathers
 //! (ask every ready worker, collect the answers, hand them to the asker).
 //!
 //! Every payload is checked against [`MAX_PAYLOAD`] before it is queued for a link, so an
 //! operator's (or a worker's) oversized message is refused with a reason instead of failing on
 //! the socket; a reply set bigger than one message goes to the asker in parts.
 
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    time::Instant,
+};
 
 use serde_json::Value;
-use tokio::time::Instant;
 
-use super::Supervisor;
+use super::{Core, WorkerId};
 use crate::{
     messaging::{self, MessagingError, Reply, GATHER_TIMEOUT, MAX_PAYLOAD},
     proto::{ToWorker, Unanswered},
@@ -21,12 +24,13 @@ use crate::{
 const PART_BUDGET: usize = crate::channel::MAX_MESSAGE - 512;
 
 /// One gather in progress.
+#[derive(Debug)]
 pub(super) struct Gathering {
     /// The asking worker, and its own id for the question.
-    asker: (usize, u64),
+    asker: WorkerId,
     asker_id: u64,
-    /// Workers (slot, generation) that have not answered yet.
-    waiting: HashSet<(usize, u64)>,
+    /// Workers that have not answered yet.
+    waiting: HashSet<WorkerId>,
     replies: Vec<Reply>,
     /// Workers that said they cannot answer.
     unanswered: Vec<Unanswered>,
@@ -34,7 +38,7 @@ pub(super) struct Gathering {
 }
 
 /// Gathers in progress, by the primary's id.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(super) struct Gatherings {
     next_id: u64,
     open: HashMap<u64, Gathering>,
@@ -46,115 +50,105 @@ impl Gatherings {
     }
 }
 
-impl Supervisor {
+impl Core {
     /// Sends `payload` to every serving worker; returns how many it went to, or why it was
     /// refused (then it went to none).
-    pub(super) fn relay_broadcast(&self, from: Option<usize>, payload: &Value) -> Result<usize, MessagingError> {
+    pub(super) fn relay_broadcast(&mut self, from: Option<usize>, payload: &Value) -> Result<usize, MessagingError> {
         messaging::check_size(payload)?;
-        let mut sent = 0;
-        for s in &self.slots {
-            if let Some(w) = &s.worker {
-                w.tell(ToWorker::Message { from, payload: payload.clone() });
-                sent += 1;
-            }
+        let to: Vec<WorkerId> = self.slots.serving().map(|w| w.id).collect();
+        for &worker in &to {
+            self.tell(worker, ToWorker::Message { from, payload: payload.clone() });
         }
-        Ok(sent)
+        Ok(to.len())
     }
 
     /// Sends `payload` to one slot's worker; false if the slot has none.
-    pub(super) fn relay_to(&self, slot: usize, payload: Value) -> Result<bool, MessagingError> {
+    pub(super) fn relay_to(&mut self, slot: usize, payload: Value) -> Result<bool, MessagingError> {
         messaging::check_size(&payload)?;
-        Ok(match self.slots.get(slot).and_then(|s| s.worker.as_ref()) {
-            Some(w) => {
-                w.tell(ToWorker::Message { from: None, payload });
-                true
-            }
-            None => false,
-        })
+        let Some(worker) = self.slots.slot(slot).and_then(|s| s.worker.as_ref()).map(|w| w.id) else {
+            return Ok(false);
+        };
+        self.tell(worker, ToWorker::Message { from: None, payload });
+        Ok(true)
     }
 
-    pub(super) fn start_gather(&mut self, asker: (usize, u64), asker_id: u64, payload: Value) {
+    pub(super) fn start_gather(&mut self, asker: WorkerId, asker_id: u64, payload: Value, now: Instant) {
         if let Err(err) = messaging::check_size(&payload) {
             // The asker checks this itself; a worker that does not is answered, not relayed.
-            if let Some(w) = self.worker_mut(asker.0, asker.1) {
-                let unanswered = vec![Unanswered { slot: asker.0, reason: format!("the question was refused: {err}") }];
-                w.tell(ToWorker::Gathered { id: asker_id, replies: Vec::new(), unanswered });
-            }
+            let unanswered = vec![Unanswered { slot: asker.slot, reason: format!("the question was refused: {err}") }];
+            self.tell(asker, ToWorker::Gathered { id: asker_id, replies: Vec::new(), unanswered });
             return;
         }
         let id = self.gatherings.next_id;
         self.gatherings.next_id += 1;
-        let mut waiting = HashSet::new();
         // A suspect worker would only make everyone wait for the deadline.
-        let (now, worker_timeout) = (std::time::Instant::now(), self.config.recycling.worker_timeout);
-        for (slot, s) in self.slots.iter().enumerate() {
-            if let Some(w) = s.worker.as_ref().filter(|w| w.is_responsive(now, worker_timeout)) {
-                w.tell(ToWorker::Query { id, payload: payload.clone() });
-                waiting.insert((slot, w.generation));
-            }
+        let worker_timeout = self.config.recycling.worker_timeout;
+        let asked: Vec<WorkerId> =
+            self.slots.serving().filter(|w| w.is_responsive(now, worker_timeout)).map(|w| w.id).collect();
+        for &worker in &asked {
+            self.tell(worker, ToWorker::Query { id, payload: payload.clone() });
         }
         let gathering = Gathering {
             asker,
             asker_id,
-            waiting,
+            waiting: asked.into_iter().collect(),
             replies: Vec::new(),
             unanswered: Vec::new(),
-            deadline: Instant::now() + GATHER_TIMEOUT,
+            deadline: now + GATHER_TIMEOUT,
         };
         self.gatherings.open.insert(id, gathering);
-        self.finish_gathers(false);
+        self.finish_gathers(None);
     }
 
-    pub(super) fn on_reply(&mut self, slot: usize, generation: u64, id: u64, payload: Value) {
-        let pid = self.worker_mut(slot, generation).map(|w| w.pid);
+    pub(super) fn on_reply(&mut self, from: WorkerId, id: u64, payload: Value) {
+        let pid = self.slots.get(from).and_then(|w| w.pid);
         if let (Some(g), Some(pid)) = (self.gatherings.open.get_mut(&id), pid) {
-            if g.waiting.remove(&(slot, generation)) {
-                g.replies.push(Reply { slot, pid, payload });
+            if g.waiting.remove(&from) {
+                g.replies.push(Reply { slot: from.slot, pid, payload });
             }
         }
-        self.finish_gathers(false);
+        self.finish_gathers(None);
     }
 
     /// A worker cannot answer gather `id`.
-    pub(super) fn on_unanswered(&mut self, slot: usize, generation: u64, id: u64, reason: String) {
+    pub(super) fn on_unanswered(&mut self, from: WorkerId, id: u64, reason: String) {
         if let Some(g) = self.gatherings.open.get_mut(&id) {
-            if g.waiting.remove(&(slot, generation)) {
-                g.unanswered.push(Unanswered { slot, reason });
+            if g.waiting.remove(&from) {
+                g.unanswered.push(Unanswered { slot: from.slot, reason });
             }
         }
-        self.finish_gathers(false);
+        self.finish_gathers(None);
     }
 
     /// A worker is gone: nobody should wait for its answer.
-    pub(super) fn forget_in_gathers(&mut self, slot: usize, generation: u64) {
+    pub(super) fn forget_in_gathers(&mut self, gone: WorkerId) {
         for g in self.gatherings.open.values_mut() {
-            g.waiting.remove(&(slot, generation));
+            g.waiting.remove(&gone);
         }
-        self.finish_gathers(false);
+        self.finish_gathers(None);
     }
 
-    /// Hands complete gathers (or, with `timed_out`, those past their deadline) to their askers.
-    pub(super) fn finish_gathers(&mut self, timed_out: bool) {
-        let now = Instant::now();
+    /// Hands complete gathers (and, given the time, those past their deadline) to their askers.
+    pub(super) fn finish_gathers(&mut self, now: Option<Instant>) {
         let done: Vec<u64> = self
             .gatherings
             .open
             .iter()
-            .filter(|(_, g)| g.waiting.is_empty() || (timed_out && g.deadline <= now))
+            .filter(|(_, g)| g.waiting.is_empty() || now.is_some_and(|now| g.deadline <= now))
             .map(|(id, _)| *id)
             .collect();
         for id in done {
             let Some(mut g) = self.gatherings.open.remove(&id) else { continue };
-            g.replies.sort_by_key(|r| r.slot);
-            let (slot, generation) = g.asker;
-            if let Some(asker) = self.worker_mut(slot, generation) {
-                let mut parts = split_replies(g.replies);
-                let last = parts.pop().unwrap_or_default();
-                for replies in parts {
-                    asker.tell(ToWorker::GatheredPart { id: g.asker_id, replies });
-                }
-                asker.tell(ToWorker::Gathered { id: g.asker_id, replies: last, unanswered: g.unanswered });
+            if self.slots.get(g.asker).is_none() {
+                continue; // the asker is gone
             }
+            g.replies.sort_by_key(|r| r.slot);
+            let mut parts = split_replies(g.replies);
+            let last = parts.pop().unwrap_or_default();
+            for replies in parts {
+                self.tell(g.asker, ToWorker::GatheredPart { id: g.asker_id, replies });
+            }
+            self.tell(g.asker, ToWorker::Gathered { id: g.asker_id, replies: last, unanswered: g.unanswered });
         }
     }
 }
