@@ -32,7 +32,7 @@ pub enum Role {
 pub struct WorkerIdentity {
     /// The stable slot this worker fills (0..workers).
     pub slot: usize,
-    /// How many workers this slot had before this one.
+    /// Which of the primary's workers this is (counted from 0 across all slots).
     pub generation: u64,
 }
 

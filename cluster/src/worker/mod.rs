@@ -35,7 +35,8 @@ use handoff::{HandoffListener, HandoffSink};
 pub struct WorkerContext {
     /// The slot this worker fills (stable across restarts).
     pub slot: usize,
-    /// How many workers this slot had before this one.
+    /// A number no other worker of this primary had: workers are counted from 0 across all
+    /// slots, so a higher one started later.
     pub generation: u64,
     /// This process's id.
     pub pid: u32,
