@@ -86,6 +86,8 @@ enum World {
     /// It starts draining by itself (someone signalled it), and says so a moment later.
     DrainsItself(WorkerId),
     Says(WorkerId, ToPrimary),
+    /// It asks every worker a question (an application gather).
+    Asks(WorkerId),
     Reclaim(WorkerId),
 }
 
@@ -117,6 +119,9 @@ struct Sim {
     /// Deaths that count toward `errored`, per slot, since its backoff was last reset.
     deaths: HashMap<usize, Vec<Instant>>,
     spawns: HashMap<usize, Vec<Instant>>,
+    /// Gathers asked and not yet answered, by asker and its id, with when they were asked.
+    gathers: HashMap<(WorkerId, u64), Instant>,
+    next_gather: u64,
     trace: Vec<String>,
     verbose: bool,
     seen: Coverage,
@@ -134,6 +139,7 @@ struct Coverage {
     kills: u64,
     refused: u64,
     reclaimed: u64,
+    gathers: u64,
 }
 
 type Failure = String;
@@ -176,6 +182,8 @@ impl Sim {
             stop_at: None,
             deaths: HashMap::new(),
             spawns: HashMap::new(),
+            gathers: HashMap::new(),
+            next_gather: 0,
             trace: Vec::new(),
             verbose,
             seen: Coverage::default(),
@@ -349,11 +357,21 @@ impl Sim {
     }
 
     fn tell(&mut self, worker: WorkerId, msg: ToWorker) {
+        if let ToWorker::Gathered { id, .. } = msg {
+            self.gathers.remove(&(worker, id));
+            self.seen.gathers += 1;
+            return;
+        }
         let Some(p) = self.procs.get_mut(&worker) else { return };
         if p.hung || p.exiting {
             return;
         }
         match msg {
+            ToWorker::Query { id, .. } => {
+                let after = self.rng.millis(0, 1500);
+                let reply = ToPrimary::Reply { id, payload: serde_json::json!(worker.slot) };
+                self.schedule(after, World::Says(worker, reply));
+            }
             ToWorker::Retire | ToWorker::Shutdown if !p.draining => {
                 p.draining = true;
                 let after = self.rng.millis(1, 3000);
@@ -381,6 +399,10 @@ impl Sim {
                 let p = self.procs.get(&worker).filter(|p| !p.exiting && !p.hung)?;
                 let _ = p;
                 self.schedule(HEARTBEAT_INTERVAL, World::Heartbeat(worker));
+                if self.rng.chance(30) {
+                    let after = self.rng.millis(0, 10_000);
+                    self.schedule(after, World::Asks(worker));
+                }
                 Some(Event::Message { worker, msg: ToPrimary::Ready { pid: 0 } })
             }
             World::Heartbeat(worker) => {
@@ -416,6 +438,13 @@ impl Sim {
                 self.schedule(says, World::Says(worker, ToPrimary::Draining));
                 self.schedule(exits, World::Exit(worker, "exited cleanly"));
                 None
+            }
+            World::Asks(worker) => {
+                self.procs.get(&worker).filter(|p| !p.exiting && !p.hung)?;
+                self.next_gather += 1;
+                self.gathers.insert((worker, self.next_gather), self.now);
+                let payload = serde_json::json!({"q": self.next_gather});
+                Some(Event::Message { worker, msg: ToPrimary::Gather { id: self.next_gather, payload } })
             }
             World::Says(worker, msg) => {
                 self.procs.get(&worker)?;
@@ -558,6 +587,12 @@ impl Sim {
         let stuck = core.slots.serving().find(|w| w.state == State::Starting && self.now - w.started > stuck_after);
         if let Some(w) = stuck.filter(|_| core.stopping.is_none()) {
             return Err(format!("{} has been starting for {:?}", w.id, self.now - w.started));
+        }
+        // A gather is answered by its deadline, unless its asker is gone.
+        let late = crate::messaging::GATHER_TIMEOUT + Duration::from_millis(1);
+        self.gathers.retain(|(asker, _), _| self.procs.contains_key(asker));
+        if let Some(((asker, id), at)) = self.gathers.iter().find(|(_, at)| self.now - **at > late) {
+            return Err(format!("{asker}'s gather {id} (asked at {:?}) is still unanswered", *at - self.start));
         }
         // A timer is never re-armed for a moment already handled.
         if after_timer && core.next_deadline().is_some_and(|d| d <= self.now) {
@@ -737,27 +772,18 @@ fn simulation_of_random_schedules_keeps_every_invariant() {
     println!("{count} schedules: {total:?}");
     // The schedules reach every corner the invariants are about (with 1,000 or more).
     if count >= 1_000 {
-        let Coverage {
-            rollouts_done,
-            rollouts_failed,
-            served,
-            answered_503,
-            errored,
-            stand_ins,
-            kills,
-            refused,
-            reclaimed,
-        } = total;
+        let c = total;
         for (what, n) in [
-            ("successful rollouts", rollouts_done),
-            ("failed rollouts", rollouts_failed),
-            ("served connections", served),
-            ("503 answers", answered_503),
-            ("errored slots", errored),
-            ("stand-ins", stand_ins),
-            ("kills", kills),
-            ("refusals", refused),
-            ("reclaims", reclaimed),
+            ("successful rollouts", c.rollouts_done),
+            ("failed rollouts", c.rollouts_failed),
+            ("served connections", c.served),
+            ("503 answers", c.answered_503),
+            ("errored slots", c.errored),
+            ("stand-ins", c.stand_ins),
+            ("kills", c.kills),
+            ("refusals", c.refused),
+            ("reclaims", c.reclaimed),
+            ("answered gathers", c.gathers),
         ] {
             assert!(n > 0, "no schedule had {what}: {total:?}");
         }
@@ -775,5 +801,6 @@ impl Coverage {
         self.kills += o.kills;
         self.refused += o.refused;
         self.reclaimed += o.reclaimed;
+        self.gathers += o.gathers;
     }
 }
