@@ -407,7 +407,7 @@ impl Core {
             ToPrimary::Draining => {
                 if let Some(w) = self.slots.get_mut(worker) {
                     w.state = slots::State::Draining;
-                    tracing::debug!(slot = worker.slot, pid = w.pid, "worker draining");
+                    tracing::debug!(slot = worker.slot, pid = w.pid, "worker says it drains");
                 }
             }
             ToPrimary::Closed { count } => {

@@ -242,7 +242,7 @@ impl Core {
     pub(super) fn on_spawned(&mut self, id: WorkerId, pid: u32) {
         if let Some(w) = self.slots.get_mut(id) {
             w.pid = Some(pid);
-            tracing::info!(slot = id.slot, pid, generation = id.generation, "worker started");
+            tracing::info!(slot = id.slot, pid, generation = id.generation, "worker process started");
         }
     }
 
@@ -347,7 +347,7 @@ impl Core {
             return;
         }
         w.become_ready(now);
-        tracing::info!(slot = id.slot, pid = w.pid, "worker ready");
+        tracing::info!(slot = id.slot, pid = w.pid, "worker reported ready");
         let ready = self.slots.serving().filter(|w| w.state == State::Ready).count();
         if ready == self.slots.len() && !self.all_ready_logged {
             self.all_ready_logged = true;
