@@ -117,6 +117,9 @@ pub struct Status {
     pub balance: String,
     /// The primary's pid.
     pub pid: u32,
+    /// The address the cluster accepts connections on, with the port the kernel chose when
+    /// it was bound to port 0.
+    pub listen: std::net::SocketAddr,
     /// One entry per running worker process (a slot being reloaded has two).
     pub workers: Vec<WorkerStatus>,
     /// How the last reload ended, if there was one.

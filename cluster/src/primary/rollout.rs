@@ -286,6 +286,7 @@ impl Supervisor {
         Status {
             balance: self.config.balance.as_str().to_owned(),
             pid: std::process::id(),
+            listen: self.config.bind,
             workers,
             last_reload: self.last_reload.clone(),
         }
