@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! → {"cmd":"status"}
-//! ← {"ok":true,"status":{"balance":"round-robin","workers":[{"slot":0,"pid":4242,...}],...}}
+//! ← {"ok":true,"status":{"balance":"round-robin","listen":"127.0.0.1:3000","workers":[{"slot":0,...}],...}}
 //! → {"cmd":"reload"}                 ← {"ok":true} once every slot runs a new worker
 //! → {"cmd":"scale","to":4}           ← {"ok":true,"workers":4}
 //! → {"cmd":"scale","by":-1}

@@ -38,6 +38,8 @@ pub struct Herd {
     log: Arc<Lines>,
     /// What the primary sent to the kit's `NOTIFY_SOCKET`; `None` when the test gave its own.
     notifications: Option<Arc<Lines>>,
+    /// That socket, shut down on drop to end the thread that reads it.
+    notify_socket: Option<UnixDatagram>,
     /// The control socket.
     control: PathBuf,
     /// Every worker pid any status showed, to kill on drop even if the primary is gone.
@@ -166,13 +168,14 @@ impl Herd {
                 sink.push(line);
             }
         });
+        let notify_socket = notify.as_ref().map(|socket| socket.try_clone().expect("clone the notify socket"));
         let notifications = notify.map(|socket| {
             let sink = Arc::new(Lines::default());
             let lines = Arc::clone(&sink);
             std::thread::spawn(move || {
                 let mut buf = [0u8; 4096];
-                // Ends when the test process does; the socket file goes with the temp dir.
-                while let Ok(n) = socket.recv(&mut buf) {
+                // Herd never sends an empty notification: 0 is the shutdown on drop.
+                while let Ok(n @ 1..) = socket.recv(&mut buf) {
                     lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
                 }
             });
@@ -183,6 +186,7 @@ impl Herd {
             addr: "0.0.0.0:0".parse().expect("literal"),
             log,
             notifications,
+            notify_socket,
             control: PathBuf::new(),
             seen_workers: Mutex::new(BTreeSet::new()),
             exited: None,
@@ -190,8 +194,8 @@ impl Herd {
         };
         let deadline = Instant::now() + START_TIMEOUT;
         let (control, status) = loop {
-            if let Some(found) = control.find().and_then(|path| Some((query_status(&path)?, path))) {
-                break (found.1, found.0);
+            if let Some(answered) = control.find().and_then(|path| query_status(&path).map(|status| (path, status))) {
+                break answered;
             }
             if let Ok(Some(exit)) = herd.child.try_wait() {
                 herd.exited = Some(exit);
@@ -370,6 +374,9 @@ impl Drop for Herd {
         let _ = self.child.wait();
         for pid in doomed {
             crate::signal(pid, Signal::SIGKILL);
+        }
+        if let Some(socket) = &self.notify_socket {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
         }
     }
 }
