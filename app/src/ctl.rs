@@ -83,7 +83,7 @@ fn default_socket() -> PathBuf {
 
 /// A `pm2 ls`-style table.
 pub fn table(status: &Status) -> String {
-    let mut out = format!("primary pid {} · listening on {} · balance {}", status.pid, status.listen, status.balance);
+    let mut out = format!("primary pid {} · balance {}", status.pid, status.balance);
     if let Some(reload) = &status.last_reload {
         out.push_str(&format!(" · last reload: {reload}"));
     }
