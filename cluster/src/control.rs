@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! → {"cmd":"status"}
-//! ← {"ok":true,"status":{"balance":"round-robin","workers":[{"slot":0,"pid":4242,...}],...}}
+//! ← {"ok":true,"status":{"balance":"round-robin","listen":"127.0.0.1:3000","workers":[{"slot":0,...}],...}}
 //! → {"cmd":"reload"}                 ← {"ok":true} once every slot runs a new worker
 //! → {"cmd":"scale","to":4}           ← {"ok":true,"workers":4}
 //! → {"cmd":"scale","by":-1}
@@ -117,6 +117,9 @@ pub struct Status {
     pub balance: String,
     /// The primary's pid.
     pub pid: u32,
+    /// The address the cluster accepts connections on, with the port the kernel chose when
+    /// it was bound to port 0.
+    pub listen: std::net::SocketAddr,
     /// One entry per running worker process (a slot being reloaded has two).
     pub workers: Vec<WorkerStatus>,
     /// How the last reload ended, if there was one.

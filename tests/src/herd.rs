@@ -1,9 +1,22 @@
 //! The real `herd` binary, started as a user would, with its log captured line by line.
+//!
+//! What the kit needs to *find* (the control socket, the listening address, readiness, worker
+//! pids) comes from machine-readable sources, never from log text, so rewording a log line
+//! cannot break a test's setup or cleanup:
+//! - each herd gets a private `XDG_RUNTIME_DIR`, so its control socket is the one socket in
+//!   `$XDG_RUNTIME_DIR/herd/` (unless the test names one with `--control-socket`);
+//! - the address, worker pids and states come from the status the control socket answers;
+//! - readiness is the systemd notify protocol: the kit listens on its own `NOTIFY_SOCKET` and
+//!   hears `READY=1` once every worker is ready.
+//!
+//! The log stays available for tests whose subject *is* a log line.
 
 use std::{
-    io::{BufRead, BufReader},
+    collections::BTreeSet,
+    io::{BufRead, BufReader, Write},
     net::SocketAddr,
-    path::PathBuf,
+    os::unix::net::{UnixDatagram, UnixStream},
+    path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
     sync::{Arc, Condvar, Mutex, OnceLock},
     time::{Duration, Instant},
@@ -11,16 +24,29 @@ use std::{
 
 use nix::sys::signal::Signal;
 
-use crate::{http::Client, RedisServer};
+use crate::{http::Client, RedisServer, TempDir};
 
 /// How long a cluster may take to come up in a debug build on a busy 2-core machine.
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often [`Herd::wait_status`] asks again.
+const STATUS_POLL: Duration = Duration::from_millis(20);
 
 pub struct Herd {
     child: Child,
     pub addr: SocketAddr,
-    log: Arc<Log>,
+    /// The primary's stderr, line by line.
+    log: Arc<Lines>,
+    /// What the primary sent to the kit's `NOTIFY_SOCKET`; `None` when the test gave its own.
+    notifications: Option<Arc<Lines>>,
+    /// That socket, shut down on drop to end the thread that reads it.
+    notify_socket: Option<UnixDatagram>,
+    /// The control socket.
+    control: PathBuf,
+    /// Every worker pid any status showed, to kill on drop even if the primary is gone.
+    seen_workers: Mutex<BTreeSet<u32>>,
     exited: Option<ExitStatus>,
+    /// The private runtime directory (control socket, notify socket); removed last.
+    _dir: TempDir,
 }
 
 /// The environment that turns on `/heavy`'s per-computation INFO line ("heavy computation
@@ -28,10 +54,41 @@ pub struct Herd {
 /// computation to start need it.
 pub const HEAVY_LOGS: [(&str, &str); 1] = [("RUST_LOG", "info,herd::routes::heavy=info")];
 
+/// Lines that arrive from another thread, with a way to wait for one.
 #[derive(Default)]
-struct Log {
+struct Lines {
     lines: Mutex<Vec<String>>,
     grew: Condvar,
+}
+
+impl Lines {
+    fn push(&self, line: String) {
+        self.lines.lock().expect("lines lock").push(line);
+        self.grew.notify_all();
+    }
+
+    fn snapshot(&self) -> Vec<String> {
+        self.lines.lock().expect("lines lock").clone()
+    }
+
+    /// The first line after the first `skip` that matches `pred`, waiting for it up to
+    /// `timeout` (woken as lines arrive).
+    fn find_from(&self, skip: usize, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut lines = self.lines.lock().expect("lines lock");
+        loop {
+            if let Some(line) = lines.iter().skip(skip).find(|l| pred(l)) {
+                return Some(line.clone());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                // Released before the caller may panic: a poisoned lock would make `Drop`
+                // panic again and abort the run.
+                return None;
+            }
+            lines = self.grew.wait_timeout(lines, deadline - now).expect("lines lock").0;
+        }
+    }
 }
 
 impl Herd {
@@ -48,44 +105,59 @@ impl Herd {
 
     /// Like [`Herd::start`], with Redis at any URL (a Redis Cluster, say).
     pub fn start_at(url: &str, extra: &[&str], env: &[(&str, &str)]) -> Herd {
-        let mut args = vec!["serve", "--bind", "127.0.0.1:0", "--redis-url", url, "--secure-cookies", "false"];
-        args.extend(["--demo-user", "alice:wonderland"]);
-        args.extend(extra);
-        let herd = Herd::spawn(&args, env);
-        herd.wait_log("all workers ready", START_TIMEOUT, |l| l.contains("workers ready"));
+        let herd = Herd::spawn(&Herd::serve_args(url, extra), env);
+        herd.wait_ready(START_TIMEOUT);
         herd
     }
 
+    /// The arguments [`Herd::start_at`] runs, for a test that spawns them its own way.
+    pub fn serve_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["serve", "--bind", "127.0.0.1:0", "--redis-url", url, "--secure-cookies", "false"];
+        args.extend(["--demo-user", "alice:wonderland"]);
+        args.extend(extra);
+        args
+    }
+
     /// Runs the binary with exactly these arguments and environment additions; waits only
-    /// for the listening address.
+    /// until the control socket answers (which gives the listening address).
     pub fn spawn(args: &[&str], env: &[(&str, &str)]) -> Herd {
         Herd::spawn_in(&std::env::temp_dir(), args, env)
     }
 
     /// Like [`Herd::spawn`], in working directory `cwd` and without `REDIS_URL` inherited.
-    pub fn spawn_in(cwd: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> Herd {
+    pub fn spawn_in(cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Herd {
         Herd::spawn_program(&herd_bin(), cwd, args, env)
     }
 
-    /// Runs any program built on herd-cluster (an example, say) the same way.
-    pub fn spawn_program(
-        program: &std::path::Path,
-        cwd: &std::path::Path,
-        args: &[&str],
-        env: &[(&str, &str)],
-    ) -> Herd {
-        let mut child = Command::new(program)
-            .current_dir(cwd)
-            .env_remove("REDIS_URL")
-            .args(args)
-            .env("RUST_LOG", "info")
+    /// Runs any program built on herd-cluster (an example, or herd under `prlimit`) the same
+    /// way.
+    pub fn spawn_program(program: &Path, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Herd {
+        let dir = TempDir::new("herd-run");
+        let given = |key: &str| env.iter().find(|(k, _)| *k == key).map(|(_, v)| PathBuf::from(v));
+        let runtime_dir = given("XDG_RUNTIME_DIR").unwrap_or_else(|| dir.path().to_owned());
+        let control = ControlSocket::named_in(args)
+            .or_else(|| given("HERD_CONTROL_SOCKET").map(ControlSocket::Named))
+            .unwrap_or(ControlSocket::OnlyOneIn(runtime_dir.join("herd")));
+        let notify_path = dir.path().join("notify.sock");
+        let notify = match given("NOTIFY_SOCKET") {
+            Some(_) => None,
+            None => Some(UnixDatagram::bind(&notify_path).expect("bind the kit's notify socket")),
+        };
+
+        let mut cmd = Command::new(program);
+        cmd.current_dir(cwd).env_remove("REDIS_URL").args(args).env("RUST_LOG", "info");
+        cmd.env("XDG_RUNTIME_DIR", dir.path());
+        if notify.is_some() {
+            cmd.env("NOTIFY_SOCKET", &notify_path);
+        }
+        let mut child = cmd
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("start herd");
-        let log = Arc::new(Log::default());
+        let log = Arc::new(Lines::default());
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
@@ -93,20 +165,65 @@ impl Herd {
                 if std::env::var_os("HERD_TEST_ECHO").is_some() {
                     eprintln!("{line}");
                 }
-                let mut lines = sink.lines.lock().expect("log lock");
-                lines.push(line);
-                sink.grew.notify_all();
+                sink.push(line);
             }
         });
-        let mut herd = Herd { child, addr: "0.0.0.0:0".parse().expect("literal"), log, exited: None };
-        let line = herd.wait_log("the listening address", START_TIMEOUT, |l| l.contains("listening on "));
-        // Text or JSON logs: the address is what follows, up to the first character that
-        // cannot be part of one.
-        let addr: Option<String> = line.split("listening on ").nth(1).map(|rest| {
-            rest.chars().take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']')).collect()
+        let notify_socket = notify.as_ref().map(|socket| socket.try_clone().expect("clone the notify socket"));
+        let notifications = notify.map(|socket| {
+            let sink = Arc::new(Lines::default());
+            let lines = Arc::clone(&sink);
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                // Herd never sends an empty notification: 0 is the shutdown on drop.
+                while let Ok(n @ 1..) = socket.recv(&mut buf) {
+                    lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                }
+            });
+            sink
         });
-        herd.addr = addr.and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("no address in {line:?}"));
+        let mut herd = Herd {
+            child,
+            addr: "0.0.0.0:0".parse().expect("literal"),
+            log,
+            notifications,
+            notify_socket,
+            control: PathBuf::new(),
+            seen_workers: Mutex::new(BTreeSet::new()),
+            exited: None,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        let (control, status) = loop {
+            if let Some(answered) = control.find().and_then(|path| query_status(&path).map(|status| (path, status))) {
+                break answered;
+            }
+            if let Ok(Some(exit)) = herd.child.try_wait() {
+                herd.exited = Some(exit);
+                panic!("herd exited ({exit}) before its control socket answered; log:\n{}", herd.log().join("\n"));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no control socket answered within {START_TIMEOUT:?}; log:\n{}",
+                herd.log().join("\n")
+            );
+            std::thread::sleep(STATUS_POLL);
+        };
+        herd.control = control;
+        herd.addr = status["listen"]
+            .as_str()
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| panic!("no listen address in {status}"));
+        herd.remember(&status);
         herd
+    }
+
+    /// Waits for the primary's `READY=1` (sent once, when every worker first is ready).
+    pub fn wait_ready(&self, timeout: Duration) {
+        let Some(notifications) = &self.notifications else {
+            panic!("this test gave herd its own NOTIFY_SOCKET: it hears READY=1, the kit does not");
+        };
+        let ready = notifications.find_from(0, timeout, |m| m.lines().any(|l| l == "READY=1"));
+        assert!(ready.is_some(), "no READY=1 within {timeout:?}; log:\n{}", self.log().join("\n"));
     }
 
     /// `herd ctl --socket <this primary's socket> <args>`: (exit code, stdout, stderr).
@@ -123,22 +240,62 @@ impl Herd {
         cmd
     }
 
-    /// The control socket path the primary logged at start.
+    /// The primary's control socket.
     pub fn control_socket(&self) -> PathBuf {
-        let line = self.wait_log("the listening line", START_TIMEOUT, |l| l.contains("listening on "));
-        let path = line
-            .split("control=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .or_else(|| line.split(r#""control":""#).nth(1).and_then(|rest| rest.split('"').next()));
-        PathBuf::from(path.unwrap_or_else(|| panic!("no control socket in {line:?}")))
+        self.control.clone()
     }
 
     /// `herd ctl status --json`, parsed.
     pub fn status(&self) -> serde_json::Value {
         let (code, out, err) = self.ctl(&["status", "--json"]);
         assert_eq!(code, 0, "status failed: {err}");
-        serde_json::from_str::<serde_json::Value>(&out).expect("status JSON")["status"].clone()
+        let status = serde_json::from_str::<serde_json::Value>(&out).expect("status JSON")["status"].clone();
+        self.remember(&status);
+        status
+    }
+
+    /// Polls the status (straight from the control socket: no `herd ctl` process every 20 ms)
+    /// until `pred` returns `Some`, or panics with `what` and the log after `timeout`.
+    pub fn wait_status<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut pred: impl FnMut(&serde_json::Value) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        let mut last = serde_json::Value::Null;
+        loop {
+            if let Some(status) = query_status(&self.control) {
+                self.remember(&status);
+                if let Some(found) = pred(&status) {
+                    return found;
+                }
+                last = status;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; last status {last}; log:\n{}",
+                    self.log().join("\n")
+                );
+            }
+            std::thread::sleep(STATUS_POLL);
+        }
+    }
+
+    /// Waits until the status lists exactly `n` workers, each `ready`; returns their pids.
+    pub fn wait_workers_ready(&self, n: usize, timeout: Duration) -> Vec<u32> {
+        self.wait_status(&format!("{n} ready workers"), timeout, |status| {
+            let workers = workers(status);
+            (workers.len() == n && workers.iter().all(|w| w.state == "ready"))
+                .then(|| workers.iter().filter_map(|w| w.pid).collect())
+        })
+    }
+
+    /// Waits until `slot` runs a ready worker other than `old`; returns its pid.
+    pub fn wait_replaced(&self, slot: u64, old: u32, timeout: Duration) -> u32 {
+        self.wait_status(&format!("a ready replacement for pid {old} in slot {slot}"), timeout, |status| {
+            workers(status).iter().find(|w| w.slot == slot && w.state == "ready" && w.pid != Some(old))?.pid
+        })
     }
 
     pub fn client(&self) -> Client {
@@ -151,10 +308,11 @@ impl Herd {
 
     /// Every log line so far.
     pub fn log(&self) -> Vec<String> {
-        self.log.lines.lock().expect("log lock").clone()
+        self.log.snapshot()
     }
 
     /// Waits for a log line matching `pred` (searching the whole log, old lines included).
+    /// Only for tests whose subject is the log line itself: to find a thing, ask the status.
     pub fn wait_log(&self, what: &str, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
         self.wait_log_from(0, what, timeout, pred)
     }
@@ -171,37 +329,19 @@ impl Herd {
     /// `timeout` (woken as lines arrive); `None` if none came. For figures that are measured
     /// rather than asserted.
     pub fn find_log_from(&self, skip: usize, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
-        let deadline = Instant::now() + timeout;
-        let mut lines = self.log.lines.lock().expect("log lock");
-        loop {
-            if let Some(line) = lines.iter().skip(skip).find(|l| pred(l)) {
-                return Some(line.clone());
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                // Released before the caller may panic: a poisoned lock would make `Drop`
-                // (which reads the log for the worker pids) panic again and abort the run.
-                return None;
-            }
-            lines = self.log.grew.wait_timeout(lines, deadline - now).expect("log lock").0;
-        }
+        self.log.find_from(skip, timeout, pred)
     }
 
     pub fn log_len(&self) -> usize {
         self.log.lines.lock().expect("log lock").len()
     }
 
-    /// Pids of every worker the primary reported starting.
+    /// Pids of the worker processes the status lists now (slot order; a slot being replaced
+    /// has two).
     pub fn worker_pids(&self) -> Vec<u32> {
-        self.log()
-            .iter()
-            .filter_map(|l| {
-                let rest = l.split("worker ").nth(1)?;
-                let mut words = rest.split_whitespace();
-                let (_slot, pid_word, pid, started) = (words.next()?, words.next()?, words.next()?, words.next()?);
-                (pid_word == "pid" && started == "started").then(|| pid.parse().ok()).flatten()
-            })
-            .collect()
+        self.wait_status("a status", START_TIMEOUT, |status| {
+            Some(workers(status).iter().filter_map(|w| w.pid).collect())
+        })
     }
 
     pub fn signal(&self, signal: Signal) {
@@ -217,17 +357,99 @@ impl Herd {
         self.exited = Some(status);
         status
     }
+
+    fn remember(&self, status: &serde_json::Value) {
+        let mut seen = self.seen_workers.lock().expect("seen lock");
+        seen.extend(workers(status).iter().filter_map(|w| w.pid));
+    }
 }
 
 impl Drop for Herd {
     fn drop(&mut self) {
-        let workers = self.worker_pids();
+        // Everything the primary started (workers, a private redis-server), found before it
+        // dies, plus every worker a status ever showed (one whose primary is already gone).
+        let mut doomed = children(self.child.id());
+        doomed.extend(self.seen_workers.lock().map(|seen| seen.clone()).unwrap_or_default());
         let _ = self.child.kill();
         let _ = self.child.wait();
-        for pid in workers {
+        for pid in doomed {
             crate::signal(pid, Signal::SIGKILL);
         }
+        if let Some(socket) = &self.notify_socket {
+            let _ = socket.shutdown(std::net::Shutdown::Both);
+        }
     }
+}
+
+/// One entry of the status's `workers`.
+pub struct Worker {
+    pub slot: u64,
+    pub pid: Option<u32>,
+    pub state: String,
+    pub restarts: u64,
+}
+
+/// The workers a status lists.
+pub fn workers(status: &serde_json::Value) -> Vec<Worker> {
+    let Some(list) = status["workers"].as_array() else { return Vec::new() };
+    list.iter()
+        .map(|w| Worker {
+            slot: w["slot"].as_u64().unwrap_or(u64::MAX),
+            pid: w["pid"].as_u64().and_then(|p| u32::try_from(p).ok()),
+            state: w["state"].as_str().unwrap_or_default().to_owned(),
+            restarts: w["restarts"].as_u64().unwrap_or(0),
+        })
+        .collect()
+}
+
+/// Where a herd's control socket is.
+enum ControlSocket {
+    /// Given by the test (`--control-socket`, `HERD_CONTROL_SOCKET`).
+    Named(PathBuf),
+    /// The default place: `herd-<port>.sock` in this private directory, the only socket there.
+    OnlyOneIn(PathBuf),
+}
+
+impl ControlSocket {
+    fn named_in(args: &[&str]) -> Option<ControlSocket> {
+        let flag = "--control-socket";
+        let at = args.iter().position(|a| *a == flag).and_then(|i| args.get(i + 1)).copied();
+        let joined = args.iter().find_map(|a| a.strip_prefix(flag).and_then(|rest| rest.strip_prefix('=')));
+        at.or(joined).map(|path| ControlSocket::Named(PathBuf::from(path)))
+    }
+
+    fn find(&self) -> Option<PathBuf> {
+        match self {
+            ControlSocket::Named(path) => Some(path.clone()),
+            ControlSocket::OnlyOneIn(dir) => std::fs::read_dir(dir)
+                .ok()?
+                .filter_map(Result::ok)
+                .map(|entry| entry.path())
+                .find(|path| path.extension().is_some_and(|ext| ext == "sock")),
+        }
+    }
+}
+
+/// `{"cmd":"status"}` on the control socket (its documented protocol: one JSON line each
+/// way); `None` while nothing answers.
+fn query_status(socket: &Path) -> Option<serde_json::Value> {
+    let mut stream = UnixStream::connect(socket).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"{\"cmd\":\"status\"}\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(stream).read_line(&mut line).ok()?;
+    let reply: serde_json::Value = serde_json::from_str(&line).ok()?;
+    (reply["ok"] == true).then(|| reply["status"].clone())
+}
+
+/// The pids of a process's children (`/proc/<pid>/task/<tid>/children`, one file per thread).
+pub fn children(pid: u32) -> BTreeSet<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return BTreeSet::new() };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|task| std::fs::read_to_string(task.path().join("children")).ok())
+        .flat_map(|list| list.split_whitespace().filter_map(|p| p.parse().ok()).collect::<Vec<u32>>())
+        .collect()
 }
 
 /// The `herd` binary, built once per test process with the same cargo that runs the tests, so

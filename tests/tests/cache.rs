@@ -24,7 +24,8 @@ fn an_invalidation_reaches_every_workers_local_copy() {
     assert_eq!(locals.len(), 3, "every worker answers the repeat from memory: {first:?}");
 
     // One worker invalidates; all of them forget, so the value is computed again once. The
-    // message travels asynchronously: wait until every worker has said it dropped its copy.
+    // message travels asynchronously: wait until every worker has said it dropped its copy (no
+    // status shows a worker's cache: its log line is the only sign).
     let res = herd.client().request("DELETE", "/heavy/cached?n=123456", &[], b"").expect("DELETE");
     assert_eq!((res.status, res.json()["invalidated"].clone()), (200, 123456.into()), "{}", res.body);
     wait_for("every worker to drop its copy", Duration::from_secs(5), || {

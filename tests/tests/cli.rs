@@ -43,12 +43,13 @@ fn every_serve_flag_reads_an_environment_variable() {
             ("HERD_SHUTDOWN_TIMEOUT", "5s"),
         ],
     );
-    herd.wait_log("two workers", herd_e2e::herd::START_TIMEOUT, |l| l.contains("all 2 workers ready"));
+    herd.wait_workers_ready(2, herd_e2e::herd::START_TIMEOUT);
     let res = herd.client().post_json("/login", r#"{"username":"bob","password":"builder"}"#).expect("login");
     assert_eq!(res.status, 200, "{}", res.body);
     let cookie = res.header("set-cookie").expect("cookie");
     assert!(cookie.starts_with("sid=") && !cookie.contains("Secure"), "{cookie}");
     herd.signal(Signal::SIGTERM);
+    // The line is the contract: the shutdown timeout in force shows nowhere else.
     herd.wait_log("the shutdown timeout from HERD_SHUTDOWN_TIMEOUT", Duration::from_secs(10), |l| {
         l.contains("(timeout 5s)")
     });
@@ -160,15 +161,11 @@ fn without_redis_herd_starts_a_private_one_and_stops_it_on_exit() {
         ],
         &[],
     );
-    let started = herd
-        .wait_log("the private redis", herd_e2e::herd::START_TIMEOUT, |l| l.contains("started a private redis-server"));
-    herd.wait_log("workers", herd_e2e::herd::START_TIMEOUT, |l| l.contains("workers ready"));
-    let redis_pid: u32 = started
-        .split("(pid ")
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .and_then(|p| p.parse().ok())
-        .expect("redis pid in the log");
+    herd.wait_ready(herd_e2e::herd::START_TIMEOUT);
+    let redis_pid = herd_e2e::herd::children(herd.pid())
+        .into_iter()
+        .find(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "redis-server"))
+        .expect("a redis-server child of herd");
     let mut client = herd.client();
     client.login();
     assert_eq!(client.get("/").expect("GET /").json()["visits"], 1);
@@ -177,6 +174,7 @@ fn without_redis_herd_starts_a_private_one_and_stops_it_on_exit() {
     herd.signal(Signal::SIGTERM);
     assert_eq!(herd.wait_exit(Duration::from_secs(30)).code(), Some(0));
     assert!(!process_alive(redis_pid), "the private redis-server outlived herd");
+    // The line is the contract: herd tells the operator it stopped what it started.
     assert!(herd.log().iter().any(|l| l.contains("private redis-server stopped")));
 }
 
@@ -204,7 +202,7 @@ fn sticky_from_the_environment_takes_the_usual_boolean_spellings() {
             &["serve", "--bind", "127.0.0.1:0", "--workers", "1", "--redis-url", &url],
             &[("STICKY", value)],
         );
-        herd.wait_log("ready", herd_e2e::herd::START_TIMEOUT, |l| l.contains("workers ready"));
+        herd.wait_ready(herd_e2e::herd::START_TIMEOUT);
         assert_eq!(herd.client().get("/").expect("GET /").json()["balance"], balance, "STICKY={value}");
     }
     // An unclear value is an error, not a guess.
@@ -220,6 +218,7 @@ fn threads_sets_the_runtime_threads_of_each_worker() {
         [(&["--workers", "1"][..], "threads=1"), (&["--workers", "1", "--threads", "3"][..], "threads=3")]
     {
         let herd = Herd::start(&redis, args);
+        // The line is the contract: the worker reports the threads its runtime has.
         let ready = herd.wait_log("the worker's ready line", Duration::from_secs(5), |l| l.contains("worker ready"));
         assert!(ready.contains(expected), "a worker started with {args:?} logged {ready}");
     }

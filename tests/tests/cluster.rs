@@ -3,17 +3,11 @@
 
 use std::{thread, time::Duration};
 
-use herd_e2e::{herd::HEAVY_LOGS, process_alive, wait_for, Herd, RedisServer};
+use herd_e2e::{
+    herd::{workers, HEAVY_LOGS},
+    process_alive, wait_for, Herd, RedisServer,
+};
 use nix::sys::signal::Signal;
-
-/// Parses the pid out of a primary line `worker <slot> pid <pid> ...`.
-fn pid_in(line: &str) -> u32 {
-    line.split(" pid ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .expect("pid in line")
-}
 
 /// Supervision must not depend on who accepts connections.
 const MODES: [&str; 2] = ["shared", "round-robin"];
@@ -43,14 +37,11 @@ fn killed_workers_are_replaced(mode: &str) {
         let (slot, pid) = get();
         let mark = herd.log_len();
         herd_e2e::signal(pid, Signal::SIGKILL);
+        // The line is the contract: it is how an operator learns why a worker died.
         herd.wait_log_from(mark, "the death to be logged", Duration::from_secs(10), |l| {
             l.contains(&format!("worker {slot} pid {pid} killed by SIGKILL, restarting"))
         });
-        let ready = herd.wait_log_from(mark, "a replacement in the same slot", Duration::from_secs(30), |l| {
-            l.contains(&format!("worker {slot} pid ")) && l.ends_with(" ready")
-        });
-        let new_pid = pid_in(&ready);
-        assert_ne!(new_pid, pid);
+        let new_pid = herd.wait_replaced(slot, pid, Duration::from_secs(30));
         // The replacement serves: keep asking until the kernel hands a connection to that slot.
         wait_for("the replacement to serve a request", Duration::from_secs(30), || {
             let (s, p) = get();
@@ -64,21 +55,16 @@ fn workers_that_die_young_restart_with_growing_backoff() {
     let redis = RedisServer::start();
     let herd = Herd::start(&redis, &["--workers", "1"]);
     let mut delays = Vec::new();
+    let mut killed = None;
     for round in 0..4 {
-        let started = herd.wait_log("a worker start", Duration::from_secs(10), |l| {
-            l.contains("worker 0 pid ") && l.ends_with(" started")
+        // Whether starting or ready: killed right after it started, it dies young.
+        let pid = herd.wait_status("slot 0's next worker", Duration::from_secs(10), |status| {
+            workers(status).iter().find(|w| w.slot == 0 && w.pid.is_some() && w.pid != killed)?.pid
         });
-        // The newest start line is the current worker.
-        let current = herd
-            .log()
-            .iter()
-            .rev()
-            .find(|l| l.contains("worker 0 pid ") && l.ends_with(" started"))
-            .cloned()
-            .unwrap_or(started);
-        let pid = pid_in(&current);
         let mark = herd.log_len();
         herd_e2e::signal(pid, Signal::SIGKILL);
+        killed = Some(pid);
+        // The line is the contract: the backoff delay is only ever shown there.
         let death = herd.wait_log_from(mark, "the death", Duration::from_secs(10), |l| {
             l.contains(&format!("pid {pid} killed by SIGKILL"))
         });
@@ -87,9 +73,6 @@ fn workers_that_die_young_restart_with_growing_backoff() {
             // Only the first worker can have lived past 5 s (a slow start): a healthy death.
             None => assert_eq!(round, 0, "a worker killed right after starting must back off: {death}"),
         }
-        herd.wait_log_from(mark, "the restart", Duration::from_secs(10), |l| {
-            l.contains("worker 0 pid ") && l.ends_with(" started")
-        });
     }
     assert!(delays.len() >= 3 && delays[0] == 100, "100 ms first: {delays:?}");
     assert!(delays.windows(2).all(|w| w[1] == w[0] * 2), "then doubling: {delays:?}");
@@ -103,13 +86,15 @@ fn workers_that_die_young_restart_with_growing_backoff() {
 fn a_worker_that_exits_by_itself_is_replaced() {
     let redis = RedisServer::start();
     let herd = Herd::start(&redis, &["--workers", "2"]);
-    let pid = herd.client().get("/").expect("GET /").json()["pid"].as_u64().expect("pid") as u32;
+    let body = herd.client().get("/").expect("GET /").json();
+    let (slot, pid) = (body["worker"].as_u64().expect("slot"), body["pid"].as_u64().expect("pid") as u32);
     let mark = herd.log_len();
     herd_e2e::signal(pid, Signal::SIGTERM);
+    // The line is the contract: a clean exit is told apart from a crash there.
     let line =
         herd.wait_log_from(mark, "the exit", Duration::from_secs(10), |l| l.contains(&format!("pid {pid} exited")));
     assert!(line.contains("exited cleanly, restarting"), "{line}");
-    herd.wait_log_from(mark, "the replacement", Duration::from_secs(30), |l| l.ends_with(" ready"));
+    herd.wait_replaced(slot, pid, Duration::from_secs(30));
 }
 
 #[test]
@@ -131,8 +116,11 @@ fn graceful_sigterm(mode: &str) {
         let client = herd.client();
         thread::spawn(move || client.get("/heavy?n=300000000"))
     };
+    // No status shows a computation in progress: HEAVY_LOGS turns this line on for tests.
     herd.wait_log("the slow request to start", Duration::from_secs(10), |l| l.contains("heavy computation started"));
     herd.signal(Signal::SIGTERM);
+    // During a shutdown the status does not show the worker draining (it stays `ready`): the
+    // worker's own line is the only sign that it has begun.
     herd.wait_log("the worker to drain", Duration::from_secs(10), |l| l.contains("worker draining"));
 
     // A request arriving on an already-open keep-alive connection is told to come back later,
@@ -167,10 +155,12 @@ fn shutdown_timeout_kills_workers_that_do_not_drain() {
         let client = herd.client();
         thread::spawn(move || client.get("/heavy?n=1e10"))
     };
+    // No status shows a computation in progress: HEAVY_LOGS turns this line on for tests.
     herd.wait_log("the endless request to start", Duration::from_secs(10), |l| l.contains("heavy computation started"));
     herd.signal(Signal::SIGTERM);
     let status = herd.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(1), "a forced shutdown is reported");
+    // The line is the contract: the operator is told the shutdown was forced.
     assert!(herd.log().iter().any(|l| l.contains("did not stop within the shutdown timeout")));
     for pid in workers {
         assert!(!process_alive(pid), "worker {pid} outlived the primary");

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use herd_e2e::{wait_for, Client, Herd, RedisServer};
+use herd_e2e::{herd::workers, wait_for, Client, Herd, RedisServer};
 use nix::sys::signal::Signal;
 
 fn client_ip(n: u8) -> IpAddr {
@@ -46,6 +46,7 @@ fn handed_off_connections_show_the_real_client_address() {
     let herd = Herd::start(&redis, &["--workers", "2"]);
     let mut client = herd.client().from_ip(client_ip(9));
     client.login();
+    // The line is the contract: the log names the real client, not the primary.
     herd.wait_log("the login line", Duration::from_secs(5), |l| l.contains("login") && l.contains("client=127.0.0.9"));
 }
 
@@ -72,15 +73,14 @@ fn sticky_clients_of_a_dead_worker_move_and_return_while_others_stay() {
     let homes: Vec<(u64, u64)> = clients.iter().map(served_by).collect();
     let (victim_slot, victim_pid) = homes[0];
 
-    let mark = herd.log_len();
     herd_e2e::signal(victim_pid as u32, Signal::SIGKILL);
     // The victim's client's very next request succeeds, on another worker.
     // (A replacement needs far longer than this to start, so it is another slot.)
     let (slot, _) = served_by(&clients[0]);
     assert_ne!(slot, victim_slot, "served by the killed worker's slot");
     // Wait until the death is known, then check that only the victim's clients moved.
-    herd.wait_log_from(mark, "the death", Duration::from_secs(10), |l| {
-        l.contains(&format!("pid {victim_pid} killed by SIGKILL"))
+    herd.wait_status("the death", Duration::from_secs(10), |status| {
+        workers(status).iter().all(|w| w.pid != Some(victim_pid as u32)).then_some(())
     });
     for (client, &(home, _)) in clients.iter().zip(&homes) {
         let (now, _) = served_by(client);
@@ -89,9 +89,7 @@ fn sticky_clients_of_a_dead_worker_move_and_return_while_others_stay() {
         }
     }
     // When the slot is back, its clients come home.
-    herd.wait_log_from(mark, "the replacement", Duration::from_secs(30), |l| {
-        l.contains(&format!("worker {victim_slot} pid ")) && l.ends_with(" ready")
-    });
+    herd.wait_replaced(victim_slot, victim_pid as u32, Duration::from_secs(30));
     for (client, &(home, _)) in clients.iter().zip(&homes) {
         assert_eq!(served_by(client).0, home, "client did not return home");
     }
@@ -126,6 +124,8 @@ fn least_conn_avoids_the_worker_holding_idle_connections() {
     held.retain(|(worker, _)| *worker == 0);
     assert_eq!(held.len(), 8);
     for slot in 1..4 {
+        // The primary's own count of a worker's connections (what least-conn compares) is in no
+        // status: its debug line is the only place it shows.
         herd.wait_log_from(mark, "the closes to be reported", Duration::from_secs(10), |l| {
             l.contains(&format!("worker {slot} pid ")) && l.ends_with(", 0 open")
         });
@@ -202,6 +202,7 @@ fn a_client_arriving_while_every_worker_restarts_is_served_late_not_refused() {
     });
     let res = std::thread::scope(|scope| {
         let request = scope.spawn(|| herd.client().get("/"));
+        // The primary's queue is in no status: this line is the only sign the connection waits.
         herd.wait_log_from(mark, "the primary to hold the connection", Duration::from_secs(10), |l| {
             l.contains("holding new connections")
         });

@@ -222,6 +222,7 @@ fn slow_clients_are_cut_off(balance: &str) {
     assert!(read_until_closed(&mut busy, SLACK, "after the last request").is_empty());
 
     assert_eq!(herd.client().get("/healthz").expect("still serving").status, 200);
+    // The log is where a panic would show: no status counts them.
     assert!(!herd.log().iter().any(|l| l.contains("panicked")), "a worker panicked");
 }
 
@@ -265,6 +266,7 @@ fn connections_over_the_cap_are_refused(balance: &str) {
         let said = read_until_closed(&mut fresh, SLACK, "a fresh connection");
         (status(&said) == 200).then_some(())
     });
+    // The line is the contract: an operator must learn that the cap refused connections.
     assert!(herd.log().iter().any(|l| l.contains("connection cap reached")), "the refusal is logged");
 }
 
@@ -296,6 +298,7 @@ fn the_default_cap_is_derived_from_the_descriptor_limit() {
         "1",
     ];
     let herd = Herd::spawn_program(std::path::Path::new("prlimit"), &std::env::temp_dir(), &args, &[]);
+    // The line is the contract: the worker reports the cap it derived.
     let ready = herd.wait_log("the worker to be ready", herd_e2e::herd::START_TIMEOUT, |l| l.contains("worker ready"));
     assert!(ready.contains("max_connections=192"), "{ready}");
 }

@@ -199,12 +199,13 @@ fn workers_command_lines_hold_no_password() {
     // On the primary's command line (public, and herd says so): never on the workers'.
     let herd = Herd::start(&redis, &["--workers", "2"]);
     check(&herd, true);
+    // The line is the contract: herd warns that the secret is visible.
     assert!(herd.log().iter().any(|l| l.contains("WARN") && l.contains("command line")), "a warning");
     drop(herd);
 
     // Through the environment.
     let herd = Herd::spawn(&base, &[("REDIS_URL", &url), ("HERD_DEMO_USER", "alice:wonderland")]);
-    herd.wait_log("workers ready", Duration::from_secs(30), |l| l.contains("workers ready"));
+    herd.wait_ready(Duration::from_secs(30));
     check(&herd, false);
     drop(herd);
 
@@ -221,7 +222,7 @@ fn workers_command_lines_hold_no_password() {
     ];
     let args: Vec<&str> = base.iter().chain(files.iter()).copied().collect();
     let herd = Herd::spawn(&args, &[]);
-    herd.wait_log("workers ready", Duration::from_secs(30), |l| l.contains("workers ready"));
+    herd.wait_ready(Duration::from_secs(30));
     check(&herd, false);
     drop(herd);
 }
@@ -253,6 +254,7 @@ fn a_user_name_cannot_forge_log_lines() {
     // A later line of the same worker: everything the forged attempt logged has arrived by then.
     let res = herd.client().post_json("/login", r#"{"username":"marker","password":"nope"}"#).expect("login");
     assert_eq!(res.status, 401, "{}", res.body);
+    // The log is the subject here: what a client can write into it.
     herd.wait_log_from(skip, "the marker's failed login", Duration::from_secs(10), |l| l.contains("user=marker"));
     for line in &herd.log()[skip..] {
         assert!(!line.contains('\x1b') && !line.contains("killed by SIGKILL"), "forged: {line:?}");
@@ -275,6 +277,7 @@ fn forged_cookies_and_heavy_requests_do_not_multiply_log_lines() {
     // A marker each worker logs after the requests: their earlier lines have arrived by then.
     let (code, _, err) = herd.ctl(&["broadcast", r#"{"type":"reset-stats"}"#]);
     assert_eq!(code, 0, "{err}");
+    // The log is the subject here: how many lines anonymous clients can make it write.
     wait_for("both workers' marker", Duration::from_secs(10), || {
         (herd.log()[skip..].iter().filter(|l| l.contains("stats reset")).count() >= 2).then_some(())
     });
@@ -313,6 +316,7 @@ fn a_login_flood_writes_a_bounded_number_of_lines() {
     }
     let seconds = started.elapsed().as_secs() + 2;
     // One more attempt after the flood's second says how many lines were left out.
+    // The log is the subject here: its rate limit and the count of lines it left out.
     wait_for("the left-out count", Duration::from_secs(10), || {
         let _ = herd.client().from_ip(ip).post_json("/login", r#"{"username":"alice","password":"nope"}"#);
         herd.log()[skip..].iter().any(|l| l.contains("left out")).then_some(())

@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use herd_e2e::{herd::herd_bin, wait_for, Herd, RedisServer};
+use herd_e2e::{
+    herd::{herd_bin, workers},
+    Herd, RedisServer,
+};
 
 /// The open-files limit (soft and hard) of the herd processes under test.
 const NOFILE: u32 = 256;
@@ -30,7 +33,7 @@ fn start_low_fd(redis: &RedisServer, extra: &[&str], wait_ready: bool) -> Herd {
     let prlimit = std::path::Path::new("/usr/bin/prlimit");
     let herd = Herd::spawn_program(prlimit, &std::env::temp_dir(), &args, &[]);
     if wait_ready {
-        herd.wait_log("all workers ready", herd_e2e::herd::START_TIMEOUT, |l| l.contains("workers ready"));
+        herd.wait_ready(herd_e2e::herd::START_TIMEOUT);
     }
     herd
 }
@@ -134,7 +137,8 @@ fn measure(herd: &Herd, workers: usize, after_hold: impl FnOnce(&Herd)) -> Figur
     let pids = herd.worker_pids();
     let mark = herd.log_len();
     let conns = hold(herd.addr, HELD);
-    // Herd sheds what it cannot hold, and says so; without the fix, workers die instead.
+    // Herd sheds what it cannot hold, and says so (the line is the contract); without the fix,
+    // workers die instead.
     let shed_logged = herd.find_log_from(mark, Duration::from_secs(30), |l| l.contains("shed ")).is_some();
     let status = status_within(herd, Duration::from_secs(10));
     let ctl_answered = status.is_some();
@@ -175,7 +179,8 @@ fn measure(herd: &Herd, workers: usize, after_hold: impl FnOnce(&Herd)) -> Figur
 fn attack(mode: &str) {
     let redis = RedisServer::start();
     let herd = start_low_fd(&redis, &["--workers", "2", "--balance", mode], true);
-    // Soft and hard are both 256 here: herd reports the figure it runs with.
+    // Soft and hard are both 256 here: herd reports the figure it runs with (the line is the
+    // contract: it shows nowhere else).
     herd.wait_log("the open files limit", Duration::from_secs(5), |l| l.contains("open files limit is 256"));
     let figures = measure(&herd, 2, |_| {});
     eprintln!("{mode}: {figures}");
@@ -206,14 +211,12 @@ fn the_primary_keeps_a_reserve_of_fds_while_no_worker_can_take_connections() {
     let mut redis = RedisServer::start();
     let herd = start_low_fd(&redis, &["--workers", "2"], true);
     redis.kill();
-    for pid in herd.worker_pids() {
-        herd_e2e::signal(pid, nix::sys::signal::Signal::SIGKILL);
-    }
+    kill_and_wait_for_replacements(&herd);
     // The replacements wait for Redis and never report ready: connections queue in the primary.
-    wait_for("replacements started", Duration::from_secs(30), || (herd.worker_pids().len() >= 4).then_some(()));
     let mut dropped = None;
     let figures = measure(&herd, 2, |herd| {
-        // The primary notices that the queued clients left, while still no worker is ready.
+        // The primary notices that the queued clients left, while still no worker is ready (the
+        // queue is in no status: the line is the only sign).
         dropped = herd.find_log_from(0, Duration::from_secs(15), |l| l.contains("whose client had gone"));
         redis.restart();
     });
@@ -233,17 +236,15 @@ fn a_primary_out_of_fds_retries_starting_workers_and_never_marks_a_slot_errored(
     let herd = start_low_fd(&redis, &["--workers", "2", "--fd-reserve", "0", "--max-restarts", "2"], true);
     redis.kill();
     // The replacements wait for Redis, so connections queue in the primary until it is full.
-    for pid in herd.worker_pids() {
-        herd_e2e::signal(pid, nix::sys::signal::Signal::SIGKILL);
-    }
-    wait_for("replacements started", Duration::from_secs(30), || (herd.worker_pids().len() >= 4).then_some(()));
+    let replacements = kill_and_wait_for_replacements(&herd);
     let mark = herd.log_len();
     let conns = hold(herd.addr, HELD);
+    // The lines are the contract: the primary says it ran out, that a start failed, and must
+    // never say a slot is errored (its control socket may not answer now).
     herd.find_log_from(mark, Duration::from_secs(30), |l| l.contains("Too many open files"));
     // Each slot has had one death; this is its second (of the two allowed). Its restart finds
     // the primary out of descriptors.
-    let pids = herd.worker_pids();
-    for pid in &pids[pids.len() - 2..] {
+    for pid in &replacements {
         herd_e2e::signal(*pid, nix::sys::signal::Signal::SIGKILL);
     }
     let failed_start = herd.find_log_from(mark, Duration::from_secs(30), |l| l.contains("cannot start worker"));
@@ -267,6 +268,19 @@ fn a_primary_out_of_fds_retries_starting_workers_and_never_marks_a_slot_errored(
     assert!(errored_early.is_none(), "a shortage of descriptors marked a slot errored: {errored_early:?}");
     assert_eq!(after, ["ready", "ready"], "every slot is back once descriptors are free");
     assert_eq!(answered, 20);
+}
+
+/// Kills every worker and waits until the status shows a replacement (not yet ready: Redis is
+/// down) in each slot; returns the replacements' pids.
+fn kill_and_wait_for_replacements(herd: &Herd) -> Vec<u32> {
+    let killed = herd.worker_pids();
+    for pid in &killed {
+        herd_e2e::signal(*pid, nix::sys::signal::Signal::SIGKILL);
+    }
+    herd.wait_status("replacements started", Duration::from_secs(30), |status| {
+        let pids: Vec<u32> = workers(status).iter().filter_map(|w| w.pid).filter(|p| !killed.contains(p)).collect();
+        (pids.len() == killed.len()).then_some(pids)
+    })
 }
 
 /// The generated unit raises the limit: under systemd the default soft limit is 1024.

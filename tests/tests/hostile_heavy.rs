@@ -40,6 +40,8 @@ fn send(herd: &Herd, path: &str) -> TcpStream {
     stream
 }
 
+/// Computations begun so far. No status counts them: [`herd_e2e::herd::HEAVY_LOGS`] turns on
+/// this line for tests.
 fn started(herd: &Herd) -> usize {
     herd.log().iter().filter(|l| l.contains("heavy computation started")).count()
 }
@@ -178,6 +180,7 @@ fn a_cache_flood_cannot_evict_users_even_under_allkeys_lru() {
     ]);
     add_user(&redis, "bob");
     let herd = Herd::start(&redis, &["--workers", "2", "--cache-max-entries", "1500"]);
+    // The line is the contract: the operator is warned about the policy.
     herd.wait_log("the allkeys warning", Duration::from_secs(5), |l| {
         l.contains("allkeys-lru") && l.contains("EVICT USER ACCOUNTS")
     });
@@ -203,6 +206,7 @@ fn a_cache_flood_into_a_full_noeviction_redis_gets_clean_errors() {
     let redis =
         RedisServer::start_with_args(&["--maxmemory", "2mb", "--maxmemory-policy", "noeviction", "--appendonly", "no"]);
     let herd = Herd::start(&redis, &["--workers", "2"]);
+    // The line is the contract: herd reports the policy it found.
     herd.wait_log("the policy line", Duration::from_secs(5), |l| l.contains("maxmemory-policy noeviction"));
     // Leave about 100 KiB, less than the default cache budget would take.
     let room = info(&redis, "maxmemory").saturating_sub(info(&redis, "used_memory")).saturating_sub(100 << 10);
@@ -255,6 +259,7 @@ fn a_full_redis_is_507_and_one_operator_log_line_per_interval() {
             res.body
         );
     }
+    // The lines are the contract: one report per interval, with a count of what it held back.
     let reports = || {
         herd.log()
             .iter()
@@ -289,6 +294,7 @@ fn a_full_redis_is_507_and_one_operator_log_line_per_interval() {
 fn a_redis_without_config_is_reported_as_unchecked() {
     let redis = RedisServer::start_with_args(&["--rename-command", "CONFIG", ""]);
     let herd = Herd::start(&redis, &["--workers", "1"]);
+    // The line is the contract: herd says it could not check.
     herd.wait_log("the unchecked policy", Duration::from_secs(5), |l| {
         l.contains("could not check Redis's maxmemory-policy")
     });
@@ -300,6 +306,7 @@ fn a_redis_without_config_is_reported_as_unchecked() {
 fn every_node_of_a_redis_cluster_has_its_policy_checked() {
     let cluster = herd_e2e::RedisCluster::start();
     let herd = Herd::start_at(&cluster.url(), &["--workers", "1"], &[]);
+    // The lines are the contract: one report per node.
     wait_for("a policy line per node", Duration::from_secs(10), || {
         let checked: std::collections::HashSet<String> = herd
             .log()

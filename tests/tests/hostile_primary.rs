@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use herd_e2e::{wait_for, Herd, RedisServer, Response};
+use herd_e2e::{herd::workers, wait_for, Herd, RedisServer, Response};
 use nix::sys::signal::Signal;
 
 /// What a client may wait for an answer in these tests: far less than the `--worker-timeout`
@@ -80,11 +80,14 @@ fn a_stopped_worker_gets_no_connections_and_its_unacknowledged_ones_go_to_anothe
     eprintln!(
         "20 connections opened at a worker's SIGSTOP: all answered by the other, the last {slowest:?} after the stop"
     );
+    // The line is the contract: the operator is told why a worker gets no connections.
     let log = herd.log()[mark..].join("\n");
     assert!(log.contains("no new ones to it") || log.contains("no new connections for it"), "{log}");
 
     // Running again, it answers heartbeats and gets its share of connections again.
-    herd.wait_log_from(mark, "the worker to answer again", Duration::from_secs(10), |l| l.contains("answers again"));
+    herd.wait_status("the worker to answer again", Duration::from_secs(10), |status| {
+        workers(status).iter().any(|w| w.pid == Some(victim) && w.state == "ready").then_some(())
+    });
     wait_for("the resumed worker to serve again", Duration::from_secs(15), || {
         let res = get(&herd, None, "/healthz").expect("served");
         (pid_of(&res) == victim).then_some(())
@@ -154,13 +157,13 @@ fn with_every_slot_errored_requests_get_503_at_once_in_every_mode() {
             ],
         );
         for round in 0..2 {
-            let mark = herd.log_len();
+            let crashing = herd.worker_pids()[0];
             let _ = get(&herd, None, "/debug/crash"); // no answer: the worker aborts
             if round == 0 {
-                herd.wait_log_from(mark, "the restart", Duration::from_secs(30), |l| l.ends_with(" ready"));
+                herd.wait_replaced(0, crashing, Duration::from_secs(30));
             } else {
-                herd.wait_log_from(mark, "the slot to be errored", Duration::from_secs(10), |l| {
-                    l.contains("marked errored")
+                herd.wait_status("the slot to be errored", Duration::from_secs(10), |status| {
+                    workers(status).iter().any(|w| w.slot == 0 && w.state == "errored").then_some(())
                 });
             }
         }

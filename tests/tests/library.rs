@@ -9,7 +9,7 @@ use nix::sys::signal::Signal;
 #[test]
 fn the_hello_example_runs_a_router_in_several_workers() {
     let mut hello = Herd::spawn_program(&hello_example(), &std::env::temp_dir(), &[], &[("HELLO_BIND", "127.0.0.1:0")]);
-    hello.wait_log("4 workers", herd_e2e::herd::START_TIMEOUT, |l| l.contains("all 4 workers ready"));
+    hello.wait_workers_ready(4, herd_e2e::herd::START_TIMEOUT);
     let client = Client::new(hello.addr).from_ip("127.0.0.3".parse().expect("literal"));
     let mut workers = HashSet::new();
     for _ in 0..8 {

@@ -30,7 +30,8 @@ fn log_files_in_json_with_who_wrote_each_line_reopened_on_usr1() {
     let pid = herd.client().get("/").expect("GET /").json()["pid"].as_u64().expect("pid") as u32;
     let mark = herd.log_len();
     herd_e2e::signal(pid, Signal::SIGKILL);
-    // Wait for the death itself: lines of the workers' start-up may still be arriving.
+    // Wait for the death itself: lines of the workers' start-up may still be arriving. The line
+    // is the contract: it is what must land in both files.
     herd.wait_log_from(mark, "the death", Duration::from_secs(30), |l| {
         l.contains(&format!("pid {pid} killed by SIGKILL"))
     });
@@ -58,6 +59,7 @@ fn log_files_in_json_with_who_wrote_each_line_reopened_on_usr1() {
     std::fs::rename(&out, dir.path().join("out.log.1")).expect("rotate");
     let mark = herd.log_len();
     herd.signal(Signal::SIGUSR1);
+    // The line is the contract: herd says when the files were reopened.
     herd.wait_log_from(mark, "the reopen", Duration::from_secs(10), |l| l.contains("log files reopened"));
     herd.client().login();
     herd_e2e::wait_for("the login line in the new file", Duration::from_secs(10), || {

@@ -4,7 +4,7 @@
 
 use std::{collections::HashSet, time::Duration};
 
-use herd_e2e::{Herd, Load, LoadReport, RedisServer};
+use herd_e2e::{herd::workers, Herd, Load, LoadReport, RedisServer};
 use nix::sys::signal::Signal;
 
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -32,13 +32,19 @@ fn reloads_under_load_lose_nothing(mode: &str) {
     wait_until_flowing(&load);
 
     for round in 0..3 {
-        let mark = herd.log_len();
         if round == 1 {
             let (code, out, err) = herd.ctl(&["reload"]);
             assert_eq!(code, 0, "herd ctl reload failed: {out}{err}");
         } else {
+            let old = herd.worker_pids();
             herd.signal(Signal::SIGHUP);
-            herd.wait_log_from(mark, "the reload to complete", RELOAD_TIMEOUT, |l| l.contains("reload complete"));
+            // Complete: both slots serve from new workers (the old may still be retiring).
+            herd.wait_status("the reload to complete", RELOAD_TIMEOUT, |status| {
+                let ready: Vec<u32> =
+                    workers(status).iter().filter(|w| w.state == "ready").filter_map(|w| w.pid).collect();
+                let done = status["last_reload"] == "reload succeeded";
+                (done && ready.len() == 2 && ready.iter().all(|pid| !old.contains(pid))).then_some(())
+            });
         }
         // Three rounds of load on the new workers: about 12 s of load in all, as in the issue.
         carry_load(Duration::from_secs(4));
@@ -96,11 +102,7 @@ fn worker_pids(status: &serde_json::Value) -> HashSet<u64> {
 }
 
 fn ready_workers(herd: &Herd, expected: usize) {
-    herd_e2e::wait_for("the worker count", Duration::from_secs(30), || {
-        let status = herd.status();
-        let workers = status["workers"].as_array().expect("workers");
-        (workers.len() == expected && workers.iter().all(|w| w["state"] == "ready")).then_some(())
-    });
+    herd.wait_workers_ready(expected, Duration::from_secs(30));
 }
 
 #[test]
@@ -139,9 +141,10 @@ fn ttin_and_ttou_add_and_remove_a_worker() {
     herd.signal(Signal::SIGTTIN);
     ready_workers(&herd, 3);
     // Signals of one kind do not queue: send the second only after the first was handled.
-    let mark = herd.log_len();
     herd.signal(Signal::SIGTTOU);
-    herd.wait_log_from(mark, "the first TTOU", Duration::from_secs(10), |l| l.contains("scaling from 3 to 2"));
+    herd.wait_status("the first TTOU", Duration::from_secs(10), |status| {
+        (workers(status).iter().filter(|w| w.state != "retiring").count() == 2).then_some(())
+    });
     herd.signal(Signal::SIGTTOU);
     ready_workers(&herd, 1);
 }
@@ -214,7 +217,9 @@ fn systemd_hears_ready_once_every_worker_is_and_stopping_on_sigterm() {
     systemd.set_read_timeout(Some(herd_e2e::herd::START_TIMEOUT)).expect("timeout");
     let redis = RedisServer::start();
     let notify = path.to_string_lossy().into_owned();
-    let mut herd = Herd::start_with_env(&redis, &["--workers", "2"], &[("NOTIFY_SOCKET", &notify)]);
+    // Started, not waited for: the READY=1 this test hears is the wait.
+    let url = redis.url();
+    let mut herd = Herd::spawn(&Herd::serve_args(&url, &["--workers", "2"]), &[("NOTIFY_SOCKET", &notify)]);
     let mut buf = [0u8; 256];
     let n = systemd.recv(&mut buf).expect("READY notification");
     assert_eq!(std::str::from_utf8(&buf[..n]), Ok("READY=1\nSTATUS=2 workers ready"));
@@ -295,7 +300,7 @@ fn a_reload_reads_the_changed_config_file_and_a_bad_one_changes_nothing() {
     write(&redis.url());
     let path = config.to_string_lossy().into_owned();
     let herd = Herd::spawn(&["serve", "--bind", "127.0.0.1:0", "--config", &path], &[]);
-    herd.wait_log("two workers", herd_e2e::herd::START_TIMEOUT, |l| l.contains("all 2 workers ready"));
+    herd.wait_workers_ready(2, herd_e2e::herd::START_TIMEOUT);
     let before = worker_pids(&herd.status());
 
     // Point the file at a Redis that does not exist: new workers can never be ready.

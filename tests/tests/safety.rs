@@ -4,25 +4,24 @@
 
 use std::{net::IpAddr, thread, time::Duration};
 
-use herd_e2e::{Herd, RedisServer};
-
-fn ready_line_for(slot: u64) -> impl Fn(&str) -> bool {
-    move |l: &str| l.contains(&format!("worker {slot} pid ")) && l.ends_with(" ready")
-}
+use herd_e2e::{herd::workers, Herd, RedisServer};
 
 #[test]
 fn a_hung_worker_is_killed_and_replaced() {
     let redis = RedisServer::start();
     let herd = Herd::start(&redis, &["--workers", "2", "--worker-timeout", "2s", "--debug-routes"]);
+    let before = herd.worker_pids();
     let mark = herd.log_len();
     let client = herd.client();
     let blocked = thread::spawn(move || client.get("/debug/block?ms=60000"));
+    // The line is the contract: it tells the operator why the worker was killed.
     let line = herd.wait_log_from(mark, "the hang to be noticed", Duration::from_secs(2 + 2 + 2), |l| {
         l.contains("sent no heartbeat")
     });
     assert!(line.contains("killing it"), "{line}");
-    herd.wait_log_from(mark, "the replacement", Duration::from_secs(30), |l| {
-        l.contains("killed by SIGKILL, restarting")
+    herd.wait_status("the replacement", Duration::from_secs(30), |status| {
+        let ready: Vec<u32> = workers(status).iter().filter(|w| w.state == "ready").filter_map(|w| w.pid).collect();
+        (ready.len() == 2 && ready.iter().filter(|pid| !before.contains(pid)).count() == 1).then_some(())
     });
     assert!(blocked.join().expect("client thread").is_err(), "the hung request cannot have been answered");
     assert_eq!(herd.client().get("/healthz").expect("the cluster serves").status, 200);
@@ -35,7 +34,8 @@ fn a_worker_over_the_memory_limit_is_replaced_gracefully() {
     let mark = herd.log_len();
     let res = herd.client().get("/debug/alloc?mib=160").expect("alloc");
     assert_eq!(res.status, 200, "{}", res.body);
-    // Checked every second: the limit acts within 3 s of the allocation.
+    // Checked every second: the limit acts within 3 s of the allocation. The lines are the
+    // contract: they say why the worker was replaced, and that it exited cleanly.
     let line = herd
         .wait_log_from(mark, "the memory limit to act", Duration::from_secs(3), |l| l.contains("over --max-memory"));
     let retired =
@@ -57,8 +57,12 @@ fn a_slot_that_keeps_crashing_backs_off_then_is_left_down() {
     let slot = crasher.get("/whoami").expect("whoami").json()["worker"].as_u64().expect("slot");
     let mut delays = Vec::new();
     for round in 0..4 {
+        let pid = herd.wait_status("the slot's worker", Duration::from_secs(10), |status| {
+            workers(status).iter().find(|w| w.slot == slot && w.state == "ready")?.pid
+        });
         let mark = herd.log_len();
         let _ = crasher.get("/debug/crash"); // no answer: the worker aborts
+                                             // The line is the contract: the cause, the backoff delay and "marked errored" show there.
         let death = herd.wait_log_from(mark, "the crash", Duration::from_secs(10), |l| {
             l.contains(&format!("worker {slot} pid ")) && l.contains("SIGABRT")
         });
@@ -68,7 +72,7 @@ fn a_slot_that_keeps_crashing_backs_off_then_is_left_down() {
             if let Some(delay) = death.split("restarting in ").nth(1) {
                 delays.push(delay.trim_end_matches("ms").parse::<u64>().expect("a delay in ms"));
             }
-            herd.wait_log_from(mark, "the restart", Duration::from_secs(30), ready_line_for(slot));
+            herd.wait_replaced(slot, pid, Duration::from_secs(30));
         } else {
             assert!(death.contains("marked errored"), "{death}");
         }
@@ -99,6 +103,7 @@ fn workers_are_recycled_after_max_requests_one_at_a_time() {
     let herd = Herd::start(&redis, &["--workers", "2", "--max-requests", "30", "--max-requests-jitter", "10"]);
     let client = herd.client();
     let mut pids = std::collections::HashSet::new();
+    // The log is the contract here: the order of starts and take-overs is recorded nowhere else.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while herd.log().iter().filter(|l| l.contains("recycling it")).count() < 2 || pids.len() < 3 {
         assert!(std::time::Instant::now() < deadline, "no recycling after 30 s");

@@ -65,7 +65,7 @@ fn cookies_are_secure_by_default() {
         &["serve", "--bind", "127.0.0.1:0", "--workers", "1", "--redis-url", &url, "--demo-user", "alice:wonderland"],
         &[],
     );
-    herd.wait_log("ready", herd_e2e::herd::START_TIMEOUT, |l| l.contains("workers ready"));
+    herd.wait_ready(herd_e2e::herd::START_TIMEOUT);
     let login = herd.client().post_json("/login", r#"{"username":"alice","password":"wonderland"}"#).expect("login");
     assert!(login.header("set-cookie").is_some_and(|c| c.contains("Secure")));
     let mut client = herd.client();

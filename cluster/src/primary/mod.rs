@@ -55,10 +55,12 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ClusterErr
 }
 
 pub(crate) async fn run(
-    config: ClusterConfig,
+    mut config: ClusterConfig,
     listener: std::net::TcpListener,
 ) -> Result<ShutdownReport, ClusterError> {
     let local = listener.local_addr().map_err(|source| ClusterError::Bind { addr: config.bind, source })?;
+    // What was bound (port 0 resolved), as the status reports it.
+    config.bind = local;
     fdlimit::raise_to_hard_limit();
     let budget = FdBudget::current(config.fd_reserve);
     let acceptor = if config.balance.primary_accepts() {

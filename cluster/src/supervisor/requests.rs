@@ -100,6 +100,7 @@ impl Core {
             .collect();
         Status {
             balance: self.config.balance.as_str().to_owned(),
+            listen: self.config.bind,
             pid: self.primary_pid,
             workers,
             last_reload: self.last_reload.clone(),
