@@ -16,7 +16,7 @@ use crate::{
 };
 
 /// Runs `herd serve` in either role; returns the process exit code.
-pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::LogSink>) -> anyhow::Result<i32> {
+pub(crate) async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::LogSink>) -> anyhow::Result<i32> {
     let mut config = ClusterConfig::new(args.bind);
     config.logs = logs;
     if let Some(workers) = args.workers {
@@ -220,7 +220,7 @@ async fn seed_demo_users(
 }
 
 /// Connects to Redis or explains how to get one.
-pub async fn connect_redis(config: &RedisConfig) -> anyhow::Result<Pool> {
+pub(crate) async fn connect_redis(config: &RedisConfig) -> anyhow::Result<Pool> {
     herd_session_store::connect(config).await.with_context(|| {
         format!(
             "cannot reach Redis at {}. Start one (e.g. `redis-server`) or point herd at one with \
@@ -246,4 +246,4 @@ async fn build_app(ctx: WorkerContext, config: RedisConfig, settings: AppSetting
     Ok(routes::router(AppState::build(ctx, pool, settings).await?))
 }
 
-pub use crate::secrets::redact;
+pub(crate) use crate::secrets::redact;

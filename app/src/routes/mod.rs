@@ -1,4 +1,5 @@
-//! The HTTP routes. [`router`] builds the whole app, so tests can drive it without a server.
+//! The HTTP routes. [`router`] builds the whole app from an [`AppState`], so tests drive it
+//! in-process (`tests.rs`: `tower::ServiceExt::oneshot` on a standalone worker).
 //!
 //! | route | what |
 //! |---|---|
@@ -18,11 +19,11 @@
 mod auth;
 mod debug;
 mod health;
-pub mod heavy;
+pub(crate) mod heavy;
 mod home;
-pub mod origin;
+pub(crate) mod origin;
 mod page;
-pub mod stats;
+pub(crate) mod stats;
 #[cfg(test)]
 mod tests;
 
@@ -55,7 +56,7 @@ use crate::{
 };
 
 /// Largest request body accepted (logins are tiny; anything big is a mistake or an attack).
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// What handlers share: a cheap handle, because axum clones the state for every request (and
 /// every `from_fn_with_state` middleware) and a deep clone of these clients showed up in profiles.
