@@ -106,6 +106,11 @@ impl App {
         self.post_json("/login", &json!({ "username": user, "password": password }).to_string()).await
     }
 
+    /// Another browser on the same worker: no cookie yet.
+    fn other_browser(&self) -> App {
+        App { router: self.router.clone(), state: self.state.clone(), cookie: None, client: self.client }
+    }
+
     /// Creates a user directly in Redis (one argon2 hash).
     async fn add_user(&self, user: &str, password: &str) {
         self.state.users.set_password(user, password).await.expect("user created");
@@ -196,6 +201,31 @@ async fn a_login_is_a_session_until_logout() {
     assert_eq!(app.get("/me").await.json(), json!({ "user": null }));
     app.cookie = Some(session);
     assert_eq!(app.get("/me").await.json(), json!({ "user": null }), "the old cookie is worthless");
+}
+
+#[tokio::test]
+async fn a_login_gets_a_fresh_session_id_and_logout_all_ends_every_session() {
+    let redis = RedisServer::start();
+    // The replaced id keeps working this long, for requests already in flight.
+    let mut phone = App::start(&redis, &["--session-grace", "200ms"]).await;
+    phone.add_user("alice", "wonderland").await;
+    assert_eq!(phone.login("alice", "wonderland").await.status, StatusCode::OK);
+    let planted = phone.cookie.clone().expect("a session");
+    assert_eq!(phone.login("alice", "wonderland").await.status, StatusCode::OK);
+    assert_ne!(phone.cookie.as_ref(), Some(&planted), "a login never keeps the id it was sent (fixation)");
+    let old = phone.other_browser();
+    eventually("the replaced id to be retired after its grace", Duration::from_secs(5), || {
+        let mut old = App { cookie: Some(planted.clone()), ..old.other_browser() };
+        async move { (old.get("/me").await.json() == json!({ "user": null })).then_some(()) }
+    })
+    .await;
+    assert_eq!(phone.get("/me").await.json(), json!({ "user": "alice" }), "the new id is the session");
+
+    let mut laptop = phone.other_browser();
+    assert_eq!(laptop.login("alice", "wonderland").await.status, StatusCode::OK);
+    let everywhere = phone.send(Method::POST, "/logout?all=true", &[], Body::empty()).await;
+    assert_eq!(everywhere.json(), json!({ "user": null, "ended_elsewhere": 1 }));
+    assert_eq!(laptop.get("/me").await.json(), json!({ "user": null }), "the laptop's session ended too");
 }
 
 #[tokio::test]
@@ -315,7 +345,14 @@ async fn the_cache_computes_once_and_forgets_on_request() {
         (&json!(499_500), &json!(false), &json!("computed"))
     );
     let again = app.get("/heavy/cached?n=1000").await.json();
-    assert_eq!((&again["cached"], &again["source"]), (&json!(true), &json!("local")), "{again}");
+    assert_eq!((&again["result"], &again["cached"]), (&json!(499_500), &json!(true)), "{again}");
+    // A copy is kept only if no invalidation (or resubscription) came while it was read, and
+    // the invalidation listener may still be settling: the next reads keep one.
+    eventually("a read from this worker's local copy", Duration::from_secs(5), || {
+        let answer = call(&app.router, "/heavy/cached?n=1000");
+        async move { (answer.await.json()["source"] == "local").then_some(()) }
+    })
+    .await;
     assert_eq!(redis.keys("*heavy:1000*").len(), 1, "the shared entry is in Redis");
 
     let forget = app.send(Method::DELETE, "/heavy/cached?n=1000", &[], Body::empty()).await;
