@@ -407,3 +407,15 @@ async fn a_full_redis_is_507_and_a_dead_one_503() {
     app.get("/readyz").await.assert_error(StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(app.get("/healthz").await.status, StatusCode::OK, "alive without Redis");
 }
+
+#[tokio::test]
+async fn the_stock_store_serves_the_same_login() {
+    let redis = RedisServer::start();
+    let mut app = App::start(&redis, &["--session-store", "stock"]).await;
+    app.add_user("alice", "wonderland").await;
+    assert_eq!(app.login("alice", "wonderland").await.json(), json!({ "user": "alice" }));
+    assert_eq!(app.get("/me").await.json(), json!({ "user": "alice" }));
+    let cookie = app.cookie.clone().expect("a session cookie");
+    let id = cookie.trim_start_matches("herd_session=");
+    assert_eq!(redis.keys(id), vec![id.to_owned()], "stored under its bare id, as the stock store does");
+}
