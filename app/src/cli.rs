@@ -6,10 +6,10 @@ use clap::{builder::BoolishValueParser, ArgAction, Args, Parser, Subcommand, Val
 
 /// Where Redis is looked for when none is configured (and where the no-Docker quick start
 /// probes before starting a private one).
-pub const DEFAULT_REDIS_ADDR: std::net::SocketAddr =
+pub(crate) const DEFAULT_REDIS_ADDR: std::net::SocketAddr =
     std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 6379);
 /// [`DEFAULT_REDIS_ADDR`] as a URL.
-pub fn default_redis_url() -> String {
+pub(crate) fn default_redis_url() -> String {
     format!("redis://{DEFAULT_REDIS_ADDR}")
 }
 
@@ -157,7 +157,7 @@ pub struct RedisArgs {
 
 impl RedisArgs {
     /// How to connect to Redis at `url` with these arguments.
-    pub fn config(&self, url: String) -> herd_session_store::RedisConfig {
+    pub(crate) fn config(&self, url: String) -> herd_session_store::RedisConfig {
         let mut config = herd_session_store::RedisConfig::new(url);
         config.ca_cert = self.redis_ca_cert.clone();
         config.pool_size = usize::from(self.redis_pool_size);
@@ -378,7 +378,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// What `/heavy` may cost one worker.
-    pub fn heavy_limits(&self) -> crate::routes::heavy::HeavyLimits {
+    pub(crate) fn heavy_limits(&self) -> crate::routes::heavy::HeavyLimits {
         crate::routes::heavy::HeavyLimits {
             max_n: self.heavy_max_n,
             concurrency: usize::from(self.heavy_concurrency),
@@ -387,7 +387,7 @@ impl ServeArgs {
     }
 
     /// How much of Redis the shared cache may use.
-    pub fn cache_limits(&self) -> herd_session_store::cache::CacheLimits {
+    pub(crate) fn cache_limits(&self) -> herd_session_store::cache::CacheLimits {
         herd_session_store::cache::CacheLimits {
             max_entries: self.cache_max_entries,
             max_bytes: self.cache_max_bytes,
@@ -423,7 +423,7 @@ pub enum Balance {
 
 impl ServeArgs {
     /// The dispatch mode, with `--sticky` taking precedence.
-    pub fn balance(&self) -> herd_cluster::Balance {
+    pub(crate) fn balance(&self) -> herd_cluster::Balance {
         if self.sticky {
             return herd_cluster::Balance::IpHash;
         }
@@ -438,7 +438,7 @@ impl ServeArgs {
 
 impl ServeArgs {
     /// The timeouts and caps of workers' client connections.
-    pub fn connection_limits(&self) -> herd_cluster::ConnectionLimits {
+    pub(crate) fn connection_limits(&self) -> herd_cluster::ConnectionLimits {
         herd_cluster::ConnectionLimits {
             header_timeout: self.header_timeout,
             body_timeout: self.body_timeout,
@@ -490,7 +490,7 @@ fn parse_backoff(s: &str) -> Result<(Duration, Duration), String> {
 }
 
 /// `512MiB`, `2GiB`, `100MB`, `4096` (bytes).
-pub fn parse_size(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (digits, unit) = s.split_at(split);

@@ -20,7 +20,7 @@ pub fn parse() -> anyhow::Result<Cli> {
     parse_from(std::env::args_os().collect())
 }
 
-pub fn parse_from(argv: Vec<OsString>) -> anyhow::Result<Cli> {
+pub(crate) fn parse_from(argv: Vec<OsString>) -> anyhow::Result<Cli> {
     let matches = Cli::command().try_get_matches_from(&argv).unwrap_or_else(|e| e.exit());
     let Some(serve) = matches.subcommand_matches("serve") else {
         return Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit()));
@@ -117,7 +117,7 @@ fn scalar(value: &toml::Value) -> Option<String> {
 
 /// `herd config example`: a commented file with every key, its default and its help, made from
 /// the `serve` flags themselves so it cannot drift from them.
-pub fn example() -> String {
+pub(crate) fn example() -> String {
     let mut out = String::from(
         "# herd.toml — use with `herd serve --config herd.toml` (or HERD_CONFIG).\n\
          # Keys are the `serve` flags with _ for -. Flags and environment variables win over\n\

@@ -8,11 +8,11 @@ use herd_cluster::control::{self, Request, Status};
 use crate::cli::{CtlArgs, CtlCommand, ScaleArg};
 
 /// How long `herd ctl` waits for the primary to accept and to answer, unless `--timeout`.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The same for `reload` and `restart`, which answer once every new worker is ready.
-pub const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
 
-pub async fn run(args: CtlArgs) -> anyhow::Result<i32> {
+pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<i32> {
     let socket = args.socket.unwrap_or_else(default_socket);
     let timeout = args.timeout.unwrap_or(match args.command {
         CtlCommand::Reload | CtlCommand::Restart { .. } => DEFAULT_ROLLOUT_TIMEOUT,
@@ -82,7 +82,7 @@ fn default_socket() -> PathBuf {
 }
 
 /// A `pm2 ls`-style table.
-pub fn table(status: &Status) -> String {
+pub(crate) fn table(status: &Status) -> String {
     let mut out = format!("primary pid {} · balance {}", status.pid, status.balance);
     if let Some(reload) = &status.last_reload {
         out.push_str(&format!(" · last reload: {reload}"));

@@ -20,7 +20,7 @@ use crate::users::UserError;
 const RETRY_AFTER_SECS: &str = "1";
 
 #[derive(Debug, thiserror::Error)]
-pub enum AppError {
+pub(crate) enum AppError {
     /// The request itself is wrong (bad JSON, too large, bad parameter).
     #[error("{message}")]
     BadRequest { status: StatusCode, message: String },
@@ -51,7 +51,7 @@ pub enum AppError {
 }
 
 impl AppError {
-    pub fn bad_request(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(status: StatusCode, message: impl Into<String>) -> Self {
         AppError::BadRequest { status, message: message.into() }
     }
 }
@@ -134,7 +134,7 @@ impl From<UserError> for AppError {
 }
 
 /// Marks responses that depend on the session as private to this client.
-pub async fn no_store(request: Request, next: Next) -> Response {
+pub(crate) async fn no_store(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response

@@ -46,7 +46,7 @@ fn verdict(policy: &str) -> Verdict {
 
 /// Reads `maxmemory-policy` from Redis (each primary node of a cluster) and logs what it means;
 /// never fails: an unreadable policy is logged as unchecked.
-pub async fn check(pool: &Pool) {
+pub(crate) async fn check(pool: &Pool) {
     // A custom command: herd's fred is built without the `CONFIG` interface. `maxmemory*`
     // answers `maxmemory` and `maxmemory-policy` at once, on Redis 6 and 7 alike.
     let config_get = || CustomCommand::new_static("CONFIG", ClusterHash::Random, false);

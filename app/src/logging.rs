@@ -107,7 +107,7 @@ impl Tag {
 /// [`LINES_PER_SECOND`]; the next line after a second with more says how many were left out.
 const BUDGETED_TARGETS: [&str; 3] = ["herd::routes", "herd::error", "herd_session_store"];
 /// See [`BUDGETED_TARGETS`].
-pub const LINES_PER_SECOND: u32 = 20;
+pub(crate) const LINES_PER_SECOND: u32 = 20;
 
 /// Hands each formatted event, tagged, to the merged log or to stderr.
 struct LineWriter {
@@ -221,7 +221,7 @@ impl Drop for LineBuf<'_> {
 /// override written as a visible escape (`\n`, `\x1b`, `\u{202e}`), so that text from a client
 /// can neither start a forged line nor drive the terminal. With `colours`, the formatter's own
 /// colour codes (`ESC [ digits;… m`, which only colour) are kept.
-pub fn one_line(event: &str, colours: bool) -> String {
+pub(crate) fn one_line(event: &str, colours: bool) -> String {
     let mut out = String::with_capacity(event.len());
     let mut chars = event.char_indices().peekable();
     while let Some((i, c)) = chars.next() {

@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use herd::cli::{Command, ConfigCommand};
+use herd::Command;
 
 // glibc's malloc serialises threads on arena locks when memory allocated on one runtime thread
 // (fred's connection task) is freed on another (the request's task); under load that lock and
@@ -11,7 +11,7 @@ use herd::cli::{Command, ConfigCommand};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = match herd::config_file::parse() {
+    let cli = match herd::parse_command_line() {
         Ok(cli) => cli,
         Err(err) => {
             eprintln!("herd: {err:#}");
@@ -42,9 +42,9 @@ fn main() -> ExitCode {
             };
             (args.log_format, sink)
         }
-        _ => (herd::logging::LogFormat::Pretty, None),
+        _ => (herd::LogFormat::Pretty, None),
     };
-    herd::logging::init(role, format, sink.clone());
+    herd::init_logging(role, format, sink.clone());
     // The primary only supervises and passes sockets on: one thread does that with no
     // cross-thread wake-ups. Workers have `--threads` (default 1: the cores are used by
     // running a worker per core, not threads per worker).
@@ -66,18 +66,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(async move {
-        match cli.command {
-            Command::Serve(args) => herd::serve::run(*args, role, sink).await,
-            Command::Users(command) => herd::users::cli::run(command).await,
-            Command::Ctl(args) => herd::ctl::run(args).await,
-            Command::SystemdUnit(args) => herd::systemd::print_unit(&args),
-            Command::Config(ConfigCommand::Example) => {
-                print!("{}", herd::config_file::example());
-                Ok(0)
-            }
-        }
-    });
+    let result = runtime.block_on(herd::run(cli.command, role, sink));
     let code = match result {
         Ok(code) => code,
         Err(err) => {

@@ -21,12 +21,12 @@ use tokio::{
 };
 
 /// Where the private Redis keeps its files, relative to the working directory.
-pub const DATA_DIR: &str = ".herd/redis";
+pub(crate) const DATA_DIR: &str = ".herd/redis";
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
-pub enum PrivateRedisError {
+pub(crate) enum PrivateRedisError {
     #[error("cannot create {dir}: {source}")]
     DataDir { dir: PathBuf, source: std::io::Error },
     #[error("cannot find a free port for redis-server: {0}")]
@@ -40,14 +40,14 @@ pub enum PrivateRedisError {
 }
 
 /// A `redis-server` owned by this process.
-pub struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     child: Child,
     pub url: String,
 }
 
 /// True if a Redis answers `PING` at `addr` within half a second (an error reply such as
 /// `-NOAUTH` counts: something speaking RESP is there).
-pub async fn answers(addr: SocketAddr) -> bool {
+pub(crate) async fn answers(addr: SocketAddr) -> bool {
     let probe = async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
         stream.write_all(b"PING\r\n").await.ok()?;
@@ -59,13 +59,13 @@ pub async fn answers(addr: SocketAddr) -> bool {
 }
 
 /// True if `redis-server` can be found on `PATH`.
-pub fn available() -> bool {
+pub(crate) fn available() -> bool {
     std::env::var_os("PATH")
         .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join("redis-server").is_file()))
 }
 
 impl PrivateRedis {
-    pub async fn start() -> Result<Self, PrivateRedisError> {
+    pub(crate) async fn start() -> Result<Self, PrivateRedisError> {
         let dir = std::env::current_dir().map(|cwd| cwd.join(DATA_DIR)).unwrap_or_else(|_| PathBuf::from(DATA_DIR));
         std::fs::create_dir_all(&dir).map_err(|source| PrivateRedisError::DataDir { dir: dir.clone(), source })?;
         let port = free_port().map_err(PrivateRedisError::Port)?;
@@ -105,7 +105,7 @@ impl PrivateRedis {
     }
 
     /// Stops Redis with SIGTERM (it flushes the append-only file) and waits for it.
-    pub async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(pid) = self.child.id().and_then(|id| i32::try_from(id).ok()) {
             let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
@@ -124,6 +124,6 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 /// The data directory of the private Redis, for messages.
-pub fn data_dir() -> &'static Path {
+pub(crate) fn data_dir() -> &'static Path {
     Path::new(DATA_DIR)
 }

@@ -18,13 +18,13 @@ use crate::cli::DemoUser;
 const SECRET_FLAGS: [&str; 2] = ["--redis-url", "--demo-user"];
 
 /// Hides the password of a `redis://user:pass@host` URL (and of malformed ones).
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     herd_session_store::redact_url(url)
 }
 
 /// The primary's arguments (after argv[0]) without [`SECRET_FLAGS`] and their values, and
 /// whether any were removed.
-pub fn worker_args(args: impl IntoIterator<Item = OsString>) -> (Vec<OsString>, bool) {
+pub(crate) fn worker_args(args: impl IntoIterator<Item = OsString>) -> (Vec<OsString>, bool) {
     let mut kept = Vec::new();
     let mut removed = false;
     let mut args = args.into_iter();
@@ -49,7 +49,7 @@ pub fn worker_args(args: impl IntoIterator<Item = OsString>) -> (Vec<OsString>, 
 
 /// The first non-blank line of `--redis-url-file`, trimmed. Errors name the file, never its
 /// content.
-pub fn read_url_file(path: &Path) -> anyhow::Result<String> {
+pub(crate) fn read_url_file(path: &Path) -> anyhow::Result<String> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read --redis-url-file {}", path.display()))?;
     match text.lines().map(str::trim).find(|l| !l.is_empty()) {
@@ -59,7 +59,7 @@ pub fn read_url_file(path: &Path) -> anyhow::Result<String> {
 }
 
 /// `--demo-user-file`: one `NAME:PASSWORD` per line; blank lines and `#` comments skipped.
-pub fn read_demo_users(path: &Path) -> anyhow::Result<Vec<DemoUser>> {
+pub(crate) fn read_demo_users(path: &Path) -> anyhow::Result<Vec<DemoUser>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read --demo-user-file {}", path.display()))?;
     let mut users = Vec::new();
@@ -78,7 +78,7 @@ pub fn read_demo_users(path: &Path) -> anyhow::Result<Vec<DemoUser>> {
 }
 
 /// The configured Redis URL: `--redis-url-file`'s, else `--redis-url`/`REDIS_URL`.
-pub fn configured_url(redis: &crate::cli::RedisArgs) -> anyhow::Result<Option<String>> {
+pub(crate) fn configured_url(redis: &crate::cli::RedisArgs) -> anyhow::Result<Option<String>> {
     match &redis.redis_url_file {
         Some(path) => read_url_file(path).map(Some),
         None => Ok(redis.redis_url.clone()),
@@ -86,7 +86,7 @@ pub fn configured_url(redis: &crate::cli::RedisArgs) -> anyhow::Result<Option<St
 }
 
 /// The demo users: `--demo-user`/`HERD_DEMO_USER`, then those of `--demo-user-file`.
-pub fn demo_users(args: &crate::cli::ServeArgs) -> anyhow::Result<Vec<DemoUser>> {
+pub(crate) fn demo_users(args: &crate::cli::ServeArgs) -> anyhow::Result<Vec<DemoUser>> {
     let mut users = args.demo_users.clone();
     if let Some(path) = &args.demo_user_file {
         users.extend(read_demo_users(path)?);
@@ -95,7 +95,7 @@ pub fn demo_users(args: &crate::cli::ServeArgs) -> anyhow::Result<Vec<DemoUser>>
 }
 
 /// True when `url` carries a password (`user:pass@` or `:pass@`).
-pub fn has_password(url: &str) -> bool {
+pub(crate) fn has_password(url: &str) -> bool {
     let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
     rest.rfind('@').is_some_and(|at| rest[..at].contains(':'))
 }

@@ -6,20 +6,17 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use fred::{clients::Pool, interfaces::ClientLike};
 use herd_cluster::{ClusterConfig, Outcome, Role, WorkerContext};
-use herd_session_store::{Keys, RedisConfig, RedisSessionStore, SessionLimits, StoreError};
+use herd_session_store::{Keys, RedisConfig, SessionLimits, StoreError};
 
 use crate::{
     cli::{default_redis_url, ServeArgs, DEFAULT_REDIS_ADDR},
     private_redis::{self, PrivateRedis},
-    routes::{self, AppState, SessionSettings},
-    users::{
-        limit::{LoginLimiter, LoginLimits},
-        HashLimit, Users,
-    },
+    routes::{self, AppSettings, AppState, SessionSettings},
+    users::{limit::LoginLimits, HashLimit, Users},
 };
 
 /// Runs `herd serve` in either role; returns the process exit code.
-pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::LogSink>) -> anyhow::Result<i32> {
+pub(crate) async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::LogSink>) -> anyhow::Result<i32> {
     let mut config = ClusterConfig::new(args.bind);
     config.logs = logs;
     if let Some(workers) = args.workers {
@@ -82,31 +79,9 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
         Role::Worker(_) => configured_url.unwrap_or_else(default_redis_url),
     };
 
-    if args.session_idle.is_zero() || args.session_max_age.is_zero() {
-        bail!("--session-idle and --session-max-age must be longer than zero");
-    }
-    let settings = SessionSettings {
-        cookie_name: args.cookie_name.clone(),
-        secure: args.secure_cookies,
-        debug_routes: args.debug_routes,
-        admin_routes: args.admin_routes,
-        stock_store: args.session_store == crate::cli::SessionStoreKind::Stock,
-        origins: routes::origin::OriginPolicy::new(args.allowed_origins.clone()),
-        limits: SessionLimits {
-            idle: args.session_idle,
-            max_age: args.session_max_age,
-            max_bytes: usize::try_from(args.session_max_bytes).unwrap_or(usize::MAX),
-            grace: args.session_grace,
-        },
-    };
+    let settings = app_settings(&args, demo_users.iter().map(|u| u.name.clone()).collect())?;
     let redis_config = args.redis.config(redis_url);
-    let keys = Keys::new(args.redis.key_prefix.clone());
-    let demo_users = demo_users.iter().map(|u| u.name.clone()).collect();
-    let limits = Limits { heavy: args.heavy_limits(), cache: args.cache_limits() };
-    let login = login_settings(&args)?;
-    let outcome =
-        herd_cluster::run(config, move |ctx| build_app(ctx, redis_config, keys, settings, login, demo_users, limits))
-            .await;
+    let outcome = herd_cluster::run(config, move |ctx| build_app(ctx, redis_config, settings)).await;
     if let Some(redis) = private {
         redis.stop().await;
     }
@@ -120,14 +95,39 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
     })
 }
 
-/// What bounds logins: the rate limits (shared through Redis) and the hashing cap (per worker).
-#[derive(Debug, Clone, Copy)]
-struct LoginSettings {
-    limits: LoginLimits,
-    hashing: HashLimit,
+/// What the routes are configured with, from the flags.
+pub(crate) fn app_settings(args: &ServeArgs, demo_users: std::sync::Arc<[String]>) -> anyhow::Result<AppSettings> {
+    if args.session_idle.is_zero() || args.session_max_age.is_zero() {
+        bail!("--session-idle and --session-max-age must be longer than zero");
+    }
+    let session = SessionSettings {
+        cookie_name: args.cookie_name.clone(),
+        secure: args.secure_cookies,
+        debug_routes: args.debug_routes,
+        admin_routes: args.admin_routes,
+        stock_store: args.session_store == crate::cli::SessionStoreKind::Stock,
+        origins: routes::origin::OriginPolicy::new(args.allowed_origins.clone()),
+        limits: SessionLimits {
+            idle: args.session_idle,
+            max_age: args.session_max_age,
+            max_bytes: usize::try_from(args.session_max_bytes).unwrap_or(usize::MAX),
+            grace: args.session_grace,
+        },
+    };
+    let (login, hashing) = login_settings(args)?;
+    Ok(AppSettings {
+        keys: Keys::new(args.redis.key_prefix.clone()),
+        session,
+        login,
+        hashing,
+        heavy: args.heavy_limits(),
+        cache: args.cache_limits(),
+        demo_users,
+    })
 }
 
-fn login_settings(args: &ServeArgs) -> anyhow::Result<LoginSettings> {
+/// What bounds logins: the rate limits (shared through Redis) and the hashing cap (per worker).
+fn login_settings(args: &ServeArgs) -> anyhow::Result<(LoginLimits, HashLimit)> {
     if args.login_limit_window.is_zero() {
         bail!("--login-limit-window must be longer than zero");
     }
@@ -136,15 +136,13 @@ fn login_settings(args: &ServeArgs) -> anyhow::Result<LoginSettings> {
         hashing.concurrency = usize::from(concurrency);
     }
     hashing.queue_timeout = args.login_queue_timeout;
-    Ok(LoginSettings {
-        limits: LoginLimits {
-            per_user_address: args.login_limit_per_user_address,
-            per_user: args.login_limit_per_user,
-            per_address: args.login_limit_per_address,
-            window: args.login_limit_window,
-        },
-        hashing,
-    })
+    let limits = LoginLimits {
+        per_user_address: args.login_limit_per_user_address,
+        per_user: args.login_limit_per_user,
+        per_address: args.login_limit_per_address,
+        window: args.login_limit_window,
+    };
+    Ok((limits, hashing))
 }
 
 /// Uses a Redis at the default address if one answers; otherwise starts a private one.
@@ -222,7 +220,7 @@ async fn seed_demo_users(
 }
 
 /// Connects to Redis or explains how to get one.
-pub async fn connect_redis(config: &RedisConfig) -> anyhow::Result<Pool> {
+pub(crate) async fn connect_redis(config: &RedisConfig) -> anyhow::Result<Pool> {
     herd_session_store::connect(config).await.with_context(|| {
         format!(
             "cannot reach Redis at {}. Start one (e.g. `redis-server`) or point herd at one with \
@@ -232,26 +230,8 @@ pub async fn connect_redis(config: &RedisConfig) -> anyhow::Result<Pool> {
     })
 }
 
-/// How long a worker trusts its local copy of a cache entry.
-const CACHE_LOCAL_TTL: Duration = Duration::from_secs(30);
-
-/// What anonymous requests may cost a worker and Redis.
-#[derive(Debug, Clone, Copy)]
-struct Limits {
-    heavy: routes::heavy::HeavyLimits,
-    cache: herd_session_store::cache::CacheLimits,
-}
-
 /// Builds a worker's app once Redis answers; the worker reports ready only after this.
-async fn build_app(
-    ctx: WorkerContext,
-    config: RedisConfig,
-    keys: Keys,
-    settings: SessionSettings,
-    login: LoginSettings,
-    demo_users: std::sync::Arc<[String]>,
-    limits: Limits,
-) -> Result<axum::Router, StoreError> {
+async fn build_app(ctx: WorkerContext, config: RedisConfig, settings: AppSettings) -> Result<axum::Router, StoreError> {
     let pool = loop {
         match herd_session_store::connect(&config).await {
             Ok(pool) => break pool,
@@ -263,36 +243,7 @@ async fn build_app(
             }
         }
     };
-    let store = RedisSessionStore::new(pool.clone(), keys.clone()).with_limits(settings.limits);
-    // Entries written together expire ±10 % apart; each worker answers repeats from memory for
-    // a few seconds, dropped at once by an invalidation from any worker.
-    let cache = herd_session_store::Cache::new(pool.clone(), keys.clone())
-        .with_limits(limits.cache)
-        .with_jitter(0.1)
-        .with_local_copies(CACHE_LOCAL_TTL)
-        .await?;
-    let counters = std::sync::Arc::new(routes::stats::Counters::default());
-    routes::stats::serve_counters(&ctx.messenger, counters.clone());
-    let limiter = LoginLimiter::new(pool.clone(), keys.clone(), login.limits);
-    // Before the worker reports ready, so the first unknown user costs one hash like any other.
-    if let Err(err) = tokio::task::spawn_blocking(crate::users::prepare_dummy_hash).await {
-        tracing::warn!(error = %err, "could not prepare the unknown-user hash");
-    }
-    let logins = crate::users::sessions::UserSessions::new(pool.clone(), keys.clone());
-    let state = AppState::new(routes::Shared {
-        users: Users::with_hash_limit(pool.clone(), keys.clone(), login.hashing),
-        limiter,
-        logins,
-        store: store.clone(),
-        cache,
-        visits: crate::users::visits::Visits::new(pool.clone(), settings.limits.idle),
-        pool,
-        worker: ctx,
-        demo_users,
-        counters,
-        heavy: routes::heavy::HeavyWork::new(limits.heavy),
-    });
-    Ok(routes::router(state, store, &settings))
+    Ok(routes::router(AppState::build(ctx, pool, settings).await?))
 }
 
-pub use crate::secrets::redact;
+pub(crate) use crate::secrets::redact;

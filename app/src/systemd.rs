@@ -22,7 +22,7 @@ const SECRETS_FILE: &str = "/etc/herd/secrets.env";
 /// thousands of connections, well below the kernel's default `nr_open` (1048576).
 const UNIT_LIMIT_NOFILE: u32 = 65536;
 
-pub fn print_unit(args: &ServeArgs) -> anyhow::Result<i32> {
+pub(crate) fn print_unit(args: &ServeArgs) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("cannot find the herd executable")?;
     // The flags exactly as given after `systemd-unit` (clap has already validated them), but
     // --redis-url and --demo-user, which travel as environment variables instead.

@@ -107,11 +107,20 @@ pub struct Messenger {
 }
 
 struct Inner {
-    channel: Channel,
+    link: Link,
     incoming: broadcast::Sender<Message>,
     handler: Mutex<Option<QueryHandler>>,
     pending: Mutex<HashMap<u64, Pending>>,
     next_id: AtomicU64,
+}
+
+/// Where this worker's broadcasts and gathers go.
+enum Link {
+    /// The primary, which relays them to every worker.
+    Primary(Channel),
+    /// Nowhere: a worker on its own (tests, embedding) is the whole cluster, so it receives its
+    /// own broadcasts and answers its own gathers.
+    Alone { slot: usize, pid: u32 },
 }
 
 /// A gather of ours waiting for its answers, which may arrive in parts.
@@ -131,9 +140,19 @@ const SUBSCRIBER_BUFFER: usize = 1024;
 
 impl Messenger {
     pub(crate) fn new(channel: Channel) -> Self {
+        Self::with_link(Link::Primary(channel))
+    }
+
+    /// The messenger of a worker that runs without a primary (see
+    /// [`WorkerContext::standalone`](crate::WorkerContext::standalone)): a cluster of one.
+    pub(crate) fn alone(slot: usize, pid: u32) -> Self {
+        Self::with_link(Link::Alone { slot, pid })
+    }
+
+    fn with_link(link: Link) -> Self {
         Self {
             inner: Arc::new(Inner {
-                channel,
+                link,
                 incoming: broadcast::channel(SUBSCRIBER_BUFFER).0,
                 handler: Mutex::new(None),
                 pending: Mutex::new(HashMap::new()),
@@ -146,7 +165,10 @@ impl Messenger {
     /// than [`MAX_PAYLOAD`] is refused with [`MessagingError::TooLarge`].
     pub async fn broadcast<T: Serialize>(&self, payload: &T) -> Result<(), MessagingError> {
         let payload = checked_payload(payload)?;
-        self.inner.channel.send(&ToPrimary::Broadcast { payload }).await?;
+        match &self.inner.link {
+            Link::Primary(channel) => channel.send(&ToPrimary::Broadcast { payload }).await?,
+            Link::Alone { slot, .. } => self.deliver(Some(*slot), payload),
+        }
         Ok(())
     }
 
@@ -172,6 +194,15 @@ impl Messenger {
         question: &Q,
     ) -> Result<Vec<(Reply, A)>, MessagingError> {
         let payload = checked_payload(question)?;
+        let channel = match &self.inner.link {
+            Link::Primary(channel) => channel,
+            Link::Alone { slot, pid } => {
+                let answer = self.answer_of(payload);
+                check_size(&answer).map_err(|e| MessagingError::Unanswered { slot: *slot, reason: e.to_string() })?;
+                let reply = Reply { slot: *slot, pid: *pid, payload: answer };
+                return Ok(vec![(reply.clone(), serde_json::from_value(reply.payload)?)]);
+            }
+        };
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (done, rx) = oneshot::channel();
         if let Ok(mut pending) = self.inner.pending.lock() {
@@ -182,7 +213,7 @@ impl Messenger {
                 pending.remove(&id);
             }
         };
-        if let Err(err) = self.inner.channel.send(&ToPrimary::Gather { id, payload }).await {
+        if let Err(err) = channel.send(&ToPrimary::Gather { id, payload }).await {
             forget();
             return Err(err.into());
         }
@@ -211,8 +242,7 @@ impl Messenger {
 
     /// A question from another worker's gather: answer it, or say why it cannot be answered.
     pub(crate) async fn answer(&self, id: u64, question: Value) {
-        let handler = self.inner.handler.lock().ok().and_then(|h| h.clone());
-        let payload = handler.map_or(Value::Null, |handle| handle(question));
+        let payload = self.answer_of(question);
         let msg = match check_size(&payload) {
             Ok(()) => ToPrimary::Reply { id, payload },
             Err(err) => {
@@ -220,9 +250,16 @@ impl Messenger {
                 ToPrimary::Unanswered { id, reason: err.to_string() }
             }
         };
-        if let Err(err) = self.inner.channel.send(&msg).await {
+        let Link::Primary(channel) = &self.inner.link else { return };
+        if let Err(err) = channel.send(&msg).await {
             tracing::warn!(error = %err, "cannot send a gather's answer");
         }
+    }
+
+    /// This worker's answer to `question`: its [`Messenger::on_query`] handler's, or `null`.
+    fn answer_of(&self, question: Value) -> Value {
+        let handler = self.inner.handler.lock().ok().and_then(|h| h.clone());
+        handler.map_or(Value::Null, |handle| handle(question))
     }
 
     /// Some of the answers to one of our gathers arrived; more follow.
@@ -252,3 +289,36 @@ impl Messenger {
 
 /// How long the primary waits for every worker's answer to a gather.
 pub(crate) const GATHER_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_worker_alone_hears_its_own_broadcasts() {
+        let messenger = Messenger::alone(3, 42);
+        let mut incoming = messenger.subscribe();
+        messenger.broadcast(&json!({ "hello": 1 })).await.expect("broadcast");
+        let message = incoming.recv().await.expect("delivered");
+        assert_eq!(message, Message { from: Some(3), payload: json!({ "hello": 1 }) });
+        let too_big = "x".repeat(MAX_PAYLOAD);
+        assert!(matches!(messenger.broadcast(&too_big).await, Err(MessagingError::TooLarge { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_worker_alone_answers_its_own_gathers() {
+        let messenger = Messenger::alone(3, 42);
+        let unset: Vec<(Reply, Value)> = messenger.gather(&json!("q")).await.expect("gather");
+        assert_eq!(unset, vec![(Reply { slot: 3, pid: 42, payload: Value::Null }, Value::Null)]);
+        messenger.on_query(|question| json!({ "echo": question }));
+        let replies: Vec<(Reply, Value)> = messenger.gather(&json!("q")).await.expect("gather");
+        assert_eq!(replies.len(), 1);
+        assert_eq!((replies[0].0.slot, replies[0].0.pid), (3, 42));
+        assert_eq!(replies[0].1, json!({ "echo": "q" }));
+        messenger.on_query(|_| json!("x".repeat(MAX_PAYLOAD)));
+        let oversized = messenger.gather::<_, Value>(&json!("q")).await;
+        assert!(matches!(oversized, Err(MessagingError::Unanswered { slot: 3, .. })), "{oversized:?}");
+    }
+}

@@ -34,19 +34,19 @@ use crate::error::AppError;
 const DEFAULT_N: u64 = 10_000_000;
 /// Default of [`HeavyLimits::max_n`]: about 0.3 s of one core in a release build (the seed's
 /// 1e10 was ~3 s).
-pub const DEFAULT_MAX_N: u64 = 1_000_000_000;
+pub(crate) const DEFAULT_MAX_N: u64 = 1_000_000_000;
 /// Default of [`HeavyLimits::concurrency`]: with the default one worker per core, `/heavy` can
 /// keep every core busy but never queue more work than there are cores.
-pub const DEFAULT_CONCURRENCY: usize = 1;
+pub(crate) const DEFAULT_CONCURRENCY: usize = 1;
 /// Default of [`HeavyLimits::queue_wait`].
-pub const DEFAULT_QUEUE_WAIT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_QUEUE_WAIT: Duration = Duration::from_secs(1);
 /// Iterations between two looks at the cancellation flag (about a millisecond in a release
 /// build): checking is cheap next to them, and a dropped request frees its core within a chunk.
 const CHUNK: u64 = 1 << 20;
 
 /// What an anonymous `/heavy` may cost one worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeavyLimits {
+pub(crate) struct HeavyLimits {
     /// Largest `n` accepted; more is a 400.
     pub max_n: u64,
     /// Computations running at once in this worker.
@@ -62,13 +62,13 @@ impl Default for HeavyLimits {
 }
 
 /// This worker's heavy computations: the limits and the permits.
-pub struct HeavyWork {
+pub(crate) struct HeavyWork {
     limits: HeavyLimits,
     permits: Arc<Semaphore>,
 }
 
 impl HeavyWork {
-    pub fn new(limits: HeavyLimits) -> Self {
+    pub(crate) fn new(limits: HeavyLimits) -> Self {
         Self { limits, permits: Arc::new(Semaphore::new(limits.concurrency.max(1))) }
     }
 

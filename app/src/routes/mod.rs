@@ -1,4 +1,5 @@
-//! The HTTP routes. [`router`] builds the whole app, so tests can drive it without a server.
+//! The HTTP routes. [`router`] builds the whole app from an [`AppState`], so tests drive it
+//! in-process (`tests.rs`: `tower::ServiceExt::oneshot` on a standalone worker).
 //!
 //! | route | what |
 //! |---|---|
@@ -18,11 +19,13 @@
 mod auth;
 mod debug;
 mod health;
-pub mod heavy;
+pub(crate) mod heavy;
 mod home;
-pub mod origin;
+pub(crate) mod origin;
 mod page;
-pub mod stats;
+pub(crate) mod stats;
+#[cfg(test)]
+mod tests;
 
 use axum::{
     extract::DefaultBodyLimit,
@@ -38,21 +41,27 @@ use herd_session_store::RedisSessionStore;
 use tower::ServiceBuilder;
 use tower_sessions::{cookie::SameSite, Expiry, SessionManagerLayer};
 
-use crate::{error, users::Users};
+use std::time::Duration;
+
+use herd_session_store::{cache::CacheLimits, Keys, StoreError};
+
+use crate::{
+    error,
+    users::{
+        limit::{LoginLimiter, LoginLimits},
+        sessions::UserSessions,
+        visits::Visits,
+        HashLimit, Users,
+    },
+};
 
 /// Largest request body accepted (logins are tiny; anything big is a mistake or an attack).
-pub const MAX_BODY_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_BODY_BYTES: usize = 16 * 1024;
 
 /// What handlers share: a cheap handle, because axum clones the state for every request (and
 /// every `from_fn_with_state` middleware) and a deep clone of these clients showed up in profiles.
 #[derive(Clone)]
-pub struct AppState(std::sync::Arc<Shared>);
-
-impl AppState {
-    pub fn new(shared: Shared) -> Self {
-        Self(std::sync::Arc::new(shared))
-    }
-}
+pub(crate) struct AppState(std::sync::Arc<Shared>);
 
 impl std::ops::Deref for AppState {
     type Target = Shared;
@@ -63,47 +72,105 @@ impl std::ops::Deref for AppState {
 }
 
 /// The clients, settings and counters behind [`AppState`].
-pub struct Shared {
-    pub users: Users,
+pub(crate) struct Shared {
+    pub(crate) users: Users,
     /// Failed-login counters shared by every worker.
-    pub limiter: crate::users::limit::LoginLimiter,
+    pub(crate) limiter: LoginLimiter,
     /// Every user's logins, for "log out everywhere".
-    pub logins: crate::users::sessions::UserSessions,
+    pub(crate) logins: UserSessions,
     /// The session store, for the Redis key of a session.
-    pub store: RedisSessionStore,
+    pub(crate) store: RedisSessionStore,
     /// The cache shared by every worker.
-    pub cache: herd_session_store::Cache,
+    pub(crate) cache: herd_session_store::Cache,
     /// Each session's `/` visit counter.
-    pub visits: crate::users::visits::Visits,
-    pub pool: Pool,
-    pub worker: WorkerContext,
+    pub(crate) visits: Visits,
+    pub(crate) pool: Pool,
+    pub(crate) worker: WorkerContext,
     /// Names of the `--demo-user`s, shown as a hint on the login form.
-    pub demo_users: std::sync::Arc<[String]>,
+    pub(crate) demo_users: std::sync::Arc<[String]>,
     /// This worker's request counters, reported by `GET /stats`.
-    pub counters: std::sync::Arc<stats::Counters>,
+    pub(crate) counters: std::sync::Arc<stats::Counters>,
     /// This worker's `/heavy` computations: their cap and limits.
-    pub heavy: heavy::HeavyWork,
+    pub(crate) heavy: heavy::HeavyWork,
+    /// The session cookie and which routes are served.
+    pub(crate) session: SessionSettings,
 }
 
-/// How the session cookie is made.
+/// Everything the routes are configured with (from the command line: `serve::app_settings`).
 #[derive(Debug, Clone)]
-pub struct SessionSettings {
-    pub cookie_name: String,
-    /// Send the cookie over HTTPS only.
-    pub secure: bool,
-    /// Serve the `/debug/*` routes (`--debug-routes`).
-    pub debug_routes: bool,
-    /// Serve `POST /stats/reset` and `DELETE /heavy/cached` (`--admin-routes`); 403 otherwise.
-    pub admin_routes: bool,
-    /// How long sessions live and how big they grow (enforced by the store).
-    pub limits: herd_session_store::SessionLimits,
-    /// Use the stock tower-sessions-redis-store instead (the benchmark's baseline).
-    pub stock_store: bool,
-    /// Which other origins' pages may send state-changing requests (`--allowed-origins`).
-    pub origins: origin::OriginPolicy,
+pub(crate) struct AppSettings {
+    pub(crate) keys: Keys,
+    pub(crate) session: SessionSettings,
+    /// Login rate limits, shared through Redis.
+    pub(crate) login: LoginLimits,
+    /// The argon2 cap, per worker.
+    pub(crate) hashing: HashLimit,
+    pub(crate) heavy: heavy::HeavyLimits,
+    pub(crate) cache: CacheLimits,
+    /// Names of the `--demo-user`s (their passwords stay in the primary).
+    pub(crate) demo_users: std::sync::Arc<[String]>,
 }
 
-pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSettings) -> Router {
+/// How the session cookie is made, and which optional routes are served.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionSettings {
+    pub(crate) cookie_name: String,
+    /// Send the cookie over HTTPS only.
+    pub(crate) secure: bool,
+    /// Serve the `/debug/*` routes (`--debug-routes`).
+    pub(crate) debug_routes: bool,
+    /// Serve `POST /stats/reset` and `DELETE /heavy/cached` (`--admin-routes`); 403 otherwise.
+    pub(crate) admin_routes: bool,
+    /// How long sessions live and how big they grow (enforced by the store).
+    pub(crate) limits: herd_session_store::SessionLimits,
+    /// Use the stock tower-sessions-redis-store instead (the benchmark's baseline).
+    pub(crate) stock_store: bool,
+    /// Which other origins' pages may send state-changing requests (`--allowed-origins`).
+    pub(crate) origins: origin::OriginPolicy,
+}
+
+/// How long a worker trusts its local copy of a cache entry.
+const CACHE_LOCAL_TTL: Duration = Duration::from_secs(30);
+
+impl AppState {
+    /// A worker's state on a connected Redis `pool`: its clients, counters (wired to the
+    /// cluster's messaging) and limits. `worker` may be [`WorkerContext::standalone`] in tests.
+    pub(crate) async fn build(worker: WorkerContext, pool: Pool, settings: AppSettings) -> Result<Self, StoreError> {
+        let AppSettings { keys, session, login, hashing, heavy, cache, demo_users } = settings;
+        let store = RedisSessionStore::new(pool.clone(), keys.clone()).with_limits(session.limits);
+        // Entries written together expire ±10 % apart; each worker answers repeats from memory
+        // for a few seconds, dropped at once by an invalidation from any worker.
+        let cache = herd_session_store::Cache::new(pool.clone(), keys.clone())
+            .with_limits(cache)
+            .with_jitter(0.1)
+            .with_local_copies(CACHE_LOCAL_TTL)
+            .await?;
+        let counters = std::sync::Arc::new(stats::Counters::default());
+        stats::serve_counters(&worker.messenger, counters.clone());
+        // Before the worker reports ready, so the first unknown user costs one hash like any other.
+        if let Err(err) = tokio::task::spawn_blocking(crate::users::prepare_dummy_hash).await {
+            tracing::warn!(error = %err, "could not prepare the unknown-user hash");
+        }
+        Ok(Self(std::sync::Arc::new(Shared {
+            users: Users::with_hash_limit(pool.clone(), keys.clone(), hashing),
+            limiter: LoginLimiter::new(pool.clone(), keys.clone(), login),
+            logins: UserSessions::new(pool.clone(), keys),
+            store,
+            cache,
+            visits: Visits::new(pool.clone(), session.limits.idle),
+            pool,
+            worker,
+            demo_users,
+            counters,
+            heavy: heavy::HeavyWork::new(heavy),
+            session,
+        })))
+    }
+}
+
+/// The whole app on `state`: every route and middleware, as configured by `state.session`.
+pub(crate) fn router(state: AppState) -> Router {
+    let settings = &state.session;
     let with_session = Router::new()
         .route("/", get(home::home))
         .route("/login", post(auth::login))
@@ -124,8 +191,8 @@ pub fn router(state: AppState, store: RedisSessionStore, settings: &SessionSetti
         with_session.layer(cookies.layer(session_layer(stock, settings)))
     } else {
         // Merged saves, gap-free login, typed 503/413 when the store fails.
-        let scope = store.scope_layer();
-        with_session.layer(cookies.layer(scope).layer(session_layer(store, settings)))
+        let scope = state.store.scope_layer();
+        with_session.layer(cookies.layer(scope).layer(session_layer(state.store.clone(), settings)))
     };
     let router = if settings.debug_routes { debug::routes() } else { Router::new() };
     // Anonymous state changes: 403 unless `--admin-routes`.

@@ -29,14 +29,14 @@ use crate::error::AppError;
 
 /// Origins whose pages may change state, besides herd's own.
 #[derive(Debug, Clone, Default)]
-pub struct OriginPolicy {
+pub(crate) struct OriginPolicy {
     /// Normalised by [`parse_origin`].
     allowed: Arc<[String]>,
 }
 
 impl OriginPolicy {
     /// `allowed`: origins as [`parse_origin`] returns them.
-    pub fn new(allowed: Vec<String>) -> Self {
+    pub(crate) fn new(allowed: Vec<String>) -> Self {
         Self { allowed: allowed.into() }
     }
 
@@ -83,7 +83,7 @@ fn own_origin(uri: &Uri, headers: &HeaderMap) -> Option<String> {
 /// `scheme://host[:port]` with an `http` or `https` scheme, lowercased and without its
 /// scheme's default port, so that equal origins compare equal as text. (Also the value parser
 /// of `--allowed-origins`.)
-pub fn parse_origin(text: &str) -> Result<String, String> {
+pub(crate) fn parse_origin(text: &str) -> Result<String, String> {
     let bad = || format!("{text:?} is not an origin like https://example.com or http://localhost:3000");
     let uri: Uri = text.parse().map_err(|_| bad())?;
     let scheme = uri.scheme_str().map(str::to_ascii_lowercase).ok_or_else(bad)?;

@@ -36,7 +36,7 @@ const NOTES_BUDGET: usize = herd_cluster::messaging::MAX_PAYLOAD / 2;
 
 /// One worker's counters.
 #[derive(Debug, Default)]
-pub struct Counters {
+pub(crate) struct Counters {
     requests: AtomicU64,
     resets: AtomicU64,
     notes: Mutex<Vec<Value>>,
@@ -86,7 +86,7 @@ impl Counters {
 }
 
 /// Wires this worker's counters to the messaging: answer `stats`, apply broadcasts.
-pub fn serve_counters(messenger: &Messenger, counters: Arc<Counters>) {
+pub(crate) fn serve_counters(messenger: &Messenger, counters: Arc<Counters>) {
     let answering = Arc::clone(&counters);
     messenger.on_query(move |question| match serde_json::from_value(question) {
         Ok(StatsMessage::Stats) => serde_json::to_value(answering.snapshot()).unwrap_or(Value::Null),

@@ -10,7 +10,7 @@ use crate::{cli::UsersCommand, serve::connect_redis};
 
 use super::Users;
 
-pub async fn run(command: UsersCommand) -> anyhow::Result<i32> {
+pub(crate) async fn run(command: UsersCommand) -> anyhow::Result<i32> {
     let (name, redis, passwd) = match command {
         UsersCommand::Add { name, redis } => (name, redis, false),
         UsersCommand::Passwd { name, redis } => (name, redis, true),

@@ -30,18 +30,18 @@ use fred::{clients::Pool, interfaces::KeysInterface, types::scripts::Script};
 use herd_session_store::{Keys, StoreError};
 
 /// Attempts allowed per user name from one client per window.
-pub const DEFAULT_PER_USER_ADDRESS: u32 = 5;
+pub(crate) const DEFAULT_PER_USER_ADDRESS: u32 = 5;
 /// Attempts allowed per user name from all clients together per window.
-pub const DEFAULT_PER_USER: u32 = 100;
+pub(crate) const DEFAULT_PER_USER: u32 = 100;
 /// Attempts allowed per client, whatever the user names, per window (several users may share
 /// a NAT).
-pub const DEFAULT_PER_ADDRESS: u32 = 20;
+pub(crate) const DEFAULT_PER_ADDRESS: u32 = 20;
 /// The window, from a counter's first attempt.
-pub const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
+pub(crate) const DEFAULT_WINDOW: Duration = Duration::from_secs(300);
 
 /// How many attempts each budget allows, and for how long.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LoginLimits {
+pub(crate) struct LoginLimits {
     /// Per user name from one client.
     pub per_user_address: u32,
     /// Per user name from all clients.
@@ -98,7 +98,7 @@ return {1, ttl}
 });
 
 #[derive(Clone)]
-pub struct LoginLimiter {
+pub(crate) struct LoginLimiter {
     pool: Pool,
     keys: Keys,
     limits: LoginLimits,
@@ -106,20 +106,20 @@ pub struct LoginLimiter {
 
 /// An attempt that passed every budget: its units are held until the password is checked.
 #[must_use = "settle the attempt: failed, succeeded or abandoned"]
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// The user+client counter, then the client's and the user's.
     user_address: String,
     others: [String; 2],
 }
 
 impl LoginLimiter {
-    pub fn new(pool: Pool, keys: Keys, limits: LoginLimits) -> Self {
+    pub(crate) fn new(pool: Pool, keys: Keys, limits: LoginLimits) -> Self {
         Self { pool, keys, limits }
     }
 
     /// Takes one attempt from every budget of `user` logging in from `ip`: the attempt, or
     /// `Err(seconds)` to wait when one budget is spent (nothing is then counted).
-    pub async fn admit(&self, ip: IpAddr, user: &str) -> Result<Result<Attempt, u64>, StoreError> {
+    pub(crate) async fn admit(&self, ip: IpAddr, user: &str) -> Result<Result<Attempt, u64>, StoreError> {
         let [user_address, address, all] = counter_keys(&self.keys, ip, user);
         let budgets = [
             (&user_address, self.limits.per_user_address),
@@ -144,13 +144,13 @@ impl LoginLimiter {
     }
 
     /// A wrong password: the attempt stays counted.
-    pub fn failed(&self, attempt: Attempt) {
+    pub(crate) fn failed(&self, attempt: Attempt) {
         drop(attempt);
     }
 
     /// The right password: this client's failures for the user are forgotten, and the attempt
     /// does not count against the others.
-    pub async fn succeeded(&self, attempt: Attempt) -> Result<(), StoreError> {
+    pub(crate) async fn succeeded(&self, attempt: Attempt) -> Result<(), StoreError> {
         let _: i64 = self.pool.del(&attempt.user_address).await?;
         for key in &attempt.others {
             self.give_back(key).await?;
@@ -159,7 +159,7 @@ impl LoginLimiter {
     }
 
     /// The password could not be checked: the attempt counts nowhere.
-    pub async fn abandoned(&self, attempt: Attempt) -> Result<(), StoreError> {
+    pub(crate) async fn abandoned(&self, attempt: Attempt) -> Result<(), StoreError> {
         self.give_back(&attempt.user_address).await?;
         for key in &attempt.others {
             self.give_back(key).await?;

@@ -8,10 +8,10 @@
 //! its turn, then gets [`UserError::Busy`] (503). Every hash, also the one an unknown user
 //! costs, goes through the same cap.
 
-pub mod cli;
-pub mod limit;
-pub mod sessions;
-pub mod visits;
+pub(crate) mod cli;
+pub(crate) mod limit;
+pub(crate) mod sessions;
+pub(crate) mod visits;
 
 use std::{
     sync::{Arc, OnceLock},
@@ -30,7 +30,7 @@ use tokio::sync::Semaphore;
 const MAX_PASSWORD_BYTES: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum UserError {
+pub(crate) enum UserError {
     #[error("user names are 1-64 characters of letters, digits and _ . @ -")]
     InvalidName,
     #[error("passwords are 1-{MAX_PASSWORD_BYTES} bytes")]
@@ -45,11 +45,11 @@ pub enum UserError {
 }
 
 /// How long a login waits for a hashing permit by default.
-pub const DEFAULT_HASH_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const DEFAULT_HASH_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How many argon2 hashes may run at once in this process, and how long one waits for its turn.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HashLimit {
+pub(crate) struct HashLimit {
     /// Hashes running at once; each holds 19 MiB while it runs.
     pub concurrency: usize,
     /// Longest wait for a permit before the login is refused as busy.
@@ -71,7 +71,7 @@ impl From<fred::error::Error> for UserError {
 }
 
 #[derive(Clone)]
-pub struct Users {
+pub(crate) struct Users {
     pool: Pool,
     keys: Arc<Keys>,
     /// Permits to run a hash; never closed.
@@ -81,11 +81,11 @@ pub struct Users {
 
 impl Users {
     /// Users in Redis, hashing within the default [`HashLimit`].
-    pub fn new(pool: Pool, keys: Keys) -> Self {
+    pub(crate) fn new(pool: Pool, keys: Keys) -> Self {
         Self::with_hash_limit(pool, keys, HashLimit::default())
     }
 
-    pub fn with_hash_limit(pool: Pool, keys: Keys, limit: HashLimit) -> Self {
+    pub(crate) fn with_hash_limit(pool: Pool, keys: Keys, limit: HashLimit) -> Self {
         let permits = limit.concurrency.clamp(1, Semaphore::MAX_PERMITS);
         Self {
             pool,
@@ -96,7 +96,7 @@ impl Users {
     }
 
     /// Creates the user or replaces its password.
-    pub async fn set_password(&self, name: &str, password: &str) -> Result<(), UserError> {
+    pub(crate) async fn set_password(&self, name: &str, password: &str) -> Result<(), UserError> {
         validate(name, password)?;
         let password = password.to_owned();
         let hash = self.hash_within_limit(move || hash(&password)).await??;
@@ -106,7 +106,7 @@ impl Users {
 
     /// True when `password` is the user's. An unknown user costs the same argon2 work as a
     /// wrong password, so response times do not reveal which names exist.
-    pub async fn verify(&self, name: &str, password: &str) -> Result<bool, UserError> {
+    pub(crate) async fn verify(&self, name: &str, password: &str) -> Result<bool, UserError> {
         validate(name, password)?;
         let stored: Option<String> = self.pool.hget(self.keys.user(name), "password").await?;
         let known = stored.is_some();
@@ -147,12 +147,12 @@ impl Users {
 /// Makes the hash that unknown users are verified against, so the first unknown user does not
 /// take twice as long as everyone else (which would tell that the name does not exist). Call it
 /// once at start, off the async threads.
-pub fn prepare_dummy_hash() {
+pub(crate) fn prepare_dummy_hash() {
     dummy_hash();
 }
 
 /// Checks the form of a name and a password, before any work is spent on them.
-pub fn validate(name: &str, password: &str) -> Result<(), UserError> {
+pub(crate) fn validate(name: &str, password: &str) -> Result<(), UserError> {
     let name_ok = (1..=64).contains(&name.len())
         && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '@' | '-'));
     if !name_ok {

@@ -14,20 +14,20 @@ use herd_session_store::{Keys, StoreError};
 const INDEX_TTL_SECS: i64 = 14 * 24 * 3600;
 
 #[derive(Clone)]
-pub struct UserSessions {
+pub(crate) struct UserSessions {
     pool: Pool,
     keys: Keys,
 }
 
 impl UserSessions {
-    pub fn new(pool: Pool, keys: Keys) -> Self {
+    pub(crate) fn new(pool: Pool, keys: Keys) -> Self {
         Self { pool, keys }
     }
 
     /// Records that `session_key` belongs to `user`: `SADD` and `EXPIRE` sent together in one
     /// pipeline, so the set is never left without its TTL by a worker stopping between two
     /// round trips.
-    pub async fn add(&self, user: &str, session_key: &str) -> Result<(), StoreError> {
+    pub(crate) async fn add(&self, user: &str, session_key: &str) -> Result<(), StoreError> {
         let index = self.keys.user_sessions(user);
         let pipeline = self.pool.next().pipeline();
         let _: () = pipeline.sadd(&index, session_key).await?;
@@ -37,13 +37,13 @@ impl UserSessions {
     }
 
     /// Forgets one session (a plain logout).
-    pub async fn remove(&self, user: &str, session_key: &str) -> Result<(), StoreError> {
+    pub(crate) async fn remove(&self, user: &str, session_key: &str) -> Result<(), StoreError> {
         let _: i64 = self.pool.srem(self.keys.user_sessions(user), session_key).await?;
         Ok(())
     }
 
     /// Deletes every session of `user`; returns how many were still alive.
-    pub async fn end_all(&self, user: &str) -> Result<u64, StoreError> {
+    pub(crate) async fn end_all(&self, user: &str) -> Result<u64, StoreError> {
         let index = self.keys.user_sessions(user);
         let members: Vec<String> = self.pool.smembers(&index).await?;
         let mut ended = 0;

@@ -11,7 +11,7 @@ use fred::{clients::Pool, interfaces::KeysInterface, types::Expiration};
 use herd_session_store::StoreError;
 
 #[derive(Clone)]
-pub struct Visits {
+pub(crate) struct Visits {
     pool: Pool,
     idle: Duration,
 }
@@ -21,7 +21,7 @@ fn key(session_key: &str) -> String {
 }
 
 impl Visits {
-    pub fn new(pool: Pool, idle: Duration) -> Self {
+    pub(crate) fn new(pool: Pool, idle: Duration) -> Self {
         Self { pool, idle }
     }
 
@@ -31,7 +31,7 @@ impl Visits {
 
     /// Counts one visit and returns the new total: `INCR` and `EXPIRE` in one round trip,
     /// since this runs on every `/` request of a logged-in session.
-    pub async fn count(&self, session_key: &str) -> Result<u64, StoreError> {
+    pub(crate) async fn count(&self, session_key: &str) -> Result<u64, StoreError> {
         let key = key(session_key);
         let pipeline = self.pool.next().pipeline();
         let _: () = pipeline.incr(&key).await?;
@@ -41,14 +41,14 @@ impl Visits {
     }
 
     /// Starts a new session's count at zero.
-    pub async fn reset(&self, session_key: &str) -> Result<(), StoreError> {
+    pub(crate) async fn reset(&self, session_key: &str) -> Result<(), StoreError> {
         let _: Option<String> =
             self.pool.set(key(session_key), 0, Some(Expiration::EX(self.ttl())), None, false).await?;
         Ok(())
     }
 
     /// Forgets a session's count.
-    pub async fn forget(&self, session_key: &str) -> Result<(), StoreError> {
+    pub(crate) async fn forget(&self, session_key: &str) -> Result<(), StoreError> {
         let _: i64 = self.pool.del(key(session_key)).await?;
         Ok(())
     }

@@ -48,6 +48,25 @@ pub struct WorkerContext {
     pub messenger: Messenger,
 }
 
+impl WorkerContext {
+    /// The context of a worker that runs without a primary: slot `slot`, generation 0, this
+    /// process, started now, [`Balance::Shared`](crate::Balance::Shared). Its messenger is a
+    /// cluster of one: broadcasts come back to it and gathers get its own answer only. For
+    /// tests that drive an app factory's router in-process (`tower::ServiceExt::oneshot`), and
+    /// for embedding that router in a server of your own.
+    pub fn standalone(slot: usize) -> Self {
+        let pid = std::process::id();
+        Self {
+            slot,
+            generation: 0,
+            pid,
+            started: Instant::now(),
+            balance: crate::Balance::Shared,
+            messenger: Messenger::alone(slot, pid),
+        }
+    }
+}
+
 /// Where this worker's connections come from.
 enum Source {
     /// Shared mode: accept on the inherited listener.
