@@ -443,6 +443,31 @@ fn query_status(socket: &Path) -> Option<serde_json::Value> {
 }
 
 /// The pids of a process's children (`/proc/<pid>/task/<tid>/children`, one file per thread).
+/// The value of field `name` in a log line, in the text form (`name=value`) or JSON
+/// (`"name":value`): the primary names the worker a line is about by its `slot` and
+/// `worker_pid` fields.
+pub fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let text = format!(" {name}=");
+    let json = format!("\"{name}\":");
+    let (at, len) =
+        line.find(&text).map(|at| (at, text.len())).or_else(|| line.find(&json).map(|at| (at, json.len())))?;
+    let rest = &line[at + len..];
+    let end = rest.find(|c: char| c.is_whitespace() || c == ',' || c == '}').unwrap_or(rest.len());
+    Some(rest[..end].trim_matches('"'))
+}
+
+/// Whether a primary's log line is about the worker `pid` (and, if given, in `slot`).
+pub fn about_worker(line: &str, slot: Option<u64>, pid: Option<u32>) -> bool {
+    let slot_ok = slot.is_none_or(|slot| log_field(line, "slot") == Some(slot.to_string().as_str()));
+    let pid_ok = pid.is_none_or(|pid| log_field(line, "worker_pid") == Some(pid.to_string().as_str()));
+    slot_ok && pid_ok && log_field(line, "slot").is_some()
+}
+
+/// The delay in a "restarting in 100ms" line, in milliseconds.
+pub fn restart_delay_ms(line: &str) -> Option<u64> {
+    line.split("restarting in ").nth(1)?.split("ms").next()?.parse().ok()
+}
+
 pub fn children(pid: u32) -> BTreeSet<u32> {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return BTreeSet::new() };
     tasks

@@ -4,7 +4,7 @@
 use std::{thread, time::Duration};
 
 use herd_e2e::{
-    herd::{workers, HEAVY_LOGS},
+    herd::{about_worker, restart_delay_ms, workers, HEAVY_LOGS},
     process_alive, wait_for, Herd, RedisServer,
 };
 use nix::sys::signal::Signal;
@@ -39,7 +39,7 @@ fn killed_workers_are_replaced(mode: &str) {
         herd_e2e::signal(pid, Signal::SIGKILL);
         // The line is the contract: it is how an operator learns why a worker died.
         herd.wait_log_from(mark, "the death to be logged", Duration::from_secs(10), |l| {
-            l.contains(&format!("worker {slot} pid {pid} killed by SIGKILL, restarting"))
+            l.contains("worker killed by SIGKILL, restarting") && about_worker(l, Some(slot), Some(pid))
         });
         let new_pid = herd.wait_replaced(slot, pid, Duration::from_secs(30));
         // The replacement serves: keep asking until the kernel hands a connection to that slot.
@@ -66,10 +66,10 @@ fn workers_that_die_young_restart_with_growing_backoff() {
         killed = Some(pid);
         // The line is the contract: the backoff delay is only ever shown there.
         let death = herd.wait_log_from(mark, "the death", Duration::from_secs(10), |l| {
-            l.contains(&format!("pid {pid} killed by SIGKILL"))
+            l.contains("killed by SIGKILL") && about_worker(l, None, Some(pid))
         });
-        match death.split("restarting in ").nth(1) {
-            Some(delay) => delays.push(delay.trim_end_matches("ms").parse::<u64>().expect("a delay in ms")),
+        match restart_delay_ms(&death) {
+            Some(delay) => delays.push(delay),
             // Only the first worker can have lived past 5 s (a slow start): a healthy death.
             None => assert_eq!(round, 0, "a worker killed right after starting must back off: {death}"),
         }
@@ -91,8 +91,9 @@ fn a_worker_that_exits_by_itself_is_replaced() {
     let mark = herd.log_len();
     herd_e2e::signal(pid, Signal::SIGTERM);
     // The line is the contract: a clean exit is told apart from a crash there.
-    let line =
-        herd.wait_log_from(mark, "the exit", Duration::from_secs(10), |l| l.contains(&format!("pid {pid} exited")));
+    let line = herd.wait_log_from(mark, "the exit", Duration::from_secs(10), |l| {
+        l.contains(" exited") && about_worker(l, None, Some(pid))
+    });
     assert!(line.contains("exited cleanly, restarting"), "{line}");
     herd.wait_replaced(slot, pid, Duration::from_secs(30));
 }

@@ -12,7 +12,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use herd_e2e::{herd::workers, wait_for, Client, Herd, RedisServer};
+use herd_e2e::{
+    herd::{about_worker, log_field, workers},
+    wait_for, Client, Herd, RedisServer,
+};
 use nix::sys::signal::Signal;
 
 fn client_ip(n: u8) -> IpAddr {
@@ -127,7 +130,7 @@ fn least_conn_avoids_the_worker_holding_idle_connections() {
         // The primary's own count of a worker's connections (what least-conn compares) is in no
         // status: its debug line is the only place it shows.
         herd.wait_log_from(mark, "the closes to be reported", Duration::from_secs(10), |l| {
-            l.contains(&format!("worker {slot} pid ")) && l.ends_with(", 0 open")
+            l.contains("worker closed") && about_worker(l, Some(slot), None) && log_field(l, "open") == Some("0")
         });
     }
     for _ in 0..20 {

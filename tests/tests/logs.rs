@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use herd_e2e::{Herd, RedisServer, TempDir};
+use herd_e2e::{herd::about_worker, Herd, RedisServer, TempDir};
 use nix::sys::signal::Signal;
 
 fn lines(path: &std::path::Path) -> Vec<String> {
@@ -33,7 +33,7 @@ fn log_files_in_json_with_who_wrote_each_line_reopened_on_usr1() {
     // Wait for the death itself: lines of the workers' start-up may still be arriving. The line
     // is the contract: it is what must land in both files.
     herd.wait_log_from(mark, "the death", Duration::from_secs(30), |l| {
-        l.contains(&format!("pid {pid} killed by SIGKILL"))
+        l.contains("killed by SIGKILL") && about_worker(l, None, Some(pid))
     });
 
     let all = lines(&out);

@@ -4,7 +4,10 @@
 
 use std::{net::IpAddr, thread, time::Duration};
 
-use herd_e2e::{herd::workers, Herd, RedisServer};
+use herd_e2e::{
+    herd::{about_worker, log_field, restart_delay_ms, workers},
+    Herd, RedisServer,
+};
 
 #[test]
 fn a_hung_worker_is_killed_and_replaced() {
@@ -40,8 +43,8 @@ fn a_worker_over_the_memory_limit_is_replaced_gracefully() {
         .wait_log_from(mark, "the memory limit to act", Duration::from_secs(3), |l| l.contains("over --max-memory"));
     let retired =
         herd.wait_log_from(mark, "the bloated worker to retire", Duration::from_secs(30), |l| l.contains("retired"));
-    let victim = line.split(" pid ").nth(1).and_then(|r| r.split_whitespace().next()).expect("pid in the line");
-    assert!(retired.contains(&format!("pid {victim} retired")), "{retired}");
+    let victim: u32 = log_field(&line, "worker_pid").and_then(|p| p.parse().ok()).expect("pid in the line");
+    assert!(about_worker(&retired, None, Some(victim)), "{retired}");
     assert!(retired.contains("exited cleanly"), "replaced gracefully, not killed: {retired}");
 }
 
@@ -64,13 +67,13 @@ fn a_slot_that_keeps_crashing_backs_off_then_is_left_down() {
         let _ = crasher.get("/debug/crash"); // no answer: the worker aborts
                                              // The line is the contract: the cause, the backoff delay and "marked errored" show there.
         let death = herd.wait_log_from(mark, "the crash", Duration::from_secs(10), |l| {
-            l.contains(&format!("worker {slot} pid ")) && l.contains("SIGABRT")
+            about_worker(l, Some(slot), None) && l.contains("SIGABRT")
         });
         if round < 3 {
             // The first victim may have lived past 5 s on a busy machine: a healthy death,
             // restarted at once. Every later one is young.
-            if let Some(delay) = death.split("restarting in ").nth(1) {
-                delays.push(delay.trim_end_matches("ms").parse::<u64>().expect("a delay in ms"));
+            if let Some(delay) = restart_delay_ms(&death) {
+                delays.push(delay);
             }
             herd.wait_replaced(slot, pid, Duration::from_secs(30));
         } else {

@@ -214,15 +214,15 @@ impl LinkTask {
                     Ok(Some((msg, _fds))) => self.on_message(msg),
                     Ok(None) => ipc_open = false,
                     Err(err) if err.is_bad_message() => {
-                        tracing::warn!(slot = self.worker.slot, pid = self.pid, error = %err, "ignoring a bad message from a worker");
+                        tracing::warn!(slot = self.worker.slot, worker_pid = self.pid, error = %err, "ignoring a bad message from a worker");
                     }
                     Err(err) if err.is_exhaustion() => {
                         // Out of memory or descriptors for a moment: the link itself is fine.
-                        tracing::warn!(slot = self.worker.slot, pid = self.pid, error = %err, "IPC receive from a worker failed for want of resources; retrying");
+                        tracing::warn!(slot = self.worker.slot, worker_pid = self.pid, error = %err, "IPC receive from a worker failed for want of resources; retrying");
                         tokio::time::sleep(EXHAUSTED_RETRY).await;
                     }
                     Err(err) => {
-                        tracing::warn!(slot = self.worker.slot, pid = self.pid, error = %err, "IPC with worker failed");
+                        tracing::warn!(slot = self.worker.slot, worker_pid = self.pid, error = %err, "IPC with worker failed");
                         ipc_open = false;
                     }
                 },
@@ -241,7 +241,7 @@ impl LinkTask {
                         // One message that could not be sent (too large) is that message's loss;
                         // only a failed channel (the worker is going away) ends the link.
                         Err(err) if err.is_bad_message() => {
-                            tracing::error!(slot = self.worker.slot, pid = self.pid, error = %err, "a message to a worker was dropped");
+                            tracing::error!(slot = self.worker.slot, worker_pid = self.pid, error = %err, "a message to a worker was dropped");
                         }
                         Err(_) => ipc_open = false,
                     }
@@ -263,12 +263,12 @@ impl LinkTask {
                         // Cannot happen with a bounded batch of fixed-size entries; if it did, the
                         // worker never saw these, and closing them beats stopping the link.
                         Err(err) if err.is_bad_message() => {
-                            tracing::error!(slot = self.worker.slot, pid = self.pid, error = %err, "closing {} connection(s) that could not be handed off", batch.len());
+                            tracing::error!(slot = self.worker.slot, worker_pid = self.pid, error = %err, "closing {} connection(s) that could not be handed off", batch.len());
                         }
                         // Too many descriptors in flight, or no kernel memory: the worker is fine,
                         // these connections are what cannot be afforded. Dropping them closes them.
                         Err(err) if err.is_exhaustion() => {
-                            tracing::debug!(slot = self.worker.slot, pid = self.pid, error = %err, "cannot pass connections");
+                            tracing::debug!(slot = self.worker.slot, worker_pid = self.pid, error = %err, "cannot pass connections");
                             let (worker, count) = (self.worker, batch.len());
                             let _ = self.events.send(Event::Shed { worker, count, why: ShedReason::SendExhausted });
                         }
@@ -279,7 +279,7 @@ impl LinkTask {
                             self.sent.extend(batch.iter().map(|c| (c.id, now)));
                             self.unacked.extend(batch.into_iter().map(|c| (c.id, c)));
                             if let Err(err) = sent {
-                                tracing::debug!(slot = self.worker.slot, pid = self.pid, error = %err, "cannot hand off connections");
+                                tracing::debug!(slot = self.worker.slot, worker_pid = self.pid, error = %err, "cannot hand off connections");
                                 ipc_open = false;
                             }
                         }

@@ -87,7 +87,7 @@ impl Core {
         w.requests = requests;
         w.open_reported = open.or(w.open_reported);
         if w.liveness.heartbeat(now, worker_timeout) && w.state == State::Ready {
-            tracing::info!(slot = id.slot, pid = w.pid, "worker answers again: handing it connections");
+            tracing::info!(slot = id.slot, worker_pid = w.pid, "worker answers again: handing it connections");
             self.flush_queue(now);
         }
     }
@@ -101,7 +101,7 @@ impl Core {
             if w.liveness.missed_handoff() {
                 tracing::warn!(
                     slot = id.slot,
-                    pid = w.pid,
+                    worker_pid = w.pid,
                     "worker acknowledged none of {} connection(s) within {:?}: handing them to other workers, and no \
                      new ones to it until it answers again",
                     conns.len(),
@@ -127,7 +127,7 @@ impl Core {
                 if now.saturating_duration_since(w.started) > ready_timeout {
                     tracing::warn!(
                         slot,
-                        pid = w.pid,
+                        worker_pid = w.pid,
                         "worker was not ready within --ready-timeout {ready_timeout:?}: killing it"
                     );
                     w.killed = true;
@@ -141,14 +141,18 @@ impl Core {
             let silent = w.liveness.silent_for(now);
             match w.liveness.judge(now, worker_timeout) {
                 Health::Hung => {
-                    tracing::warn!(slot, pid = w.pid, "worker sent no heartbeat for {silent:.1?}: hung, killing it");
+                    tracing::warn!(
+                        slot,
+                        worker_pid = w.pid,
+                        "worker sent no heartbeat for {silent:.1?}: hung, killing it"
+                    );
                     w.killed = true;
                     kill.push(w.id);
                     continue;
                 }
                 Health::Suspect if w.liveness.report() => tracing::warn!(
                     slot,
-                    pid = w.pid,
+                    worker_pid = w.pid,
                     "worker silent for {silent:.1?}: no new connections for it until it answers again (killed after \
                      --worker-timeout {worker_timeout:?})"
                 ),
@@ -163,7 +167,7 @@ impl Core {
             if let Some(limit) = w.recycle_after.filter(|limit| w.requests >= *limit) {
                 tracing::info!(
                     slot,
-                    pid = w.pid,
+                    worker_pid = w.pid,
                     "worker served {} requests (limit {limit}): recycling it",
                     w.requests
                 );
@@ -191,7 +195,7 @@ impl Core {
         }
         tracing::warn!(
             slot = id.slot,
-            pid = w.pid,
+            worker_pid = w.pid,
             "worker uses {} MiB, over --max-memory {} MiB: replacing it",
             rss >> 20,
             max >> 20

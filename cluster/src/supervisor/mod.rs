@@ -407,12 +407,18 @@ impl Core {
             ToPrimary::Draining => {
                 if let Some(w) = self.slots.get_mut(worker) {
                     w.state = slots::State::Draining;
-                    tracing::debug!(slot = worker.slot, pid = w.pid, "worker says it drains");
+                    tracing::debug!(slot = worker.slot, worker_pid = w.pid, "worker says it drains");
                 }
             }
             ToPrimary::Closed { count } => {
                 if let Some(w) = self.slots.get_mut(worker) {
                     w.open = w.open.saturating_sub(usize::try_from(count).unwrap_or(usize::MAX));
+                    tracing::debug!(
+                        slot = worker.slot,
+                        worker_pid = w.pid,
+                        open = w.open,
+                        "worker closed {count} connection(s)"
+                    );
                 }
             }
             ToPrimary::Heartbeat { requests, open } => self.on_heartbeat(worker, requests, open, now),
@@ -437,7 +443,7 @@ impl Core {
     fn kill_all(&mut self, why: &str) -> usize {
         let all: Vec<(WorkerId, Option<u32>)> = self.slots.all().map(|w| (w.id, w.pid)).collect();
         for (worker, pid) in &all {
-            tracing::warn!(slot = worker.slot, pid, "worker {why}, killing it");
+            tracing::warn!(slot = worker.slot, worker_pid = pid, "worker {why}, killing it");
             self.effects.push(Effect::Kill { worker: *worker });
         }
         all.len()

@@ -110,10 +110,15 @@ impl Core {
         let new_pid = successor.pid;
         match s.worker.replace(successor) {
             Some(old) => {
-                tracing::info!(slot, pid = new_pid, old_pid = old.pid, "new worker reported ready, retiring the old one");
+                tracing::info!(
+                    slot,
+                    worker_pid = new_pid,
+                    old_pid = old.pid,
+                    "new worker reported ready, retiring the old one"
+                );
                 self.retire(old);
             }
-            None => tracing::info!(slot, pid = new_pid, "new worker reported ready"),
+            None => tracing::info!(slot, worker_pid = new_pid, "new worker reported ready"),
         }
         self.flush_queue(now);
         if let Some(rollout) = &mut self.rollout {

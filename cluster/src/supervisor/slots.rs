@@ -242,7 +242,7 @@ impl Core {
     pub(super) fn on_spawned(&mut self, id: WorkerId, pid: u32) {
         if let Some(w) = self.slots.get_mut(id) {
             w.pid = Some(pid);
-            tracing::info!(slot = id.slot, pid, generation = id.generation, "worker process started");
+            tracing::info!(slot = id.slot, worker_pid = pid, generation = id.generation, "worker process started");
         }
     }
 
@@ -282,7 +282,7 @@ impl Core {
     pub(super) fn on_exit(&mut self, id: WorkerId, how: &str, now: Instant) {
         if let Some(i) = self.slots.departing.iter().position(|w| w.id == id) {
             let worker = self.slots.departing.swap_remove(i);
-            tracing::info!(slot = id.slot, pid = worker.pid, "worker retired ({how})");
+            tracing::info!(slot = id.slot, worker_pid = worker.pid, "worker retired ({how})");
             return;
         }
         let stopping = self.stopping.is_some();
@@ -299,30 +299,30 @@ impl Core {
         let Some(worker) = s.worker.take_if(|w| w.id == id) else { return };
         let pid = worker.pid;
         if stopping {
-            tracing::info!(slot = id.slot, pid, "worker {how}");
+            tracing::info!(slot = id.slot, worker_pid = pid, "worker {how}");
             return;
         }
         s.restarts += 1;
         if s.successor.is_some() {
             // A rollout is already starting its replacement.
-            tracing::warn!(slot = id.slot, pid, "worker {how}; its successor is starting");
+            tracing::warn!(slot = id.slot, worker_pid = pid, "worker {how}; its successor is starting");
             return;
         }
         let policy = &self.config.restart;
         match s.backoff.on_exit(worker.serving_for(now), now, policy) {
             Verdict::RestartIn(delay) if delay.is_zero() => {
-                tracing::warn!(slot = id.slot, pid, "worker {how}, restarting");
+                tracing::warn!(slot = id.slot, worker_pid = pid, "worker {how}, restarting");
                 self.start(id.slot, now);
             }
             Verdict::RestartIn(delay) => {
-                tracing::warn!(slot = id.slot, pid, "worker {how}, restarting in {delay:?}");
+                tracing::warn!(slot = id.slot, worker_pid = pid, "worker {how}, restarting in {delay:?}");
                 s.respawn_at = Some(now + delay);
             }
             Verdict::GiveUp => {
                 s.errored = true;
                 tracing::error!(
                     slot = id.slot,
-                    pid,
+                    worker_pid = pid,
                     "worker {how}; slot {} died more than {} times within {:?}: marked errored and left down \
                      (`herd ctl restart {}` brings it back)",
                     id.slot,
@@ -347,7 +347,7 @@ impl Core {
             return;
         }
         w.become_ready(now);
-        tracing::info!(slot = id.slot, pid = w.pid, "worker reported ready");
+        tracing::info!(slot = id.slot, worker_pid = w.pid, "worker reported ready");
         let ready = self.slots.serving().filter(|w| w.state == State::Ready).count();
         if ready == self.slots.len() && !self.all_ready_logged {
             self.all_ready_logged = true;
