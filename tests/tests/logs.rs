@@ -49,7 +49,10 @@ fn log_files_in_json_with_who_wrote_each_line_reopened_on_usr1() {
         "worker lines are merged in"
     );
     let warnings = lines(&err);
-    assert!(warnings.iter().any(|l| l.contains(&format!("pid {pid} killed by SIGKILL"))), "{warnings:?}");
+    assert!(
+        warnings.iter().any(|l| l.contains("killed by SIGKILL") && about_worker(l, None, Some(pid))),
+        "{warnings:?}"
+    );
     assert!(
         warnings.iter().all(|l| l.contains(r#""level":"WARN""#) || l.contains(r#""level":"ERROR""#)),
         "{warnings:?}"
