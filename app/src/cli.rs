@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{builder::BoolishValueParser, ArgAction, Args, Parser, Subcommand, ValueEnum};
+use herd_cluster::Balance;
 
 /// Where Redis is looked for when none is configured (and where the no-Docker quick start
 /// probes before starting a private one).
@@ -186,7 +187,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub redis: RedisArgs,
     /// How connections reach workers.
-    #[arg(long, env = "HERD_BALANCE", value_enum, default_value_t = Balance::RoundRobin)]
+    #[arg(long, env = "HERD_BALANCE", value_enum, default_value_t = Balance::default())]
     pub balance: Balance,
     /// Sticky sessions: the same client IP always reaches the same worker (same as
     /// `--balance ip-hash`; `STICKY=1` in the environment).
@@ -408,30 +409,13 @@ pub enum SessionStoreKind {
     Stock,
 }
 
-/// `--balance` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Balance {
-    /// Every worker accepts on the shared listener; the kernel picks (cheapest, can be uneven).
-    Shared,
-    /// The primary accepts and hands each connection to the next ready worker.
-    RoundRobin,
-    /// The primary hands each connection to the worker with the fewest open connections.
-    LeastConn,
-    /// The primary picks the worker from the client IP (sticky; also `--sticky`).
-    IpHash,
-}
-
 impl ServeArgs {
     /// The dispatch mode, with `--sticky` taking precedence.
-    pub fn balance(&self) -> herd_cluster::Balance {
+    pub fn balance(&self) -> Balance {
         if self.sticky {
-            return herd_cluster::Balance::IpHash;
-        }
-        match self.balance {
-            Balance::Shared => herd_cluster::Balance::Shared,
-            Balance::RoundRobin => herd_cluster::Balance::RoundRobin,
-            Balance::LeastConn => herd_cluster::Balance::LeastConn,
-            Balance::IpHash => herd_cluster::Balance::IpHash,
+            Balance::IpHash
+        } else {
+            self.balance
         }
     }
 }

@@ -14,8 +14,10 @@ pub const DEFAULT_FD_RESERVE: usize = 64;
 /// `503` itself (HAProxy's `timeout queue` plays the same part; 5 s is its common setting).
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How connections reach workers.
+/// How connections reach workers. With the `clap` feature, also the values of a `--balance`
+/// flag (`shared`, `round-robin`, `least-conn`, `ip-hash`; the variant docs are their help).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Balance {
     /// Every worker accepts on the inherited listener and the kernel picks (Node's `SCHED_NONE`).
     /// Cheapest; the kernel's choice can be uneven.
@@ -32,7 +34,7 @@ pub enum Balance {
 }
 
 impl Balance {
-    /// The name used on the command line and in JSON.
+    /// The name used on the command line and in JSON (the same as clap's, which a test checks).
     pub fn as_str(self) -> &'static str {
         match self {
             Balance::Shared => "shared",
@@ -249,6 +251,16 @@ pub fn max_connections_for_fd_limit(soft_limit: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "clap")]
+    #[test]
+    fn balance_names_are_clap_names() {
+        use clap::ValueEnum;
+        for balance in Balance::value_variants() {
+            let value = balance.to_possible_value().map(|v| v.get_name().to_owned());
+            assert_eq!(value.as_deref(), Some(balance.as_str()));
+        }
+    }
 
     #[test]
     fn connection_cap_leaves_descriptors_for_the_worker() {
