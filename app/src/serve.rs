@@ -49,6 +49,12 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
     config.fd_reserve = args.fd_reserve;
     config.balance = args.balance();
     config.queue_timeout = args.queue_timeout;
+    // Before Redis is found or started and users are seeded: a refused config starts nothing.
+    config.validate().context("refusing to start")?;
+    if args.session_idle.is_zero() || args.session_max_age.is_zero() {
+        bail!("--session-idle and --session-max-age must be longer than zero");
+    }
+    let login = login_settings(&args)?;
 
     let configured_url = crate::secrets::configured_url(&args.redis)?;
     let demo_users = crate::secrets::demo_users(&args)?;
@@ -82,9 +88,6 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
         Role::Worker(_) => configured_url.unwrap_or_else(default_redis_url),
     };
 
-    if args.session_idle.is_zero() || args.session_max_age.is_zero() {
-        bail!("--session-idle and --session-max-age must be longer than zero");
-    }
     let settings = SessionSettings {
         cookie_name: args.cookie_name.clone(),
         secure: args.secure_cookies,
@@ -103,7 +106,6 @@ pub async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::logs::L
     let keys = Keys::new(args.redis.key_prefix.clone());
     let demo_users = demo_users.iter().map(|u| u.name.clone()).collect();
     let limits = Limits { heavy: args.heavy_limits(), cache: args.cache_limits() };
-    let login = login_settings(&args)?;
     let outcome =
         herd_cluster::run(config, move |ctx| build_app(ctx, redis_config, keys, settings, login, demo_users, limits))
             .await;

@@ -17,7 +17,7 @@ use crate::{
 };
 
 /// Most workers `scale` accepts.
-const MAX_WORKERS: usize = 1024;
+const MAX_WORKERS: usize = crate::config::MAX_WORKERS;
 
 /// A rolling replacement in progress.
 pub(super) struct Rollout {
