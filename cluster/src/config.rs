@@ -6,6 +6,18 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a new worker may take to report ready during a reload before the reload aborts.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// First delay before restarting a worker that died soon after starting; doubles with each
+/// further quick death.
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest delay between two restarts of a slot.
+pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(15);
+/// Deaths within [`DEFAULT_RESTART_WINDOW`] beyond which a slot is marked errored.
+pub const DEFAULT_MAX_RESTARTS: u32 = 10;
+/// See [`DEFAULT_MAX_RESTARTS`].
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How long a worker may send no heartbeat (its runtime is stuck) before it is killed and
+/// replaced.
+pub const DEFAULT_WORKER_TIMEOUT: Duration = Duration::from_secs(30);
 /// File descriptors each herd process keeps free for its own work (starting workers, the
 /// control socket, log files, Redis connections): connections beyond the open-files limit
 /// minus this are shed. At most half the limit is kept, so a small limit still serves.
@@ -71,10 +83,10 @@ pub struct RestartPolicy {
 impl Default for RestartPolicy {
     fn default() -> Self {
         Self {
-            backoff_base: Duration::from_millis(100),
-            backoff_cap: Duration::from_secs(15),
-            max_restarts: 10,
-            window: Duration::from_secs(60),
+            backoff_base: DEFAULT_BACKOFF_BASE,
+            backoff_cap: DEFAULT_BACKOFF_CAP,
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            window: DEFAULT_RESTART_WINDOW,
         }
     }
 }
@@ -95,7 +107,7 @@ pub struct Recycling {
 
 impl Default for Recycling {
     fn default() -> Self {
-        Self { worker_timeout: Duration::from_secs(30), max_memory: None, max_requests: None, max_requests_jitter: 0 }
+        Self { worker_timeout: DEFAULT_WORKER_TIMEOUT, max_memory: None, max_requests: None, max_requests_jitter: 0 }
     }
 }
 
