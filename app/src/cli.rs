@@ -3,6 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{builder::BoolishValueParser, ArgAction, Args, Parser, Subcommand, ValueEnum};
+use herd_cluster::Balance;
 
 /// Where Redis is looked for when none is configured (and where the no-Docker quick start
 /// probes before starting a private one).
@@ -12,6 +13,10 @@ pub(crate) const DEFAULT_REDIS_ADDR: std::net::SocketAddr =
 pub(crate) fn default_redis_url() -> String {
     format!("redis://{DEFAULT_REDIS_ADDR}")
 }
+
+/// Where `serve` listens when not told (and whose port `ctl` derives the control socket from).
+pub(crate) const DEFAULT_BIND: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 3000);
 
 /// A multi-process HTTP server: N axum workers on one port, sessions shared through Redis.
 #[derive(Debug, Parser)]
@@ -181,23 +186,23 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_THREADS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: u16,
     /// Address to listen on (port 0 picks a free port, logged at start).
-    #[arg(long, env = "HERD_BIND", default_value = "0.0.0.0:3000")]
+    #[arg(long, env = "HERD_BIND", default_value_t = DEFAULT_BIND)]
     pub bind: SocketAddr,
     #[command(flatten)]
     pub redis: RedisArgs,
     /// How connections reach workers.
-    #[arg(long, env = "HERD_BALANCE", value_enum, default_value_t = Balance::RoundRobin)]
+    #[arg(long, env = "HERD_BALANCE", value_enum, default_value_t = Balance::default())]
     pub balance: Balance,
     /// Sticky sessions: the same client IP always reaches the same worker (same as
     /// `--balance ip-hash`; `STICKY=1` in the environment).
     #[arg(long, env = "STICKY", value_parser = BoolishValueParser::new())]
     pub sticky: bool,
     /// Longest graceful shutdown; workers still running after it are killed (e.g. 30s, 500ms).
-    #[arg(long, env = "HERD_SHUTDOWN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "HERD_SHUTDOWN_TIMEOUT", default_value = duration_text(herd_cluster::config::DEFAULT_SHUTDOWN_TIMEOUT), value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
     /// During a reload, how long each new worker may take to report ready before the reload
     /// is aborted (the old workers keep serving).
-    #[arg(long, env = "HERD_READY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    #[arg(long, env = "HERD_READY_TIMEOUT", default_value = duration_text(herd_cluster::config::DEFAULT_READY_TIMEOUT), value_parser = parse_duration)]
     pub ready_timeout: Duration,
     /// Unix socket for `herd ctl` (mode 0600) [default: herd-PORT.sock in $XDG_RUNTIME_DIR/herd,
     /// else /tmp/herd-UID; herd creates that directory 0700 and refuses one that another user
@@ -206,18 +211,18 @@ pub struct ServeArgs {
     pub control_socket: Option<PathBuf>,
     /// Delay before restarting a worker that died soon after starting, as MIN..MAX: MIN first,
     /// doubling with each further quick death, up to MAX.
-    #[arg(long, env = "HERD_RESTART_BACKOFF", default_value = "100ms..15s", value_parser = parse_backoff)]
+    #[arg(long, env = "HERD_RESTART_BACKOFF", default_value = backoff_text(herd_cluster::config::DEFAULT_BACKOFF_BASE, herd_cluster::config::DEFAULT_BACKOFF_CAP), value_parser = parse_backoff)]
     pub restart_backoff: (Duration, Duration),
     /// A slot whose workers die more than this many times within --restart-window is marked
     /// errored and left down (0: never give up).
-    #[arg(long, env = "HERD_MAX_RESTARTS", default_value_t = 10)]
+    #[arg(long, env = "HERD_MAX_RESTARTS", default_value_t = herd_cluster::config::DEFAULT_MAX_RESTARTS)]
     pub max_restarts: u32,
     /// See --max-restarts.
-    #[arg(long, env = "HERD_RESTART_WINDOW", default_value = "60s", value_parser = parse_duration)]
+    #[arg(long, env = "HERD_RESTART_WINDOW", default_value = duration_text(herd_cluster::config::DEFAULT_RESTART_WINDOW), value_parser = parse_duration)]
     pub restart_window: Duration,
     /// A worker that sends no heartbeat (its runtime is stuck) for this long is killed and
     /// replaced.
-    #[arg(long, env = "HERD_WORKER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    #[arg(long, env = "HERD_WORKER_TIMEOUT", default_value = duration_text(herd_cluster::config::DEFAULT_WORKER_TIMEOUT), value_parser = parse_duration)]
     pub worker_timeout: Duration,
     /// Replace a worker gracefully when its resident memory exceeds this (e.g. 512MiB, 2GiB);
     /// checked every second.
@@ -256,21 +261,21 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_COOKIE_NAME", default_value = "herd_session")]
     pub cookie_name: String,
     /// A session ends after this long without requests (reads count too).
-    #[arg(long, env = "HERD_SESSION_IDLE", default_value = "30m", value_parser = parse_duration)]
+    #[arg(long, env = "HERD_SESSION_IDLE", default_value = duration_text(herd_session_store::store::DEFAULT_SESSION_IDLE), value_parser = parse_duration)]
     pub session_idle: Duration,
     /// A session ends this long after login, however active.
-    #[arg(long, env = "HERD_SESSION_MAX_AGE", default_value = "12h", value_parser = parse_duration)]
+    #[arg(long, env = "HERD_SESSION_MAX_AGE", default_value = duration_text(herd_session_store::store::DEFAULT_SESSION_MAX_AGE), value_parser = parse_duration)]
     pub session_max_age: Duration,
     /// After a login replaces a session, the old id keeps working this long for requests
     /// already in flight (read-only in effect: it is never extended).
-    #[arg(long, env = "HERD_SESSION_GRACE", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "HERD_SESSION_GRACE", default_value = duration_text(herd_session_store::store::DEFAULT_SESSION_GRACE), value_parser = parse_duration)]
     pub session_grace: Duration,
     /// Which session store: herd's, or the stock tower-sessions-redis-store 0.16 (the
     /// benchmark's baseline: no merged saves, no touch, no typed failures).
     #[arg(long, env = "HERD_SESSION_STORE", value_enum, default_value_t = SessionStoreKind::Herd, hide = true)]
     pub session_store: SessionStoreKind,
     /// Largest session (names and JSON values); a request that would grow it beyond gets 413.
-    #[arg(long, env = "HERD_SESSION_MAX_BYTES", default_value = "64KiB", value_parser = parse_size)]
+    #[arg(long, env = "HERD_SESSION_MAX_BYTES", default_value = size_text(herd_session_store::store::DEFAULT_SESSION_MAX_BYTES as u64), value_parser = parse_size)]
     pub session_max_bytes: u64,
     /// File descriptors each herd process keeps free for its own work (starting workers, the
     /// control socket, logs, Redis): a connection that would use one is closed at once, with a
@@ -288,7 +293,7 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub heavy_concurrency: u16,
     /// See --heavy-concurrency.
-    #[arg(long, env = "HERD_HEAVY_QUEUE_WAIT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "HERD_HEAVY_QUEUE_WAIT", default_value = duration_text(crate::routes::heavy::DEFAULT_QUEUE_WAIT), value_parser = parse_duration)]
     pub heavy_queue_wait: Duration,
     /// Entries the shared cache may write per window (the longest TTL of what it wrote), so
     /// never more alive at once; past it values are answered but not stored.
@@ -297,33 +302,33 @@ pub struct ServeArgs {
     pub cache_max_entries: u64,
     /// Bytes (keys, values, overhead) the shared cache may write per window; see
     /// --cache-max-entries.
-    #[arg(long, env = "HERD_CACHE_MAX_BYTES", default_value = "16MiB", value_parser = parse_size)]
+    #[arg(long, env = "HERD_CACHE_MAX_BYTES", default_value = size_text(herd_session_store::cache::DEFAULT_MAX_BYTES), value_parser = parse_size)]
     pub cache_max_bytes: u64,
     /// A cache value larger than this is answered but never stored.
-    #[arg(long, env = "HERD_CACHE_MAX_VALUE_BYTES", default_value = "64KiB", value_parser = parse_size)]
+    #[arg(long, env = "HERD_CACHE_MAX_VALUE_BYTES", default_value = size_text(herd_session_store::cache::DEFAULT_MAX_VALUE_BYTES as u64), value_parser = parse_size)]
     pub cache_max_value_bytes: u64,
     /// How long a connection waits for a worker that can serve it (none ready, or the ready
     /// ones stopped answering heartbeats) before the primary answers it 503 + Retry-After
     /// itself (at once when every slot is errored; /healthz too, so a balancer takes the host
     /// out). In shared mode: how long no worker may serve before the primary answers so.
-    #[arg(long, env = "HERD_QUEUE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, env = "HERD_QUEUE_TIMEOUT", default_value = duration_text(herd_cluster::config::DEFAULT_QUEUE_TIMEOUT), value_parser = parse_duration)]
     pub queue_timeout: Duration,
     /// A client must send a request's line and headers within this long (from connecting, or
     /// from its first byte after a keep-alive pause), or the connection is closed.
-    #[arg(long, env = "HERD_HEADER_TIMEOUT", default_value = "20s", value_parser = parse_timeout)]
+    #[arg(long, env = "HERD_HEADER_TIMEOUT", default_value = duration_text(herd_cluster::config::DEFAULT_HEADER_TIMEOUT), value_parser = parse_timeout)]
     pub header_timeout: Duration,
     /// A request body that pauses this long between two reads is abandoned with 408.
-    #[arg(long, env = "HERD_BODY_TIMEOUT", default_value = "30s", value_parser = parse_timeout)]
+    #[arg(long, env = "HERD_BODY_TIMEOUT", default_value = duration_text(herd_cluster::config::DEFAULT_BODY_TIMEOUT), value_parser = parse_timeout)]
     pub body_timeout: Duration,
     /// A whole request body must arrive within this long after its headers, or 408.
-    #[arg(long, env = "HERD_BODY_DEADLINE", default_value = "60s", value_parser = parse_timeout)]
+    #[arg(long, env = "HERD_BODY_DEADLINE", default_value = duration_text(herd_cluster::config::DEFAULT_BODY_DEADLINE), value_parser = parse_timeout)]
     pub body_deadline: Duration,
     /// An idle keep-alive connection is closed after this long.
-    #[arg(long, env = "HERD_KEEPALIVE_TIMEOUT", default_value = "75s", value_parser = parse_timeout)]
+    #[arg(long, env = "HERD_KEEPALIVE_TIMEOUT", default_value = duration_text(herd_cluster::config::DEFAULT_KEEPALIVE_TIMEOUT), value_parser = parse_timeout)]
     pub keepalive_timeout: Duration,
     /// A response the client reads none of for this long is abandoned and the connection
     /// closed.
-    #[arg(long, env = "HERD_SEND_TIMEOUT", default_value = "60s", value_parser = parse_timeout)]
+    #[arg(long, env = "HERD_SEND_TIMEOUT", default_value = duration_text(herd_cluster::config::DEFAULT_SEND_TIMEOUT), value_parser = parse_timeout)]
     pub send_timeout: Duration,
     /// Requests served on one connection; the last response says `Connection: close`.
     #[arg(long, env = "HERD_KEEPALIVE_REQUESTS", default_value_t = herd_cluster::config::DEFAULT_KEEPALIVE_REQUESTS,
@@ -351,14 +356,14 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub login_limit_per_address: u32,
     /// The login limits' window, from a counter's first attempt.
-    #[arg(long, env = "HERD_LOGIN_LIMIT_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "HERD_LOGIN_LIMIT_WINDOW", default_value = duration_text(crate::users::limit::DEFAULT_WINDOW), value_parser = parse_duration)]
     pub login_limit_window: Duration,
     /// Password hashes (argon2, 19 MiB each) running at once per worker; more logins wait
     /// for --login-queue-timeout, then get 503 [default: number of CPUs]
     #[arg(long, env = "HERD_LOGIN_CONCURRENCY", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub login_concurrency: Option<u16>,
     /// How long a login waits for a free hashing slot before it gets 503 + Retry-After.
-    #[arg(long, env = "HERD_LOGIN_QUEUE_TIMEOUT", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "HERD_LOGIN_QUEUE_TIMEOUT", default_value = duration_text(crate::users::DEFAULT_HASH_QUEUE_TIMEOUT), value_parser = parse_duration)]
     pub login_queue_timeout: Duration,
     /// Origins (scheme://host[:port]) besides herd's own whose pages may send POST/DELETE
     /// requests (comma-separated in the environment variable). Others get 403.
@@ -408,30 +413,13 @@ pub enum SessionStoreKind {
     Stock,
 }
 
-/// `--balance` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Balance {
-    /// Every worker accepts on the shared listener; the kernel picks (cheapest, can be uneven).
-    Shared,
-    /// The primary accepts and hands each connection to the next ready worker.
-    RoundRobin,
-    /// The primary hands each connection to the worker with the fewest open connections.
-    LeastConn,
-    /// The primary picks the worker from the client IP (sticky; also `--sticky`).
-    IpHash,
-}
-
 impl ServeArgs {
     /// The dispatch mode, with `--sticky` taking precedence.
-    pub(crate) fn balance(&self) -> herd_cluster::Balance {
+    pub(crate) fn balance(&self) -> Balance {
         if self.sticky {
-            return herd_cluster::Balance::IpHash;
-        }
-        match self.balance {
-            Balance::Shared => herd_cluster::Balance::Shared,
-            Balance::RoundRobin => herd_cluster::Balance::RoundRobin,
-            Balance::LeastConn => herd_cluster::Balance::LeastConn,
-            Balance::IpHash => herd_cluster::Balance::IpHash,
+            Balance::IpHash
+        } else {
+            self.balance
         }
     }
 }
@@ -469,6 +457,34 @@ impl FromStr for DemoUser {
             _ => Err("expected NAME:PASSWORD, both non-empty".to_owned()),
         }
     }
+}
+
+/// A default duration as `--help` shows it and [`parse_duration`] reads it back: in the largest
+/// unit that keeps it a whole number worth reading (`100ms`, `75s`, `60s`, `5m`, `12h`).
+fn duration_text(d: Duration) -> String {
+    let secs = d.as_secs();
+    if d.subsec_nanos() != 0 || secs == 0 {
+        return format!("{}ms", d.as_millis());
+    }
+    match secs {
+        s if s.is_multiple_of(3600) && s >= 2 * 3600 => format!("{}h", s / 3600),
+        s if s.is_multiple_of(60) && s >= 5 * 60 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// A default `MIN..MAX` backoff as `--help` shows it.
+fn backoff_text(min: Duration, max: Duration) -> String {
+    format!("{}..{}", duration_text(min), duration_text(max))
+}
+
+/// A default size as `--help` shows it and [`parse_size`] reads it back: in the largest binary
+/// unit that keeps it whole.
+fn size_text(bytes: u64) -> String {
+    [(30, "GiB"), (20, "MiB"), (10, "KiB")]
+        .into_iter()
+        .find(|(shift, _)| bytes >= 1 << shift && bytes.is_multiple_of(1 << shift))
+        .map_or_else(|| bytes.to_string(), |(shift, unit)| format!("{}{unit}", bytes >> shift))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -642,6 +658,43 @@ mod tests {
         assert_eq!(args.allowed_origins, ["https://app.example", "http://localhost:3000"]);
         assert!(serve(&["--allowed-origins", "evil.example"]).is_err());
         assert!(serve(&["--login-limit-per-user", "0"]).is_err());
+    }
+
+    #[test]
+    fn supervision_and_session_defaults_are_the_library_constants() {
+        use herd_cluster::config as c;
+        let d = serve(&[]).expect("defaults");
+        assert_eq!(d.bind, DEFAULT_BIND);
+        assert_eq!((d.shutdown_timeout, d.ready_timeout), (c::DEFAULT_SHUTDOWN_TIMEOUT, c::DEFAULT_READY_TIMEOUT));
+        let restart = herd_cluster::RestartPolicy::default();
+        assert_eq!(d.restart_backoff, (restart.backoff_base, restart.backoff_cap));
+        assert_eq!((d.max_restarts, d.restart_window), (restart.max_restarts, restart.window));
+        assert_eq!(d.worker_timeout, herd_cluster::Recycling::default().worker_timeout);
+        assert_eq!(d.queue_timeout, c::DEFAULT_QUEUE_TIMEOUT);
+        let session = herd_session_store::SessionLimits::default();
+        assert_eq!(
+            (d.session_idle, d.session_max_age, d.session_grace),
+            (session.idle, session.max_age, session.grace)
+        );
+        assert_eq!(usize::try_from(d.session_max_bytes).ok(), Some(session.max_bytes));
+    }
+
+    #[test]
+    fn default_texts_read_back_as_their_values() {
+        for d in
+            [100, 1_000, 15_000, 60_000, 75_000, 300_000, 1_800_000, 43_200_000, 90_061_500].map(Duration::from_millis)
+        {
+            assert_eq!(parse_duration(&duration_text(d)), Ok(d), "{}", duration_text(d));
+        }
+        assert_eq!(
+            [60, 75, 300, 1800, 43_200].map(|s| duration_text(Duration::from_secs(s))),
+            ["60s", "75s", "5m", "30m", "12h"]
+        );
+        assert_eq!(duration_text(Duration::from_millis(100)), "100ms");
+        for bytes in [1, 1000, 64 << 10, 16 << 20, 3 << 30, (1 << 20) + 1] {
+            assert_eq!(parse_size(&size_text(bytes)), Ok(bytes), "{}", size_text(bytes));
+        }
+        assert_eq!([64 << 10, 16 << 20, 1500].map(size_text), ["64KiB", "16MiB", "1500"]);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::{bail, Context};
 use herd_cluster::control::{self, Request, Status};
 
-use crate::cli::{CtlArgs, CtlCommand, ScaleArg};
+use crate::cli::{CtlArgs, CtlCommand, ScaleArg, DEFAULT_BIND};
 
 /// How long `herd ctl` waits for the primary to accept and to answer, unless `--timeout`.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,9 +75,12 @@ async fn top(socket: &std::path::Path, timeout: Duration) -> std::io::Result<i32
     }
 }
 
-/// Where `serve` puts the socket for the port in `HERD_BIND` (default 3000).
+/// Where `serve` puts the socket for the port in `HERD_BIND` (default [`DEFAULT_BIND`]'s).
 fn default_socket() -> PathBuf {
-    let port = std::env::var("HERD_BIND").ok().and_then(|b| b.parse::<SocketAddr>().ok()).map_or(3000, |a| a.port());
+    let port = std::env::var("HERD_BIND")
+        .ok()
+        .and_then(|b| b.parse::<SocketAddr>().ok())
+        .map_or(DEFAULT_BIND.port(), |a| a.port());
     control::default_path(port)
 }
 

@@ -16,8 +16,9 @@ use serde_json::json;
 
 use crate::users::UserError;
 
-/// Seconds to wait before retrying while Redis is unavailable.
-const RETRY_AFTER_SECS: &str = "1";
+/// Seconds to wait before retrying a 503 that has no better estimate (Redis unavailable, a
+/// hash slot busy).
+pub(crate) const RETRY_AFTER_SECS: u64 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum AppError {
@@ -69,33 +70,36 @@ impl IntoResponse for AppError {
             }
             AppError::Unavailable(cause) => {
                 tracing::warn!(%cause, "answering 503: Redis unavailable");
-                return unavailable();
+                StatusCode::SERVICE_UNAVAILABLE
             }
             AppError::StoreFull(cause) => {
                 herd_session_store::operator::redis_full(cause);
                 StatusCode::INSUFFICIENT_STORAGE
             }
-            AppError::Busy { retry_after, .. } => {
-                let body = Json(json!({ "error": self.to_string() }));
-                return (StatusCode::SERVICE_UNAVAILABLE, [(header::RETRY_AFTER, retry_after.to_string())], body)
-                    .into_response();
-            }
+            AppError::Busy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(cause) => {
                 tracing::error!(%cause, "answering 500");
                 StatusCode::INTERNAL_SERVER_ERROR
             }
         };
-        (status, Json(json!({ "error": self.to_string() }))).into_response()
+        let retry_after = match &self {
+            AppError::Busy { retry_after, .. } => *retry_after,
+            _ => RETRY_AFTER_SECS,
+        };
+        let response = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            return service_unavailable(response, retry_after);
+        }
+        response
     }
 }
 
-fn unavailable() -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
-        Json(json!({ "error": AppError::Unavailable(String::new()).to_string() })),
-    )
-        .into_response()
+/// Makes `response` a `503` that asks the client to come back in `retry_after` seconds: every
+/// 503 the app answers (JSON errors and HTML pages alike) goes through here.
+pub(crate) fn service_unavailable(mut response: Response, retry_after: u64) -> Response {
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    response
 }
 
 impl From<tower_sessions::session::Error> for AppError {
@@ -127,7 +131,7 @@ impl From<UserError> for AppError {
         match err {
             UserError::InvalidName | UserError::InvalidPassword => AppError::BadCredentials,
             UserError::Store(e) => AppError::from(e),
-            UserError::Busy => AppError::Busy { what: "logins", retry_after: 1 },
+            UserError::Busy => AppError::Busy { what: "logins", retry_after: RETRY_AFTER_SECS },
             other => AppError::Internal(other.to_string()),
         }
     }
@@ -138,4 +142,31 @@ pub(crate) async fn no_store(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry_after(error: AppError) -> (StatusCode, Option<String>) {
+        let response = error.into_response();
+        let header = response.headers().get(header::RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        (response.status(), header)
+    }
+
+    #[test]
+    fn every_503_asks_the_client_to_retry() {
+        let one = Some(RETRY_AFTER_SECS.to_string());
+        assert_eq!(retry_after(AppError::Unavailable("down".into())), (StatusCode::SERVICE_UNAVAILABLE, one.clone()));
+        assert_eq!(
+            retry_after(AppError::Busy { what: "heavy computations", retry_after: 3 }),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("3".into()))
+        );
+        assert_eq!(
+            retry_after(AppError::bad_request(StatusCode::SERVICE_UNAVAILABLE, "cannot gather")),
+            (StatusCode::SERVICE_UNAVAILABLE, one)
+        );
+        assert_eq!(retry_after(AppError::StoreFull("oom".into())), (StatusCode::INSUFFICIENT_STORAGE, None));
+        assert_eq!(retry_after(AppError::Internal("bug".into())), (StatusCode::INTERNAL_SERVER_ERROR, None));
+    }
 }

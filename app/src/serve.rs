@@ -46,9 +46,11 @@ pub(crate) async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::
     config.fd_reserve = args.fd_reserve;
     config.balance = args.balance();
     config.queue_timeout = args.queue_timeout;
-
+    // Before Redis is found or started and users are seeded: a refused config starts nothing.
+    config.validate().context("refusing to start")?;
     let configured_url = crate::secrets::configured_url(&args.redis)?;
     let demo_users = crate::secrets::demo_users(&args)?;
+    let settings = app_settings(&args, demo_users.iter().map(|u| u.name.clone()).collect())?;
     if role == Role::Primary {
         keep_secrets_off_workers_command_lines(&mut config, &args);
     }
@@ -79,7 +81,6 @@ pub(crate) async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::
         Role::Worker(_) => configured_url.unwrap_or_else(default_redis_url),
     };
 
-    let settings = app_settings(&args, demo_users.iter().map(|u| u.name.clone()).collect())?;
     let redis_config = args.redis.config(redis_url);
     let outcome = herd_cluster::run(config, move |ctx| build_app(ctx, redis_config, settings)).await;
     if let Some(redis) = private {

@@ -6,6 +6,18 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a new worker may take to report ready during a reload before the reload aborts.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// First delay before restarting a worker that died soon after starting; doubles with each
+/// further quick death.
+pub const DEFAULT_BACKOFF_BASE: Duration = Duration::from_millis(100);
+/// Longest delay between two restarts of a slot.
+pub const DEFAULT_BACKOFF_CAP: Duration = Duration::from_secs(15);
+/// Deaths within [`DEFAULT_RESTART_WINDOW`] beyond which a slot is marked errored.
+pub const DEFAULT_MAX_RESTARTS: u32 = 10;
+/// See [`DEFAULT_MAX_RESTARTS`].
+pub const DEFAULT_RESTART_WINDOW: Duration = Duration::from_secs(60);
+/// How long a worker may send no heartbeat (its runtime is stuck) before it is killed and
+/// replaced.
+pub const DEFAULT_WORKER_TIMEOUT: Duration = Duration::from_secs(30);
 /// File descriptors each herd process keeps free for its own work (starting workers, the
 /// control socket, log files, Redis connections): connections beyond the open-files limit
 /// minus this are shed. At most half the limit is kept, so a small limit still serves.
@@ -14,11 +26,14 @@ pub const DEFAULT_FD_RESERVE: usize = 64;
 /// `503` itself (HAProxy's `timeout queue` plays the same part; 5 s is its common setting).
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Most worker slots a cluster may have (`workers`, and what `scale` accepts).
+/// Most worker slots a cluster may have: each is a process, a pipe and a few descriptors in the
+/// primary, and status replies list every one.
 pub const MAX_WORKERS: usize = 1024;
 
-/// How connections reach workers.
+/// How connections reach workers. With the `clap` feature, also the values of a `--balance`
+/// flag (`shared`, `round-robin`, `least-conn`, `ip-hash`; the variant docs are their help).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Balance {
     /// Every worker accepts on the inherited listener and the kernel picks (Node's `SCHED_NONE`).
     /// Cheapest; the kernel's choice can be uneven.
@@ -35,7 +50,7 @@ pub enum Balance {
 }
 
 impl Balance {
-    /// The name used on the command line and in JSON.
+    /// The name used on the command line and in JSON (the same as clap's, which a test checks).
     pub fn as_str(self) -> &'static str {
         match self {
             Balance::Shared => "shared",
@@ -68,10 +83,10 @@ pub struct RestartPolicy {
 impl Default for RestartPolicy {
     fn default() -> Self {
         Self {
-            backoff_base: Duration::from_millis(100),
-            backoff_cap: Duration::from_secs(15),
-            max_restarts: 10,
-            window: Duration::from_secs(60),
+            backoff_base: DEFAULT_BACKOFF_BASE,
+            backoff_cap: DEFAULT_BACKOFF_CAP,
+            max_restarts: DEFAULT_MAX_RESTARTS,
+            window: DEFAULT_RESTART_WINDOW,
         }
     }
 }
@@ -92,7 +107,7 @@ pub struct Recycling {
 
 impl Default for Recycling {
     fn default() -> Self {
-        Self { worker_timeout: Duration::from_secs(30), max_memory: None, max_requests: None, max_requests_jitter: 0 }
+        Self { worker_timeout: DEFAULT_WORKER_TIMEOUT, max_memory: None, max_requests: None, max_requests_jitter: 0 }
     }
 }
 
@@ -158,6 +173,80 @@ impl ClusterConfig {
             connections: ConnectionLimits::default(),
             worker_args: None,
         }
+    }
+}
+
+/// A [`ClusterConfig`] that cannot work, refused by [`ClusterConfig::validate`] before anything
+/// starts. Field names are the config's (`restart.backoff_base`), so an app can map them to its
+/// own flags.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// `workers` is 0 or above [`MAX_WORKERS`].
+    #[error("workers must be between 1 and {MAX_WORKERS}, not {0}")]
+    Workers(usize),
+    /// A duration that must be above zero is zero.
+    #[error("{0} must be longer than zero")]
+    ZeroDuration(&'static str),
+    /// A count or size that must be above zero is zero.
+    #[error("{0} must be above zero")]
+    Zero(&'static str),
+    /// The first restart delay is longer than the longest.
+    #[error("restart.backoff_base ({base:?}) must be at most restart.backoff_cap ({cap:?})")]
+    BackoffAboveCap {
+        /// `restart.backoff_base`.
+        base: Duration,
+        /// `restart.backoff_cap`.
+        cap: Duration,
+    },
+}
+
+impl ClusterConfig {
+    /// Checks that this configuration can work; [`crate::run`] calls it before it binds. An app
+    /// that prepares anything for the cluster (a database, users) should call it first, so that
+    /// a refused configuration starts nothing.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.workers == 0 || self.workers > MAX_WORKERS {
+            return Err(ConfigError::Workers(self.workers));
+        }
+        let restart = &self.restart;
+        let recycling = &self.recycling;
+        let limits = &self.connections;
+        // Zero would kill every worker at once (shutdown, heartbeat), abort every reload, refuse
+        // every queued connection, restart in a hot loop, or close every client connection.
+        let durations = [
+            ("shutdown_timeout", self.shutdown_timeout),
+            ("ready_timeout", self.ready_timeout),
+            ("queue_timeout", self.queue_timeout),
+            ("restart.backoff_base", restart.backoff_base),
+            ("recycling.worker_timeout", recycling.worker_timeout),
+            ("connections.header_timeout", limits.header_timeout),
+            ("connections.body_timeout", limits.body_timeout),
+            ("connections.body_deadline", limits.body_deadline),
+            ("connections.keepalive_timeout", limits.keepalive_timeout),
+            ("connections.send_timeout", limits.send_timeout),
+        ];
+        if let Some((name, _)) = durations.iter().find(|(_, d)| d.is_zero()) {
+            return Err(ConfigError::ZeroDuration(name));
+        }
+        // With no window, no two deaths would ever count together: max_restarts would mean
+        // nothing (0 is how to say "never give up").
+        if restart.max_restarts > 0 && restart.window.is_zero() {
+            return Err(ConfigError::ZeroDuration("restart.window"));
+        }
+        if restart.backoff_base > restart.backoff_cap {
+            return Err(ConfigError::BackoffAboveCap { base: restart.backoff_base, cap: restart.backoff_cap });
+        }
+        // Zero would recycle every worker as soon as it started, or refuse every connection.
+        let counts = [
+            ("recycling.max_memory", recycling.max_memory),
+            ("recycling.max_requests", recycling.max_requests),
+            ("connections.keepalive_requests", Some(limits.keepalive_requests)),
+            ("connections.max_connections", limits.max_connections.map(|n| n as u64)),
+        ];
+        if let Some((name, _)) = counts.iter().find(|(_, n)| *n == Some(0)) {
+            return Err(ConfigError::Zero(name));
+        }
+        Ok(())
     }
 }
 
@@ -252,6 +341,110 @@ pub fn max_connections_for_fd_limit(soft_limit: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config() -> ClusterConfig {
+        ClusterConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(config().validate(), Ok(()));
+        let one = ClusterConfig { workers: 1, ..config() };
+        assert_eq!(one.validate(), Ok(()));
+        let most = ClusterConfig { workers: MAX_WORKERS, ..config() };
+        assert_eq!(most.validate(), Ok(()));
+        let never_give_up = ClusterConfig {
+            restart: RestartPolicy { max_restarts: 0, window: Duration::ZERO, ..RestartPolicy::default() },
+            ..config()
+        };
+        assert_eq!(never_give_up.validate(), Ok(()), "no window is needed when no slot is ever given up");
+        let no_reserve = ClusterConfig { fd_reserve: 0, ..config() };
+        assert_eq!(no_reserve.validate(), Ok(()));
+    }
+
+    #[test]
+    fn worker_counts_out_of_range_are_refused() {
+        assert_eq!(ClusterConfig { workers: 0, ..config() }.validate(), Err(ConfigError::Workers(0)));
+        let too_many = ClusterConfig { workers: MAX_WORKERS + 1, ..config() };
+        assert_eq!(too_many.validate(), Err(ConfigError::Workers(MAX_WORKERS + 1)));
+        assert!(ConfigError::Workers(0).to_string().contains("between 1 and 1024"));
+    }
+
+    #[test]
+    fn zero_durations_are_refused() {
+        let zero = Duration::ZERO;
+        let cases: [(&str, ClusterConfig); 6] = [
+            ("shutdown_timeout", ClusterConfig { shutdown_timeout: zero, ..config() }),
+            ("ready_timeout", ClusterConfig { ready_timeout: zero, ..config() }),
+            ("queue_timeout", ClusterConfig { queue_timeout: zero, ..config() }),
+            (
+                "recycling.worker_timeout",
+                ClusterConfig { recycling: Recycling { worker_timeout: zero, ..Recycling::default() }, ..config() },
+            ),
+            (
+                "restart.window",
+                ClusterConfig { restart: RestartPolicy { window: zero, ..RestartPolicy::default() }, ..config() },
+            ),
+            (
+                "connections.keepalive_timeout",
+                ClusterConfig {
+                    connections: ConnectionLimits { keepalive_timeout: zero, ..ConnectionLimits::default() },
+                    ..config()
+                },
+            ),
+        ];
+        for (name, config) in cases {
+            assert_eq!(config.validate(), Err(ConfigError::ZeroDuration(name)), "{name}");
+        }
+        let header = ConnectionLimits { header_timeout: zero, ..ConnectionLimits::default() };
+        assert!(ClusterConfig { connections: header, ..config() }.validate().is_err());
+    }
+
+    #[test]
+    fn backoffs_must_start_above_zero_and_below_their_cap() {
+        let backoff = |base: u64, cap: u64| ClusterConfig {
+            restart: RestartPolicy {
+                backoff_base: Duration::from_millis(base),
+                backoff_cap: Duration::from_millis(cap),
+                ..RestartPolicy::default()
+            },
+            ..config()
+        };
+        assert_eq!(backoff(0, 100).validate(), Err(ConfigError::ZeroDuration("restart.backoff_base")));
+        assert_eq!(
+            backoff(200, 100).validate(),
+            Err(ConfigError::BackoffAboveCap { base: Duration::from_millis(200), cap: Duration::from_millis(100) })
+        );
+        assert_eq!(backoff(100, 100).validate(), Ok(()));
+    }
+
+    #[test]
+    fn zero_counts_are_refused() {
+        let recycle = |max_memory, max_requests| ClusterConfig {
+            recycling: Recycling { max_memory, max_requests, ..Recycling::default() },
+            ..config()
+        };
+        assert_eq!(recycle(Some(0), None).validate(), Err(ConfigError::Zero("recycling.max_memory")));
+        assert_eq!(recycle(None, Some(0)).validate(), Err(ConfigError::Zero("recycling.max_requests")));
+        assert_eq!(recycle(Some(1 << 30), Some(1000)).validate(), Ok(()));
+        let limits = |keepalive_requests, max_connections| ClusterConfig {
+            connections: ConnectionLimits { keepalive_requests, max_connections, ..ConnectionLimits::default() },
+            ..config()
+        };
+        assert_eq!(limits(0, None).validate(), Err(ConfigError::Zero("connections.keepalive_requests")));
+        assert_eq!(limits(1, Some(0)).validate(), Err(ConfigError::Zero("connections.max_connections")));
+        assert_eq!(limits(1, Some(1)).validate(), Ok(()));
+    }
+
+    #[cfg(feature = "clap")]
+    #[test]
+    fn balance_names_are_clap_names() {
+        use clap::ValueEnum;
+        for balance in Balance::value_variants() {
+            let value = balance.to_possible_value().map(|v| v.get_name().to_owned());
+            assert_eq!(value.as_deref(), Some(balance.as_str()));
+        }
+    }
 
     #[test]
     fn connection_cap_leaves_descriptors_for_the_worker() {

@@ -26,39 +26,29 @@ use std::{
 
 use axum::{
     extract::{Request, State},
-    http::{header, HeaderValue, StatusCode, Version},
+    http::{header, HeaderValue, Version},
     middleware::Next,
-    response::{IntoResponse, Response},
+    response::Response,
 };
 use tokio::{net::TcpStream, sync::Notify, time::Instant};
 
 use crate::{
     fdlimit::{AcceptErrorLog, FdBudget, ShedLog},
-    shutdown::{self, Stop},
+    shutdown,
 };
-
-impl From<Stop> for DrainMode {
-    fn from(stop: Stop) -> Self {
-        match stop {
-            Stop::Retire => DrainMode::Retire,
-            Stop::Shutdown => DrainMode::Shutdown,
-        }
-    }
-}
 
 /// How long a draining worker keeps idle connections open after its last request finished, so
 /// that a client which already sent a request on one gets an answer instead of a reset.
 pub const LINGER: Duration = Duration::from_millis(500);
 
-/// Seconds a client should wait before retrying a request refused while draining.
-const RETRY_AFTER_SECS: &str = "1";
-
-/// How a worker drains.
+/// How a worker drains, and why it stops (the reason [`crate::shutdown`]'s signal carries).
+/// Ordered: a stronger mode overrides a weaker one already given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DrainMode {
-    /// Being replaced while the cluster keeps running: serve, then close each connection.
+    /// Being replaced (reload, scale-down) while the cluster keeps running: finish requests on
+    /// open connections normally, but close each connection after its response.
     Retire = 1,
-    /// The cluster stops: refuse new requests with 503.
+    /// The whole cluster stops: refuse new requests on open connections with 503.
     Shutdown = 2,
 }
 
@@ -159,12 +149,7 @@ impl Drop for InFlight {
 pub async fn guard(State(drain): State<Drain>, request: Request, next: Next) -> Response {
     let http1 = request.version() <= Version::HTTP_11;
     if drain.mode() == Some(DrainMode::Shutdown) {
-        let mut response = (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
-            axum::Json(serde_json::json!({ "error": "server is shutting down, retry shortly" })),
-        )
-            .into_response();
+        let mut response = crate::canned::service_unavailable_response("server is shutting down, retry shortly");
         if http1 {
             close_after(&mut response);
         }
@@ -215,7 +200,7 @@ impl axum::serve::Listener for DrainableListener {
                         self.shed.shed(1, "this worker is at its open files limit less --fd-reserve");
                     }
                     Ok(pair) => return pair,
-                    Err(err) => handle_accept_error(err, &mut self.accept_errors).await,
+                    Err(err) => self.accept_errors.recover(&err).await,
                 },
             }
         }
@@ -226,23 +211,10 @@ impl axum::serve::Listener for DrainableListener {
     }
 }
 
-/// Errors that concern one connection (the client gave up) are skipped; anything else (out of
-/// file descriptors) is logged (at most once per interval) and retried after a pause instead
-/// of spinning.
-async fn handle_accept_error(err: std::io::Error, log: &mut AcceptErrorLog) {
-    use std::io::ErrorKind::*;
-    if matches!(err.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset) {
-        return;
-    }
-    const PAUSE: Duration = Duration::from_millis(100);
-    log.failed(&err, PAUSE);
-    tokio::time::sleep(PAUSE).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::{body::Body, middleware::from_fn_with_state, routing::get, Router};
+    use axum::{body::Body, http::StatusCode, middleware::from_fn_with_state, routing::get, Router};
     use tower::ServiceExt;
 
     fn app(drain: &Drain) -> Router {

@@ -3,6 +3,9 @@ use std::io;
 /// Errors that stop the primary or a worker from running.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    /// The configuration cannot work (checked before anything starts).
+    #[error("invalid cluster configuration: {0}")]
+    InvalidConfig(#[from] crate::config::ConfigError),
     /// The listening socket could not be created.
     #[error("cannot listen on {addr}: {source}")]
     Bind {

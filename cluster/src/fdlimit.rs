@@ -12,6 +12,7 @@
 
 use std::{
     os::fd::RawFd,
+    sync::Mutex,
     time::{Duration, Instant},
 };
 
@@ -91,24 +92,43 @@ impl ShedLog {
     }
 }
 
-/// The log of failed `accept` calls at one place (out of descriptors although the reserve
-/// should prevent it, say), at most one line per [`SHED_LOG_INTERVAL`].
+/// How long accepting pauses after a failure that is not about one connection: a listener
+/// that stays readable while `accept` fails (out of descriptors) would otherwise spin.
+pub(crate) const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// What every accept loop (a worker's listener, the primary's acceptor) does with a failed
+/// `accept`: errors that concern one connection (the client already gave up) are skipped;
+/// anything else is logged, at most one line per [`SHED_LOG_INTERVAL`], and accepting pauses
+/// for [`ACCEPT_ERROR_PAUSE`].
 #[derive(Debug)]
-pub(crate) struct AcceptErrorLog(Tally);
+pub(crate) struct AcceptErrorLog(Mutex<Tally>);
 
 impl Default for AcceptErrorLog {
     fn default() -> Self {
-        Self(Tally::new(SHED_LOG_INTERVAL))
+        Self(Mutex::new(Tally::new(SHED_LOG_INTERVAL)))
     }
 }
 
 impl AcceptErrorLog {
-    /// Records one failed accept and logs it when a line is due; the caller pauses `pause`.
-    pub(crate) fn failed(&mut self, err: &std::io::Error, pause: Duration) {
-        if let Some(count) = self.0.due(1, Instant::now()) {
-            tracing::error!(error = %err, "accept failed ({count} time(s) since the last report); pausing {pause:?} each time");
+    /// Handles one failed accept: returns at once for a per-connection error, else logs (when
+    /// a line is due) and returns after the pause. Takes `&self` (the tally is behind a lock)
+    /// so that an accept loop that is itself shared can call it.
+    pub(crate) async fn recover(&self, err: &std::io::Error) {
+        if is_about_one_connection(err) {
+            return;
         }
+        let due = self.0.lock().ok().and_then(|mut tally| tally.due(1, Instant::now()));
+        if let Some(count) = due {
+            tracing::error!(error = %err, "accept failed ({count} time(s) since the last report); pausing {ACCEPT_ERROR_PAUSE:?} each time");
+        }
+        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
     }
+}
+
+/// True for `accept` errors that only mean one client gave up before it was accepted.
+fn is_about_one_connection(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(err.kind(), ConnectionRefused | ConnectionAborted | ConnectionReset)
 }
 
 /// True for errors that mean "out of descriptors or kernel memory, for now": they pass when
@@ -140,6 +160,17 @@ mod tests {
         assert_eq!(FdBudget::new(1024, 0), FdBudget { first_reserved: 1024 });
         assert_eq!(FdBudget::new(0, 64), FdBudget { first_reserved: 0 });
         assert_eq!(FdBudget::new(u64::MAX, usize::MAX), FdBudget { first_reserved: u64::MAX - u64::MAX / 2 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn accept_errors_pause_unless_about_one_connection() {
+        let log = AcceptErrorLog::default();
+        let start = tokio::time::Instant::now();
+        log.recover(&std::io::Error::from(std::io::ErrorKind::ConnectionReset)).await;
+        log.recover(&std::io::Error::from(std::io::ErrorKind::ConnectionAborted)).await;
+        assert_eq!(start.elapsed(), Duration::ZERO, "a client that gave up costs no pause");
+        log.recover(&std::io::Error::from_raw_os_error(nix::libc::EMFILE)).await;
+        assert_eq!(start.elapsed(), ACCEPT_ERROR_PAUSE, "out of descriptors pauses instead of spinning");
     }
 
     #[test]

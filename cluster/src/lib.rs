@@ -79,7 +79,7 @@ mod supervisor;
 mod tally;
 mod worker;
 
-pub use config::{Balance, ClusterConfig, ConnectionLimits, Recycling, RestartPolicy};
+pub use config::{Balance, ClusterConfig, ConfigError, ConnectionLimits, Recycling, RestartPolicy};
 pub use error::ClusterError;
 pub use messaging::{Message, Messenger, Reply};
 pub use primary::ShutdownReport;
@@ -100,13 +100,15 @@ pub enum Outcome {
 /// Runs the cluster: as the primary in the first process, as a worker in the processes the
 /// primary starts. `make_app` is only called in workers; the worker reports ready to the
 /// primary after the future it returns resolves, so put readiness checks (database pings)
-/// inside it.
+/// inside it. A configuration that [`ClusterConfig::validate`] refuses is returned as
+/// [`ClusterError::InvalidConfig`] before anything is bound or started.
 pub async fn run<F, Fut, E>(config: ClusterConfig, make_app: F) -> Result<Outcome, ClusterError>
 where
     F: FnOnce(WorkerContext) -> Fut,
     Fut: Future<Output = Result<axum::Router, E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    config.validate()?;
     match Role::detect()? {
         Role::Primary => {
             let listener = primary::bind(config.bind)?;

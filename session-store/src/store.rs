@@ -81,6 +81,17 @@ pub(crate) fn encode(data: &Data) -> Result<Encoded, StoreError> {
     data.iter().map(|(name, value)| Ok((name.clone(), serde_json::to_string(value)?))).collect()
 }
 
+/// A session ends after this long without requests (OWASP's guidance for low-risk apps is
+/// 15-30 minutes).
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
+/// A session ends this long after login, however active: a working day, so a stolen cookie
+/// does not live for ever.
+pub const DEFAULT_SESSION_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
+/// Largest session (names and JSON values), so one client cannot fill Redis.
+pub const DEFAULT_SESSION_MAX_BYTES: usize = 64 << 10;
+/// How long the session a login replaced keeps answering requests already in flight.
+pub const DEFAULT_SESSION_GRACE: Duration = Duration::from_secs(5);
+
 /// How long sessions live and how big they may grow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimits {
@@ -98,10 +109,10 @@ pub struct SessionLimits {
 impl Default for SessionLimits {
     fn default() -> Self {
         Self {
-            idle: Duration::from_secs(30 * 60),
-            max_age: Duration::from_secs(12 * 3600),
-            max_bytes: 64 * 1024,
-            grace: Duration::from_secs(5),
+            idle: DEFAULT_SESSION_IDLE,
+            max_age: DEFAULT_SESSION_MAX_AGE,
+            max_bytes: DEFAULT_SESSION_MAX_BYTES,
+            grace: DEFAULT_SESSION_GRACE,
         }
     }
 }

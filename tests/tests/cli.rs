@@ -192,6 +192,36 @@ fn without_redis_or_redis_server_herd_says_how_to_get_one() {
     );
 }
 
+/// A configuration the cluster refuses (`ClusterConfig::validate`) starts nothing: herd exits
+/// with the reason before it looks for Redis, so no private redis-server (whose data directory
+/// would appear in the working directory) and no demo user in a configured Redis.
+#[test]
+fn a_refused_configuration_starts_no_redis_and_seeds_no_users() {
+    let cwd = TempDir::new("refused-config");
+    let out = Command::new(herd_bin())
+        .args(["serve", "--bind", "127.0.0.1:0", "--shutdown-timeout", "0s", "--demo-user", "erin:pw"])
+        .env_remove("REDIS_URL")
+        .current_dir(cwd.path())
+        .output()
+        .expect("run herd serve");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("shutdown_timeout must be longer than zero"), "{stderr}");
+    assert!(!cwd.path().join(".herd").exists(), "a refused config started a private redis-server: {stderr}");
+    assert!(!stderr.contains("redis-server"), "{stderr}");
+
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let args =
+        ["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--ready-timeout", "0s", "--demo-user", "erin:pw"];
+    assert_herd_fails(&args, &[], 1, &["ready_timeout must be longer than zero"]);
+    assert_eq!(
+        redis.cli(&["EXISTS", "herd:user:erin"]).as_deref().map(str::trim),
+        Some("0"),
+        "a refused config seeded a user"
+    );
+}
+
 #[test]
 fn sticky_from_the_environment_takes_the_usual_boolean_spellings() {
     // docker-compose.yml passes STICKY=${STICKY:-0}; `STICKY=1 docker compose up` turns it on.

@@ -98,7 +98,7 @@ pub(super) async fn home(
     };
     let mut response = (status, Html(page::render(&view))).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response = crate::error::service_unavailable(response, crate::error::RETRY_AFTER_SECS);
     }
     fresh_connection_per_page(&state, version, &mut response);
     response

@@ -6,7 +6,7 @@
 //! A connection that lands in the primary's descriptor reserve is closed at once (shed), so
 //! the primary always has descriptors left to start workers and answer its control socket.
 
-use std::{io, net::SocketAddr, os::fd::AsRawFd, sync::Mutex, time::Duration};
+use std::{io, net::SocketAddr, os::fd::AsRawFd, sync::Mutex};
 
 use tokio::io::{unix::AsyncFd, Interest};
 
@@ -15,15 +15,12 @@ use crate::{
     fdlimit::{AcceptErrorLog, FdBudget, ShedLog},
 };
 
-/// How long accepting pauses after a failure that is not about one connection.
-const PAUSE: Duration = Duration::from_millis(100);
-
 pub(crate) struct Acceptor {
     listener: AsyncFd<std::net::TcpListener>,
     budget: FdBudget,
-    /// Behind locks only because `accept` takes `&self`; the supervisor is its only user.
+    /// Behind a lock only because `accept` takes `&self`; the supervisor is its only user.
     shed: Mutex<ShedLog>,
-    errors: Mutex<AcceptErrorLog>,
+    errors: AcceptErrorLog,
 }
 
 impl Acceptor {
@@ -35,16 +32,13 @@ impl Acceptor {
             listener: fd::register(listener)?,
             budget,
             shed: Mutex::new(ShedLog::default()),
-            errors: Mutex::new(AcceptErrorLog::default()),
+            errors: AcceptErrorLog::default(),
         })
     }
 
-    /// The next connection. Errors that concern one connection (the client already gave up)
-    /// are skipped, and so are connections shed for want of descriptors; resource errors (out
-    /// of file descriptors all the same) pause accepting for a moment instead of spinning on a
-    /// listener that stays readable.
+    /// The next connection. Connections shed for want of descriptors are skipped, and failed
+    /// accepts are handled as every accept loop does ([`AcceptErrorLog::recover`]).
     pub(crate) async fn accept(&self) -> (std::net::TcpStream, SocketAddr) {
-        use io::ErrorKind::{ConnectionAborted, ConnectionReset};
         loop {
             match self.listener.async_io(Interest::READABLE, |l| l.accept()).await {
                 Ok((stream, _)) if !self.budget.admits(stream.as_raw_fd()) => {
@@ -54,13 +48,7 @@ impl Acceptor {
                     }
                 }
                 Ok(accepted) => return accepted,
-                Err(err) if matches!(err.kind(), ConnectionAborted | ConnectionReset) => {}
-                Err(err) => {
-                    if let Ok(mut errors) = self.errors.lock() {
-                        errors.failed(&err, PAUSE);
-                    }
-                    tokio::time::sleep(PAUSE).await;
-                }
+                Err(err) => self.errors.recover(&err).await,
             }
         }
     }

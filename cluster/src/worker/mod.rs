@@ -26,7 +26,7 @@ use crate::{
     messaging::Messenger,
     proto::{ToPrimary, ToWorker, HEARTBEAT_INTERVAL},
     role::{WorkerIdentity, IPC_FD, LISTEN_FD},
-    shutdown::{self, Stop},
+    shutdown,
 };
 use handoff::{HandoffListener, HandoffSink};
 
@@ -198,7 +198,7 @@ async fn serve<L>(
     let graceful = {
         let (drain, channel, mut stop) = (drain.clone(), channel.clone(), stop.clone());
         async move {
-            let mode = DrainMode::from(stop.wait().await);
+            let mode = stop.wait().await;
             drain.start(mode);
             tracing::info!(in_flight = drain.in_flight(), ?mode, "worker draining");
             // The primary may already be gone; nothing to do about a failed notice then.
@@ -207,7 +207,7 @@ async fn serve<L>(
                 tokio::select! {
                     _ = drain.idle() => break,
                     // A retiring worker may be told to shut down while it drains.
-                    Some(stricter) = stop.changed() => drain.start(stricter.into()),
+                    Some(stricter) = stop.changed() => drain.start(stricter),
                 }
             }
         }
@@ -247,7 +247,7 @@ fn watch_primary(
                 Ok(Some(received)) => received,
                 Ok(None) => {
                     tracing::warn!("primary is gone, draining");
-                    trigger.fire(Stop::Shutdown);
+                    trigger.fire(DrainMode::Shutdown);
                     return;
                 }
                 Err(err) if err.is_bad_message() => {
@@ -261,12 +261,12 @@ fn watch_primary(
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "IPC with the primary failed, draining");
-                    trigger.fire(Stop::Shutdown);
+                    trigger.fire(DrainMode::Shutdown);
                     return;
                 }
             };
             match msg {
-                ToWorker::Shutdown => trigger.fire(Stop::Shutdown),
+                ToWorker::Shutdown => trigger.fire(DrainMode::Shutdown),
                 ToWorker::Message { from, payload } => messenger.deliver(from, payload),
                 ToWorker::Query { id, payload } => {
                     let messenger = messenger.clone();
@@ -274,7 +274,7 @@ fn watch_primary(
                 }
                 ToWorker::GatheredPart { id, replies } => messenger.gathered_part(id, replies),
                 ToWorker::Gathered { id, replies, unanswered } => messenger.gathered(id, replies, unanswered),
-                ToWorker::Retire => trigger.fire(Stop::Retire),
+                ToWorker::Retire => trigger.fire(DrainMode::Retire),
                 ToWorker::Connections { conns } => {
                     let adopted = match &sink {
                         Some((sink, budget)) if stop.fired().is_none() => sink.adopt(conns, fds, *budget),
@@ -307,7 +307,7 @@ fn watch_signals(trigger: shutdown::Trigger) -> Result<(), ClusterError> {
             _ = term.recv() => {}
             _ = int.recv() => {}
         }
-        trigger.fire(Stop::Shutdown);
+        trigger.fire(DrainMode::Shutdown);
     });
     Ok(())
 }
