@@ -108,7 +108,8 @@ PY
 at_once() {
   local path=$1 server loads=(); shift
   for server in "$@"; do
-    wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Cookie: ${COOKIE[$server]}" "http://127.0.0.1:${PORT[$server]}$path" \
+    wrk -t1 -c"$CONNS" -d"${DURATION}s" -H "Cookie: ${COOKIE[$server]}" ${EXTRA_HEADER:+-H "$EXTRA_HEADER"} \
+      "http://127.0.0.1:${PORT[$server]}$path" \
       >"$REDIS_DIR/wrk.$server" &
     loads+=($!)
   done

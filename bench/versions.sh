@@ -5,6 +5,8 @@
 # For a change to the serving path itself, such as replacing axum::serve.
 #
 #   bench/versions.sh REV            # ROUNDS=5 DURATION=8 CONNS=16 WORKERS=1 PATHS="/healthz /me /"
+#   EXTRA_HEADER="Connection: close" bench/versions.sh REV   # a new connection per request: the
+#                                    # primary's accept, dispatch and hand-off path
 #
 # REV is built in a temporary git worktree into target/bench-base (kept, so the next run only
 # rebuilds what changed). Writes bench/results/versions.md and prints it.

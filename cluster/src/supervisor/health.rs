@@ -122,41 +122,35 @@ impl Core {
         let rollout = self.rollout.as_ref();
         for (slot, s) in self.slots.iter_mut().enumerate() {
             let Some(w) = s.worker.as_mut().filter(|w| !w.killed) else { continue };
-            if w.state == State::Starting {
+            let silent = w.liveness.silent_for(now);
+            let kill_because = match w.state {
                 // A worker that never reports ready would hold its slot forever.
-                if now.saturating_duration_since(w.started) > ready_timeout {
-                    tracing::warn!(
-                        slot,
-                        worker_pid = w.pid,
-                        "worker was not ready within --ready-timeout {ready_timeout:?}: killing it"
-                    );
-                    w.killed = true;
-                    kill.push(w.id);
+                State::Starting if now.saturating_duration_since(w.started) > ready_timeout => {
+                    Some(format!("was not ready within --ready-timeout {ready_timeout:?}"))
                 }
+                State::Ready => match w.liveness.judge(now, worker_timeout) {
+                    Health::Hung => Some(format!("sent no heartbeat for {silent:.1?}: hung")),
+                    Health::Suspect if w.liveness.report() => {
+                        tracing::warn!(
+                            slot,
+                            worker_pid = w.pid,
+                            "worker silent for {silent:.1?}: no new connections for it until it answers again \
+                             (killed after --worker-timeout {worker_timeout:?})"
+                        );
+                        None
+                    }
+                    Health::Suspect | Health::Healthy => None,
+                },
+                State::Starting | State::Draining => None,
+            };
+            if let Some(why) = kill_because {
+                tracing::warn!(slot, worker_pid = w.pid, "worker {why}, killing it");
+                w.killed = true;
+                kill.push(w.id);
                 continue;
             }
             if w.state != State::Ready {
                 continue;
-            }
-            let silent = w.liveness.silent_for(now);
-            match w.liveness.judge(now, worker_timeout) {
-                Health::Hung => {
-                    tracing::warn!(
-                        slot,
-                        worker_pid = w.pid,
-                        "worker sent no heartbeat for {silent:.1?}: hung, killing it"
-                    );
-                    w.killed = true;
-                    kill.push(w.id);
-                    continue;
-                }
-                Health::Suspect if w.liveness.report() => tracing::warn!(
-                    slot,
-                    worker_pid = w.pid,
-                    "worker silent for {silent:.1?}: no new connections for it until it answers again (killed after \
-                     --worker-timeout {worker_timeout:?})"
-                ),
-                Health::Suspect | Health::Healthy => {}
             }
             if s.successor.is_some() || rollout.is_some_and(|r| r.includes(slot)) {
                 continue;
