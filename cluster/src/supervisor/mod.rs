@@ -24,6 +24,8 @@
 //! | `gatherings.rs` | relayed application messages and gathers                        |
 //! | `shutdown.rs`   | the graceful stop and its deadline                              |
 //! | `requests.rs`   | `herd ctl` requests, and the status report                      |
+//!
+//! Tests: `tests.rs` tells the main stories step by step; `sim.rs` runs random schedules.
 
 mod backoff;
 mod gatherings;
@@ -38,6 +40,8 @@ mod stand_in;
 
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod tests;
 
 use std::{
     fmt,
