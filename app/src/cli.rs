@@ -200,8 +200,9 @@ pub struct ServeArgs {
     /// Longest graceful shutdown; workers still running after it are killed (e.g. 30s, 500ms).
     #[arg(long, env = "HERD_SHUTDOWN_TIMEOUT", default_value = duration_text(herd_cluster::config::DEFAULT_SHUTDOWN_TIMEOUT), value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
-    /// During a reload, how long each new worker may take to report ready before the reload
-    /// is aborted (the old workers keep serving).
+    /// How long a new worker may take to report ready. During a reload the reload is then
+    /// aborted (the old workers keep serving); any other worker is killed and restarted with
+    /// backoff, so one that never gets ready cannot hold its slot.
     #[arg(long, env = "HERD_READY_TIMEOUT", default_value = duration_text(herd_cluster::config::DEFAULT_READY_TIMEOUT), value_parser = parse_duration)]
     pub ready_timeout: Duration,
     /// Unix socket for `herd ctl` (mode 0600) [default: herd-PORT.sock in $XDG_RUNTIME_DIR/herd,
