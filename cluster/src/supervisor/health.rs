@@ -15,7 +15,7 @@ use crate::proto::{HEARTBEAT_INTERVAL, RECLAIM_AFTER};
 
 /// Silence after which a worker is suspect: two heartbeats missed, with half an interval of
 /// slack for a busy machine.
-pub(crate) const SUSPECT_AFTER: Duration = Duration::from_millis(HEARTBEAT_INTERVAL.as_millis() as u64 * 5 / 2);
+const SUSPECT_AFTER: Duration = Duration::from_millis(HEARTBEAT_INTERVAL.as_millis() as u64 * 5 / 2);
 
 /// What the primary knows of one worker's signs of life.
 #[derive(Debug, Clone, Copy)]

@@ -62,12 +62,12 @@ use shutdown::Shutdown;
 use slots::Slots;
 use stand_in::StandIn;
 
-pub(crate) use queue::MAX_QUEUED;
+use queue::MAX_QUEUED;
 pub use shutdown::ShutdownReport;
 
 /// How often the core checks heartbeats, memory and request counts, and probes queued
 /// connections.
-pub(crate) const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One worker process: its slot and a generation number that no other process of this
 /// primary ever had (generations count up across all slots, so a slot removed by scaling and

@@ -9,7 +9,7 @@ use crate::{config::Balance, dispatch::Candidate};
 
 /// Connections the primary holds while no worker can take them. Beyond this, new connections
 /// wait in the kernel's accept queue (the listen backlog) until workers catch up.
-pub(crate) const MAX_QUEUED: usize = 1024;
+pub(super) const MAX_QUEUED: usize = 1024;
 
 /// Why a queued connection is answered `503`.
 const OVERDUE: &str = "no worker could take them within --queue-timeout";
