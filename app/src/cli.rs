@@ -200,9 +200,8 @@ pub struct ServeArgs {
     /// Longest graceful shutdown; workers still running after it are killed (e.g. 30s, 500ms).
     #[arg(long, env = "HERD_SHUTDOWN_TIMEOUT", default_value = duration_text(herd_cluster::config::DEFAULT_SHUTDOWN_TIMEOUT), value_parser = parse_duration)]
     pub shutdown_timeout: Duration,
-    /// How long a new worker may take to report ready. During a reload the reload is then
-    /// aborted (the old workers keep serving); any other worker is killed and restarted with
-    /// backoff, so one that never gets ready cannot hold its slot.
+    /// During a reload, how long each new worker may take to report ready before the reload
+    /// is aborted (the old workers keep serving).
     #[arg(long, env = "HERD_READY_TIMEOUT", default_value = duration_text(herd_cluster::config::DEFAULT_READY_TIMEOUT), value_parser = parse_duration)]
     pub ready_timeout: Duration,
     /// Unix socket for `herd ctl` (mode 0600) [default: herd-PORT.sock in $XDG_RUNTIME_DIR/herd,
@@ -222,7 +221,7 @@ pub struct ServeArgs {
     #[arg(long, env = "HERD_RESTART_WINDOW", default_value = duration_text(herd_cluster::config::DEFAULT_RESTART_WINDOW), value_parser = parse_duration)]
     pub restart_window: Duration,
     /// A worker that sends no heartbeat (its runtime is stuck) for this long is killed and
-    /// replaced.
+    /// replaced, whether it serves or still starts (workers beat while they wait for Redis).
     #[arg(long, env = "HERD_WORKER_TIMEOUT", default_value = duration_text(herd_cluster::config::DEFAULT_WORKER_TIMEOUT), value_parser = parse_duration)]
     pub worker_timeout: Duration,
     /// Replace a worker gracefully when its resident memory exceeds this (e.g. 512MiB, 2GiB);

@@ -4,8 +4,7 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
 /// How long a worker may take to drain on shutdown before it is killed.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a new worker may take to report ready: a reload then aborts (the old workers keep
-/// serving); any other worker is killed, a death like any other.
+/// How long a new worker may take to report ready during a reload before the reload aborts.
 pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// First delay before restarting a worker that died soon after starting; doubles with each
 /// further quick death.
@@ -123,7 +122,7 @@ pub struct ClusterConfig {
     pub shutdown_timeout: Duration,
     /// Dispatch mode.
     pub balance: Balance,
-    /// How long a new worker may take to report ready (see [`DEFAULT_READY_TIMEOUT`]).
+    /// How long a reload waits for each new worker to report ready.
     pub ready_timeout: Duration,
     /// Restarting workers that die.
     pub restart: RestartPolicy,

@@ -1,5 +1,5 @@
-//! The once-a-second check of every serving worker: never ready (within `--ready-timeout`),
-//! hung (no heartbeat), too big (resident memory), or old (requests served). A hung worker is killed, since it cannot drain; the
+//! The once-a-second check of every serving worker: hung (no heartbeat, while it starts or
+//! serves), too big (resident memory), or old (requests served). A hung worker is killed, since it cannot drain; the
 //! others are replaced gracefully through the rollout queue, which replaces one slot at a time,
 //! so two slots never recycle at once.
 //!
@@ -115,7 +115,6 @@ impl Core {
     /// The once-a-second check of every serving worker.
     pub(super) fn check_workers(&mut self, now: Instant) {
         let worker_timeout = self.config.recycling.worker_timeout;
-        let ready_timeout = self.config.ready_timeout;
         let mut kill = Vec::new();
         let mut measure = Vec::new();
         let mut recycle = Vec::new();
@@ -124,9 +123,10 @@ impl Core {
             let Some(w) = s.worker.as_mut().filter(|w| !w.killed) else { continue };
             let silent = w.liveness.silent_for(now);
             let kill_because = match w.state {
-                // A worker that never reports ready would hold its slot forever.
-                State::Starting if now.saturating_duration_since(w.started) > ready_timeout => {
-                    Some(format!("was not ready within --ready-timeout {ready_timeout:?}"))
+                // Workers send heartbeats while they start too: one that waits for its database
+                // is left to wait, one that went silent would hold its slot forever.
+                State::Starting if w.liveness.judge(now, worker_timeout) == Health::Hung => {
+                    Some(format!("sent no heartbeat for {silent:.1?} while starting: stuck"))
                 }
                 State::Ready => match w.liveness.judge(now, worker_timeout) {
                     Health::Hung => Some(format!("sent no heartbeat for {silent:.1?}: hung")),

@@ -57,8 +57,10 @@ enum Input {
 enum Behaviour {
     /// Reports ready after this long and serves until told to go.
     Healthy { ready_after: Duration },
-    /// Never reports ready.
-    NeverReady,
+    /// Never reports ready, but is alive (its app waits for Redis): it sends heartbeats.
+    Waits,
+    /// Never reports ready and sends nothing (stuck before it gets ready).
+    Stuck,
     /// Exits on its own this long after it started (ready before, if `ready_after` is earlier).
     Crashes { ready_after: Duration, after: Duration },
     /// Ready, then stops (no heartbeat, no acknowledgement, deaf to messages) after this long.
@@ -68,6 +70,8 @@ enum Behaviour {
 #[derive(Debug)]
 struct Process {
     started: Instant,
+    /// When it last sent a heartbeat (or started).
+    last_beat: Instant,
     draining: bool,
     hung: bool,
     exiting: bool,
@@ -254,7 +258,14 @@ impl Sim {
                 let behaviour = self.draw_behaviour();
                 self.procs.insert(
                     worker,
-                    Process { started: self.now, draining: false, hung: false, exiting: false, unacked: Vec::new() },
+                    Process {
+                        started: self.now,
+                        last_beat: self.now,
+                        draining: false,
+                        hung: false,
+                        exiting: false,
+                        unacked: Vec::new(),
+                    },
                 );
                 match behaviour {
                     Behaviour::Healthy { ready_after } => {
@@ -264,7 +275,7 @@ impl Sim {
                             self.schedule(after, World::DrainsItself(worker));
                         }
                     }
-                    Behaviour::NeverReady => {}
+                    Behaviour::Waits | Behaviour::Stuck => {}
                     Behaviour::Crashes { ready_after, after } => {
                         if ready_after < after {
                             self.schedule(ready_after, World::Ready(worker));
@@ -276,10 +287,21 @@ impl Sim {
                         self.schedule(ready_after + after, World::Hang(worker));
                     }
                 }
+                if !matches!(behaviour, Behaviour::Stuck) {
+                    self.schedule(HEARTBEAT_INTERVAL, World::Heartbeat(worker));
+                }
                 self.next_pid += 1;
                 pending.push_back(Event::Spawned { worker, pid: self.next_pid });
             }
             Effect::Kill { worker } => {
+                let starting = self.core.slots.serving().any(|w| w.id == worker && w.state == State::Starting);
+                let beating = self
+                    .procs
+                    .get(&worker)
+                    .is_some_and(|p| self.now - p.last_beat < self.config.recycling.worker_timeout);
+                if starting && beating && self.core.stopping.is_none() {
+                    return Err(format!("{worker} was killed while starting, though its heartbeats show it alive"));
+                }
                 let alive = self.procs.get_mut(&worker).filter(|p| !p.exiting);
                 if let Some(p) = alive {
                     p.exiting = true;
@@ -386,7 +408,8 @@ impl Sim {
         match self.rng.below(100) {
             0..=64 => Behaviour::Healthy { ready_after },
             65..=72 => Behaviour::Healthy { ready_after: self.rng.millis(2000, 15_000) },
-            73..=77 => Behaviour::NeverReady,
+            73..=75 => Behaviour::Waits,
+            76..=77 => Behaviour::Stuck,
             78..=87 => Behaviour::Crashes { ready_after, after: self.rng.millis(0, 3000) },
             88..=93 => Behaviour::Crashes { ready_after, after: self.rng.millis(5000, 60_000) },
             _ => Behaviour::Hangs { ready_after, after: self.rng.millis(500, 20_000) },
@@ -396,9 +419,7 @@ impl Sim {
     fn world_event(&mut self, what: World) -> Option<Event> {
         match what {
             World::Ready(worker) => {
-                let p = self.procs.get(&worker).filter(|p| !p.exiting && !p.hung)?;
-                let _ = p;
-                self.schedule(HEARTBEAT_INTERVAL, World::Heartbeat(worker));
+                self.procs.get(&worker).filter(|p| !p.exiting && !p.hung)?;
                 if self.rng.chance(30) {
                     let after = self.rng.millis(0, 10_000);
                     self.schedule(after, World::Asks(worker));
@@ -406,8 +427,10 @@ impl Sim {
                 Some(Event::Message { worker, msg: ToPrimary::Ready { pid: 0 } })
             }
             World::Heartbeat(worker) => {
-                let p = self.procs.get(&worker).filter(|p| !p.exiting && !p.hung)?;
-                let requests = self.now.duration_since(p.started).as_secs();
+                let now = self.now;
+                let p = self.procs.get_mut(&worker).filter(|p| !p.exiting && !p.hung)?;
+                p.last_beat = now;
+                let requests = now.duration_since(p.started).as_secs();
                 self.schedule(HEARTBEAT_INTERVAL, World::Heartbeat(worker));
                 Some(Event::Message { worker, msg: ToPrimary::Heartbeat { requests, open: Some(0) } })
             }
@@ -582,11 +605,14 @@ impl Sim {
                 return Err(format!("slot {slot} started {} processes within a second", spawns.len()));
             }
         }
-        // A worker that never reports ready does not hold its slot beyond --ready-timeout.
-        let stuck_after = self.config.ready_timeout + 2 * super::CHECK_INTERVAL;
-        let stuck = core.slots.serving().find(|w| w.state == State::Starting && self.now - w.started > stuck_after);
+        // A worker stuck before it is ready (silent) does not hold its slot beyond
+        // --worker-timeout; one that waits (its heartbeats say it is alive) is left to wait.
+        let stuck_after = self.config.recycling.worker_timeout + 2 * super::CHECK_INTERVAL;
+        let silent = |w: &super::slots::Worker| self.procs.get(&w.id).map(|p| self.now - p.last_beat);
+        let stuck =
+            core.slots.serving().find(|w| w.state == State::Starting && silent(w).is_some_and(|s| s > stuck_after));
         if let Some(w) = stuck.filter(|_| core.stopping.is_none()) {
-            return Err(format!("{} has been starting for {:?}", w.id, self.now - w.started));
+            return Err(format!("{} has been starting, silent, for {:?}", w.id, silent(w).unwrap_or_default()));
         }
         // A gather is answered by its deadline, unless its asker is gone.
         let late = crate::messaging::GATHER_TIMEOUT + Duration::from_millis(1);

@@ -187,3 +187,17 @@ fn connections_wait_for_a_ready_worker_then_get_503_after_the_queue_timeout() {
     }
     assert!(matches!(answered[..], [Effect::Answer503 { conn: 2, .. }]), "{answered:?}");
 }
+
+#[test]
+fn a_starting_worker_that_beats_is_left_to_wait_and_a_silent_one_is_killed() {
+    let (mut h, workers) = Harness::new(2, |c| c.recycling.worker_timeout = Duration::from_secs(5));
+    let beat = |worker| Event::Message { worker, msg: ToPrimary::Heartbeat { requests: 0, open: Some(0) } };
+    let mut killed = Vec::new();
+    for _ in 0..20 {
+        // Slot 0's app waits for Redis and says it is alive; slot 1 is stuck, silent.
+        h.on(beat(workers[0]));
+        killed.extend(h.advance(Duration::from_secs(1)).into_iter().filter(|e| matches!(e, Effect::Kill { .. })));
+    }
+    assert_eq!(killed, [Effect::Kill { worker: workers[1] }], "only the silent one, once");
+    assert_eq!(h.states()[0], (0, "starting".into()));
+}

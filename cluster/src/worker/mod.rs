@@ -112,6 +112,11 @@ where
     watch_primary(channel.clone(), trigger.clone(), stop.clone(), sink.map(|sink| (sink, budget)), messenger);
     watch_signals(trigger)?;
 
+    let drain = Drain::new();
+    let cap = conn::ConnectionCap::new(config.connections.max_connections());
+    // From the start, not only once ready: a worker whose app waits for its database is alive
+    // and is left to wait, and one that is stuck before it gets ready is told apart by silence.
+    heartbeat(channel.clone(), drain.clone(), cap.clone());
     // The app may take a while to build (it waits for its database); a shutdown request in the
     // meantime ends the worker without ever reporting ready.
     let router = tokio::select! {
@@ -122,10 +127,8 @@ where
         }
     };
 
-    let drain = Drain::new();
     channel.send(&ToPrimary::Ready { pid: ctx.pid }).await?;
     let threads = tokio::runtime::Handle::current().metrics().num_workers();
-    let cap = conn::ConnectionCap::new(config.connections.max_connections());
     tracing::info!(
         slot = ctx.slot,
         generation = ctx.generation,
@@ -133,7 +136,6 @@ where
         max_connections = config.connections.max_connections(),
         "worker ready"
     );
-    heartbeat(channel.clone(), drain.clone(), cap.clone());
     match source {
         Source::Shared(listener) => {
             let listener = DrainableListener::new(listener, stop.clone(), budget).tap_io(|tcp| {
