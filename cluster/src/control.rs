@@ -122,6 +122,10 @@ pub struct Status {
     pub listen: std::net::SocketAddr,
     /// One entry per running worker process (a slot being reloaded has two).
     pub workers: Vec<WorkerStatus>,
+    /// Connections the primary holds because no worker can take them yet (primary-accept
+    /// modes; they get 503 after `--queue-timeout`).
+    #[serde(default)]
+    pub queued: usize,
     /// How the last reload ended, if there was one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_reload: Option<String>,
@@ -147,6 +151,10 @@ pub struct WorkerStatus {
     /// Connections it holds open, in every balance mode, as of its last heartbeat (at most a
     /// second old); none before its first.
     pub open_connections: Option<usize>,
+    /// Least-conn mode: the connections the primary handed it and has not yet heard closed
+    /// (what least-conn compares; exact, unlike the heartbeat's count).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assigned: Option<usize>,
 }
 
 /// A request on its way to the supervisor, with where to send the answer.

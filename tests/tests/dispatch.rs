@@ -12,10 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use herd_e2e::{
-    herd::{about_worker, log_field, workers},
-    wait_for, Client, Herd, RedisServer,
-};
+use herd_e2e::{herd::workers, wait_for, Client, Herd, RedisServer};
 use nix::sys::signal::Signal;
 
 fn client_ip(n: u8) -> IpAddr {
@@ -123,16 +120,16 @@ fn least_conn_avoids_the_worker_holding_idle_connections() {
 
     // Keep only worker 0's 8 connections open; close the rest, and wait until the primary has
     // heard of every close.
-    let mark = herd.log_len();
     held.retain(|(worker, _)| *worker == 0);
     assert_eq!(held.len(), 8);
-    for slot in 1..4 {
-        // The primary's own count of a worker's connections (what least-conn compares) is in no
-        // status: its debug line is the only place it shows.
-        herd.wait_log_from(mark, "the closes to be reported", Duration::from_secs(10), |l| {
-            l.contains("worker closed") && about_worker(l, Some(slot), None) && log_field(l, "open") == Some("0")
-        });
-    }
+    // The primary's own count of each worker's connections is what least-conn compares.
+    herd.wait_status("the closes to be counted", Duration::from_secs(10), |status| {
+        let assigned = |slot: u64| {
+            status["workers"].as_array()?.iter().find(|w| w["slot"] == slot && w["state"] == "ready")?["assigned"]
+                .as_u64()
+        };
+        (1..4).all(|slot| assigned(slot) == Some(0)).then_some(())
+    });
     for _ in 0..20 {
         let (slot, _) = served_by(&herd.client());
         assert_ne!(slot, 0, "a new connection went to the worker holding 8 idle ones");
@@ -205,9 +202,8 @@ fn a_client_arriving_while_every_worker_restarts_is_served_late_not_refused() {
     });
     let res = std::thread::scope(|scope| {
         let request = scope.spawn(|| herd.client().get("/"));
-        // The primary's queue is in no status: this line is the only sign the connection waits.
-        herd.wait_log_from(mark, "the primary to hold the connection", Duration::from_secs(10), |l| {
-            l.contains("holding new connections")
+        herd.wait_status("the primary to hold the connection", Duration::from_secs(10), |status| {
+            (status["queued"].as_u64() >= Some(1)).then_some(())
         });
         herd_e2e::signal(redis.pid(), Signal::SIGCONT);
         request.join().expect("client thread")

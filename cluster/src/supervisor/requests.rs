@@ -65,6 +65,7 @@ impl Core {
         let worker_timeout = self.config.recycling.worker_timeout;
         let restarts = |slot: usize| self.slots.slot(slot).map_or(0, |s| s.restarts);
         let departing = |w: &super::slots::Worker| self.slots.departing.iter().any(|d| d.id == w.id);
+        let least_conn = self.config.balance == crate::config::Balance::LeastConn;
         let workers = self
             .slots
             .all()
@@ -84,6 +85,7 @@ impl Core {
                     restarts: restarts(w.id.slot),
                     rss_bytes: None,
                     open_connections: w.open_reported.and_then(|open| usize::try_from(open).ok()),
+                    assigned: least_conn.then_some(w.open),
                 }
             })
             .chain(self.slots.iter().enumerate().filter(|(_, s)| s.errored && s.worker.is_none()).map(|(slot, s)| {
@@ -95,6 +97,7 @@ impl Core {
                     restarts: s.restarts,
                     rss_bytes: None,
                     open_connections: None,
+                    assigned: None,
                 }
             }))
             .collect();
@@ -103,6 +106,7 @@ impl Core {
             listen: self.config.bind,
             pid: self.primary_pid,
             workers,
+            queued: self.queue.len(),
             last_reload: self.last_reload.clone(),
         }
     }
