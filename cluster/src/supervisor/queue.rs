@@ -38,7 +38,8 @@ impl Queue {
     /// Forgets connections the shell closed (their clients had gone).
     pub(super) fn forget(&mut self, ids: &[u64]) {
         let before = self.waiting.len();
-        self.waiting.retain(|t| !ids.contains(&t.id));
+        let gone: std::collections::HashSet<u64> = ids.iter().copied().collect();
+        self.waiting.retain(|t| !gone.contains(&t.id));
         let dropped = before - self.waiting.len();
         if dropped > 0 {
             tracing::info!(
