@@ -671,12 +671,12 @@ mod tests {
         assert_eq!((d.max_restarts, d.restart_window), (restart.max_restarts, restart.window));
         assert_eq!(d.worker_timeout, herd_cluster::Recycling::default().worker_timeout);
         assert_eq!(d.queue_timeout, c::DEFAULT_QUEUE_TIMEOUT);
-        let session = herd_session_store::SessionLimits::default();
+        use herd_session_store::store as s;
         assert_eq!(
             (d.session_idle, d.session_max_age, d.session_grace),
-            (session.idle, session.max_age, session.grace)
+            (s::DEFAULT_SESSION_IDLE, s::DEFAULT_SESSION_MAX_AGE, s::DEFAULT_SESSION_GRACE)
         );
-        assert_eq!(usize::try_from(d.session_max_bytes).ok(), Some(session.max_bytes));
+        assert_eq!(usize::try_from(d.session_max_bytes).ok(), Some(s::DEFAULT_SESSION_MAX_BYTES));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use fred::{clients::Pool, interfaces::ClientLike};
 use herd_cluster::{ClusterConfig, Outcome, Role, WorkerContext};
-use herd_session_store::{Keys, RedisConfig, SessionLimits, StoreError};
+use herd_session_store::{Keys, RedisConfig, StoreError};
 
 use crate::{
     cli::{default_redis_url, ServeArgs, DEFAULT_REDIS_ADDR},
@@ -108,12 +108,10 @@ pub(crate) fn app_settings(args: &ServeArgs, demo_users: std::sync::Arc<[String]
         admin_routes: args.admin_routes,
         stock_store: args.session_store == crate::cli::SessionStoreKind::Stock,
         origins: routes::origin::OriginPolicy::new(args.allowed_origins.clone()),
-        limits: SessionLimits {
-            idle: args.session_idle,
-            max_age: args.session_max_age,
-            max_bytes: usize::try_from(args.session_max_bytes).unwrap_or(usize::MAX),
-            grace: args.session_grace,
-        },
+        idle: args.session_idle,
+        max_age: args.session_max_age,
+        max_bytes: usize::try_from(args.session_max_bytes).unwrap_or(usize::MAX),
+        grace: args.session_grace,
     };
     let (login, hashing) = login_settings(args)?;
     Ok(AppSettings {

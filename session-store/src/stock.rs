@@ -2,8 +2,8 @@
 //! to herd's store logs nobody out ([`RedisSessionStore::reading_stock_sessions`]).
 //!
 //! The stock store keeps a session under its raw id with the MessagePack `Record` as value. A
-//! session found that way is moved under herd's key at once (its lifetime counts from the
-//! move), so the raw id leaves the keyspace and the next request is an ordinary read. This
+//! session found that way is moved under herd's key at once, with its expiry date (herd's own
+//! limits, if set, count from the move), so the raw id leaves the keyspace and the next request is an ordinary read. This
 //! costs one extra `GET` for session ids herd does not know; turn it off once the old sessions
 //! have expired.
 
@@ -33,11 +33,11 @@ impl RedisSessionStore {
         };
         // False if another worker moved it first: the same data either way.
         let encoded = encode(&record.data)?;
-        if self.write(Mode::Create, id, &pairs(&encoded), &[]).await? {
+        if self.write(Mode::Create, id, record.expiry_date, &pairs(&encoded), &[]).await? {
             tracing::info!("moved a tower-sessions-redis-store session under herd's key");
         }
         let _: i64 = self.pool.del(&raw_key).await?;
-        scope::with(|state| state.remember(*id, Base::Written(encoded)));
+        scope::with(|state| state.remember(*id, Base::Written { values: encoded, expiry: record.expiry_date }));
         Ok(Some(record))
     }
 }

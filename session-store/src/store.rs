@@ -2,24 +2,33 @@
 //!
 //! A session is one Redis string under [`Keys::session`], in the format of `record.rs`:
 //! a header with when the session began (`created`, the base of the absolute lifetime), when it
-//! was last extended (`seen`, the base of the idle timeout) and whether a login retired it,
-//! then one entry per session value, as JSON. The key's TTL mirrors the limits, so Redis
-//! reclaims dead sessions by itself, but the limits are enforced from the timestamps, not by
-//! trusting the TTL or the cookie.
+//! was last extended (`seen`, the base of the idle timeout), whether a login retired it and the
+//! app's expiry date, then one entry per session value, as JSON. The key's TTL mirrors the
+//! expiry, so Redis reclaims dead sessions by itself, but the expiry is enforced from the
+//! header, not by trusting the TTL or the cookie.
 //!
 //! # Expiry
 //!
-//! A session ends after [`SessionLimits::idle`] without requests, or [`SessionLimits::max_age`]
-//! after it began, whichever comes first. A read is one `GET`. Reads extend the idle timeout
-//! too, cheaply: loading a session whose `seen` is older than a quarter of the idle timeout
-//! runs a touch script that rewrites `seen` in place and sets the TTL, never the data. So a
-//! read-only request costs one Redis round trip plus at most one touch per quarter of the idle
-//! timeout, and a session ends between ¾ of and the whole idle timeout after its last request.
+//! A session ends at the earliest of:
+//!
+//! - **the app's expiry**: `Record::expiry_date` as tower-sessions handed it to the last save
+//!   (from `SessionManagerLayer::with_expiry` or `Session::set_expiry`), exactly as the stock
+//!   store and `MemoryStore` keep it. Only a save moves it: a request that changes the session,
+//!   or every request under `with_always_save(true)` (a save that changes nothing else rewrites
+//!   only the expiry in the header and the TTL). A load returns the date that was saved.
+//! - **herd's idle timeout**, if set ([`SessionLimits::idle`]): this long without *requests*,
+//!   reads included. Reads extend it cheaply: loading a session whose `seen` is older than a
+//!   quarter of the timeout runs a touch script that rewrites `seen` in place and sets the TTL,
+//!   never the data; so a read-only request costs one Redis round trip plus at most one touch
+//!   per quarter of the timeout, and a session ends between ¾ of and the whole idle timeout
+//!   after its last request.
+//! - **herd's absolute lifetime**, if set ([`SessionLimits::max_age`]): this long after the
+//!   session began, however active.
+//!
+//! [`RedisSessionStore::new`] sets neither of herd's limits, so the app's expiry alone applies,
+//! as with the stock store; `herd serve` sets both (`--session-idle`, `--session-max-age`).
 
-use std::{
-    collections::HashMap,
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{collections::HashMap, time::Duration};
 
 use async_trait::async_trait;
 use fred::{
@@ -58,16 +67,17 @@ pub(crate) enum Base {
     /// only if the request saves: most requests only read.
     Loaded(Str),
     /// What this request wrote.
-    Written(Encoded),
+    Written { values: Encoded, expiry: OffsetDateTime },
 }
 
 impl Base {
-    fn values(&self) -> HashMap<&str, &str> {
+    /// The values and the app's expiry date (`None` for a format-3 record, which has none).
+    fn parts(&self) -> (HashMap<&str, &str>, Option<OffsetDateTime>) {
         match self {
-            Base::Loaded(text) => {
-                record::parse(text).map(|stored| stored.values.into_iter().collect()).unwrap_or_default()
-            }
-            Base::Written(encoded) => pairs(encoded).into_iter().collect(),
+            Base::Loaded(text) => record::parse(text)
+                .map(|stored| (stored.values.into_iter().collect(), stored.expiry))
+                .unwrap_or_default(),
+            Base::Written { values, expiry } => (pairs(values).into_iter().collect(), Some(*expiry)),
         }
     }
 }
@@ -81,24 +91,30 @@ pub(crate) fn encode(data: &Data) -> Result<Encoded, StoreError> {
     data.iter().map(|(name, value)| Ok((name.clone(), serde_json::to_string(value)?))).collect()
 }
 
-/// A session ends after this long without requests (OWASP's guidance for low-risk apps is
-/// 15-30 minutes).
+/// `herd serve`'s idle timeout: a session ends after this long without requests (OWASP's
+/// guidance for low-risk apps is 15-30 minutes). Not set by [`SessionLimits::default`].
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
-/// A session ends this long after login, however active: a working day, so a stolen cookie
-/// does not live for ever.
+/// `herd serve`'s absolute lifetime: a session ends this long after login, however active: a
+/// working day, so a stolen cookie does not live for ever. Not set by
+/// [`SessionLimits::default`].
 pub const DEFAULT_SESSION_MAX_AGE: Duration = Duration::from_secs(12 * 3600);
 /// Largest session (names and JSON values), so one client cannot fill Redis.
 pub const DEFAULT_SESSION_MAX_BYTES: usize = 64 << 10;
 /// How long the session a login replaced keeps answering requests already in flight.
 pub const DEFAULT_SESSION_GRACE: Duration = Duration::from_secs(5);
 
-/// How long sessions live and how big they may grow.
+/// How long sessions live, beyond the app's own expiry, and how big they may grow.
+///
+/// The default sets no idle timeout and no absolute lifetime: the app's expiry
+/// (`SessionManagerLayer::with_expiry`) alone ends sessions, as with the stock store. Set them
+/// to have herd end sessions earlier whatever the app asks (see [the module](self)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimits {
-    /// A session ends this long after its last request.
-    pub idle: Duration,
-    /// A session ends this long after it began, however active.
-    pub max_age: Duration,
+    /// A session ends this long after its last request (reads count); `None`: only the app's
+    /// expiry.
+    pub idle: Option<Duration>,
+    /// A session ends this long after it began, however active; `None`: no such bound.
+    pub max_age: Option<Duration>,
     /// Largest session, counting each value's name and JSON; a save beyond it fails (413 under
     /// [`SessionScopeLayer`]).
     pub max_bytes: usize,
@@ -108,12 +124,7 @@ pub struct SessionLimits {
 
 impl Default for SessionLimits {
     fn default() -> Self {
-        Self {
-            idle: DEFAULT_SESSION_IDLE,
-            max_age: DEFAULT_SESSION_MAX_AGE,
-            max_bytes: DEFAULT_SESSION_MAX_BYTES,
-            grace: DEFAULT_SESSION_GRACE,
-        }
+        Self { idle: None, max_age: None, max_bytes: DEFAULT_SESSION_MAX_BYTES, grace: DEFAULT_SESSION_GRACE }
     }
 }
 
@@ -135,6 +146,8 @@ pub(crate) enum Mode {
     Patch,
     /// The given names are the whole data.
     Replace,
+    /// Only the app's expiry changes (the header and the TTL).
+    Expiry,
 }
 
 impl RedisSessionStore {
@@ -172,26 +185,36 @@ impl RedisSessionStore {
         self.keys.session_of(id)
     }
 
-    /// The limits as script arguments: now (a header stamp), idle, max age (ms).
+    /// The limits as script arguments: now (a header stamp), idle, max age (ms; 0 when not
+    /// set).
     fn clock_args(&self) -> Vec<String> {
-        vec![record::stamp(now_ms()), millis(self.limits.idle).to_string(), millis(self.limits.max_age).to_string()]
+        let (idle, max_age) = self.limit_ms();
+        vec![record::stamp(now_ms()), idle.unwrap_or(0).to_string(), max_age.unwrap_or(0).to_string()]
     }
 
-    /// Writes values of `id`: `set` as given, `removed` deleted; false if the condition of
-    /// `mode` failed (key taken for a create, gone otherwise).
+    /// herd's limits in ms.
+    fn limit_ms(&self) -> (Option<i64>, Option<i64>) {
+        (self.limits.idle.map(millis), self.limits.max_age.map(millis))
+    }
+
+    /// Writes values of `id` and the app's `expiry`: `set` as given, `removed` deleted; false
+    /// if the condition of `mode` failed (key taken for a create, gone otherwise).
     pub(crate) async fn write(
         &self,
         mode: Mode,
         id: &Id,
+        expiry: OffsetDateTime,
         set: &[(&str, &str)],
         removed: &[&str],
     ) -> Result<bool, StoreError> {
         let mut args = self.clock_args();
+        args.push(record::expiry_field(expiry));
         args.push(
             match mode {
                 Mode::Create => "create",
                 Mode::Patch => "patch",
                 Mode::Replace => "replace",
+                Mode::Expiry => "expiry",
             }
             .to_owned(),
         );
@@ -211,7 +234,7 @@ impl RedisSessionStore {
         let all = pairs(&encoded);
         // 128 random bits make a collision practically impossible, but it would hand one user
         // another's session, so check anyway.
-        while !self.write(Mode::Create, &record.id, &all, &[]).await? {
+        while !self.write(Mode::Create, &record.id, record.expiry_date, &all, &[]).await? {
             record.id = Id::default();
         }
         Ok(encoded)
@@ -289,22 +312,30 @@ impl RedisSessionStore {
             Err(err) if err.details().starts_with("WRONGTYPE") => return Ok(unknown_format()),
             Err(err) => return Err(err.into()),
         };
-        let Some(record::Stored { created, seen, retired, values }) = record::parse(&text) else {
+        let Some(record::Stored { created, seen, retired, expiry, values }) = record::parse(&text) else {
             return Ok(unknown_format());
         };
-        let now = now_ms();
-        let (idle, max_age) = (millis(self.limits.idle), millis(self.limits.max_age));
-        // Enforced here, not only by the TTL (which mirrors these limits).
-        if now - seen >= idle || now - created >= max_age {
+        let now = OffsetDateTime::now_utc();
+        let now_ms = unix_ms(now);
+        let (idle, max_age) = self.limit_ms();
+        // Enforced here, not only by the TTL (which mirrors them, but by Redis' clock).
+        let over = expiry.is_some_and(|expiry| expiry <= now)
+            || idle.is_some_and(|idle| now_ms - seen >= idle)
+            || max_age.is_some_and(|max_age| now_ms - created >= max_age);
+        if over {
+            // Redis would drop it soon by itself: a failure here changes nothing for the client.
+            if let Err(err) = self.pool.del::<i64, _>(&key).await {
+                tracing::debug!(error = %err, "could not remove an ended session");
+            }
             return Ok(None);
         }
         let mut seen = seen;
-        if !retired && now - seen >= idle / 4 {
+        if let Some(idle) = idle.filter(|idle| !retired && now_ms - seen >= idle / 4) {
             let mut args = self.clock_args();
             args.push((idle / 4).to_string());
             // Losing a touch only shortens the session's idle window; the read still stands.
             match scripts::run::<i64>(&self.pool, Op::Touch, &key, args).await {
-                Ok(_) => seen = now,
+                Ok(_) => seen = now_ms,
                 // A full Redis refuses every touch: one operator line per interval, not a
                 // WARN per request.
                 Err(err) if err.is_out_of_memory() => crate::operator::redis_full(&err),
@@ -325,44 +356,62 @@ impl RedisSessionStore {
                 }
             }
         }
-        let ends_ms = (seen + idle).min(created + max_age);
-        let expiry_date = OffsetDateTime::from_unix_timestamp_nanos(i128::from(ends_ms) * 1_000_000)
-            .unwrap_or_else(|_| OffsetDateTime::now_utc());
+        let expiry_date = expiry.unwrap_or_else(|| self.format_3_expiry(now, seen, created));
         scope::with(|state| state.remember(*id, Base::Loaded(text)));
         Ok(Some(Record { id: *id, data, expiry_date }))
     }
 
-    /// Writes what this request changed in `record` (everything, outside a scope).
+    /// The expiry date to report for a format-3 record, which kept none: where herd's limits
+    /// end it, or (with none set) tower-sessions' default of two weeks from now.
+    fn format_3_expiry(&self, now: OffsetDateTime, seen: i64, created: i64) -> OffsetDateTime {
+        let (idle, max_age) = self.limit_ms();
+        let ends_ms = match (idle.map(|idle| seen.saturating_add(idle)), max_age.map(|age| created.saturating_add(age)))
+        {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        ends_ms
+            .and_then(|ms| OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok())
+            .unwrap_or(now + time::Duration::weeks(2))
+    }
+
+    /// Writes what this request changed in `record` (everything, outside a scope), and its
+    /// expiry date if that changed.
     async fn save_record(&self, record: &Record) -> Result<(), StoreError> {
         let encoded = self.encode_capped(&record.data)?;
+        let expiry = record.expiry_date;
         let written = match scope::with(|state| state.take_base(&record.id)).flatten() {
             Some(base) => {
-                let values = base.values();
+                let (values, stored_expiry) = base.parts();
                 let set: Vec<_> =
                     pairs(&encoded).into_iter().filter(|(name, json)| values.get(name) != Some(json)).collect();
                 let removed: Vec<&str> = values.keys().copied().filter(|name| !encoded.contains_key(*name)).collect();
-                if set.is_empty() && removed.is_empty() {
-                    // Nothing changed; the load already extended the idle timeout.
-                    drop(values);
-                    scope::with(|state| state.remember(record.id, base));
-                    return Ok(());
+                match (set.is_empty() && removed.is_empty(), stored_expiry == Some(expiry)) {
+                    (true, true) => {
+                        // Nothing changed; the load already extended the idle timeout.
+                        drop(values);
+                        scope::with(|state| state.remember(record.id, base));
+                        return Ok(());
+                    }
+                    // `set_expiry`, or always-save moving an inactivity expiry.
+                    (true, false) => self.write(Mode::Expiry, &record.id, expiry, &[], &[]).await?,
+                    (false, _) => self.write(Mode::Patch, &record.id, expiry, &set, &removed).await?,
                 }
-                self.write(Mode::Patch, &record.id, &set, &removed).await?
             }
-            None => self.write(Mode::Replace, &record.id, &pairs(&encoded), &[]).await?,
+            None => self.write(Mode::Replace, &record.id, expiry, &pairs(&encoded), &[]).await?,
         };
         if !written {
             // Expired, or deleted by a logout in another worker: do not bring it back.
             tracing::debug!("session vanished before it could be saved; not recreating it");
         }
-        scope::with(|state| state.remember(record.id, Base::Written(encoded)));
+        scope::with(|state| state.remember(record.id, Base::Written { values: encoded, expiry }));
         Ok(())
     }
 
     async fn create_record(&self, record: &mut Record) -> Result<(), StoreError> {
         let encoded = self.insert_new(record).await?;
         let replaced = scope::with(|state| {
-            state.remember(record.id, Base::Written(encoded));
+            state.remember(record.id, Base::Written { values: encoded, expiry: record.expiry_date });
             state.deleted.pop()
         });
         if let Some(Some(old)) = replaced {
@@ -422,7 +471,11 @@ fn unknown_format() -> Option<Record> {
 }
 
 fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    unix_ms(OffsetDateTime::now_utc())
+}
+
+fn unix_ms(date: OffsetDateTime) -> i64 {
+    i64::try_from(date.unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
 }
 
 fn millis(duration: Duration) -> i64 {

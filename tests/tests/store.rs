@@ -14,7 +14,7 @@ use herd_e2e::RedisServer;
 use herd_session_store::{Keys, RedisConfig, RedisSessionStore, SessionLimits};
 use serde_json::{json, Value};
 use tower::ServiceExt;
-use tower_sessions::{Session, SessionManagerLayer};
+use tower_sessions::{Expiry, Session, SessionManagerLayer};
 
 /// Loads the session, waits `ms`, then sets `name` (an app that reads, works, then writes).
 async fn set_after(Path((name, ms)): Path<(String, u64)>, session: Session) -> StatusCode {
@@ -91,13 +91,22 @@ async fn odd(Path(step): Path<u8>, session: Session) -> Result<Json<Value>, Stat
 }
 
 fn app(store: &RedisSessionStore, scoped: bool) -> Router {
+    app_expiring(store, scoped, None)
+}
+
+/// [`app`] with the app's own expiry set on its `SessionManagerLayer`.
+fn app_expiring(store: &RedisSessionStore, scoped: bool, expiry: Option<Expiry>) -> Router {
+    let mut manager = SessionManagerLayer::new(store.clone()).with_secure(false);
+    if let Some(expiry) = expiry {
+        manager = manager.with_expiry(expiry);
+    }
     let router = Router::new()
         .route("/start", post(start))
         .route("/set/{name}/{ms}", post(set_after))
         .route("/login/{fail}", post(login))
         .route("/show", get(show))
         .route("/odd/{step}", post(odd))
-        .layer(SessionManagerLayer::new(store.clone()).with_secure(false));
+        .layer(manager);
     if scoped {
         router.layer(store.scope_layer())
     } else {
@@ -210,20 +219,89 @@ async fn a_value_in_another_format_is_a_miss_not_an_error() {
     let cookie = begin_session(&app).await;
     let key = redis.keys("herd:sess:*").pop().expect("the record");
     let stored = redis.cli(&["GET", &key]).expect("a record");
-    assert!(stored.starts_with("h3:") && stored.contains("4:user7:\"guest\""), "{stored}");
+    assert!(stored.starts_with("h4:") && stored.contains("4:user7:\"guest\""), "{stored}");
     // Older herds wrote a JSON string (format 1) or a hash (format 2); a future one writes
-    // `h4:`; someone else may have written anything.
+    // `h5:`; someone else may have written anything.
     for older in [&["SET", &key, "h1{\"data\":{}}"][..], &["HSET", &key, "v", "2", "d:user", "\"x\""]] {
         redis.cli(&["DEL", &key]).expect("delete");
         redis.cli(older).expect("overwrite");
         let (status, _, shown) = call(&app, "GET", "/show", Some(&cookie)).await;
         assert_eq!((status, shown["user"].clone()), (StatusCode::OK, Value::Null), "{older:?}");
     }
-    redis.cli(&["SET", &key, &stored.replacen("h3:", "h4:", 1)]).expect("a future format");
+    redis.cli(&["SET", &key, &stored.replacen("h4:", "h5:", 1)]).expect("a future format");
     assert_eq!(call(&app, "GET", "/show", Some(&cookie)).await.2["user"], Value::Null);
     // A write to a session in another format does not overwrite it.
     assert_eq!(call(&app, "POST", "/set/a/0", Some(&cookie)).await.0, StatusCode::OK);
-    assert!(redis.cli(&["GET", &key]).expect("kept").starts_with("h4:"));
+    assert!(redis.cli(&["GET", &key]).expect("kept").starts_with("h5:"));
+}
+
+/// A session an older herd wrote (format 3: no app expiry in the header) still works after
+/// an upgrade, in every script, and its next write makes it format 4.
+#[tokio::test]
+async fn a_format_3_session_is_read_and_upgraded_by_its_next_write() {
+    let redis = RedisServer::start();
+    let limits = SessionLimits { idle: Some(Duration::from_secs(60)), ..SessionLimits::default() };
+    let store = store_on(&redis, limits).await;
+    let app = app(&store, true);
+    let cookie = begin_session(&app).await;
+    let key = redis.keys("herd:sess:*").pop().expect("the record");
+    let stored = redis.cli(&["GET", &key]).expect("a record");
+    // `h3:{created}:{seen}:{flag}\n{entries}`, with `seen` a minute old so the read touches it.
+    let seen = format!("{:016}", stored[20..36].parse::<u64>().expect("a stamp") - 60_000 + 10_000);
+    let format_3 = format!("h3:{}:{seen}:-\n{}", &stored[3..19], &stored[62..]);
+    redis.cli(&["SET", &key, &format_3, "PX", "60000"]).expect("an older herd's record");
+    assert_eq!(call(&app, "GET", "/show", Some(&cookie)).await.2["user"], "guest");
+    let touched = redis.cli(&["GET", &key]).expect("still there");
+    assert!(touched.starts_with("h3:") && touched[20..36] > *seen, "the touch rewrote `seen` in place: {touched}");
+    assert_eq!(call(&app, "POST", "/set/a/0", Some(&cookie)).await.0, StatusCode::OK);
+    let upgraded = redis.cli(&["GET", &key]).expect("still there");
+    assert!(upgraded.starts_with("h4:") && upgraded.contains("4:user7:\"guest\""), "{upgraded}");
+    let shown = call(&app, "GET", "/show", Some(&cookie)).await.2;
+    assert_eq!((shown["user"].clone(), shown["a"].clone()), (json!("guest"), json!(true)));
+}
+
+/// The key's TTL in ms.
+fn pttl(redis: &RedisServer, key: &str) -> i64 {
+    redis.cli(&["PTTL", key]).and_then(|ttl| ttl.trim().parse().ok()).expect("a TTL")
+}
+
+/// herd's idle timeout on top of a long app expiry: reads keep the session (they extend herd's
+/// timeout, not the app's), idleness ends it long before the app's day is over.
+#[tokio::test]
+async fn herd_idle_timeout_ends_a_session_before_a_longer_app_expiry() {
+    let redis = RedisServer::start();
+    let idle = Duration::from_millis(800);
+    let store = store_on(&redis, SessionLimits { idle: Some(idle), ..SessionLimits::default() }).await;
+    let app = app_expiring(&store, true, Some(Expiry::OnInactivity(time::Duration::days(1))));
+    let cookie = begin_session(&app).await;
+    let key = redis.keys("herd:sess:*").pop().expect("the record");
+    assert!(pttl(&redis, &key) <= 800, "the TTL is herd's, the earlier of the two");
+    for _ in 0..4 {
+        tokio::time::sleep(idle / 2).await;
+        assert_eq!(call(&app, "GET", "/show", Some(&cookie)).await.2["user"], "guest", "reads keep it alive");
+    }
+    tokio::time::sleep(idle + Duration::from_millis(200)).await;
+    assert_eq!(call(&app, "GET", "/show", Some(&cookie)).await.2["user"], Value::Null, "idle: ended");
+}
+
+/// The app's expiry before herd's limits: the app's wins, in the TTL as in the load.
+#[tokio::test]
+async fn an_app_expiry_before_herd_limits_ends_the_session() {
+    let redis = RedisServer::start();
+    let limits = SessionLimits {
+        idle: Some(Duration::from_secs(600)),
+        max_age: Some(Duration::from_secs(3600)),
+        ..SessionLimits::default()
+    };
+    let store = store_on(&redis, limits).await;
+    let at = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1_000);
+    let app = app_expiring(&store, true, Some(Expiry::AtDateTime(at)));
+    let cookie = begin_session(&app).await;
+    let key = redis.keys("herd:sess:*").pop().expect("the record");
+    assert!(pttl(&redis, &key) <= 1_000, "the TTL is the app's");
+    assert_eq!(call(&app, "GET", "/show", Some(&cookie)).await.2["user"], "guest");
+    tokio::time::sleep((at - time::OffsetDateTime::now_utc()).unsigned_abs() + Duration::from_millis(100)).await;
+    assert_eq!(call(&app, "GET", "/show", Some(&cookie)).await.2["user"], Value::Null);
 }
 
 #[tokio::test]

@@ -121,12 +121,31 @@ pub(crate) struct SessionSettings {
     pub(crate) debug_routes: bool,
     /// Serve `POST /stats/reset` and `DELETE /heavy/cached` (`--admin-routes`); 403 otherwise.
     pub(crate) admin_routes: bool,
-    /// How long sessions live and how big they grow (enforced by the store).
-    pub(crate) limits: herd_session_store::SessionLimits,
+    /// A session ends this long after its last request (`--session-idle`).
+    pub(crate) idle: Duration,
+    /// A session ends this long after login (`--session-max-age`).
+    pub(crate) max_age: Duration,
+    /// Largest session (`--session-max-bytes`).
+    pub(crate) max_bytes: usize,
+    /// How long a login's old id keeps answering (`--session-grace`).
+    pub(crate) grace: Duration,
     /// Use the stock tower-sessions-redis-store instead (the benchmark's baseline).
     pub(crate) stock_store: bool,
     /// Which other origins' pages may send state-changing requests (`--allowed-origins`).
     pub(crate) origins: origin::OriginPolicy,
+}
+
+impl SessionSettings {
+    /// What the store enforces: herd's idle timeout and absolute lifetime on top of the
+    /// cookie's expiry (which is the absolute lifetime too, see [`session_layer`]).
+    fn limits(&self) -> herd_session_store::SessionLimits {
+        herd_session_store::SessionLimits {
+            idle: Some(self.idle),
+            max_age: Some(self.max_age),
+            max_bytes: self.max_bytes,
+            grace: self.grace,
+        }
+    }
 }
 
 /// How long a worker trusts its local copy of a cache entry.
@@ -137,7 +156,7 @@ impl AppState {
     /// cluster's messaging) and limits. `worker` may be [`WorkerContext::standalone`] in tests.
     pub(crate) async fn build(worker: WorkerContext, pool: Pool, settings: AppSettings) -> Result<Self, StoreError> {
         let AppSettings { keys, session, login, hashing, heavy, cache, demo_users } = settings;
-        let store = RedisSessionStore::new(pool.clone(), keys.clone()).with_limits(session.limits);
+        let store = RedisSessionStore::new(pool.clone(), keys.clone()).with_limits(session.limits());
         // Entries written together expire ±10 % apart; each worker answers repeats from memory
         // for a few seconds, dropped at once by an invalidation from any worker.
         let cache = herd_session_store::Cache::new(pool.clone(), keys.clone())
@@ -157,7 +176,7 @@ impl AppState {
             logins: UserSessions::new(pool.clone(), keys),
             store,
             cache,
-            visits: Visits::new(pool.clone(), session.limits.idle),
+            visits: Visits::new(pool.clone(), session.idle),
             pool,
             worker,
             demo_users,
@@ -241,7 +260,7 @@ fn session_layer<S: tower_sessions::SessionStore + Clone>(
     store: S,
     settings: &SessionSettings,
 ) -> SessionManagerLayer<S> {
-    let cookie_lifetime = time::Duration::try_from(settings.limits.max_age).unwrap_or(time::Duration::weeks(1));
+    let cookie_lifetime = time::Duration::try_from(settings.max_age).unwrap_or(time::Duration::weeks(1));
     SessionManagerLayer::new(store)
         .with_name(settings.cookie_name.clone())
         .with_secure(settings.secure)
