@@ -16,10 +16,13 @@
 //! - **Versioned values.** A stored value starts with a format tag; a value in another format
 //!   is a clean miss, never a decode error.
 //!
-//! - **Reads extend the idle timeout** ([`SessionLimits::idle`]) with a touch (the record's
-//!   `seen` stamp rewritten in place, and the TTL), at most once per quarter of the timeout;
-//!   an absolute lifetime ([`SessionLimits::max_age`]) ends every session eventually. Both
-//!   are enforced from timestamps in the record, not by trusting the cookie.
+//! - **The app's expiry, kept exactly.** `Record::expiry_date` (from `with_expiry`,
+//!   `set_expiry`, `with_always_save`) is stored with the record, ends it and is what a load
+//!   returns, as with the stock store. On top, optional herd limits: an idle timeout that reads
+//!   extend with a cheap touch (the record's `seen` stamp rewritten in place, and the TTL, at
+//!   most once per quarter of the timeout; [`SessionLimits::idle`]) and an absolute lifetime
+//!   ([`SessionLimits::max_age`]); the earliest of the three ends a session, enforced from the
+//!   record's header, not by trusting the cookie (see [`store`]).
 //! - **A size cap** ([`SessionLimits::max_bytes`]).
 //! - **TLS that is TLS.** `rediss://` always uses rustls (with a private CA if given); without a
 //!   TLS feature fred would silently connect in plaintext.

@@ -28,6 +28,13 @@ async fn set_after(Path((name, ms)): Path<(String, u64)>, session: Session) -> S
     }
 }
 
+/// Loads the session, waits `ms`, then shows it (a slow read-only request).
+async fn show_after(Path(ms): Path<u64>, session: Session) -> Json<Value> {
+    let _ = session.get::<Value>("user").await;
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+    show(session).await
+}
+
 async fn show(session: Session) -> Json<Value> {
     let mut shown = json!({});
     for name in ["user", "a", "b"] {
@@ -91,20 +98,20 @@ async fn odd(Path(step): Path<u8>, session: Session) -> Result<Json<Value>, Stat
 }
 
 fn app(store: &RedisSessionStore, scoped: bool) -> Router {
-    app_expiring(store, scoped, None)
+    app_with(store, scoped, |manager| manager)
 }
 
-/// [`app`] with the app's own expiry set on its `SessionManagerLayer`.
-fn app_expiring(store: &RedisSessionStore, scoped: bool, expiry: Option<Expiry>) -> Router {
-    let mut manager = SessionManagerLayer::new(store.clone()).with_secure(false);
-    if let Some(expiry) = expiry {
-        manager = manager.with_expiry(expiry);
-    }
+type Manager = SessionManagerLayer<RedisSessionStore>;
+
+/// [`app`] with the app's own settings on its `SessionManagerLayer` (an expiry, always-save).
+fn app_with(store: &RedisSessionStore, scoped: bool, configure: impl FnOnce(Manager) -> Manager) -> Router {
+    let manager = configure(SessionManagerLayer::new(store.clone()).with_secure(false));
     let router = Router::new()
         .route("/start", post(start))
         .route("/set/{name}/{ms}", post(set_after))
         .route("/login/{fail}", post(login))
         .route("/show", get(show))
+        .route("/show-after/{ms}", get(show_after))
         .route("/odd/{step}", post(odd))
         .layer(manager);
     if scoped {
@@ -166,6 +173,26 @@ async fn concurrent_requests_changing_different_values_both_keep_their_change() 
     // The same requests without the scope layer: the stock whole-record save loses `b`.
     let shown = overlapping_writes(&app(&store, false)).await;
     assert_eq!(shown, json!({"user": "guest", "a": true, "b": null}), "the contrast this layer exists for");
+
+    // With always-save every request saves, the read-only ones too (moving only the expiry):
+    // still nothing is lost.
+    let always = app_with(&store, true, |m| {
+        m.with_expiry(Expiry::OnInactivity(time::Duration::minutes(5))).with_always_save(true)
+    });
+    let shown = overlapping_writes(&always).await;
+    assert_eq!(shown, json!({"user": "guest", "a": true, "b": true}), "always-save merges too");
+    // A slow read-only request loads, another sets `b`, then the read saves (always-save): it
+    // moves the expiry only, so `b` stays.
+    let cookie = begin_session(&always).await;
+    let read = call(&always, "GET", "/show-after/300", Some(&cookie));
+    let write = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        call(&always, "POST", "/set/b/0", Some(&cookie)).await
+    };
+    let ((read, _, _), (write, _, _)) = tokio::join!(read, write);
+    assert_eq!((read, write), (StatusCode::OK, StatusCode::OK));
+    let shown = call(&always, "GET", "/show", Some(&cookie)).await.2;
+    assert_eq!(shown["b"], true, "the read's save moved only the expiry");
 }
 
 #[tokio::test]
@@ -272,7 +299,7 @@ async fn herd_idle_timeout_ends_a_session_before_a_longer_app_expiry() {
     let redis = RedisServer::start();
     let idle = Duration::from_millis(800);
     let store = store_on(&redis, SessionLimits { idle: Some(idle), ..SessionLimits::default() }).await;
-    let app = app_expiring(&store, true, Some(Expiry::OnInactivity(time::Duration::days(1))));
+    let app = app_with(&store, true, |m| m.with_expiry(Expiry::OnInactivity(time::Duration::days(1))));
     let cookie = begin_session(&app).await;
     let key = redis.keys("herd:sess:*").pop().expect("the record");
     assert!(pttl(&redis, &key) <= 800, "the TTL is herd's, the earlier of the two");
@@ -295,7 +322,7 @@ async fn an_app_expiry_before_herd_limits_ends_the_session() {
     };
     let store = store_on(&redis, limits).await;
     let at = time::OffsetDateTime::now_utc() + time::Duration::milliseconds(1_000);
-    let app = app_expiring(&store, true, Some(Expiry::AtDateTime(at)));
+    let app = app_with(&store, true, |m| m.with_expiry(Expiry::AtDateTime(at)));
     let cookie = begin_session(&app).await;
     let key = redis.keys("herd:sess:*").pop().expect("the record");
     assert!(pttl(&redis, &key) <= 1_000, "the TTL is the app's");
