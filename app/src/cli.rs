@@ -37,7 +37,7 @@ pub enum Command {
     Ctl(CtlArgs),
     /// Print a systemd unit that runs `herd serve` with the given flags (`Type=notify`: the
     /// primary reports ready once every worker is).
-    SystemdUnit(Box<ServeArgs>),
+    SystemdUnit(Box<SystemdUnitArgs>),
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -168,6 +168,16 @@ impl RedisArgs {
         config.pool_size = usize::from(self.redis_pool_size);
         config
     }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct SystemdUnitArgs {
+    /// Also print a `herd.socket` unit that holds the listening socket (socket activation):
+    /// connections then wait in the kernel's queue while herd restarts, never refused.
+    #[arg(long = "socket")]
+    pub socket_unit: bool,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Debug, Clone, Args)]

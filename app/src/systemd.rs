@@ -2,12 +2,18 @@
 //! with the flags given here, as `Type=notify` (the primary sends `READY=1` once every worker
 //! is ready), reloads with `SIGHUP` (a rolling reload), and stops with `SIGTERM` to the primary
 //! only (`KillMode=mixed`), which drains the workers itself.
+//!
+//! With `--socket` it prints a `herd.socket` unit first, which systemd binds and holds: herd
+//! takes the socket over (`LISTEN_FDS`, see `herd_cluster`'s socket activation) instead of
+//! binding `--bind`, and since the socket outlives the service, a `systemctl restart herd`
+//! leaves connections waiting in the kernel's queue instead of refusing them. Each unit starts
+//! with a `# file: NAME` line, for splitting the output into `/etc/systemd/system/`.
 
 use std::fmt::Write;
 
 use anyhow::Context;
 
-use crate::cli::ServeArgs;
+use crate::cli::SystemdUnitArgs;
 
 /// Environment variables `herd serve` reads, copied into the unit when set here.
 const ENV_PREFIXES: [&str; 3] = ["HERD_", "REDIS_URL", "STICKY"];
@@ -22,11 +28,18 @@ const SECRETS_FILE: &str = "/etc/herd/secrets.env";
 /// thousands of connections, well below the kernel's default `nr_open` (1048576).
 const UNIT_LIMIT_NOFILE: u32 = 65536;
 
-pub(crate) fn print_unit(args: &ServeArgs) -> anyhow::Result<i32> {
+/// The backlog of the socket unit: the connections that may wait while herd restarts (the
+/// same as herd's own listen backlog).
+const SOCKET_BACKLOG: u32 = 1024;
+
+pub(crate) fn print_unit(unit_args: &SystemdUnitArgs) -> anyhow::Result<i32> {
+    let args = &unit_args.serve;
     let exe = std::env::current_exe().context("cannot find the herd executable")?;
     // The flags exactly as given after `systemd-unit` (clap has already validated them), but
-    // --redis-url and --demo-user, which travel as environment variables instead.
-    let (public, _) = crate::secrets::worker_args(std::env::args_os().skip(2));
+    // --socket (ours) and --redis-url and --demo-user, which travel as environment variables
+    // instead.
+    let given = std::env::args_os().skip(2).filter(|arg| arg != "--socket");
+    let (public, _) = crate::secrets::worker_args(given);
     let flags: Vec<String> = public.iter().map(|a| quote(&a.to_string_lossy())).collect();
     let mut public_env: Vec<(String, String)> =
         std::env::vars().filter(|(k, _)| ENV_PREFIXES.iter().any(|p| k.starts_with(p))).collect();
@@ -43,13 +56,21 @@ pub(crate) fn print_unit(args: &ServeArgs) -> anyhow::Result<i32> {
     let secrets: Vec<String> = public_env.iter().filter(|e| secret(e)).map(|(k, _)| k.clone()).collect();
     public_env.retain(|e| !secret(e));
     let mut unit = String::new();
+    if unit_args.socket_unit {
+        let _ =
+            writeln!(unit, "# file: herd.socket\n[Unit]\nDescription=herd: the listening socket on {}\n", args.bind);
+        let _ = writeln!(unit, "[Socket]\nListenStream={}\nBacklog={SOCKET_BACKLOG}\nNoDelay=true\n", args.bind);
+        let _ = writeln!(unit, "[Install]\nWantedBy=sockets.target\n");
+        let _ = writeln!(unit, "# file: herd.service");
+    }
     let _ = writeln!(
         unit,
         "[Unit]\nDescription=herd: {} workers on {}",
         args.workers.map_or("one per CPU".into(), |n| n.to_string()),
         args.bind
     );
-    let _ = writeln!(unit, "After=network-online.target redis-server.service\nWants=network-online.target\n");
+    let after = if unit_args.socket_unit { " herd.socket\nRequires=herd.socket" } else { "" };
+    let _ = writeln!(unit, "After=network-online.target redis-server.service{after}\nWants=network-online.target\n");
     let _ = writeln!(unit, "[Service]\nType=notify\nNotifyAccess=main");
     // Relative paths in the flags (--config, the private Redis's ./.herd) mean what they mean here.
     if let Ok(cwd) = std::env::current_dir() {

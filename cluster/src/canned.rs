@@ -1,27 +1,10 @@
 //! The one refusal herd answers itself: `503 Service Unavailable` with `Retry-After` and
-//! `Connection: close`. Written by hand, as bytes, for a connection over a worker's cap
+//! `Connection: close`, written by hand, as bytes, for a connection over a worker's cap
 //! (answered before its request is read) and for one the primary answers because no worker
-//! can serve (the primary runs no HTTP stack); as an axum response for a request that reaches
-//! a worker which is shutting down.
-
-use axum::{
-    http::{header, StatusCode},
-    response::{IntoResponse, Response},
-};
+//! can serve (the primary runs no HTTP stack).
 
 /// Seconds a client should wait before it retries.
 const RETRY_AFTER_SECS: u32 = 1;
-
-/// The answer as an HTTP response, with `{"error": error}` as its JSON body (the caller adds
-/// `Connection: close` where the protocol has it).
-pub(crate) fn service_unavailable_response(error: &str) -> Response {
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, RETRY_AFTER_SECS)],
-        axum::Json(serde_json::json!({ "error": error })),
-    )
-        .into_response()
-}
 
 /// The whole answer as bytes on the wire, with `{"error": error}` as its JSON body.
 pub(crate) fn service_unavailable(error: &str) -> Vec<u8> {

@@ -6,11 +6,13 @@
 //!
 //! 1. stops accepting (the [`DrainableListener`] stops calling `accept`, so in shared mode the
 //!    kernel hands new connections to the other workers),
-//! 2. answers each request that still arrives on an open connection, with
+//! 2. answers each request that still arrives on an open connection, normally, with
 //!    `Connection: close` so the client takes its next request elsewhere (the [`guard`]
-//!    middleware): normally when the worker is only being replaced ([`DrainMode::Retire`], a
-//!    reload or a scale-down: other workers serve the client's next connection), with `503` +
-//!    `Retry-After` when the whole cluster stops ([`DrainMode::Shutdown`]),
+//!    middleware): to another worker when this one is only being replaced
+//!    ([`DrainMode::Retire`], a reload or a scale-down), and when the whole cluster stops
+//!    ([`DrainMode::Shutdown`]) to whatever serves the port next: with socket activation the
+//!    socket outlives herd and the next herd takes the connection from its queue. A request
+//!    that reached a worker is served, never refused, in both cases,
 //! 3. waits until no request has been in flight for [`LINGER`], and only then lets the
 //!    worker's connection loop close the connections that are still idle.
 
@@ -144,17 +146,10 @@ impl Drop for InFlight {
     }
 }
 
-/// Middleware: count requests in flight; while draining, refuse them (shutdown) or serve them
-/// (retire), and in both cases ask the client to close the connection after the response.
+/// Middleware: count requests in flight and, while draining, ask the client to close the
+/// connection after the response.
 pub async fn guard(State(drain): State<Drain>, request: Request, next: Next) -> Response {
     let http1 = request.version() <= Version::HTTP_11;
-    if drain.mode() == Some(DrainMode::Shutdown) {
-        let mut response = crate::canned::service_unavailable_response("server is shutting down, retry shortly");
-        if http1 {
-            close_after(&mut response);
-        }
-        return response;
-    }
     let _in_flight = drain.begin();
     let mut response = next.run(request).await;
     if http1 && drain.mode().is_some() {
@@ -222,7 +217,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn retiring_serves_with_close_and_shutdown_answers_503() {
+    async fn a_draining_worker_serves_with_close() {
         let drain = Drain::new();
         let ok = app(&drain).oneshot(Request::new(Body::empty())).await.expect("infallible");
         assert_eq!(ok.status(), StatusCode::OK);
@@ -235,10 +230,10 @@ mod tests {
 
         drain.start(DrainMode::Shutdown);
         drain.start(DrainMode::Retire); // never weakens
-        let refused = app(&drain).oneshot(Request::new(Body::empty())).await.expect("infallible");
-        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
-        assert_eq!(refused.headers()[header::CONNECTION], "close");
+        assert_eq!(drain.mode(), Some(DrainMode::Shutdown));
+        let served = app(&drain).oneshot(Request::new(Body::empty())).await.expect("infallible");
+        assert_eq!(served.status(), StatusCode::OK, "so does one that shuts down: the request reached it");
+        assert_eq!(served.headers()[header::CONNECTION], "close");
     }
 
     #[tokio::test(start_paused = true)]

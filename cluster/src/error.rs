@@ -32,6 +32,9 @@ pub enum ClusterError {
         /// What went wrong.
         source: io::Error,
     },
+    /// `LISTEN_FDS` asks for something herd cannot do (several sockets, a non-number).
+    #[error("socket activation: {0}")]
+    SocketActivation(String),
     /// The control socket could not be set up.
     #[error("cannot serve the control socket {path}: {source}")]
     ControlSocket {

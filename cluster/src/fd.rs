@@ -38,23 +38,25 @@ impl Expect {
     }
 }
 
-/// Takes ownership of `raw`, an fd the primary mapped into this process, after checking that
-/// it really is the kind of socket we expect, and marks it close-on-exec so it does not leak
-/// into processes this worker starts.
+/// Takes ownership of `raw`, an fd the primary (or, for a socket-activated primary, the service
+/// manager) mapped into this process, after checking that it really is the kind of socket we
+/// expect, and marks it close-on-exec so it does not leak into processes this one starts.
+///
+/// The checks come before taking ownership: if the number is something else (a variable that
+/// promised a socket nobody passed, so fd 3 is whatever this process opened first, such as the
+/// runtime's epoll instance), it must be left open, not closed by a dropped owner.
 pub(crate) fn adopt(raw: RawFd, expect: Expect) -> Result<OwnedFd, ClusterError> {
     let err = |source: std::io::Error| ClusterError::InheritedFd { fd: raw, what: expect.describe(), source };
-    // Refuse before taking ownership if the number is not an open descriptor at all.
+    // Refuse before looking further if the number is not an open descriptor at all.
     fcntl(raw, FcntlArg::F_GETFD).map_err(|e| err(e.into()))?;
-    // SAFETY: `raw` is open (checked above) and was placed at this number by the primary for this
-    // process alone; nothing else in this process refers to it (`Role::detect` is the only reader
-    // of the env var naming it, and `worker::run` adopts each number exactly once), so creating
-    // the sole owner here cannot lead to a double close.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let sock_type = getsockopt(&fd, sockopt::SockType).map_err(|e| err(e.into()))?;
+    // SAFETY: `raw` is open (checked above), and this borrow lives only for the checks below,
+    // which neither close it nor keep it; whoever owns it keeps owning it if they fail.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(raw) };
+    let sock_type = getsockopt(&borrowed, sockopt::SockType).map_err(|e| err(e.into()))?;
     let ok = match expect {
         Expect::TcpListener => {
             sock_type == nix::sys::socket::SockType::Stream
-                && getsockopt(&fd, sockopt::AcceptConn).map_err(|e| err(e.into()))?
+                && getsockopt(&borrowed, sockopt::AcceptConn).map_err(|e| err(e.into()))?
         }
         Expect::SeqPacket => sock_type == nix::sys::socket::SockType::SeqPacket,
     };
@@ -62,7 +64,13 @@ pub(crate) fn adopt(raw: RawFd, expect: Expect) -> Result<OwnedFd, ClusterError>
         return Err(err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "wrong socket type")));
     }
     fcntl(raw, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| err(e.into()))?;
-    Ok(fd)
+    // SAFETY: `raw` is open and is the socket we expect, placed at this number for this process
+    // alone, by the primary (a worker's listener and IPC socket) or by the service manager (a
+    // socket-activated primary's listener); nothing else in this process refers to it
+    // (`Role::detect` is the only reader of the env vars naming a worker's, `worker::run` adopts
+    // each number exactly once, and `activation::inherited_listener` adopts fd 3 at most once
+    // per process), so creating the sole owner here cannot lead to a double close.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
 /// An owned descriptor type: it closes its descriptor only when dropped and never swaps it.

@@ -64,6 +64,7 @@ pub mod logs;
 pub mod messaging;
 pub mod role;
 
+mod activation;
 mod canned;
 mod channel;
 mod conn;
@@ -111,8 +112,11 @@ where
     config.validate()?;
     match Role::detect()? {
         Role::Primary => {
-            let listener = primary::bind(config.bind)?;
-            primary::run(config, listener).await.map(Outcome::Primary)
+            let (listener, origin) = match activation::inherited_listener()? {
+                Some(listener) => (listener, primary::ListenerOrigin::Inherited),
+                None => (primary::bind(config.bind)?, primary::ListenerOrigin::Bound),
+            };
+            primary::run(config, listener, origin).await.map(Outcome::Primary)
         }
         Role::Worker(identity) => {
             worker::run(identity, &config, make_app).await?;

@@ -14,7 +14,7 @@
 use std::{
     collections::BTreeSet,
     io::{BufRead, BufReader, Write},
-    net::SocketAddr,
+    net::{SocketAddr, TcpListener},
     os::unix::net::{UnixDatagram, UnixStream},
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
@@ -22,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use command_fds::{CommandFdExt, FdMapping};
 use nix::sys::signal::Signal;
 
 use crate::{http::Client, RedisServer, TempDir};
@@ -30,6 +31,17 @@ use crate::{http::Client, RedisServer, TempDir};
 pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often [`Herd::wait_status`] asks again.
 const STATUS_POLL: Duration = Duration::from_millis(20);
+
+/// How [`Herd::spawn_activated`] sets `LISTEN_PID`.
+#[derive(Debug, Clone, Copy)]
+pub enum Activation {
+    /// To herd's pid, as systemd does.
+    WithPid,
+    /// Not at all, as `systemfd --no-pid` does.
+    WithoutPid,
+    /// To another process's (a variable leaked by a parent): herd must ignore the socket.
+    ForAnotherProcess,
+}
 
 pub struct Herd {
     child: Child,
@@ -132,6 +144,35 @@ impl Herd {
     /// Runs any program built on herd-cluster (an example, or herd under `prlimit`) the same
     /// way.
     pub fn spawn_program(program: &Path, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Herd {
+        Herd::spawn_command(Command::new(program), cwd, args, env)
+    }
+
+    /// `herd <args>` started the way systemd starts a socket-activated service: `listener` (which
+    /// the test keeps, as systemd keeps its socket) as fd 3, `LISTEN_FDS=1` and `LISTEN_PID` as
+    /// `activation` says.
+    pub fn spawn_activated(listener: &TcpListener, activation: Activation, args: &[&str]) -> Herd {
+        let mut cmd = match activation {
+            // A process learns its pid only once it exists: the shell sets it, then becomes herd.
+            Activation::WithPid => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", "LISTEN_PID=$$ exec \"$0\" \"$@\""]).arg(herd_bin());
+                sh
+            }
+            Activation::WithoutPid => Command::new(herd_bin()),
+            Activation::ForAnotherProcess => {
+                let mut cmd = Command::new(herd_bin());
+                cmd.env("LISTEN_PID", "1");
+                cmd
+            }
+        };
+        let socket = listener.try_clone().expect("duplicate the listening socket");
+        cmd.env("LISTEN_FDS", "1")
+            .fd_mappings(vec![FdMapping { parent_fd: socket.into(), child_fd: 3 }])
+            .expect("map the socket to fd 3");
+        Herd::spawn_command(cmd, &std::env::temp_dir(), args, &[])
+    }
+
+    fn spawn_command(mut cmd: Command, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> Herd {
         let dir = TempDir::new("herd-run");
         let given = |key: &str| env.iter().find(|(k, _)| *k == key).map(|(_, v)| PathBuf::from(v));
         let runtime_dir = given("XDG_RUNTIME_DIR").unwrap_or_else(|| dir.path().to_owned());
@@ -144,7 +185,6 @@ impl Herd {
             None => Some(UnixDatagram::bind(&notify_path).expect("bind the kit's notify socket")),
         };
 
-        let mut cmd = Command::new(program);
         cmd.current_dir(cwd).env_remove("REDIS_URL").args(args).env("RUST_LOG", "info");
         cmd.env("XDG_RUNTIME_DIR", dir.path());
         if notify.is_some() {

@@ -35,14 +35,24 @@ pub struct Load {
 }
 
 impl Load {
-    /// Starts `clients` threads requesting `path` (which must answer JSON with a `pid`).
+    /// Starts `clients` threads requesting `path` (which must answer JSON with a `pid`), each on
+    /// one keep-alive connection at a time.
     pub fn start(addr: SocketAddr, clients: usize, path: &'static str) -> Load {
+        Load::start_with(addr, clients, path, Connections::KeepAlive)
+    }
+
+    /// Like [`Load::start`], with a new connection for every request.
+    pub fn churn(addr: SocketAddr, clients: usize, path: &'static str) -> Load {
+        Load::start_with(addr, clients, path, Connections::NewEach)
+    }
+
+    fn start_with(addr: SocketAddr, clients: usize, path: &'static str, connections: Connections) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(LoadReport::default()));
         let threads = (0..clients)
             .map(|_| {
                 let (stop, report) = (Arc::clone(&stop), Arc::clone(&report));
-                std::thread::spawn(move || client_loop(addr, path, &stop, &report))
+                std::thread::spawn(move || client_loop(addr, path, connections, &stop, &report))
             })
             .collect();
         Load { stop, report, threads }
@@ -63,7 +73,14 @@ impl Load {
     }
 }
 
-fn client_loop(addr: SocketAddr, path: &str, stop: &AtomicBool, report: &Mutex<LoadReport>) {
+/// How a load client uses connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Connections {
+    KeepAlive,
+    NewEach,
+}
+
+fn client_loop(addr: SocketAddr, path: &str, connections: Connections, stop: &AtomicBool, report: &Mutex<LoadReport>) {
     let client = Client::new(addr);
     let mut conn: Option<Conn> = None;
     while !stop.load(Ordering::Relaxed) {
@@ -86,7 +103,9 @@ fn client_loop(addr: SocketAddr, path: &str, stop: &AtomicBool, report: &Mutex<L
                     r.non_2xx += 1;
                     r.errors.push(format!("{} {}", res.status, res.body));
                 }
-                if !res.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) {
+                if connections == Connections::KeepAlive
+                    && !res.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"))
+                {
                     conn = Some(c);
                 }
             }

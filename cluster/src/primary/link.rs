@@ -24,6 +24,7 @@ use command_fds::{CommandFdExt, FdMapping};
 use tokio::{process::Child, sync::mpsc};
 
 use crate::{
+    activation,
     channel::{Channel, RecvBuf},
     dispatch::Conn,
     fd::MAX_FDS_PER_MESSAGE,
@@ -149,6 +150,12 @@ impl Spawner {
             .env(ENV_WORKER_SLOT, slot.to_string())
             .env(ENV_GENERATION, generation.to_string())
             .env(ENV_IPC_FD, IPC_FD.to_string())
+            // A socket-activated primary's variables are not the worker's: its fd 3 is what the
+            // primary maps there (or nothing), and an app that looks for LISTEN_FDS must not
+            // take it.
+            .env_remove(activation::ENV_LISTEN_FDS)
+            .env_remove(activation::ENV_LISTEN_PID)
+            .env_remove(activation::ENV_LISTEN_FDNAMES)
             .fd_mappings(fds)?;
         if self.logs.is_some() {
             cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());

@@ -54,9 +54,19 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener, ClusterErr
     Ok(socket.into())
 }
 
+/// Where the listening socket came from, for the startup line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ListenerOrigin {
+    /// [`bind`] made it from `--bind`.
+    Bound,
+    /// Socket activation: the service manager holds it too (see `crate::activation`).
+    Inherited,
+}
+
 pub(crate) async fn run(
     mut config: ClusterConfig,
     listener: std::net::TcpListener,
+    origin: ListenerOrigin,
 ) -> Result<ShutdownReport, ClusterError> {
     let local = listener.local_addr().map_err(|source| ClusterError::Bind { addr: config.bind, source })?;
     // What was bound (port 0 resolved), as the status reports it.
@@ -90,12 +100,20 @@ pub(crate) async fn run(
         },
         events: events_tx,
     };
-    tracing::info!(
-        workers = config.workers,
-        balance = config.balance.as_str(),
-        control = %control_path.display(),
-        "listening on {local}"
-    );
+    match origin {
+        ListenerOrigin::Bound => tracing::info!(
+            workers = config.workers,
+            balance = config.balance.as_str(),
+            control = %control_path.display(),
+            "listening on {local}"
+        ),
+        ListenerOrigin::Inherited => tracing::info!(
+            workers = config.workers,
+            balance = config.balance.as_str(),
+            control = %control_path.display(),
+            "listening on {local}, a socket inherited by socket activation (LISTEN_FDS; --bind is not used)"
+        ),
+    }
     let seed = {
         use std::hash::BuildHasher;
         std::collections::hash_map::RandomState::new().hash_one(std::process::id())
