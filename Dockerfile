@@ -3,6 +3,9 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
+# No .git in the build context: `herd --version` shows this instead of the commit
+# (docker build --build-arg HERD_BUILD_ID=$(git rev-parse --short=12 HEAD) .).
+ARG HERD_BUILD_ID=
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p herd && cp target/release/herd /usr/local/bin/herd

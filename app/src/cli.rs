@@ -5,6 +5,9 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::{builder::BoolishValueParser, ArgAction, Args, Parser, Subcommand, ValueEnum};
 use herd_cluster::Balance;
 
+/// What `herd --version` prints after the name: the version and the build (see `build.rs`).
+pub(crate) const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (build ", env!("HERD_BUILD_ID"), ")");
+
 /// Where Redis is looked for when none is configured (and where the no-Docker quick start
 /// probes before starting a private one).
 pub(crate) const DEFAULT_REDIS_ADDR: std::net::SocketAddr =
@@ -20,7 +23,7 @@ pub(crate) const DEFAULT_BIND: SocketAddr =
 
 /// A multi-process HTTP server: N axum workers on one port, sessions shared through Redis.
 #[derive(Debug, Parser)]
-#[command(name = "herd", version, about, args_override_self = true)]
+#[command(name = "herd", version = VERSION, about, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -86,7 +86,7 @@ fn default_socket() -> PathBuf {
 
 /// A `pm2 ls`-style table.
 pub(crate) fn table(status: &Status) -> String {
-    let mut out = format!("primary pid {} · balance {}", status.pid, status.balance);
+    let mut out = format!("{} · primary pid {} · balance {}", status.version, status.pid, status.balance);
     if let Some(reload) = &status.last_reload {
         out.push_str(&format!(" · last reload: {reload}"));
     }

@@ -42,6 +42,7 @@ pub(crate) async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::
         );
     }
     config.connections = args.connection_limits();
+    config.version = format!("herd {}", crate::cli::VERSION);
     config.control_socket = args.control_socket.clone();
     config.fd_reserve = args.fd_reserve;
     config.balance = args.balance();

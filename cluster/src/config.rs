@@ -152,6 +152,9 @@ pub struct ClusterConfig {
     /// an app whose command line may hold secrets passes the public part here and the
     /// secrets through `worker_env`.
     pub worker_args: Option<Vec<OsString>>,
+    /// What `herd ctl status` says the program is, so an operator sees which code runs (herd's
+    /// binary: its version and build). Defaults to herd-cluster's own version.
+    pub version: String,
 }
 
 impl ClusterConfig {
@@ -172,6 +175,7 @@ impl ClusterConfig {
             queue_timeout: DEFAULT_QUEUE_TIMEOUT,
             connections: ConnectionLimits::default(),
             worker_args: None,
+            version: concat!("herd-cluster ", env!("CARGO_PKG_VERSION")).to_owned(),
         }
     }
 }

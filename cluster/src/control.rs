@@ -117,6 +117,13 @@ pub struct Status {
     pub balance: String,
     /// The primary's pid.
     pub pid: u32,
+    /// What the program runs (`ClusterConfig::version`: herd's binary gives its version and
+    /// build).
+    #[serde(default)]
+    pub version: String,
+    /// When the primary started, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub started_unix_s: u64,
     /// The address the cluster accepts connections on, with the port the kernel chose when
     /// it was bound to port 0.
     pub listen: std::net::SocketAddr,

@@ -253,3 +253,32 @@ fn threads_sets_the_runtime_threads_of_each_worker() {
         assert!(ready.contains(expected), "a worker started with {args:?} logged {ready}");
     }
 }
+
+/// `herd --version` and the status say which code runs: the version and the build (the git
+/// commit herd was built from, `HERD_BUILD_ID` where there is no checkout), and when the
+/// primary started.
+#[test]
+fn the_version_names_the_build_and_the_status_repeats_it() {
+    let out = Command::new(herd_bin()).arg("--version").output().expect("herd --version");
+    assert!(out.status.success());
+    let printed = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let build = printed
+        .strip_prefix(&format!("herd {} (build ", env!("CARGO_PKG_VERSION")))
+        .and_then(|rest| rest.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("herd VERSION (build ID): {printed:?}"));
+    assert!(
+        build == "unknown" || (build.len() == 12 && build.bytes().all(|b| b.is_ascii_hexdigit())),
+        "a commit or unknown: {build:?}"
+    );
+
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "1"]);
+    let status = herd.status();
+    assert_eq!(status["version"], printed.as_str(), "{status}");
+    let started = status["started_unix_s"].as_u64().expect("a start time");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
+    assert!(started <= now && now - started < 120, "started {started}, now {now}");
+    let (code, table, _) = herd.ctl(&["status"]);
+    assert_eq!(code, 0);
+    assert!(table.starts_with(&printed), "the table names it too: {table}");
+}

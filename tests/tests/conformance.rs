@@ -50,6 +50,9 @@ enum Difference {
     /// client) when `create` meets a taken id and when `save` meets a missing record: its `SET
     /// NX`/`XX` answers nil there and it asks fred for a bool.
     ErrsOnTakenOrMissingKey,
+    /// A session bigger than `SessionLimits::max_bytes` is refused: herd's store (413 under
+    /// its scope layer).
+    SizeCap,
 }
 
 /// One store, wired into axum the way an app would.
@@ -136,9 +139,9 @@ async fn herd(scoped: bool) -> Fixture {
     let limits = SessionLimits { grace: GRACE, ..SessionLimits::default() };
     let store = RedisSessionStore::new(pool_on(&redis).await, Keys::default()).with_limits(limits);
     let differences: &'static [Difference] = if scoped {
-        &[Difference::SaveNeverRecreates, Difference::OldIdAnswersDuringGrace]
+        &[Difference::SaveNeverRecreates, Difference::OldIdAnswersDuringGrace, Difference::SizeCap]
     } else {
-        &[Difference::SaveNeverRecreates]
+        &[Difference::SaveNeverRecreates, Difference::SizeCap]
     };
     Fixture {
         _redis: Some(redis),
@@ -183,6 +186,11 @@ async fn cycle_id(session: Session) -> Result<(), StatusCode> {
     session.cycle_id().await.map_err(unavailable)
 }
 
+/// Stores a value of `bytes` bytes.
+async fn insert_big(Path(bytes): Path<usize>, session: Session) -> Result<(), StatusCode> {
+    session.insert("big", "x".repeat(bytes)).await.map_err(unavailable)
+}
+
 /// `on-inactivity/<s>`, `at/<s from now>` or `on-session-end`.
 async fn set_expiry(Path((kind, secs)): Path<(String, i64)>, session: Session) -> Result<(), StatusCode> {
     session.get::<Value>("x").await.map_err(unavailable)?;
@@ -200,6 +208,7 @@ fn routes() -> Router {
         .route("/get/{name}", get(get_value))
         .route("/insert/{name}/{value}", post(insert))
         .route("/remove/{name}", post(remove))
+        .route("/big/{bytes}", post(insert_big))
         .route("/flush", post(flush))
         .route("/cycle-id", post(cycle_id))
         .route("/expiry/{kind}/{secs}", post(set_expiry))
@@ -462,6 +471,33 @@ mod route {
         assert_eq!(value(&router, &cookie, "foo").await, Value::Null, "the shorter expiry was enforced");
     }
 
+    /// Sessions of a few hundred KiB are stored like any other.
+    pub(super) async fn big_session(f: Fixture) {
+        if f.differs(Difference::SizeCap) {
+            return; // see `herd_refuses_a_session_over_its_size_cap`
+        }
+        let router = (f.router)(&Config::default());
+        let answer = call(&router, "POST", "/big/300000", None).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert_eq!(value(&router, &answer.cookie(), "big").await.as_str().map(str::len), Some(300_000));
+    }
+
+    /// herd's store refuses a session over its size cap (64 KiB by default): 413 with the
+    /// reason under the scope layer, an error (so tower-sessions' 500) without it.
+    pub(super) async fn herd_refuses_a_session_over_its_size_cap(f: Fixture) {
+        assert!(f.differs(Difference::SizeCap));
+        let router = (f.router)(&Config::default());
+        let answer = call(&router, "POST", "/big/300000", None).await;
+        assert!(
+            [StatusCode::PAYLOAD_TOO_LARGE, StatusCode::INTERNAL_SERVER_ERROR].contains(&answer.status),
+            "{:?}",
+            answer.status
+        );
+        assert_eq!(answer.set_cookie, None, "no session was created");
+        let answer = call(&router, "POST", "/big/1000", None).await;
+        assert_eq!(answer.status, StatusCode::OK, "a small one is fine");
+    }
+
     /// From a short inactivity expiry to a session cookie (two weeks in the store): the change
     /// alone is saved, and the session outlives the short expiry.
     pub(super) async fn change_expiry_type(f: Fixture) {
@@ -567,22 +603,29 @@ mod store {
         assert_eq!(f.store.load(&saved.id).await.expect("load"), None);
     }
 
-    /// A save that finds no record: herd's store does not write it (a logout or an expiry
-    /// elsewhere must not be undone by a late save); `MemoryStore` stores it.
+    /// A save that finds no record: `MemoryStore` stores it again.
     pub(super) async fn save_of_a_missing_record(f: Fixture) {
-        if f.differs(Difference::ErrsOnTakenOrMissingKey) {
-            return; // see `stock_errs_on_taken_or_missing_keys`
+        if f.differs(Difference::ErrsOnTakenOrMissingKey) || f.differs(Difference::SaveNeverRecreates) {
+            return; // see `stock_errs_on_taken_or_missing_keys`, `herd_save_never_recreates_a_missing_record`
         }
+        let saved = deleted_then_saved(&f).await;
+        assert_eq!(f.store.load(&saved.id).await.expect("load"), Some(saved), "stored again");
+    }
+
+    /// herd's store: a save that finds no record does not write it (a logout or an expiry
+    /// elsewhere must not be undone by a late save).
+    pub(super) async fn herd_save_never_recreates_a_missing_record(f: Fixture) {
+        assert!(f.differs(Difference::SaveNeverRecreates));
+        let saved = deleted_then_saved(&f).await;
+        assert_eq!(f.store.load(&saved.id).await.expect("load"), None, "not brought back");
+    }
+
+    async fn deleted_then_saved(f: &Fixture) -> Record {
         let mut saved = record(soon());
         f.store.create(&mut saved).await.expect("create");
         f.store.delete(&saved.id).await.expect("delete");
         f.store.save(&saved).await.expect("a save of a missing record is not an error");
-        let found = f.store.load(&saved.id).await.expect("load");
-        if f.differs(Difference::SaveNeverRecreates) {
-            assert_eq!(found, None, "not brought back");
-        } else {
-            assert_eq!(found, Some(saved), "MemoryStore stores it again");
-        }
+        saved
     }
 }
 
@@ -614,19 +657,20 @@ macro_rules! route_cases {
             route: [no_session_set, bogus_cookie, malformed_cookie, insert_and_get, remove_one_of_two,
                 remove_last_value, flush, cycle_id, max_age_cookie_attribute, cookie_attributes,
                 expiry_on_inactivity, always_save_moves_the_expiry, expiry_at_date_time,
-                set_expiry_mid_session, change_expiry_type $($(, $extra)*)?],
+                set_expiry_mid_session, change_expiry_type, big_session $($(, $extra)*)?],
             store: []);
     };
 }
 
 /// The store cases every store passes.
 macro_rules! store_cases {
-    ($store:ident, $fixture:expr) => {
+    ($store:ident, $fixture:expr $(, extra: [$($extra:ident),*])?) => {
         conformance!($store, $fixture,
             route: [],
             store: [create_then_load_returns_what_was_saved, create_never_overwrites_another_session,
                 save_replaces_data_and_expiry, delete_then_load_is_none, unknown_id_is_none,
-                expiry_in_the_past, load_after_the_expiry_date_is_none, save_of_a_missing_record]);
+                expiry_in_the_past, load_after_the_expiry_date_is_none, save_of_a_missing_record
+                $($(, $extra)*)?]);
     };
 }
 
@@ -636,11 +680,11 @@ async fn ready<T>(value: T) -> T {
 
 route_cases!(memory_routes, ready(memory()));
 route_cases!(stock_routes, stock());
-route_cases!(herd_routes, herd(false));
-route_cases!(herd_scoped_routes, herd(true), extra: [herd_old_id_answers_during_grace]);
+route_cases!(herd_routes, herd(false), extra: [herd_refuses_a_session_over_its_size_cap]);
+route_cases!(herd_scoped_routes, herd(true), extra: [herd_old_id_answers_during_grace, herd_refuses_a_session_over_its_size_cap]);
 store_cases!(memory_store, ready(memory()));
 store_cases!(stock_store, stock());
-store_cases!(herd_store, herd(false));
+store_cases!(herd_store, herd(false), extra: [herd_save_never_recreates_a_missing_record]);
 
 /// The stock Redis store's failures where the others succeed (see
 /// [`Difference::ErrsOnTakenOrMissingKey`]): herd's store is not a drop-in for these, it is

@@ -131,6 +131,9 @@ pub(crate) async fn run(
         unavailable: Unavailable::default(),
         shed_log: ShedLog::default(),
         feedback: VecDeque::new(),
+        started_unix_s: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs()),
     };
     let report = shell.run(events, commands, acceptor.as_ref(), &listener).await;
     drop(listener);
@@ -169,6 +172,8 @@ struct Shell {
     shed_log: ShedLog,
     /// Events the effects produced, for the core before anything else happens.
     feedback: VecDeque<Event>,
+    /// When this primary started (seconds since the Unix epoch), for the status.
+    started_unix_s: u64,
 }
 
 /// The Unix signals the primary acts on.
@@ -337,6 +342,7 @@ impl Shell {
             }
             Effect::Reply { to, mut response } => {
                 if let Some(status) = &mut response.status {
+                    status.started_unix_s = self.started_unix_s;
                     for worker in &mut status.workers {
                         worker.rss_bytes = worker.pid.and_then(rss_bytes);
                     }

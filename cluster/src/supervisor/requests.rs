@@ -105,6 +105,9 @@ impl Core {
             balance: self.config.balance.as_str().to_owned(),
             listen: self.config.bind,
             pid: self.primary_pid,
+            version: self.config.version.clone(),
+            // The core has no wall clock; the shell fills it in.
+            started_unix_s: 0,
             workers,
             queued: self.queue.len(),
             last_reload: self.last_reload.clone(),
