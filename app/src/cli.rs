@@ -5,8 +5,15 @@ use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 use clap::{builder::BoolishValueParser, ArgAction, Args, Parser, Subcommand, ValueEnum};
 use herd_cluster::Balance;
 
-/// What `herd --version` prints after the name: the version and the build (see `build.rs`).
-pub(crate) const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (build ", env!("HERD_BUILD_ID"), ")");
+fn parse_trusted_proxies(list: &str) -> Result<herd_cluster::forwarded::TrustedProxies, String> {
+    list.parse().map_err(|err: herd_cluster::forwarded::BadProxy| err.to_string())
+}
+
+/// What `herd --version` prints after the name: the version and the build (see `build.rs`;
+/// `option_env!` because rustdoc compiles without the build script's variables).
+pub(crate) fn version() -> String {
+    format!("{} (build {})", env!("CARGO_PKG_VERSION"), option_env!("HERD_BUILD_ID").unwrap_or("unknown"))
+}
 
 /// Where Redis is looked for when none is configured (and where the no-Docker quick start
 /// probes before starting a private one).
@@ -23,7 +30,7 @@ pub(crate) const DEFAULT_BIND: SocketAddr =
 
 /// A multi-process HTTP server: N axum workers on one port, sessions shared through Redis.
 #[derive(Debug, Parser)]
-#[command(name = "herd", version = VERSION, about, args_override_self = true)]
+#[command(name = "herd", version = version(), about, args_override_self = true)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -378,6 +385,12 @@ pub struct ServeArgs {
     /// How long a login waits for a free hashing slot before it gets 503 + Retry-After.
     #[arg(long, env = "HERD_LOGIN_QUEUE_TIMEOUT", default_value = duration_text(crate::users::DEFAULT_HASH_QUEUE_TIMEOUT), value_parser = parse_duration)]
     pub login_queue_timeout: Duration,
+    /// Proxies (addresses or CIDR blocks, comma-separated) whose `X-Forwarded-For` /
+    /// `Forwarded` headers name the client, for rate limits, logs and pages: the rightmost hop
+    /// that is not one of them. Empty: such headers are ignored, so no client can pick its
+    /// address.
+    #[arg(long, env = "HERD_TRUSTED_PROXIES", default_value = "", value_parser = parse_trusted_proxies)]
+    pub trusted_proxies: herd_cluster::forwarded::TrustedProxies,
     /// Origins (scheme://host[:port]) besides herd's own whose pages may send POST/DELETE
     /// requests (comma-separated in the environment variable). Others get 403.
     #[arg(long = "allowed-origins", env = "HERD_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::routes::origin::parse_origin)]

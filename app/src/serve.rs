@@ -42,9 +42,10 @@ pub(crate) async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::
         );
     }
     config.connections = args.connection_limits();
-    config.version = format!("herd {}", crate::cli::VERSION);
+    config.version = format!("herd {}", crate::cli::version());
     config.control_socket = args.control_socket.clone();
     config.fd_reserve = args.fd_reserve;
+    config.trusted_proxies = args.trusted_proxies.clone();
     config.balance = args.balance();
     config.queue_timeout = args.queue_timeout;
     // Before Redis is found or started and users are seeded: a refused config starts nothing.

@@ -155,6 +155,9 @@ pub struct ClusterConfig {
     /// What `herd ctl status` says the program is, so an operator sees which code runs (herd's
     /// binary: its version and build). Defaults to herd-cluster's own version.
     pub version: String,
+    /// Proxies whose `X-Forwarded-For` / `Forwarded` headers name the client (see
+    /// [`crate::forwarded`]); empty (the default) believes no such header.
+    pub trusted_proxies: crate::forwarded::TrustedProxies,
 }
 
 impl ClusterConfig {
@@ -176,6 +179,7 @@ impl ClusterConfig {
             connections: ConnectionLimits::default(),
             worker_args: None,
             version: concat!("herd-cluster ", env!("CARGO_PKG_VERSION")).to_owned(),
+            trusted_proxies: crate::forwarded::TrustedProxies::default(),
         }
     }
 }

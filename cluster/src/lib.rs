@@ -60,6 +60,7 @@ pub mod client_ip;
 pub mod config;
 pub mod control;
 pub mod drain;
+pub mod forwarded;
 pub mod logs;
 pub mod messaging;
 pub mod role;

@@ -225,3 +225,36 @@ fn cross_site_posts_are_refused_and_same_origin_ones_accepted() {
     // Reads are not affected.
     assert_eq!(herd.client().request("GET", "/me", &[evil], b"").expect("GET").status, 200);
 }
+
+/// A failed login through `balancer` claiming to be for `claimed` (`X-Forwarded-For`).
+fn failed_login_via(balancer: &Client, claimed: &str) -> u16 {
+    let body = r#"{"username":"alice","password":"guess"}"#;
+    let headers = [("Content-Type", "application/json"), ("X-Forwarded-For", claimed)];
+    balancer.request("POST", "/login", &headers, body.as_bytes()).expect("login request").status
+}
+
+/// Behind a trusted balancer the login budgets count the client it names; a client that is not
+/// a trusted proxy cannot pick an address with the same header (a fresh budget per guess).
+#[test]
+fn forwarded_clients_are_believed_only_from_trusted_proxies() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "1", "--trusted-proxies", "127.0.0.2, 10.0.0.0/8"]);
+    let balancer = from(&herd, [127, 0, 0, 2]);
+    let statuses: Vec<u16> = (0..6).map(|_| failed_login_via(&balancer, "203.0.113.1, 198.51.100.1")).collect();
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429], "one client's budget of five");
+    assert_eq!(failed_login_via(&balancer, "198.51.100.2"), 401, "another client behind the balancer has its own");
+    assert_eq!(
+        redis.cli(&["GET", "herd:ratelimit:login:user-ip:alice:198.51.100.1"]).as_deref(),
+        Some("5"),
+        "counted for the rightmost untrusted hop, not the balancer and not the client's own claim"
+    );
+    herd.wait_log("the client in the log", Duration::from_secs(5), |l| {
+        l.contains("failed login") && l.contains("client=198.51.100.2")
+    });
+
+    // Not a trusted proxy: its header is ignored, so every guess counts against 127.0.0.3.
+    let spoofer = from(&herd, [127, 0, 0, 3]);
+    let statuses: Vec<u16> = (0..6).map(|i| failed_login_via(&spoofer, &format!("192.0.2.{i}"))).collect();
+    assert_eq!(statuses, [401, 401, 401, 401, 401, 429], "a spoofed header buys no new budget");
+    assert_eq!(redis.cli(&["GET", "herd:ratelimit:login:user-ip:alice:127.0.0.3"]).as_deref(), Some("5"));
+}

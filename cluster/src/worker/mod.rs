@@ -196,7 +196,12 @@ async fn serve<L>(
     L: Listener<Addr = SocketAddr>,
     L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let app = router.layer(from_fn_with_state(drain.clone(), drain::guard));
+    let mut app = router.layer(from_fn_with_state(drain.clone(), drain::guard));
+    if !config.trusted_proxies.is_empty() {
+        // Outermost, so every layer of the app sees the client, not the proxy.
+        let trusted = std::sync::Arc::new(config.trusted_proxies.clone());
+        app = app.layer(from_fn_with_state(trusted, crate::forwarded::resolve));
+    }
     let graceful = {
         let (drain, channel, mut stop) = (drain.clone(), channel.clone(), stop.clone());
         async move {
