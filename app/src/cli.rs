@@ -168,6 +168,11 @@ pub struct RedisArgs {
     #[arg(long, env = "HERD_REDIS_POOL_SIZE", default_value_t = herd_session_store::pool::DEFAULT_POOL_SIZE,
           value_parser = clap::value_parser!(u16).range(1..=64))]
     pub redis_pool_size: u16,
+    /// Longest a Redis command may take (waiting for a reconnection included) before the
+    /// request using it gets 503: the bound on how long an outage or a failover can hold a
+    /// request.
+    #[arg(long, env = "HERD_REDIS_COMMAND_TIMEOUT", default_value = duration_text(herd_session_store::pool::DEFAULT_COMMAND_TIMEOUT), value_parser = parse_timeout)]
+    pub redis_command_timeout: Duration,
 }
 
 impl RedisArgs {
@@ -176,6 +181,7 @@ impl RedisArgs {
         let mut config = herd_session_store::RedisConfig::new(url);
         config.ca_cert = self.redis_ca_cert.clone();
         config.pool_size = usize::from(self.redis_pool_size);
+        config.command_timeout = self.redis_command_timeout;
         config
     }
 }

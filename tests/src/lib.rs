@@ -12,7 +12,7 @@ pub mod redis;
 pub use herd::Herd;
 pub use http::{Client, Response};
 pub use load::{Load, LoadReport};
-pub use redis::{RedisCluster, RedisServer, Tls};
+pub use redis::{RedisCluster, RedisSentinels, RedisServer, Tls};
 
 use std::time::{Duration, Instant};
 

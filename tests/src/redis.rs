@@ -221,3 +221,101 @@ impl RedisCluster {
         self.nodes.iter().flat_map(|n| n.keys(pattern)).collect()
     }
 }
+
+/// The service name the kit's sentinels watch.
+pub const SENTINEL_SERVICE: &str = "mymaster";
+
+/// Redis with Sentinel on loopback: a master, one replica and three sentinels (quorum 2) that
+/// call the master down after one second without an answer.
+pub struct RedisSentinels {
+    pub master: RedisServer,
+    pub replica: RedisServer,
+    sentinels: Vec<(u16, Child, TempDir)>,
+}
+
+impl RedisSentinels {
+    pub fn start() -> Self {
+        let master = RedisServer::start();
+        let replica = RedisServer::start_with_args(&["--replicaof", "127.0.0.1", &master.port.to_string()]);
+        let sentinels = (0..3)
+            .map(|_| {
+                let port = crate::free_port();
+                let dir = TempDir::new("sentinel");
+                let conf = dir.path().join("sentinel.conf");
+                let text = format!(
+                    "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor {SENTINEL_SERVICE} 127.0.0.1 {} 2\n\
+                     sentinel down-after-milliseconds {SENTINEL_SERVICE} 1000\n\
+                     sentinel failover-timeout {SENTINEL_SERVICE} 5000\n",
+                    dir.path().display(),
+                    master.port
+                );
+                std::fs::write(&conf, text).expect("write sentinel.conf");
+                let child = Command::new("redis-server")
+                    .arg(&conf)
+                    .arg("--sentinel")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("redis-server --sentinel");
+                (port, child, dir)
+            })
+            .collect();
+        let group = RedisSentinels { master, replica, sentinels };
+        for (port, _, _) in &group.sentinels {
+            wait_for("a sentinel to know the replica", Duration::from_secs(30), || {
+                let out = Command::new("redis-cli")
+                    .args(["-p", &port.to_string(), "--raw", "SENTINEL", "REPLICAS", SENTINEL_SERVICE])
+                    .output()
+                    .ok()?;
+                String::from_utf8_lossy(&out.stdout).contains(&group.replica.port.to_string()).then_some(())
+            });
+        }
+        group
+    }
+
+    /// fred's Sentinel URL: the first sentinel, the others as `node=` parameters.
+    pub fn url(&self) -> String {
+        let mut ports = self.sentinels.iter().map(|(port, _, _)| *port);
+        let first = ports.next().expect("three sentinels");
+        let others: Vec<String> = ports.map(|port| format!("&node=127.0.0.1:{port}")).collect();
+        format!("redis-sentinel://127.0.0.1:{first}?sentinelServiceName={SENTINEL_SERVICE}{}", others.concat())
+    }
+
+    /// Waits until the replica has every write the master acknowledged (their offsets agree).
+    pub fn wait_replicated(&self) {
+        let offset = |server: &RedisServer, field: &str| {
+            server.cli(&["INFO", "replication"]).and_then(|info| {
+                info.lines().find_map(|l| l.strip_prefix(field)).and_then(|v| v.trim().parse::<u64>().ok())
+            })
+        };
+        wait_for("the replica to catch up", Duration::from_secs(10), || {
+            let master = offset(&self.master, "master_repl_offset:")?;
+            (offset(&self.replica, "slave_repl_offset:")? == master).then_some(())
+        });
+    }
+
+    /// Waits until a sentinel names `port` as the master.
+    pub fn wait_master(&self, port: u16) {
+        wait_for("the sentinels to name the new master", Duration::from_secs(30), || {
+            let out = Command::new("redis-cli")
+                .args(["-p", &self.sentinels[0].0.to_string(), "--raw"])
+                .args(["SENTINEL", "GET-MASTER-ADDR-BY-NAME", SENTINEL_SERVICE])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .nth(1)
+                .is_some_and(|p| p.trim() == port.to_string())
+                .then_some(())
+        });
+    }
+}
+
+impl Drop for RedisSentinels {
+    fn drop(&mut self) {
+        for (_, child, _) in &mut self.sentinels {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
