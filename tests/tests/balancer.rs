@@ -82,7 +82,7 @@ fn two_hosts_behind_haproxy_share_sessions_and_survive_a_host_kill() {
         format!("127.0.0.3:{}", free_port()).parse().expect("an address"),
     );
     let a = host(&redis, a_addr);
-    let mut b = host(&redis, b_addr);
+    let b = host(&redis, b_addr);
     let haproxy = Haproxy::start(&[a_addr, b_addr]);
     let mut client = Client::new(haproxy.addr).from_ip(IpAddr::from([127, 0, 0, 9]));
     herd_e2e::wait_for("HAProxy to find both hosts healthy", Duration::from_secs(20), || {
