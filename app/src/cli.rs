@@ -173,6 +173,15 @@ pub struct RedisArgs {
     /// request.
     #[arg(long, env = "HERD_REDIS_COMMAND_TIMEOUT", default_value = duration_text(herd_session_store::pool::DEFAULT_COMMAND_TIMEOUT), value_parser = parse_timeout)]
     pub redis_command_timeout: Duration,
+    /// A revocation (logout, "log out everywhere", a password change, the old session of a
+    /// login) is confirmed only once this many replicas have it (`WAIT`; at most those
+    /// connected, so none without replicas), so a failover cannot bring a session back. 0:
+    /// never wait. Skipped on a Redis Cluster.
+    #[arg(long, env = "HERD_REDIS_WAIT_REPLICAS", default_value_t = herd_session_store::replication::DEFAULT_WAIT_REPLICAS)]
+    pub redis_wait_replicas: u32,
+    /// How long a revocation waits for those replicas; fewer in time answers 503.
+    #[arg(long, env = "HERD_REDIS_WAIT_TIMEOUT", default_value = duration_text(herd_session_store::replication::DEFAULT_WAIT_TIMEOUT), value_parser = parse_timeout)]
+    pub redis_wait_timeout: Duration,
 }
 
 impl RedisArgs {
@@ -183,6 +192,11 @@ impl RedisArgs {
         config.pool_size = usize::from(self.redis_pool_size);
         config.command_timeout = self.redis_command_timeout;
         config
+    }
+
+    /// How revocations wait for replicas.
+    pub(crate) fn replica_wait(&self) -> herd_session_store::ReplicaWait {
+        herd_session_store::ReplicaWait { replicas: self.redis_wait_replicas, timeout: self.redis_wait_timeout }
     }
 }
 

@@ -114,6 +114,7 @@ pub(crate) fn app_settings(args: &ServeArgs, demo_users: std::sync::Arc<[String]
         max_age: args.session_max_age,
         max_bytes: usize::try_from(args.session_max_bytes).unwrap_or(usize::MAX),
         grace: args.session_grace,
+        replica_wait: args.redis.replica_wait(),
     };
     let (login, hashing) = login_settings(args)?;
     Ok(AppSettings {

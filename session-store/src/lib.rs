@@ -49,6 +49,7 @@
 //! # Layout
 //!
 //! - [`pool`]: building the fred pool with the timeouts that make failure fast.
+//! - [`replication`]: revocations confirmed only once a replica has them (`WAIT`).
 //! - [`keys`]: the Redis key layout shared by sessions, users and the cache.
 //! - [`store`]: the `SessionStore` implementation and expiry.
 //! - `record`: how a session is stored (one string: a fixed header, then the values).
@@ -64,6 +65,7 @@ pub mod keys;
 pub mod operator;
 pub mod pool;
 mod record;
+pub mod replication;
 pub mod scope;
 mod scripts;
 pub mod stock;
@@ -73,6 +75,7 @@ mod tls;
 pub use cache::{Cache, Cached};
 pub use keys::Keys;
 pub use pool::{connect, redact_url, RedisConfig};
+pub use replication::ReplicaWait;
 pub use scope::SessionScopeLayer;
 pub use store::{RedisSessionStore, SessionLimits};
 
@@ -95,6 +98,15 @@ pub enum StoreError {
     /// until an operator frees memory or raises the limit (see [`operator`]).
     #[error("Redis is out of memory: {0}")]
     OutOfMemory(fred::error::Error),
+    /// A revocation reached fewer replicas than [`ReplicaWait`] asks within its timeout: a
+    /// failover now could bring the session back, so it is not confirmed.
+    #[error("only {acked} of {wanted} Redis replicas confirmed the write in time")]
+    NotReplicated {
+        /// Replicas that have it.
+        acked: i64,
+        /// Replicas asked for.
+        wanted: i64,
+    },
     /// The session would exceed [`SessionLimits::max_bytes`].
     #[error("session of {size} bytes exceeds the limit of {limit}")]
     TooLarge {
@@ -136,7 +148,7 @@ impl StoreError {
     /// True when the error means "Redis is unavailable right now" rather than a bug: the caller
     /// should answer 503 and let the client retry.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Redis(_))
+        matches!(self, StoreError::Redis(_) | StoreError::NotReplicated { .. })
     }
 
     /// True when Redis is full and refuses writes: the caller should answer 507 (see

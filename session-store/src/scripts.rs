@@ -8,7 +8,7 @@
 
 use std::sync::LazyLock;
 
-use fred::{clients::Pool, prelude::FromValue, types::scripts::Script};
+use fred::{clients::Client, prelude::FromValue, types::scripts::Script};
 
 use crate::StoreError;
 
@@ -197,11 +197,12 @@ pub(crate) enum Op {
 
 /// Runs a script on `key`, loading it first if this Redis has not seen it (a fresh server,
 /// or one that restarted).
-pub(crate) async fn run<R: FromValue>(pool: &Pool, op: Op, key: &str, args: Vec<String>) -> Result<R, StoreError> {
+/// On `client`: the connection a revocation's `WAIT` then asks about.
+pub(crate) async fn run<R: FromValue>(client: &Client, op: Op, key: &str, args: Vec<String>) -> Result<R, StoreError> {
     let script = match op {
         Op::Touch => &*TOUCH,
         Op::Write => &*WRITE,
         Op::Retire => &*RETIRE,
     };
-    Ok(script.evalsha_with_reload(pool.next(), key, args).await?)
+    Ok(script.evalsha_with_reload(client, key, args).await?)
 }

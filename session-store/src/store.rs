@@ -33,7 +33,7 @@ use std::{collections::HashMap, time::Duration};
 use async_trait::async_trait;
 use fred::{
     bytes_utils::Str,
-    clients::Pool,
+    clients::{Client, Pool},
     interfaces::KeysInterface,
     types::{Expiration, Value as FredValue},
 };
@@ -47,6 +47,7 @@ use tower_sessions::{
 use crate::{
     keys::Keys,
     record,
+    replication::ReplicaWait,
     scope::{self, Failure, SessionScopeLayer},
     scripts::{self, Op},
     StoreError,
@@ -135,6 +136,7 @@ pub struct RedisSessionStore {
     keys: Keys,
     limits: SessionLimits,
     read_stock: bool,
+    replica_wait: ReplicaWait,
 }
 
 /// How a write treats the names it is not given.
@@ -154,7 +156,14 @@ impl RedisSessionStore {
     /// A store on `pool` (build it with [`crate::connect`] to get bounded I/O), with the
     /// default [`SessionLimits`].
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self { pool, keys, limits: SessionLimits::default(), read_stock: false }
+        Self { pool, keys, limits: SessionLimits::default(), read_stock: false, replica_wait: ReplicaWait::default() }
+    }
+
+    /// Sets how revocations (logouts, a login's old session) wait for replicas; by default
+    /// for one, if one is connected ([`ReplicaWait`]).
+    pub fn with_replica_wait(mut self, wait: ReplicaWait) -> Self {
+        self.replica_wait = wait;
+        self
     }
 
     /// Sets how long sessions live and how big they grow.
@@ -224,7 +233,7 @@ impl RedisSessionStore {
             args.push((*json).to_owned());
         }
         args.extend(removed.iter().map(|name| (*name).to_owned()));
-        let written: i64 = scripts::run(&self.pool, Op::Write, &self.key(id), args).await?;
+        let written: i64 = scripts::run(self.pool.next(), Op::Write, &self.key(id), args).await?;
         Ok(written == 1)
     }
 
@@ -255,52 +264,50 @@ impl RedisSessionStore {
     ///
     /// Each link is read and each record deleted by its own single-key command (Redis Cluster);
     /// the order makes it safe: a link is read before the record it hangs off is deleted.
+    ///
+    /// Confirmed once a replica has it, if there are replicas ([`ReplicaWait`]).
     pub(crate) async fn delete_now(&self, id: &Id) -> Result<(), StoreError> {
+        // One connection for the deletes and the `WAIT` that asks about them.
+        let client = self.pool.next();
         let mut ending = self.key(id);
         // A chain grows by one per login within the grace period of the previous one, and each
         // link expires with its grace; the bound only guards against a cycle.
         for _ in 0..MAX_PREDECESSORS {
-            let predecessor: Option<String> = self.pool.get(Keys::replaced(&ending)).await?;
-            self.forget(&ending).await?;
+            let predecessor: Option<String> = client.get(Keys::replaced(&ending)).await?;
+            forget(client, &ending).await?;
             match predecessor {
                 Some(key) => ending = key,
                 None => break,
             }
         }
-        Ok(())
-    }
-
-    /// Deletes one record and its link to the session it replaced.
-    async fn forget(&self, key: &str) -> Result<(), StoreError> {
-        let _: i64 = self.pool.del(key).await?;
-        let _: i64 = self.pool.del(Keys::replaced(key)).await?;
-        Ok(())
+        self.replica_wait.confirm(client).await
     }
 
     /// Notes, beside the new session of a login, which session it replaced, for as long as
     /// that one's grace lasts.
-    async fn link_predecessor(&self, new: &Id, old: &Id) -> Result<(), StoreError> {
+    async fn link_predecessor(&self, client: &Client, new: &Id, old: &Id) -> Result<(), StoreError> {
         let grace = Expiration::PX(millis(self.limits.grace));
         let _: Option<String> =
-            self.pool.set(Keys::replaced(&self.key(new)), self.key(old), Some(grace), None, false).await?;
+            client.set(Keys::replaced(&self.key(new)), self.key(old), Some(grace), None, false).await?;
         Ok(())
     }
 
     /// The old session of a login lives on for the grace period only; false if there was
     /// no such session.
-    async fn retire(&self, old: &Id) -> Result<bool, StoreError> {
+    async fn retire(&self, client: &Client, old: &Id) -> Result<bool, StoreError> {
         let args = vec!["retire".to_owned(), millis(self.limits.grace).to_string()];
-        let retired: i64 = scripts::run(&self.pool, Op::Retire, &self.key(old), args).await?;
+        let retired: i64 = scripts::run(client, Op::Retire, &self.key(old), args).await?;
         Ok(retired == 1)
     }
 
     /// A login failed after its new session was written: back to the old one.
     pub(crate) async fn undo_rotation(&self, old: &Id, new: &Id) -> Result<(), StoreError> {
+        let client = self.pool.next();
         let mut args = vec!["restore".to_owned()];
         args.extend(self.clock_args());
-        let _: i64 = scripts::run(&self.pool, Op::Retire, &self.key(old), args).await?;
+        let _: i64 = scripts::run(client, Op::Retire, &self.key(old), args).await?;
         // Not `delete_now`: that would follow the link to the old session just restored.
-        self.forget(&self.key(new)).await
+        forget(client, &self.key(new)).await
     }
 
     async fn load_record(&self, id: &Id) -> Result<Option<Record>, StoreError> {
@@ -334,7 +341,7 @@ impl RedisSessionStore {
             let mut args = self.clock_args();
             args.push((idle / 4).to_string());
             // Losing a touch only shortens the session's idle window; the read still stands.
-            match scripts::run::<i64>(&self.pool, Op::Touch, &key, args).await {
+            match scripts::run::<i64>(self.pool.next(), Op::Touch, &key, args).await {
                 Ok(_) => seen = now_ms,
                 // A full Redis refuses every touch: one operator line per interval, not a
                 // WARN per request.
@@ -421,12 +428,22 @@ impl RedisSessionStore {
             // Linked only if there was a record to retire (a first login replaces an id that
             // was never stored). The new id reaches the client only with this response, so
             // no logout can use it before the link exists.
-            if self.retire(&old).await? {
-                self.link_predecessor(&record.id, &old).await?;
+            let client = self.pool.next();
+            if self.retire(client, &old).await? {
+                self.link_predecessor(client, &record.id, &old).await?;
+                // The old id is a revocation too: a failover must not extend it again.
+                self.replica_wait.confirm(client).await?;
             }
         }
         Ok(())
     }
+}
+
+/// Deletes one record and its link to the session it replaced.
+async fn forget(client: &Client, key: &str) -> Result<(), StoreError> {
+    let _: i64 = client.del(key).await?;
+    let _: i64 = client.del(Keys::replaced(key)).await?;
+    Ok(())
 }
 
 /// Records why an operation failed, for [`SessionScopeLayer`]'s answer.

@@ -73,3 +73,55 @@ fn failover(failure: Failure) {
     assert_eq!(bob.get("/me").expect("GET /me").json()["user"], "alice");
     assert!(redis.replica.cli(&["ROLE"]).is_some_and(|role| role.starts_with("master")), "the replica was promoted");
 }
+
+/// `POST /logout` as `client`: its status and how long it took.
+fn logout(client: &herd_e2e::Client) -> (u16, Duration) {
+    let asked = Instant::now();
+    let status = client.request("POST", "/logout", &[], b"").expect("logout").status;
+    (status, asked.elapsed())
+}
+
+/// A logout is confirmed only once the replica has it (`WAIT`): while the replica is frozen
+/// the logout waits, and if it stays frozen past `--redis-wait-timeout` the logout is a 503,
+/// not a success a failover could undo. After a confirmed logout the master is killed: the
+/// promoted replica does not know the old cookie.
+#[test]
+fn a_logout_is_confirmed_by_a_replica_and_survives_a_failover() {
+    let mut redis = RedisSentinels::start();
+    let url = redis.url();
+    let herd = Herd::start_at(&url, &["--workers", "1", "--redis-wait-timeout", "1500ms"], &[]);
+    let replica = redis.replica.pid();
+
+    // A replica that stays away: the logout is not confirmed.
+    let mut bob = herd.client();
+    bob.login();
+    herd_e2e::signal(replica, Signal::SIGSTOP);
+    let (status, took) = logout(&bob);
+    herd_e2e::signal(replica, Signal::SIGCONT);
+    assert_eq!(status, 503, "no replica confirmed it within the timeout");
+    assert!(took >= Duration::from_millis(1400), "it waited for the replica: {took:?}");
+
+    // A replica that is late: the logout waits for it, then succeeds.
+    let mut alice = herd.client();
+    alice.login();
+    let before = alice.clone();
+    redis.wait_replicated();
+    herd_e2e::signal(replica, Signal::SIGSTOP);
+    let wake = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(600));
+        herd_e2e::signal(replica, Signal::SIGCONT);
+    });
+    let (status, took) = logout(&alice);
+    wake.join().expect("the waking thread");
+    assert_eq!(status, 200);
+    assert!(took >= Duration::from_millis(500), "confirmed only once the replica woke: {took:?}");
+
+    // The master dies right after: the replica it hands over to knows of the logout.
+    redis.master.kill();
+    redis.wait_master(redis.replica.port);
+    let me = herd_e2e::wait_for("herd to reach the promoted replica", Duration::from_secs(30), || {
+        let res = before.get("/me").ok()?;
+        (res.status == 200).then(|| res.json())
+    });
+    assert!(me["user"].is_null(), "the old cookie works again after the failover: {me}");
+}

@@ -129,6 +129,8 @@ pub(crate) struct SessionSettings {
     pub(crate) max_bytes: usize,
     /// How long a login's old id keeps answering (`--session-grace`).
     pub(crate) grace: Duration,
+    /// How revocations wait for replicas (`--redis-wait-replicas`, `--redis-wait-timeout`).
+    pub(crate) replica_wait: herd_session_store::ReplicaWait,
     /// Use the stock tower-sessions-redis-store instead (the benchmark's baseline).
     pub(crate) stock_store: bool,
     /// Which other origins' pages may send state-changing requests (`--allowed-origins`).
@@ -156,7 +158,9 @@ impl AppState {
     /// cluster's messaging) and limits. `worker` may be [`WorkerContext::standalone`] in tests.
     pub(crate) async fn build(worker: WorkerContext, pool: Pool, settings: AppSettings) -> Result<Self, StoreError> {
         let AppSettings { keys, session, login, hashing, heavy, cache, demo_users } = settings;
-        let store = RedisSessionStore::new(pool.clone(), keys.clone()).with_limits(session.limits());
+        let store = RedisSessionStore::new(pool.clone(), keys.clone())
+            .with_limits(session.limits())
+            .with_replica_wait(session.replica_wait);
         // Entries written together expire ±10 % apart; each worker answers repeats from memory
         // for a few seconds, dropped at once by an invalidation from any worker.
         let cache = herd_session_store::Cache::new(pool.clone(), keys.clone())
@@ -173,7 +177,7 @@ impl AppState {
         Ok(Self(std::sync::Arc::new(Shared {
             users: Users::with_hash_limit(pool.clone(), keys.clone(), hashing),
             limiter: LoginLimiter::new(pool.clone(), keys.clone(), login),
-            logins: UserSessions::new(pool.clone(), keys),
+            logins: UserSessions::new(pool.clone(), keys, session.replica_wait),
             store,
             cache,
             visits: Visits::new(pool.clone(), session.idle),

@@ -23,11 +23,11 @@ pub(crate) async fn run(command: UsersCommand) -> anyhow::Result<i32> {
     }
     let url = crate::secrets::configured_url(&redis)?.unwrap_or_else(crate::cli::default_redis_url);
     let pool = connect_redis(&redis.config(url)).await?;
-    let keys = Keys::new(redis.key_prefix);
+    let keys = Keys::new(redis.key_prefix.clone());
     Users::new(pool.clone(), keys.clone()).set_password(&name, password).await?;
     if passwd {
         // A changed password must not leave old logins (perhaps the attacker's) alive.
-        let ended = super::sessions::UserSessions::new(pool, keys).end_all(&name).await?;
+        let ended = super::sessions::UserSessions::new(pool, keys, redis.replica_wait()).end_all(&name).await?;
         println!("password of {name} changed; {ended} session(s) ended");
     } else {
         println!("user {name} saved");

@@ -8,7 +8,7 @@ use fred::{
     clients::Pool,
     interfaces::{KeysInterface, SetsInterface},
 };
-use herd_session_store::{Keys, StoreError};
+use herd_session_store::{Keys, ReplicaWait, StoreError};
 
 /// How long the index outlives the last login (longer than any session lives).
 const INDEX_TTL_SECS: i64 = 14 * 24 * 3600;
@@ -17,11 +17,13 @@ const INDEX_TTL_SECS: i64 = 14 * 24 * 3600;
 pub(crate) struct UserSessions {
     pool: Pool,
     keys: Keys,
+    /// Ending every login is a revocation: confirmed once a replica has it.
+    replica_wait: ReplicaWait,
 }
 
 impl UserSessions {
-    pub(crate) fn new(pool: Pool, keys: Keys) -> Self {
-        Self { pool, keys }
+    pub(crate) fn new(pool: Pool, keys: Keys, replica_wait: ReplicaWait) -> Self {
+        Self { pool, keys, replica_wait }
     }
 
     /// Records that `session_key` belongs to `user`: `SADD` and `EXPIRE` sent together in one
@@ -42,17 +44,21 @@ impl UserSessions {
         Ok(())
     }
 
-    /// Deletes every session of `user`; returns how many were still alive.
+    /// Deletes every session of `user`; returns how many were still alive, once a replica has
+    /// the deletions (see [`ReplicaWait`]).
     pub(crate) async fn end_all(&self, user: &str) -> Result<u64, StoreError> {
+        // One connection for the deletes and the `WAIT` that asks about them.
+        let client = self.pool.next();
         let index = self.keys.user_sessions(user);
-        let members: Vec<String> = self.pool.smembers(&index).await?;
+        let members: Vec<String> = client.smembers(&index).await?;
         let mut ended = 0;
         for key in members {
-            let deleted: i64 = self.pool.del(&key).await?;
+            let deleted: i64 = client.del(&key).await?;
             ended += u64::try_from(deleted).unwrap_or(0);
-            let _: i64 = self.pool.del(format!("{key}:visits")).await?;
+            let _: i64 = client.del(format!("{key}:visits")).await?;
         }
-        let _: i64 = self.pool.del(&index).await?;
+        let _: i64 = client.del(&index).await?;
+        self.replica_wait.confirm(client).await?;
         Ok(ended)
     }
 }
