@@ -171,15 +171,25 @@ impl Drop for RedisServer {
     }
 }
 
-/// A Redis Cluster of three primaries on loopback (no replicas), slots spread by
-/// `redis-cli --cluster create`.
+/// A Redis Cluster of three primaries on loopback, slots spread by `redis-cli --cluster
+/// create`; with [`RedisCluster::start_with_replicas`] each primary has a replica, and a node
+/// that does not answer for a second is failed over.
 pub struct RedisCluster {
     pub nodes: Vec<RedisServer>,
 }
 
 impl RedisCluster {
     pub fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::start_with(0)
+    }
+
+    /// Three primaries and three replicas (`nodes[0..3]` start as the primaries).
+    pub fn start_with_replicas() -> Self {
+        Self::start_with(1)
+    }
+
+    fn start_with(replicas: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..3 * (1 + replicas))
             .map(|_| {
                 let mut node = RedisServer {
                     port: crate::free_port(),
@@ -188,7 +198,7 @@ impl RedisCluster {
                     tls: None,
                     password: None,
                     cluster_node: true,
-                    extra_args: Vec::new(),
+                    extra_args: vec!["--cluster-node-timeout".to_owned(), "1000".to_owned()],
                 };
                 node.restart();
                 node
@@ -198,7 +208,7 @@ impl RedisCluster {
         let out = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("redis-cli");
         assert!(out.status.success(), "cluster create: {}", String::from_utf8_lossy(&out.stdout));
@@ -207,7 +217,46 @@ impl RedisCluster {
                 node.cli(&["CLUSTER", "INFO"]).filter(|info| info.contains("cluster_state:ok")).map(|_| ())
             });
         }
+        if replicas > 0 {
+            for node in &nodes {
+                wait_for("every node to see every replica", Duration::from_secs(20), || {
+                    let listed = node.cli(&["CLUSTER", "NODES"])?;
+                    (listed.lines().filter(|l| l.contains("slave") && !l.contains("fail")).count() == 3).then_some(())
+                });
+            }
+        }
         RedisCluster { nodes }
+    }
+
+    /// The node serving `key` as a primary, by its index in `nodes`.
+    pub fn primary_of(&self, key: &str) -> usize {
+        let slot = self.nodes[0].cli(&["CLUSTER", "KEYSLOT", key]).expect("CLUSTER KEYSLOT");
+        let listed = self.nodes[0].cli(&["CLUSTER", "NODES"]).expect("CLUSTER NODES");
+        let slot: u32 = slot.trim().parse().expect("a slot");
+        let port = listed
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail"))
+            .find(|l| {
+                l.split_whitespace().skip(8).any(|range| match range.split_once('-') {
+                    Some((a, b)) => {
+                        a.parse::<u32>().is_ok_and(|a| a <= slot) && b.parse::<u32>().is_ok_and(|b| slot <= b)
+                    }
+                    None => range.parse::<u32>() == Ok(slot),
+                })
+            })
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|addr| addr.split('@').next()?.rsplit(':').next()?.parse::<u16>().ok())
+            .expect("a primary for the slot");
+        self.nodes.iter().position(|n| n.port == port).expect("one of ours")
+    }
+
+    /// Waits until every live node reports the cluster healthy again.
+    pub fn wait_healthy(&self) {
+        for node in self.nodes.iter().filter(|n| n.child.is_some()) {
+            wait_for("the cluster to be healthy", Duration::from_secs(30), || {
+                node.cli(&["CLUSTER", "INFO"]).filter(|info| info.contains("cluster_state:ok")).map(|_| ())
+            });
+        }
     }
 
     /// fred's cluster URL: one seed node, the others as `node=` parameters.

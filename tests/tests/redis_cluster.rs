@@ -54,3 +54,118 @@ fn sessions_users_rate_limits_and_the_cache_work_on_a_redis_cluster() {
     assert_eq!(pids.len(), 2, "both workers answered");
     assert_eq!(herd.client().get("/readyz").expect("readyz").status, 200);
 }
+
+/// Waits until `node`'s replica has all it wrote (`INFO replication`: the replica's offset is
+/// the primary's).
+fn wait_replicated(node: &herd_e2e::RedisServer) {
+    herd_e2e::wait_for("the replica to catch up", std::time::Duration::from_secs(10), || {
+        let info = node.cli(&["INFO", "replication"])?;
+        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name)).map(str::trim).map(str::to_owned);
+        let own = field("master_repl_offset:")?;
+        let replica = field("slave0:")?;
+        replica.split(',').any(|kv| kv == format!("offset={own}")).then_some(())
+    });
+}
+
+/// The record key of the only session (not its `:visits` or `:replaced` side keys).
+fn session_key(cluster: &RedisCluster) -> String {
+    // A replica lists its primary's keys too.
+    let keys: std::collections::BTreeSet<String> =
+        cluster.keys("herd:sess:*").into_iter().filter(|k| k.matches(':').count() == 2).collect();
+    assert_eq!(keys.len(), 1, "one session: {keys:?}");
+    keys.into_iter().next().expect("one")
+}
+
+/// 3 primaries + 3 replicas: the primary holding the session is killed; its replica takes
+/// over; herd follows the new topology without a restart, with fast 503s meanwhile and the
+/// session intact after.
+#[test]
+fn a_killed_primary_is_replaced_by_its_replica_and_sessions_survive() {
+    use std::time::{Duration, Instant};
+    let mut cluster = RedisCluster::start_with_replicas();
+    let herd = Herd::start_at(&cluster.url(), &["--workers", "2"], &[]);
+    let mut alice = herd.client();
+    alice.login();
+    for visit in 1..=3 {
+        assert_eq!(alice.get("/").expect("GET /").json()["visits"], visit);
+    }
+    let victim = cluster.primary_of(&session_key(&cluster));
+    wait_replicated(&cluster.nodes[victim]);
+
+    let killed = Instant::now();
+    cluster.nodes[victim].kill();
+    let mut answers = Vec::new();
+    let back = loop {
+        let asked = Instant::now();
+        let res = alice.get("/me").expect("an answer, not a hang or a reset");
+        assert!(asked.elapsed() < Duration::from_secs(3), "a request took {:?}", asked.elapsed());
+        assert!([200, 503].contains(&res.status), "only 200 or a fast 503: {} {}", res.status, res.body);
+        answers.push(res.status);
+        if res.status == 200 {
+            assert_eq!(res.json()["user"], "alice", "still logged in: {}", res.body);
+            if answers.contains(&503) {
+                break killed.elapsed();
+            }
+        }
+        assert!(killed.elapsed() < Duration::from_secs(30), "no failover within 30 s: {answers:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "Redis Cluster failover (SIGKILL): served again {back:?} after the kill; {} requests answered 503 meanwhile",
+        answers.iter().filter(|s| **s == 503).count()
+    );
+    cluster.wait_healthy();
+    assert_eq!(alice.get("/").expect("GET /").json()["visits"], 4, "the count came through");
+}
+
+/// A planned failover (`CLUSTER FAILOVER` on a replica) under a steady stream of logged-in
+/// requests: every request is answered at once, 200 or a fast 503 (herd never resends a command
+/// that may have been applied, and the old primary drops the connections it had; see
+/// docs/deploy.md), none hangs or fails otherwise, and the visit count stays exact: a 503 was
+/// not counted.
+#[test]
+fn a_planned_failover_answers_every_request_and_counts_exactly() {
+    use std::time::{Duration, Instant};
+    let cluster = RedisCluster::start_with_replicas();
+    let herd = Herd::start_at(&cluster.url(), &["--workers", "2"], &[]);
+    let mut alice = herd.client();
+    alice.login();
+    let primary = cluster.primary_of(&session_key(&cluster));
+    let primary_id = cluster.nodes[primary].cli(&["CLUSTER", "MYID"]).expect("CLUSTER MYID");
+    let replica = cluster
+        .nodes
+        .iter()
+        .find(|n| {
+            n.cli(&["CLUSTER", "NODES"]).is_some_and(|nodes| {
+                nodes.lines().any(|l| l.contains("myself") && l.contains(&format!("slave {}", primary_id.trim())))
+            })
+        })
+        .expect("the session primary's replica");
+
+    let (mut served, mut unavailable) = (0u64, 0u64);
+    let mut request = |alice: &herd_e2e::Client| {
+        let asked = Instant::now();
+        let res = alice.get("/").expect("an answer, not a hang or a reset");
+        assert!(asked.elapsed() < Duration::from_secs(3), "a request took {:?}", asked.elapsed());
+        match res.status {
+            200 => served += 1,
+            503 => unavailable += 1,
+            other => panic!("only 200 or a fast 503: {other} {}", res.body),
+        }
+    };
+    for _ in 0..20 {
+        request(&alice);
+    }
+    assert_eq!(replica.cli(&["CLUSTER", "FAILOVER"]).as_deref(), Some("OK"));
+    let started = Instant::now();
+    while replica.cli(&["ROLE"]).is_none_or(|role| !role.starts_with("master")) {
+        assert!(started.elapsed() < Duration::from_secs(20), "the replica never took over");
+        request(&alice);
+    }
+    for _ in 0..50 {
+        request(&alice);
+    }
+    eprintln!("Redis Cluster planned failover: {served} requests served, {unavailable} answered 503");
+    let visits = alice.get("/").expect("GET /").json()["visits"].as_u64().expect("a count");
+    assert_eq!(visits, served + 1, "every served visit counted once, no 503 counted");
+}
