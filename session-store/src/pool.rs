@@ -116,7 +116,7 @@ pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
             // client was told 503: send every command once; the caller answers 503.
             conn.max_command_attempts = 1;
         })
-        .set_policy(ReconnectPolicy::new_exponential(0, 50, 1_000, 2))
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, reconnect_cap_ms(), 2))
         .build_pool(config.pool_size.max(1))?;
     match tokio::time::timeout(timeout * 3, pool.init()).await {
         Ok(Ok(_connection_task)) => Ok(pool),
@@ -127,6 +127,19 @@ pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
             Err(fred::error::Error::new(fred::error::ErrorKind::Timeout, "connecting to Redis timed out").into())
         }
     }
+}
+
+/// The longest wait between two reconnection attempts, drawn for each pool from 750–1250 ms.
+///
+/// fred caps each delay at its maximum *after* adding its jitter, so once the backoff reaches
+/// a fixed cap every process of every host would retry exactly once per cap, all in the phase
+/// the outage gave them at once, and hit the Redis that comes back together
+/// (`bench/reconnect_storm.py`: 16 of 24 connections within one 100 ms). A cap of its own per
+/// process makes their periods differ, so the longer Redis is away, the more evenly they
+/// spread.
+fn reconnect_cap_ms() -> u32 {
+    use rand::Rng;
+    rand::thread_rng().gen_range(750..=1250)
 }
 
 /// `rediss://`, `rediss-cluster://`, `rediss-sentinel://` (and fred's `valkeys` spellings).
