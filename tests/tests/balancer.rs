@@ -2,8 +2,8 @@
 //! 127.0.0.3 (separate primaries, two workers each), one Redis, HAProxy on 127.0.0.1 in HTTP
 //! mode (round-robin, `option forwardfor`, health checks on `/readyz`). herd trusts HAProxy's
 //! `X-Forwarded-For` (`--trusted-proxies 127.0.0.1`), so it sees the real client. One host is
-//! killed whole (primary and workers) and brought back. The configuration is the one
-//! docs/deploy.md shows.
+//! killed whole (primary and workers) and brought back; then every host is reloaded, one after
+//! another, under load. The configuration is the one docs/deploy.md shows.
 
 use std::{
     collections::BTreeSet,
@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use herd_e2e::{free_port, Client, Herd, RedisServer, TempDir};
+use herd_e2e::{free_port, Client, Herd, Load, RedisServer, TempDir};
 use nix::sys::signal::Signal;
 
 /// HAProxy, killed on drop.
@@ -135,4 +135,25 @@ fn two_hosts_behind_haproxy_share_sessions_and_survive_a_host_kill() {
     herd_e2e::wait_for("HAProxy to send traffic to B again", Duration::from_secs(20), || {
         visit(&client).filter(|(_, pid)| new_b.contains(pid)).map(drop)
     });
+
+    // A rolling reload of every host, one after another, under load through HAProxy.
+    let before: BTreeSet<u64> = pids(&a).union(&pids(&b)).copied().collect();
+    let load = Load::start(haproxy.addr, 8, "/healthz");
+    herd_e2e::wait_for("the load to flow", Duration::from_secs(10), || (load.ok_so_far() > 100).then_some(()));
+    for herd in [&a, &b] {
+        let (code, out, err) = herd.ctl(&["reload"]);
+        assert_eq!(code, 0, "reload: {out}{err}");
+    }
+    let served = load.ok_so_far();
+    herd_e2e::wait_for("the load to go on", Duration::from_secs(10), || {
+        (load.ok_so_far() > served + 100).then_some(())
+    });
+    let report = load.stop();
+    assert_eq!((report.failed, report.non_2xx), (0, 0), "rolling reloads lose nothing: {:?}", report.errors);
+    // `reload` answers once the new workers are ready; the old ones may still be draining.
+    let after = herd_e2e::wait_for("every old worker to be gone", Duration::from_secs(30), || {
+        let after: BTreeSet<u64> = pids(&a).union(&pids(&b)).copied().collect();
+        before.is_disjoint(&after).then_some(after)
+    });
+    assert!(after.iter().any(|pid| report.pids.contains(pid)), "the new workers served");
 }
