@@ -368,3 +368,28 @@ impl Drop for RedisSentinels {
         }
     }
 }
+
+/// What a logged-in client saw while Redis failed over: asked `GET /me` every 100 ms from
+/// `failed` on until it was served again after at least one 503. Every answer must be 200 as
+/// alice or a fast 503 (within 3 s): never a hang, a reset, a 500 or a logout. Returns how long
+/// after `failed` it was served again, and how many 503s it got meanwhile.
+pub fn ride_out_failover(client: &crate::Client, failed: std::time::Instant) -> (Duration, usize) {
+    let mut unavailable = 0;
+    loop {
+        let asked = std::time::Instant::now();
+        let res = client.get("/me").expect("an answer, not a hang or a reset");
+        assert!(asked.elapsed() < Duration::from_secs(3), "a request during the failover took {:?}", asked.elapsed());
+        match res.status {
+            503 => unavailable += 1,
+            200 => {
+                assert_eq!(res.json()["user"], "alice", "still logged in: {}", res.body);
+                if unavailable > 0 {
+                    return (failed.elapsed(), unavailable);
+                }
+            }
+            other => panic!("only 200 or a fast 503: {other} {}", res.body),
+        }
+        assert!(failed.elapsed() < Duration::from_secs(30), "not served again within 30 s");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
