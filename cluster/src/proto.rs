@@ -89,6 +89,9 @@ pub(crate) enum ToWorker {
     Connections { conns: Vec<Handoff> },
     /// An application message, from another worker (`from` = its slot) or the primary.
     Message { from: Option<usize>, payload: Value },
+    /// The primary is being scraped: answer with [`ToPrimary::Reply`] (the same id) holding this
+    /// worker's [`crate::metrics::Snapshot`], or [`ToPrimary::Unanswered`].
+    Scrape { id: u64 },
     /// A question from a [`ToPrimary::Gather`]; answer with [`ToPrimary::Reply`] and the same id.
     Query { id: u64, payload: Value },
     /// Some of the answers to this worker's [`ToPrimary::Gather`] `id`; more follow. A reply set
@@ -121,6 +124,10 @@ pub(crate) struct Handoff {
     /// When the primary sent it (absent from primaries older than this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) sent_at: Option<Stamp>,
+    /// When the primary accepted it, in microseconds since the Unix epoch (wall clock, as
+    /// `X-Request-Start` carries it; absent from primaries older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) accepted_us: Option<u64>,
 }
 
 /// How often a serving worker sends [`ToPrimary::Heartbeat`].

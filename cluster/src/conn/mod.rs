@@ -7,6 +7,15 @@
 //! upgrades work, and on the graceful signal the accept loop stops, every connection is asked
 //! to finish its request and close (idle ones close at once), and [`serve`] returns once all
 //! of them have.
+//!
+//! Queue time: in the primary-accept modes a handed-off connection carries the moment the
+//! primary accepted it ([`AcceptTime`]). Its *first* request gets `X-Request-Start:
+//! t=<microseconds since the epoch>` (replacing one the client sent), the header New Relic,
+//! Sentry and queue-time autoscalers read, and the wait from accept to that request reaching
+//! the app goes into `herd_queue_time_seconds`. Later requests on the same keep-alive
+//! connection are left as the client sent them: the primary saw only the connection arrive,
+//! not them. In shared mode nothing is stamped or measured (the wait is in the kernel's accept
+//! queue, which no process can see, as in Puma).
 
 mod activity;
 mod body;
@@ -39,22 +48,37 @@ use tokio::{
 };
 use tower::ServiceExt;
 
-use crate::config::ConnectionLimits;
+use crate::{config::ConnectionLimits, metrics::WorkerMetrics};
 use activity::Activity;
 use body::{ResponseBody, TimedBody};
 pub(crate) use cap::ConnectionCap;
 
+/// When the primary accepted a connection, if it did (see the module documentation).
+pub(crate) trait AcceptTime {
+    /// Microseconds since the Unix epoch.
+    fn accepted_us(&self) -> Option<u64> {
+        None
+    }
+}
+
+impl AcceptTime for tokio::net::TcpStream {}
+
+/// The request header that carries the accept time.
+pub(crate) const REQUEST_START: &str = "x-request-start";
+
 /// Serves `router` on the connections `listener` yields, each under `cap`, until `graceful`
-/// resolves, then lets the open connections finish and returns once they have.
+/// resolves, then lets the open connections finish and returns once they have. With `metrics`,
+/// queue times are recorded there.
 pub(crate) async fn serve<L>(
     mut listener: L,
     router: Router,
     limits: &ConnectionLimits,
     cap: ConnectionCap,
+    metrics: Option<WorkerMetrics>,
     graceful: impl Future<Output = ()>,
 ) where
     L: Listener<Addr = SocketAddr>,
-    L::Io: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    L::Io: AsyncRead + AsyncWrite + AcceptTime + Unpin + Send + 'static,
 {
     let mut builder = http1::Builder::new();
     // The timer drives hyper's internal timeouts; its header timeout is replaced by our own
@@ -74,8 +98,16 @@ pub(crate) async fn serve<L>(
             continue;
         };
         let activity = Arc::new(Activity::new());
+        let accepted_us = io.accepted_us();
         let io = TokioIo::new(io::WatchedIo::new(io, activity.clone(), slot));
-        let service = ConnService { router: router.clone(), peer, activity: activity.clone(), limits: limits.clone() };
+        let service = ConnService {
+            router: router.clone(),
+            peer,
+            activity: activity.clone(),
+            limits: limits.clone(),
+            accepted_us,
+            metrics: metrics.clone(),
+        };
         let conn = builder.serve_connection(io, service).with_upgrades();
         let (mut stop, done) = (stop_rx.clone(), done_rx.clone());
         let limits = limits.clone();
@@ -121,6 +153,16 @@ struct ConnService {
     peer: SocketAddr,
     activity: Arc<Activity>,
     limits: ConnectionLimits,
+    /// When the primary accepted the connection (primary-accept modes).
+    accepted_us: Option<u64>,
+    metrics: Option<WorkerMetrics>,
+}
+
+/// Now, in microseconds since the Unix epoch (0 for a clock before it).
+pub(crate) fn epoch_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnService {
@@ -129,13 +171,23 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnServ
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-        let last = self.activity.request_started() >= self.limits.keepalive_requests;
+        let started = self.activity.request_started();
+        let last = started >= self.limits.keepalive_requests;
         let timed_out = Arc::new(AtomicBool::new(false));
         let mut request = request.map(|incoming| {
             let body = TimedBody::new(incoming, self.limits.body_timeout, self.limits.body_deadline, timed_out.clone());
             axum::body::Body::new(body)
         });
         request.extensions_mut().insert(ConnectInfo(self.peer));
+        if let (1, Some(accepted)) = (started, self.accepted_us) {
+            if let Ok(value) = HeaderValue::from_str(&format!("t={accepted}")) {
+                request.headers_mut().insert(REQUEST_START, value);
+            }
+            if let Some(metrics) = &self.metrics {
+                let waited = epoch_us().saturating_sub(accepted);
+                metrics.http().queue_time.observe(&[], waited as f64 / 1e6);
+            }
+        }
         let (router, activity) = (self.router.clone(), self.activity.clone());
         Box::pin(async move {
             let http1 = request.version() <= Version::HTTP_11;
@@ -195,7 +247,7 @@ mod tests {
         let limits =
             ConnectionLimits { send_timeout: Duration::from_secs(1), max_connections: Some(1), ..Default::default() };
         let cap = ConnectionCap::new(limits.max_connections());
-        tokio::spawn(async move { serve(listener, router, &limits, cap, std::future::pending()).await });
+        tokio::spawn(async move { serve(listener, router, &limits, cap, None, std::future::pending()).await });
 
         let mut stalled = TcpStream::connect(addr).await.expect("connect");
         stalled.write_all(b"GET /big HTTP/1.1\r\nHost: t\r\n\r\n").await.expect("request");

@@ -9,8 +9,10 @@
 //! event back, handled before the next `select!`. No decision is taken here.
 
 mod acceptor;
+mod admin;
 mod exit;
 mod link;
+mod metrics;
 mod notify;
 mod probe;
 mod unavailable;
@@ -70,6 +72,8 @@ pub(crate) async fn run(
     };
     let control_path = config.control_socket.clone().unwrap_or_else(|| control::default_path(local.port()));
     let (commands_tx, commands) = mpsc::channel(16);
+    // Bound before the control socket and any worker: a port in use stops the primary at once.
+    let _admin = config.admin.as_ref().map(|admin| admin::serve(admin, commands_tx.clone())).transpose()?;
     let _control = control::serve(&control_path, commands_tx, config.logs.clone())
         .map_err(|source| ClusterError::ControlSocket { path: control_path.clone(), source })?;
 
@@ -102,6 +106,7 @@ pub(crate) async fn run(
     };
     let mut shell = Shell {
         core: Core::new(config.clone(), std::process::id(), seed),
+        metrics: metrics::ShellMetrics::new(config.balance.as_str()),
         config,
         spawner,
         links: HashMap::new(),
@@ -135,6 +140,8 @@ fn current_exe() -> Result<PathBuf, ClusterError> {
 struct Shell {
     core: Core,
     config: ClusterConfig,
+    /// What only the shell can measure, and the workers' last snapshots.
+    metrics: metrics::ShellMetrics,
     spawner: Spawner,
     links: HashMap<WorkerId, Link>,
     /// Connections the core holds (queued, or between a worker and the next): the core knows
@@ -255,7 +262,9 @@ impl Shell {
             }
             link::Event::Exited { worker, status, orphans } => {
                 self.links.remove(&worker);
-                Event::Exited { worker, how: exit::describe(&status), orphans: self.hold_all(orphans) }
+                self.metrics.departed(worker);
+                let (how, death) = (exit::describe(&status), exit::death(&status));
+                Event::Exited { worker, how, death, orphans: self.hold_all(orphans) }
             }
         }
     }
@@ -284,6 +293,7 @@ impl Shell {
             }
             Effect::Hand { worker, conn } => {
                 let Some(conn) = self.conns.remove(&conn) else { return };
+                self.metrics.handed(conn.accepted_at.elapsed());
                 let returned = match self.links.get(&worker) {
                     Some(link) => link.outbox.send(conn).err().map(|returned| returned.0),
                     None => Some(conn),
@@ -336,6 +346,16 @@ impl Shell {
             },
             Effect::StandIn(false) => self.stand_in = None,
             Effect::Notify(state) => notify::notify(&state),
+            Effect::Scraped { to, mut scrape } => {
+                for worker in &mut scrape.status.workers {
+                    worker.rss_bytes = worker.pid.and_then(rss_bytes);
+                }
+                let processes: Vec<(WorkerId, u32)> = self.links.iter().map(|(id, link)| (*id, link.pid)).collect();
+                let text = self.metrics.render(&scrape, &processes);
+                if let Some(reply) = self.replies.remove(&to) {
+                    let _ = reply.send(Response { metrics: Some(text), ..Response::ok() });
+                }
+            }
         }
     }
 

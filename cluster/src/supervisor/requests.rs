@@ -16,6 +16,7 @@ impl Core {
             return self.effects.push(answer(Response::error(super::shutdown::WHY)));
         }
         let response = match request {
+            Request::Metrics => return self.start_scrape(reply, now),
             Request::Status => Response { status: Some(self.status(now)), ..Response::ok() },
             Request::Reload => {
                 tracing::info!("reload requested over the control socket");
