@@ -138,6 +138,24 @@ fn a_scrape_counts_requests_and_restarts_exactly_and_keeps_a_dead_workers_counts
     assert_eq!(sum(&last, "herd_http_requests_total", &whoami), whoami_before + 10.0);
     assert_eq!(sum(&last, "herd_workers", &[r#"state="ready""#]), 2.0);
 
+    // The app's series: a login writes a session, a visit loads it; the cache computes once.
+    let mut user = herd.client();
+    user.login();
+    assert_eq!(user.get("/").expect("visit").status, 200);
+    for _ in 0..2 {
+        assert_eq!(client.get("/heavy/cached?n=1000").expect("cached").status, 200);
+    }
+    let app = parse(&scrape(admin, &[]).body);
+    let ok = r#"outcome="ok""#;
+    assert!(sum(&app, "herd_session_store_operations_total", &[r#"op="load""#, ok]) >= 1.0, "{app:?}");
+    assert!(sum(&app, "herd_session_store_operations_total", &[ok]) >= 2.0);
+    assert_eq!(sum(&app, "herd_session_store_operations_total", &[r#"outcome="unavailable""#]), 0.0);
+    assert!(sum(&app, "herd_session_store_operation_duration_seconds_count", &[]) >= 2.0);
+    assert_eq!(sum(&app, "herd_cache_lookups_total", &[r#"result="computed""#]), 1.0);
+    assert_eq!(sum(&app, "herd_cache_lookups_total", &[]), 2.0);
+    assert_eq!(sum(&app, "herd_redis_reconnects_total", &[]), 0.0);
+    assert!(app.keys().any(|k| k.starts_with("herd_redis_reconnects_total")));
+
     // `herd ctl metrics` prints the same series.
     let (code, stdout, stderr) = herd.ctl(&["metrics"]);
     assert_eq!(code, 0, "{stderr}");
