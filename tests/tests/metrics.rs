@@ -145,7 +145,9 @@ fn a_scrape_counts_requests_and_restarts_exactly_and_keeps_a_dead_workers_counts
     for _ in 0..2 {
         assert_eq!(client.get("/heavy/cached?n=1000").expect("cached").status, 200);
     }
-    let app = parse(&scrape(admin, &[]).body);
+    let app_body = scrape(admin, &[]).body;
+    promtool_accepts(&app_body);
+    let app = parse(&app_body);
     let ok = r#"outcome="ok""#;
     assert!(sum(&app, "herd_session_store_operations_total", &[r#"op="load""#, ok]) >= 1.0, "{app:?}");
     assert!(sum(&app, "herd_session_store_operations_total", &[ok]) >= 2.0);
@@ -155,6 +157,13 @@ fn a_scrape_counts_requests_and_restarts_exactly_and_keeps_a_dead_workers_counts
     assert_eq!(sum(&app, "herd_cache_lookups_total", &[]), 2.0);
     assert_eq!(sum(&app, "herd_redis_reconnects_total", &[]), 0.0);
     assert!(app.keys().any(|k| k.starts_with("herd_redis_reconnects_total")));
+
+    // Every series name is documented in the README.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).expect("README.md");
+    let names: Vec<&str> = app_body.lines().filter_map(|l| l.strip_prefix("# TYPE ")?.split(' ').next()).collect();
+    assert!(names.len() >= 15, "{names:?}");
+    let undocumented: Vec<&&str> = names.iter().filter(|n| !readme.contains(&format!("`{n}`"))).collect();
+    assert!(undocumented.is_empty(), "README.md's series table lacks {undocumented:?}");
 
     // `herd ctl metrics` prints the same series.
     let (code, stdout, stderr) = herd.ctl(&["metrics"]);

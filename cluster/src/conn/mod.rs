@@ -226,6 +226,7 @@ mod tests {
     };
 
     use super::*;
+    use crate::metrics::Collect;
 
     async fn get_small(addr: SocketAddr) -> String {
         let mut stream = TcpStream::connect(addr).await.expect("connect");
@@ -264,5 +265,98 @@ mod tests {
         };
         assert!(started.elapsed() >= Duration::from_millis(900), "abandoned before the send timeout");
         assert!(served.contains("\r\n\r\n127.0.0.1:"), "ConnectInfo is the peer: {served}");
+    }
+
+    /// A connection as a handed-off one looks: with the primary's accept time.
+    struct Stamped(TcpStream, u64);
+
+    impl AcceptTime for Stamped {
+        fn accepted_us(&self) -> Option<u64> {
+            Some(self.1)
+        }
+    }
+
+    impl AsyncRead for Stamped {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Stamped {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    struct StampingListener(TcpListener, u64);
+
+    impl Listener for StampingListener {
+        type Io = Stamped;
+        type Addr = SocketAddr;
+        async fn accept(&mut self) -> (Stamped, SocketAddr) {
+            loop {
+                if let Ok((stream, peer)) = self.0.accept().await {
+                    return (Stamped(stream, self.1), peer);
+                }
+            }
+        }
+        fn local_addr(&self) -> std::io::Result<SocketAddr> {
+            self.0.local_addr()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_first_request_of_a_handed_off_connection_carries_its_accept_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let accepted = epoch_us() - 250_000; // a quarter of a second in the primary's queue
+        let echo = |headers: axum::http::HeaderMap| async move {
+            headers.get(REQUEST_START).map_or("none".to_owned(), |v| v.to_str().unwrap_or("?").to_owned())
+        };
+        let router = Router::new().route("/", get(echo));
+        let metrics = WorkerMetrics::default();
+        let (limits, cap) = (ConnectionLimits::default(), ConnectionCap::new(8));
+        let recorded = metrics.clone();
+        tokio::spawn(async move {
+            let listener = StampingListener(listener, accepted);
+            serve(listener, router, &limits, cap, Some(recorded), std::future::pending()).await
+        });
+        let mut stream = TcpStream::connect(addr).await.expect("connect");
+        let mut bodies = Vec::new();
+        for forged in ["", "X-Request-Start: t=1\r\n"] {
+            let request = format!("GET / HTTP/1.1\r\nHost: t\r\n{forged}\r\n");
+            stream.write_all(request.as_bytes()).await.expect("request");
+            let mut buf = vec![0u8; 4096];
+            let n = stream.read(&mut buf).await.expect("response");
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            bodies.push(text.rsplit("\r\n\r\n").next().unwrap_or_default().to_owned());
+        }
+        assert_eq!(bodies[0], format!("t={accepted}"), "the first request gets the accept time");
+        assert_eq!(bodies[1], "t=1", "later ones keep what the client sent");
+        let mut families = Vec::new();
+        metrics.http().queue_time.collect(&mut families);
+        let crate::metrics::Value::Histogram(h) = &families[0].samples[0].value else { panic!("a histogram") };
+        assert_eq!(h.count, 1, "one connection, one queue time");
+        assert!(h.sum >= 0.25 && h.sum < 5.0, "{}", h.sum);
     }
 }
