@@ -162,6 +162,12 @@ pub struct WorkerStatus {
     /// (what least-conn compares; exact, unlike the heartbeat's count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned: Option<usize>,
+    /// Requests it served, as of its last heartbeat.
+    #[serde(default)]
+    pub requests: u64,
+    /// CPU time (user and system) it used, in seconds, when readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
 }
 
 /// A request on its way to the supervisor, with where to send the answer.

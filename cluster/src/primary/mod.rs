@@ -331,6 +331,7 @@ impl Shell {
                 if let Some(status) = &mut response.status {
                     for worker in &mut status.workers {
                         worker.rss_bytes = worker.pid.and_then(rss_bytes);
+                        worker.cpu_seconds = worker.pid.and_then(metrics::cpu_seconds);
                     }
                 }
                 if let Some(reply) = self.replies.remove(&to) {

@@ -87,6 +87,8 @@ impl Core {
                     rss_bytes: None,
                     open_connections: w.open_reported.and_then(|open| usize::try_from(open).ok()),
                     assigned: least_conn.then_some(w.open),
+                    requests: w.requests,
+                    cpu_seconds: None,
                 }
             })
             .chain(self.slots.iter().enumerate().filter(|(_, s)| s.errored && s.worker.is_none()).map(|(slot, s)| {
@@ -99,6 +101,8 @@ impl Core {
                     rss_bytes: None,
                     open_connections: None,
                     assigned: None,
+                    requests: 0,
+                    cpu_seconds: None,
                 }
             }))
             .collect();
