@@ -25,7 +25,7 @@ const UNIT_LIMIT_NOFILE: u32 = 65536;
 pub(crate) fn print_unit(args: &ServeArgs) -> anyhow::Result<i32> {
     let exe = std::env::current_exe().context("cannot find the herd executable")?;
     // The flags exactly as given after `systemd-unit` (clap has already validated them), but
-    // --redis-url and --demo-user, which travel as environment variables instead.
+    // --redis-url, --demo-user and --metrics-token, which travel as environment variables instead.
     let (public, _) = crate::secrets::worker_args(std::env::args_os().skip(2));
     let flags: Vec<String> = public.iter().map(|a| quote(&a.to_string_lossy())).collect();
     let mut public_env: Vec<(String, String)> =
@@ -38,8 +38,13 @@ pub(crate) fn print_unit(args: &ServeArgs) -> anyhow::Result<i32> {
         public_env.retain(|(k, _)| k != "HERD_DEMO_USER");
         public_env.push(("HERD_DEMO_USER".into(), String::new()));
     }
-    let secret =
-        |(k, v): &(String, String)| k == "HERD_DEMO_USER" || (k == "REDIS_URL" && crate::secrets::has_password(v));
+    if args.metrics_token.is_some() {
+        public_env.retain(|(k, _)| k != "HERD_METRICS_TOKEN");
+        public_env.push(("HERD_METRICS_TOKEN".into(), String::new()));
+    }
+    let secret = |(k, v): &(String, String)| {
+        k == "HERD_DEMO_USER" || k == "HERD_METRICS_TOKEN" || (k == "REDIS_URL" && crate::secrets::has_password(v))
+    };
     let secrets: Vec<String> = public_env.iter().filter(|e| secret(e)).map(|(k, _)| k.clone()).collect();
     public_env.retain(|e| !secret(e));
     let mut unit = String::new();
