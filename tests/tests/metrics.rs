@@ -219,6 +219,19 @@ fn the_admin_listener_needs_a_token_beyond_loopback_and_checks_it() {
     };
     assert!(garbage.starts_with("HTTP/1.1 400"), "{garbage:?}");
     assert_eq!(scrape(admin, &bearer).status, 200, "still serving");
+
+    // The dashboard page holds no data and needs no token; its actions need the token and the
+    // X-Herd-Action header that another site's page cannot send.
+    let page = Client::new(admin).get("/").expect("dashboard");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<title>herd dashboard</title>") && !page.body.contains("herd_workers"));
+    assert_eq!(Client::new(admin).request("GET", "/status.json", &[], b"").expect("status").status, 401);
+    let forged = Client::new(admin).request("POST", "/actions/scale?by=1", &bearer, b"").expect("action");
+    assert_eq!(forged.status, 403, "{}", forged.body);
+    let action = [("Authorization", "Bearer s3cret"), ("X-Herd-Action", "1")];
+    let scaled = Client::new(admin).request("POST", "/actions/scale?by=1", &action, b"").expect("action");
+    assert_eq!((scaled.status, scaled.json()["workers"].clone()), (200, serde_json::json!(2)), "{}", scaled.body);
+    herd.wait_workers_ready(2, START_TIMEOUT);
     // A systemd unit never holds the token: it goes to the secrets file.
     let unit = Command::new(herd_e2e::herd::herd_bin())
         .args(["systemd-unit", "--metrics-bind", "0.0.0.0:9100", "--metrics-token", "s3cret"])
