@@ -69,6 +69,9 @@ pub(crate) enum ToPrimary {
     Gather { id: u64, payload: Value },
     /// This worker's answer to [`ToWorker::Query`] `id`.
     Reply { id: u64, payload: Value },
+    /// The worker has drained and is about to exit: its last [`crate::metrics::Snapshot`], so
+    /// that what it counted since the last scrape stays in its slot's totals.
+    Final { snapshot: Value },
     /// This worker cannot answer [`ToWorker::Query`] `id` (its answer would not fit in one
     /// message); the asker's gather fails with `reason` instead of waiting for it.
     Unanswered { id: u64, reason: String },

@@ -8,8 +8,9 @@
 //! (the gather machinery of `supervisor/gatherings.rs`), adds its own cluster series, labels
 //! every worker series by `slot` and encodes the lot with `prometheus-client`. The primary
 //! keeps the last snapshot of each worker and adds it to its slot's totals once the worker is
-//! gone, so a counter never goes down because a worker was replaced (what happened between a
-//! dead worker's last scrape and its death is lost with it).
+//! gone, so a counter never goes down because a worker was replaced. A worker that drains sends
+//! its final snapshot (`ToPrimary::Final`) just before it exits; one that crashes or is killed
+//! loses what it counted since the last scrape.
 //!
 //! Series names are listed in the README (`Metrics`).
 

@@ -206,7 +206,13 @@ impl LinkTask {
         let status = loop {
             let reclaim_at = self.oldest_unacked().map(|sent| tokio::time::Instant::from_std(sent + RECLAIM_AFTER));
             tokio::select! {
-                status = self.child.wait() => break status,
+                status = self.child.wait() => {
+                    // What it said last (its final metrics) may still wait in the socket.
+                    if ipc_open {
+                        self.take_waiting_messages(&mut buf).await;
+                    }
+                    break status;
+                }
                 Some(()) = self.kill_requests.recv() => {
                     let _ = self.child.start_kill();
                 }

@@ -55,6 +55,16 @@ impl ShellMetrics {
         self.handoff.observe_duration(&[], waited);
     }
 
+    /// A drained worker's last snapshot, sent just before it exits.
+    pub(super) fn last_words(&mut self, worker: WorkerId, snapshot: serde_json::Value) {
+        match serde_json::from_value::<Snapshot>(snapshot) {
+            Ok(snapshot) => {
+                self.last.insert(worker, (worker.slot, snapshot.families));
+            }
+            Err(err) => tracing::warn!(slot = worker.slot, "a worker's last metrics could not be read: {err}"),
+        }
+    }
+
     /// A worker process ended: its last counts join its slot's past.
     pub(super) fn departed(&mut self, worker: WorkerId) {
         if let Some((_, families)) = self.last.remove(&worker) {

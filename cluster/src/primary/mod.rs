@@ -36,6 +36,7 @@ use crate::{
     dispatch::Conn,
     error::ClusterError,
     fdlimit::{self, FdBudget, ShedLog},
+    proto::ToPrimary,
     supervisor::{Core, Effect, Event, ReplyTo, Signal, Ticket, WorkerId},
 };
 use acceptor::Acceptor;
@@ -205,7 +206,10 @@ impl Shell {
             }
             let deadline = self.core.next_deadline().map(tokio::time::Instant::from_std);
             let event = tokio::select! {
-                Some(event) = events.recv() => self.link_event(event),
+                Some(event) = events.recv() => match self.link_event(event) {
+                    Some(event) => event,
+                    None => continue,
+                },
                 (stream, peer) = accept(acceptor), if self.core.accepting() => {
                     let conn = Conn { id: self.next_conn, stream, peer, accepted_at: Instant::now() };
                     self.next_conn += 1;
@@ -247,8 +251,13 @@ impl Shell {
         conns.into_iter().map(|conn| self.hold(conn)).collect()
     }
 
-    fn link_event(&mut self, event: link::Event) -> Event {
-        match event {
+    /// The core's event for a link's, if the core needs to know.
+    fn link_event(&mut self, event: link::Event) -> Option<Event> {
+        Some(match event {
+            link::Event::Message { worker, msg: ToPrimary::Final { snapshot } } => {
+                self.metrics.last_words(worker, snapshot);
+                return None;
+            }
             link::Event::Message { worker, msg } => Event::Message { worker, msg },
             link::Event::Refused { worker, conns } => Event::Refused { worker, conns: self.hold_all(conns) },
             link::Event::Reclaimed { worker, conns } => Event::Reclaimed { worker, conns: self.hold_all(conns) },
@@ -266,7 +275,7 @@ impl Shell {
                 let (how, death) = (exit::describe(&status), exit::death(&status));
                 Event::Exited { worker, how, death, orphans: self.hold_all(orphans) }
             }
-        }
+        })
     }
 
     fn execute(&mut self, effect: Effect, listener: &std::net::TcpListener) {

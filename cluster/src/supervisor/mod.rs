@@ -476,8 +476,11 @@ impl Core {
             ToPrimary::Gather { id, payload } => self.start_gather(worker, id, payload, now),
             ToPrimary::Reply { id, payload } => self.on_reply(worker, id, payload, now),
             ToPrimary::Unanswered { id, reason } => self.on_unanswered(worker, id, reason, now),
-            // The link task handles these itself.
-            ToPrimary::Accepted { .. } | ToPrimary::Refused { .. } | ToPrimary::Shed { .. } => {}
+            // The link task handles these itself; the shell keeps `Final` for the metrics.
+            ToPrimary::Accepted { .. }
+            | ToPrimary::Refused { .. }
+            | ToPrimary::Shed { .. }
+            | ToPrimary::Final { .. } => {}
         }
     }
 

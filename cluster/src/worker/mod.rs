@@ -144,6 +144,7 @@ where
         max_connections = config.connections.max_connections(),
         "worker ready"
     );
+    let (last_word, last_counts) = (channel.clone(), metrics.clone());
     match source {
         Source::Shared(listener) => {
             let listener = DrainableListener::new(listener, stop.clone(), budget).tap_io(|tcp| {
@@ -157,6 +158,13 @@ where
                 let _ = conn.tcp().set_nodelay(true);
             });
             serve(listener, router, drain, cap, channel, stop, config, metrics).await
+        }
+    }
+    // Drained: nothing more will be counted. The primary keeps this as the worker's last
+    // counts (an oversized snapshot is skipped: the last scrape's counts stand).
+    if let Ok(snapshot) = serde_json::to_value(last_counts.snapshot()) {
+        if crate::messaging::check_size(&snapshot).is_ok() {
+            let _ = last_word.send(&ToPrimary::Final { snapshot }).await;
         }
     }
     Ok(())
