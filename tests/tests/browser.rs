@@ -246,7 +246,16 @@ async fn the_dashboard_shows_a_restart_and_scales_up() {
     assert_eq!(herd_e2e::herd::workers(&herd.status()).len(), 3, "the primary scaled, not only the page");
 
     if std::env::var_os("HERD_UPDATE_SCREENSHOT").is_some() {
-        tokio::time::sleep(Duration::from_secs(3)).await; // a few points on the chart
+        // Some traffic, so that the chart and the req/s column have something to show.
+        let client = herd.client();
+        let load = std::thread::spawn(move || {
+            let until = std::time::Instant::now() + Duration::from_secs(6);
+            while std::time::Instant::now() < until {
+                let _ = client.get("/whoami");
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let _ = load.join();
         let png = c.screenshot().await.expect("screenshot");
         std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/dashboard.png"), png).expect("save screenshot");
     }
