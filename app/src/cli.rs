@@ -96,6 +96,9 @@ pub enum CtlCommand {
     Broadcast { json: String },
     /// Send a JSON message to the worker of one slot.
     Send { slot: usize, json: String },
+    /// Every series of the cluster and its workers, in the Prometheus text format (what
+    /// GET /metrics on --metrics-bind serves).
+    Metrics,
     /// Follow the merged log of the primary and its workers (Ctrl-C to stop).
     Logs,
     /// A live `status` view, refreshed every second (Ctrl-C to stop).
@@ -425,6 +428,19 @@ pub struct ServeArgs {
     /// comments skipped), instead of the command line, which every local user can read.
     #[arg(long, env = "HERD_DEMO_USER_FILE")]
     pub demo_user_file: Option<PathBuf>,
+    // Metrics (issue 16).
+    /// Serve the primary's admin listener here: GET /metrics in the Prometheus text format
+    /// (off when not set). An address other than loopback requires --metrics-token.
+    #[arg(long, env = "HERD_METRICS_BIND")]
+    pub metrics_bind: Option<SocketAddr>,
+    /// Require `Authorization: Bearer TOKEN` on the admin listener. The command line is visible
+    /// to every local user: prefer HERD_METRICS_TOKEN or --metrics-token-file.
+    #[arg(long, env = "HERD_METRICS_TOKEN")]
+    pub metrics_token: Option<String>,
+    /// Read the admin listener's token from this file (its first line; wins over
+    /// --metrics-token).
+    #[arg(long, env = "HERD_METRICS_TOKEN_FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 impl ServeArgs {

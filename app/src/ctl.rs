@@ -26,6 +26,7 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<i32> {
         }
         CtlCommand::Top => return top(&socket, timeout).await.with_context(unreachable),
         CtlCommand::Status { json } => (Request::Status, json),
+        CtlCommand::Metrics => (Request::Metrics, false),
         CtlCommand::Reload => (Request::Reload, false),
         CtlCommand::Scale { count: ScaleArg::To(n) } => (Request::Scale { to: Some(n), by: None }, false),
         CtlCommand::Scale { count: ScaleArg::By(k) } => (Request::Scale { to: None, by: Some(k) }, false),
@@ -41,6 +42,10 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<i32> {
     }
     if !response.ok {
         bail!("{}", response.error.unwrap_or_else(|| "request failed".to_owned()));
+    }
+    if let Some(text) = &response.metrics {
+        print!("{text}");
+        return Ok(0);
     }
     match (request, response.status, response.workers) {
         (Request::Status, Some(status), _) => print!("{}", table(&status)),

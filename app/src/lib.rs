@@ -27,6 +27,7 @@ mod ctl;
 mod error;
 mod eviction;
 mod logging;
+mod metrics;
 mod private_redis;
 mod routes;
 mod secrets;

@@ -15,7 +15,7 @@ use anyhow::{bail, Context};
 use crate::cli::DemoUser;
 
 /// Flags whose values are secrets: never passed to a worker on its command line.
-const SECRET_FLAGS: [&str; 2] = ["--redis-url", "--demo-user"];
+const SECRET_FLAGS: [&str; 3] = ["--redis-url", "--demo-user", "--metrics-token"];
 
 /// Hides the password of a `redis://user:pass@host` URL (and of malformed ones).
 pub(crate) fn redact(url: &str) -> String {
@@ -92,6 +92,18 @@ pub(crate) fn demo_users(args: &crate::cli::ServeArgs) -> anyhow::Result<Vec<Dem
         users.extend(read_demo_users(path)?);
     }
     Ok(users)
+}
+
+/// The admin listener's token: `--metrics-token-file`'s first line, else `--metrics-token`.
+/// Errors name the file, never its content.
+pub(crate) fn metrics_token(args: &crate::cli::ServeArgs) -> anyhow::Result<Option<String>> {
+    let Some(path) = &args.metrics_token_file else { return Ok(args.metrics_token.clone()) };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --metrics-token-file {}", path.display()))?;
+    match text.lines().map(str::trim).find(|l| !l.is_empty()) {
+        Some(token) => Ok(Some(token.to_owned())),
+        None => bail!("--metrics-token-file {} is empty", path.display()),
+    }
 }
 
 /// True when `url` carries a password (`user:pass@` or `:pass@`).

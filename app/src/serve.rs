@@ -54,6 +54,12 @@ pub(crate) async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::
     let demo_users = crate::secrets::demo_users(&args)?;
     let settings = app_settings(&args, demo_users.iter().map(|u| u.name.clone()).collect())?;
     if role == Role::Primary {
+        // Only the primary serves it; workers never see the token (it is off their command line).
+        if let Some(bind) = args.metrics_bind {
+            let token = crate::secrets::metrics_token(&args)?;
+            config.admin = Some(herd_cluster::AdminConfig { bind, token });
+            config.validate().context("refusing to start")?;
+        }
         keep_secrets_off_workers_command_lines(&mut config, &args);
     }
     let mut private = None;
@@ -185,6 +191,9 @@ fn keep_secrets_off_workers_command_lines(config: &mut ClusterConfig, args: &Ser
             }
             config.worker_env.push(("REDIS_URL".into(), url.into()));
         }
+    }
+    if in_argv("--metrics-token") {
+        tracing::warn!("--metrics-token is on herd's command line, which every local user can read: use HERD_METRICS_TOKEN or --metrics-token-file");
     }
     if in_argv("--demo-user") {
         tracing::warn!("--demo-user passwords are on herd's command line, which every local user can read: use HERD_DEMO_USER or --demo-user-file");

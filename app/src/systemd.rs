@@ -36,8 +36,8 @@ pub(crate) fn print_unit(unit_args: &SystemdUnitArgs) -> anyhow::Result<i32> {
     let args = &unit_args.serve;
     let exe = std::env::current_exe().context("cannot find the herd executable")?;
     // The flags exactly as given after `systemd-unit` (clap has already validated them), but
-    // --socket (ours) and --redis-url and --demo-user, which travel as environment variables
-    // instead.
+    // --socket (ours) and --redis-url, --demo-user and --metrics-token, which travel as
+    // environment variables instead.
     let given = std::env::args_os().skip(2).filter(|arg| arg != "--socket");
     let (public, _) = crate::secrets::worker_args(given);
     let flags: Vec<String> = public.iter().map(|a| quote(&a.to_string_lossy())).collect();
@@ -51,8 +51,13 @@ pub(crate) fn print_unit(unit_args: &SystemdUnitArgs) -> anyhow::Result<i32> {
         public_env.retain(|(k, _)| k != "HERD_DEMO_USER");
         public_env.push(("HERD_DEMO_USER".into(), String::new()));
     }
-    let secret =
-        |(k, v): &(String, String)| k == "HERD_DEMO_USER" || (k == "REDIS_URL" && crate::secrets::has_password(v));
+    if args.metrics_token.is_some() {
+        public_env.retain(|(k, _)| k != "HERD_METRICS_TOKEN");
+        public_env.push(("HERD_METRICS_TOKEN".into(), String::new()));
+    }
+    let secret = |(k, v): &(String, String)| {
+        k == "HERD_DEMO_USER" || k == "HERD_METRICS_TOKEN" || (k == "REDIS_URL" && crate::secrets::has_password(v))
+    };
     let secrets: Vec<String> = public_env.iter().filter(|e| secret(e)).map(|(k, _)| k.clone()).collect();
     public_env.retain(|e| !secret(e));
     let mut unit = String::new();

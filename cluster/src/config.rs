@@ -158,6 +158,28 @@ pub struct ClusterConfig {
     /// Proxies whose `X-Forwarded-For` / `Forwarded` headers name the client (see
     /// [`crate::forwarded`]); empty (the default) believes no such header.
     pub trusted_proxies: crate::forwarded::TrustedProxies,
+    /// The primary's admin listener (`GET /metrics`); `None`: not served. Only the primary
+    /// reads it.
+    pub admin: Option<AdminConfig>,
+}
+
+/// Where the primary serves its admin listener, and the token it requires.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminConfig {
+    /// Address to listen on; a non-loopback one requires `token`.
+    pub bind: SocketAddr,
+    /// When set, every request must carry `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token is a secret: never in a log line or an error.
+        f.debug_struct("AdminConfig")
+            .field("bind", &self.bind)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 impl ClusterConfig {
@@ -180,6 +202,7 @@ impl ClusterConfig {
             worker_args: None,
             version: concat!("herd-cluster ", env!("CARGO_PKG_VERSION")).to_owned(),
             trusted_proxies: crate::forwarded::TrustedProxies::default(),
+            admin: None,
         }
     }
 }
@@ -206,6 +229,12 @@ pub enum ConfigError {
         /// `restart.backoff_cap`.
         cap: Duration,
     },
+    /// The admin listener would answer other hosts without a token.
+    #[error("the admin listener on {0} is not a loopback address: it needs a token (--metrics-token)")]
+    AdminWithoutToken(SocketAddr),
+    /// An empty admin token would let anyone in.
+    #[error("the admin token is empty")]
+    EmptyAdminToken,
 }
 
 impl ClusterConfig {
@@ -253,6 +282,13 @@ impl ClusterConfig {
         ];
         if let Some((name, _)) = counts.iter().find(|(_, n)| *n == Some(0)) {
             return Err(ConfigError::Zero(name));
+        }
+        if let Some(admin) = &self.admin {
+            match &admin.token {
+                Some(token) if token.trim().is_empty() => return Err(ConfigError::EmptyAdminToken),
+                None if !admin.bind.ip().is_loopback() => return Err(ConfigError::AdminWithoutToken(admin.bind)),
+                _ => {}
+            }
         }
         Ok(())
     }
@@ -424,6 +460,21 @@ mod tests {
             Err(ConfigError::BackoffAboveCap { base: Duration::from_millis(200), cap: Duration::from_millis(100) })
         );
         assert_eq!(backoff(100, 100).validate(), Ok(()));
+    }
+
+    #[test]
+    fn an_admin_listener_beyond_loopback_needs_a_token() {
+        let admin = |bind: &str, token: Option<&str>| ClusterConfig {
+            admin: Some(AdminConfig { bind: bind.parse().expect("address"), token: token.map(str::to_owned) }),
+            ..config()
+        };
+        assert_eq!(admin("127.0.0.1:9100", None).validate(), Ok(()));
+        assert_eq!(admin("[::1]:9100", None).validate(), Ok(()));
+        let open = admin("0.0.0.0:9100", None).validate();
+        assert_eq!(open, Err(ConfigError::AdminWithoutToken("0.0.0.0:9100".parse().expect("address"))));
+        assert_eq!(admin("0.0.0.0:9100", Some("s3cret")).validate(), Ok(()));
+        assert_eq!(admin("0.0.0.0:9100", Some(" ")).validate(), Err(ConfigError::EmptyAdminToken));
+        assert!(!format!("{:?}", admin("0.0.0.0:1", Some("s3cret")).admin).contains("s3cret"));
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! → {"cmd":"restart","slot":2}       ← {"ok":true} once slot 2 runs a new worker
 //! → {"cmd":"send","payload":{…}}     ← {"ok":true,"workers":4}  (to every worker)
 //! → {"cmd":"send","slot":1,"payload":{…}}
+//! → {"cmd":"metrics"}                ← {"ok":true,"metrics":"# HELP herd_workers …"} (Prometheus text)
 //! → {"cmd":"logs"}                   ← {"ok":true} then every new log line, as plain text lines
 //! → {"cmd":"stop"}                   ← {"ok":true} then the cluster shuts down gracefully
 //! ← {"ok":false,"error":"..."}       for anything that failed or could not be read
@@ -80,6 +81,9 @@ pub enum Request {
     Logs,
     /// Shut the cluster down gracefully, as SIGTERM does.
     Stop,
+    /// Every series of the cluster and its workers, in the Prometheus text format (what
+    /// `GET /metrics` on the admin listener serves).
+    Metrics,
 }
 
 /// The primary's answer.
@@ -96,17 +100,20 @@ pub struct Response {
     /// For `scale`: the worker count now; for `send`: how many workers got the message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// For `metrics`: the Prometheus text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<String>,
 }
 
 impl Response {
     /// Success without details.
     pub fn ok() -> Self {
-        Self { ok: true, error: None, status: None, workers: None }
+        Self { ok: true, error: None, status: None, workers: None, metrics: None }
     }
 
     /// A failure with its reason.
     pub fn error(reason: impl Into<String>) -> Self {
-        Self { ok: false, error: Some(reason.into()), status: None, workers: None }
+        Self { ok: false, error: Some(reason.into()), status: None, workers: None, metrics: None }
     }
 }
 
@@ -162,6 +169,12 @@ pub struct WorkerStatus {
     /// (what least-conn compares; exact, unlike the heartbeat's count).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assigned: Option<usize>,
+    /// Requests it served, as of its last heartbeat.
+    #[serde(default)]
+    pub requests: u64,
+    /// CPU time (user and system) it used, in seconds, when readable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_seconds: Option<f64>,
 }
 
 /// A request on its way to the supervisor, with where to send the answer.

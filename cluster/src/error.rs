@@ -43,6 +43,14 @@ pub enum ClusterError {
         /// What went wrong.
         source: io::Error,
     },
+    /// The admin listener (`--metrics-bind`) could not be bound.
+    #[error("cannot listen on {addr} for the admin listener: {source}")]
+    AdminBind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(io::Error),

@@ -54,6 +54,8 @@
 //!   shedding the connections that would eat into it.
 //! - [`drain`]: the middleware and listener that make a worker's shutdown graceful.
 //! - [`messaging`]: application messages between workers and the primary (broadcast, gather).
+//! - [`metrics`]: worker series, the snapshots the primary gathers at scrape time, and the
+//!   Prometheus text of the admin listener (`--metrics-bind`).
 //! - [`logs`]: the merged log of the primary and its workers, its files and followers.
 
 pub mod client_ip;
@@ -63,6 +65,7 @@ pub mod drain;
 pub mod forwarded;
 pub mod logs;
 pub mod messaging;
+pub mod metrics;
 pub mod role;
 
 mod activation;
@@ -81,7 +84,7 @@ mod supervisor;
 mod tally;
 mod worker;
 
-pub use config::{Balance, ClusterConfig, ConfigError, ConnectionLimits, Recycling, RestartPolicy};
+pub use config::{AdminConfig, Balance, ClusterConfig, ConfigError, ConnectionLimits, Recycling, RestartPolicy};
 pub use error::ClusterError;
 pub use messaging::{Message, Messenger, Reply};
 pub use primary::ShutdownReport;

@@ -69,6 +69,9 @@ pub(crate) enum ToPrimary {
     Gather { id: u64, payload: Value },
     /// This worker's answer to [`ToWorker::Query`] `id`.
     Reply { id: u64, payload: Value },
+    /// The worker has drained and is about to exit: its last [`crate::metrics::Snapshot`], so
+    /// that what it counted since the last scrape stays in its slot's totals.
+    Final { snapshot: Value },
     /// This worker cannot answer [`ToWorker::Query`] `id` (its answer would not fit in one
     /// message); the asker's gather fails with `reason` instead of waiting for it.
     Unanswered { id: u64, reason: String },
@@ -89,6 +92,9 @@ pub(crate) enum ToWorker {
     Connections { conns: Vec<Handoff> },
     /// An application message, from another worker (`from` = its slot) or the primary.
     Message { from: Option<usize>, payload: Value },
+    /// The primary is being scraped: answer with [`ToPrimary::Reply`] (the same id) holding this
+    /// worker's [`crate::metrics::Snapshot`], or [`ToPrimary::Unanswered`].
+    Scrape { id: u64 },
     /// A question from a [`ToPrimary::Gather`]; answer with [`ToPrimary::Reply`] and the same id.
     Query { id: u64, payload: Value },
     /// Some of the answers to this worker's [`ToPrimary::Gather`] `id`; more follow. A reply set
@@ -121,6 +127,10 @@ pub(crate) struct Handoff {
     /// When the primary sent it (absent from primaries older than this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) sent_at: Option<Stamp>,
+    /// When the primary accepted it, in microseconds since the Unix epoch (wall clock, as
+    /// `X-Request-Start` carries it; absent from primaries older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) accepted_us: Option<u64>,
 }
 
 /// How often a serving worker sends [`ToPrimary::Heartbeat`].

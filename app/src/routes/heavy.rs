@@ -155,11 +155,20 @@ pub(super) async fn heavy_cached(
             tracing::info!(n, "heavy computation started (cache miss)");
             heavy.sum_below(n).await.map(|sum| sum.to_string())
         })
-        .await
-        .map_err(|err| match err {
-            herd_session_store::cache::CacheError::Store(e) => AppError::from(e),
-            herd_session_store::cache::CacheError::Compute(e) => e,
-        })?;
+        .await;
+    let result = match &cached {
+        Ok(cached) => match cached.source {
+            herd_session_store::cache::Source::Local => "local",
+            herd_session_store::cache::Source::Redis => "redis",
+            herd_session_store::cache::Source::Computed => "computed",
+        },
+        Err(_) => "error",
+    };
+    state.metrics.cache.inc(&[result]);
+    let cached = cached.map_err(|err| match err {
+        herd_session_store::cache::CacheError::Store(e) => AppError::from(e),
+        herd_session_store::cache::CacheError::Compute(e) => e,
+    })?;
     let result = cached.value.parse().map_err(|_| AppError::Internal(format!("cached heavy:{n} is not a number")))?;
     Ok(Json(HeavyCached { result, pid: state.worker.pid, cached: cached.from_cache, source: cached.source }))
 }

@@ -94,6 +94,8 @@ pub(crate) struct Shared {
     pub(crate) heavy: heavy::HeavyWork,
     /// The session cookie and which routes are served.
     pub(crate) session: SessionSettings,
+    /// The app's series (store operations, cache lookups, Redis), gathered at scrape time.
+    pub(crate) metrics: std::sync::Arc<crate::metrics::AppMetrics>,
 }
 
 /// Everything the routes are configured with (from the command line: `serve::app_settings`).
@@ -169,6 +171,7 @@ impl AppState {
             .with_local_copies(CACHE_LOCAL_TTL)
             .await?;
         let counters = std::sync::Arc::new(stats::Counters::default());
+        let metrics = crate::metrics::AppMetrics::register(&worker.metrics, &pool);
         stats::serve_counters(&worker.messenger, counters.clone());
         // Before the worker reports ready, so the first unknown user costs one hash like any other.
         if let Err(err) = tokio::task::spawn_blocking(crate::users::prepare_dummy_hash).await {
@@ -187,6 +190,7 @@ impl AppState {
             counters,
             heavy: heavy::HeavyWork::new(heavy),
             session,
+            metrics,
         })))
     }
 }
@@ -211,11 +215,14 @@ pub(crate) fn router(state: AppState) -> Router {
     ));
     let with_session = if settings.stock_store {
         let stock = tower_sessions_redis_store::RedisStore::new(state.pool.clone());
+        let stock = crate::metrics::MeteredStore::new(stock, state.metrics.clone());
         with_session.layer(cookies.layer(session_layer(stock, settings)))
     } else {
         // Merged saves, gap-free login, typed 503/413 when the store fails.
         let scope = state.store.scope_layer();
-        with_session.layer(cookies.layer(scope).layer(session_layer(state.store.clone(), settings)))
+        // The scope is a task-local of the request, so the metered wrapper keeps its semantics.
+        let store = crate::metrics::MeteredStore::new(state.store.clone(), state.metrics.clone());
+        with_session.layer(cookies.layer(scope).layer(session_layer(store, settings)))
     };
     let router = if settings.debug_routes { debug::routes() } else { Router::new() };
     // Anonymous state changes: 403 unless `--admin-routes`.

@@ -20,6 +20,16 @@ pub(crate) fn describe(status: &std::io::Result<ExitStatus>) -> String {
     }
 }
 
+/// The cause of death the supervisor counts.
+pub(crate) fn death(status: &std::io::Result<ExitStatus>) -> crate::supervisor::Death {
+    use crate::supervisor::Death;
+    match status {
+        Ok(status) if status.signal().is_some() => Death::Signal,
+        Ok(status) if status.code() == Some(0) => Death::Clean,
+        _ => Death::Failed,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -29,5 +39,9 @@ mod tests {
         assert_eq!(describe(&Ok(ExitStatus::from_raw(9))), "killed by SIGKILL");
         assert_eq!(describe(&Ok(ExitStatus::from_raw(3 << 8))), "exited with status 3");
         assert_eq!(describe(&Ok(ExitStatus::from_raw(0))), "exited cleanly");
+        use crate::supervisor::Death;
+        assert_eq!(death(&Ok(ExitStatus::from_raw(9))), Death::Signal);
+        assert_eq!(death(&Ok(ExitStatus::from_raw(3 << 8))), Death::Failed);
+        assert_eq!(death(&Ok(ExitStatus::from_raw(0))), Death::Clean);
     }
 }

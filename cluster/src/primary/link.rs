@@ -213,7 +213,13 @@ impl LinkTask {
         let status = loop {
             let reclaim_at = self.oldest_unacked().map(|sent| tokio::time::Instant::from_std(sent + RECLAIM_AFTER));
             tokio::select! {
-                status = self.child.wait() => break status,
+                status = self.child.wait() => {
+                    // What it said last (its final metrics) may still wait in the socket.
+                    if ipc_open {
+                        self.take_waiting_messages(&mut buf).await;
+                    }
+                    break status;
+                }
                 Some(()) = self.kill_requests.recv() => {
                     let _ = self.child.start_kill();
                 }
@@ -256,7 +262,15 @@ impl LinkTask {
                 Some(first) = self.outbox.recv(), if ipc_open => {
                     let batch = self.take_batch(first);
                     let sent_at = Stamp::now();
-                    let conns: Vec<Handoff> = batch.iter().map(|c| Handoff { id: c.id, peer: c.peer, sent_at }).collect();
+                    let now_us = crate::conn::epoch_us();
+                    let conns: Vec<Handoff> = batch
+                        .iter()
+                        .map(|c| {
+                            // The wall-clock moment of the accept, from how long ago it was.
+                            let waited = u64::try_from(c.accepted_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+                            Handoff { id: c.id, peer: c.peer, sent_at, accepted_us: Some(now_us.saturating_sub(waited)) }
+                        })
+                        .collect();
                     let fds: Vec<RawFd> = batch.iter().map(|c| c.stream.as_raw_fd()).collect();
                     let msg = ToWorker::Connections { conns };
                     let sent = tokio::select! {

@@ -9,8 +9,10 @@
 //! event back, handled before the next `select!`. No decision is taken here.
 
 mod acceptor;
+mod admin;
 mod exit;
 mod link;
+mod metrics;
 mod notify;
 mod probe;
 mod unavailable;
@@ -34,6 +36,7 @@ use crate::{
     dispatch::Conn,
     error::ClusterError,
     fdlimit::{self, FdBudget, ShedLog},
+    proto::ToPrimary,
     supervisor::{Core, Effect, Event, ReplyTo, Signal, Ticket, WorkerId},
 };
 use acceptor::Acceptor;
@@ -80,6 +83,8 @@ pub(crate) async fn run(
     };
     let control_path = config.control_socket.clone().unwrap_or_else(|| control::default_path(local.port()));
     let (commands_tx, commands) = mpsc::channel(16);
+    // Bound before the control socket and any worker: a port in use stops the primary at once.
+    let _admin = config.admin.as_ref().map(|admin| admin::serve(admin, commands_tx.clone())).transpose()?;
     let _control = control::serve(&control_path, commands_tx, config.logs.clone())
         .map_err(|source| ClusterError::ControlSocket { path: control_path.clone(), source })?;
 
@@ -120,6 +125,7 @@ pub(crate) async fn run(
     };
     let mut shell = Shell {
         core: Core::new(config.clone(), std::process::id(), seed),
+        metrics: metrics::ShellMetrics::new(config.balance.as_str()),
         config,
         spawner,
         links: HashMap::new(),
@@ -156,6 +162,8 @@ fn current_exe() -> Result<PathBuf, ClusterError> {
 struct Shell {
     core: Core,
     config: ClusterConfig,
+    /// What only the shell can measure, and the workers' last snapshots.
+    metrics: metrics::ShellMetrics,
     spawner: Spawner,
     links: HashMap<WorkerId, Link>,
     /// Connections the core holds (queued, or between a worker and the next): the core knows
@@ -221,7 +229,10 @@ impl Shell {
             }
             let deadline = self.core.next_deadline().map(tokio::time::Instant::from_std);
             let event = tokio::select! {
-                Some(event) = events.recv() => self.link_event(event),
+                Some(event) = events.recv() => match self.link_event(event) {
+                    Some(event) => event,
+                    None => continue,
+                },
                 (stream, peer) = accept(acceptor), if self.core.accepting() => {
                     let conn = Conn { id: self.next_conn, stream, peer, accepted_at: Instant::now() };
                     self.next_conn += 1;
@@ -263,8 +274,13 @@ impl Shell {
         conns.into_iter().map(|conn| self.hold(conn)).collect()
     }
 
-    fn link_event(&mut self, event: link::Event) -> Event {
-        match event {
+    /// The core's event for a link's, if the core needs to know.
+    fn link_event(&mut self, event: link::Event) -> Option<Event> {
+        Some(match event {
+            link::Event::Message { worker, msg: ToPrimary::Final { snapshot } } => {
+                self.metrics.last_words(worker, snapshot);
+                return None;
+            }
             link::Event::Message { worker, msg } => Event::Message { worker, msg },
             link::Event::Refused { worker, conns } => Event::Refused { worker, conns: self.hold_all(conns) },
             link::Event::Reclaimed { worker, conns } => Event::Reclaimed { worker, conns: self.hold_all(conns) },
@@ -278,9 +294,11 @@ impl Shell {
             }
             link::Event::Exited { worker, status, orphans } => {
                 self.links.remove(&worker);
-                Event::Exited { worker, how: exit::describe(&status), orphans: self.hold_all(orphans) }
+                self.metrics.departed(worker);
+                let (how, death) = (exit::describe(&status), exit::death(&status));
+                Event::Exited { worker, how, death, orphans: self.hold_all(orphans) }
             }
-        }
+        })
     }
 
     fn execute(&mut self, effect: Effect, listener: &std::net::TcpListener) {
@@ -307,6 +325,7 @@ impl Shell {
             }
             Effect::Hand { worker, conn } => {
                 let Some(conn) = self.conns.remove(&conn) else { return };
+                self.metrics.handed(conn.accepted_at.elapsed());
                 let returned = match self.links.get(&worker) {
                     Some(link) => link.outbox.send(conn).err().map(|returned| returned.0),
                     None => Some(conn),
@@ -345,6 +364,7 @@ impl Shell {
                     status.started_unix_s = self.started_unix_s;
                     for worker in &mut status.workers {
                         worker.rss_bytes = worker.pid.and_then(rss_bytes);
+                        worker.cpu_seconds = worker.pid.and_then(metrics::cpu_seconds);
                     }
                 }
                 if let Some(reply) = self.replies.remove(&to) {
@@ -360,6 +380,16 @@ impl Shell {
             },
             Effect::StandIn(false) => self.stand_in = None,
             Effect::Notify(state) => notify::notify(&state),
+            Effect::Scraped { to, mut scrape } => {
+                for worker in &mut scrape.status.workers {
+                    worker.rss_bytes = worker.pid.and_then(rss_bytes);
+                }
+                let processes: Vec<(WorkerId, u32)> = self.links.iter().map(|(id, link)| (*id, link.pid)).collect();
+                let text = self.metrics.render(&scrape, &processes);
+                if let Some(reply) = self.replies.remove(&to) {
+                    let _ = reply.send(Response { metrics: Some(text), ..Response::ok() });
+                }
+            }
         }
     }
 

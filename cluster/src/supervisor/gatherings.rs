@@ -13,7 +13,7 @@ use std::{
 
 use serde_json::Value;
 
-use super::{Core, WorkerId};
+use super::{slots::State, Core, Effect, ReplyTo, Scrape, WorkerId};
 use crate::{
     messaging::{self, MessagingError, Reply, GATHER_TIMEOUT, MAX_PAYLOAD},
     proto::{ToWorker, Unanswered},
@@ -23,12 +23,19 @@ use crate::{
 /// its envelope.
 const PART_BUDGET: usize = crate::channel::MAX_MESSAGE - 512;
 
+/// Who asked a gather.
+#[derive(Debug, Clone, Copy)]
+enum Asker {
+    /// A worker, with its own id for the question.
+    Worker { worker: WorkerId, id: u64 },
+    /// A metrics request (`herd ctl metrics`, the admin listener).
+    Scrape(ReplyTo),
+}
+
 /// One gather in progress.
 #[derive(Debug)]
 pub(super) struct Gathering {
-    /// The asking worker, and its own id for the question.
-    asker: WorkerId,
-    asker_id: u64,
+    asker: Asker,
     /// Workers that have not answered yet.
     waiting: HashSet<WorkerId>,
     replies: Vec<Reply>,
@@ -89,66 +96,105 @@ impl Core {
             self.tell(worker, ToWorker::Query { id, payload: payload.clone() });
         }
         let gathering = Gathering {
-            asker,
-            asker_id,
+            asker: Asker::Worker { worker: asker, id: asker_id },
             waiting: asked.into_iter().collect(),
             replies: Vec::new(),
             unanswered: Vec::new(),
             deadline: now + GATHER_TIMEOUT,
         };
         self.gatherings.open.insert(id, gathering);
-        self.finish_gathers(None);
+        self.finish_gathers(now, false);
     }
 
-    pub(super) fn on_reply(&mut self, from: WorkerId, id: u64, payload: Value) {
+    /// Asks every worker that can answer (ready or draining, not suspect) for its metrics; the
+    /// answer goes to `reply` as [`Effect::Scraped`] once all have answered or after
+    /// [`GATHER_TIMEOUT`].
+    pub(super) fn start_scrape(&mut self, reply: ReplyTo, now: Instant) {
+        let id = self.gatherings.next_id;
+        self.gatherings.next_id += 1;
+        let worker_timeout = self.config.recycling.worker_timeout;
+        // Retiring workers still serve their open connections: their counts belong in the totals.
+        let asked: Vec<WorkerId> = self
+            .slots
+            .all()
+            .filter(|w| w.pid.is_some() && !w.killed && w.state != State::Starting)
+            .filter(|w| !w.liveness.is_suspect(now, worker_timeout))
+            .map(|w| w.id)
+            .collect();
+        for &worker in &asked {
+            self.tell(worker, ToWorker::Scrape { id });
+        }
+        let gathering = Gathering {
+            asker: Asker::Scrape(reply),
+            waiting: asked.into_iter().collect(),
+            replies: Vec::new(),
+            unanswered: Vec::new(),
+            deadline: now + GATHER_TIMEOUT,
+        };
+        self.gatherings.open.insert(id, gathering);
+        self.finish_gathers(now, false);
+    }
+
+    pub(super) fn on_reply(&mut self, from: WorkerId, id: u64, payload: Value, now: Instant) {
         let pid = self.slots.get(from).and_then(|w| w.pid);
         if let (Some(g), Some(pid)) = (self.gatherings.open.get_mut(&id), pid) {
             if g.waiting.remove(&from) {
                 g.replies.push(Reply { slot: from.slot, pid, payload });
             }
         }
-        self.finish_gathers(None);
+        self.finish_gathers(now, false);
     }
 
     /// A worker cannot answer gather `id`.
-    pub(super) fn on_unanswered(&mut self, from: WorkerId, id: u64, reason: String) {
+    pub(super) fn on_unanswered(&mut self, from: WorkerId, id: u64, reason: String, now: Instant) {
         if let Some(g) = self.gatherings.open.get_mut(&id) {
             if g.waiting.remove(&from) {
                 g.unanswered.push(Unanswered { slot: from.slot, reason });
             }
         }
-        self.finish_gathers(None);
+        self.finish_gathers(now, false);
     }
 
     /// A worker is gone: nobody should wait for its answer.
-    pub(super) fn forget_in_gathers(&mut self, gone: WorkerId) {
+    pub(super) fn forget_in_gathers(&mut self, gone: WorkerId, now: Instant) {
         for g in self.gatherings.open.values_mut() {
             g.waiting.remove(&gone);
         }
-        self.finish_gathers(None);
+        self.finish_gathers(now, false);
     }
 
-    /// Hands complete gathers (and, given the time, those past their deadline) to their askers.
-    pub(super) fn finish_gathers(&mut self, now: Option<Instant>) {
+    /// Hands complete gathers (and, with `expire`, those past their deadline) to their askers.
+    pub(super) fn finish_gathers(&mut self, now: Instant, expire: bool) {
         let done: Vec<u64> = self
             .gatherings
             .open
             .iter()
-            .filter(|(_, g)| g.waiting.is_empty() || now.is_some_and(|now| g.deadline <= now))
+            .filter(|(_, g)| g.waiting.is_empty() || (expire && g.deadline <= now))
             .map(|(id, _)| *id)
             .collect();
         for id in done {
             let Some(mut g) = self.gatherings.open.remove(&id) else { continue };
-            if self.slots.get(g.asker).is_none() {
+            g.replies.sort_by_key(|r| r.slot);
+            let (asker, asker_id) = match g.asker {
+                Asker::Worker { worker, id } => (worker, id),
+                Asker::Scrape(to) => {
+                    // Those still waiting at the deadline did not answer either.
+                    let unanswered = g.unanswered.len() + g.waiting.len();
+                    let status = self.status(now);
+                    let scrape = Scrape { status, counters: self.counters.clone(), replies: g.replies, unanswered };
+                    self.effects.push(Effect::Scraped { to, scrape: Box::new(scrape) });
+                    continue;
+                }
+            };
+            if self.slots.get(asker).is_none() {
                 continue; // the asker is gone
             }
-            g.replies.sort_by_key(|r| r.slot);
             let mut parts = split_replies(g.replies);
             let last = parts.pop().unwrap_or_default();
             for replies in parts {
-                self.tell(g.asker, ToWorker::GatheredPart { id: g.asker_id, replies });
+                self.tell(asker, ToWorker::GatheredPart { id: asker_id, replies });
             }
-            self.tell(g.asker, ToWorker::Gathered { id: g.asker_id, replies: last, unanswered: g.unanswered });
+            self.tell(asker, ToWorker::Gathered { id: asker_id, replies: last, unanswered: g.unanswered });
         }
     }
 }

@@ -24,10 +24,12 @@
 //! | `gatherings.rs` | relayed application messages and gathers                        |
 //! | `shutdown.rs`   | the graceful stop and its deadline                              |
 //! | `requests.rs`   | `herd ctl` requests, and the status report                      |
+//! | `counters.rs`   | what the metrics count of the core's decisions                  |
 //!
 //! Tests: `tests.rs` tells the main stories step by step; `sim.rs` runs random schedules.
 
 mod backoff;
+mod counters;
 mod gatherings;
 mod health;
 mod queue;
@@ -62,6 +64,7 @@ use shutdown::Shutdown;
 use slots::Slots;
 use stand_in::StandIn;
 
+pub(crate) use counters::{Counters, Death};
 use queue::MAX_QUEUED;
 pub use shutdown::ShutdownReport;
 
@@ -164,6 +167,7 @@ pub(crate) enum Event {
     Exited {
         worker: WorkerId,
         how: String,
+        death: Death,
         orphans: Vec<Ticket>,
     },
     /// An [`Effect::Hand`] found the worker's link closed (it is dying): the connection is
@@ -239,6 +243,24 @@ pub(crate) enum Effect {
     StandIn(bool),
     /// Tell systemd (`sd_notify`).
     Notify(String),
+    /// Answer a metrics request with the core's part: the shell adds its measurements and
+    /// encodes the text.
+    Scraped {
+        to: ReplyTo,
+        scrape: Box<Scrape>,
+    },
+}
+
+/// The core's answer to a metrics request.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Scrape {
+    /// The cluster now (workers, their states and pids, the queue).
+    pub(crate) status: crate::control::Status,
+    pub(crate) counters: Counters,
+    /// Each answering worker's snapshot (JSON of [`crate::metrics::Snapshot`]).
+    pub(crate) replies: Vec<crate::messaging::Reply>,
+    /// Workers that were asked and could not answer.
+    pub(crate) unanswered: usize,
 }
 
 /// The supervisor's whole state.
@@ -255,6 +277,7 @@ pub(crate) struct Core {
     stopping: Option<Shutdown>,
     next_check: Option<Instant>,
     all_ready_logged: bool,
+    counters: Counters,
     /// What the current [`Core::on`] call decided so far.
     effects: Vec<Effect>,
 }
@@ -277,6 +300,7 @@ impl Core {
             stopping: None,
             next_check: None,
             all_ready_logged: false,
+            counters: Counters::default(),
             effects: Vec::new(),
             config,
         }
@@ -302,14 +326,15 @@ impl Core {
                 self.redispatch(conns, now);
             }
             Event::Shed { worker, count } => {
+                self.counters.shed("fd_exhausted", u64::try_from(count).unwrap_or(u64::MAX));
                 if let Some(w) = self.slots.get_mut(worker) {
                     w.open = w.open.saturating_sub(count);
                 }
             }
             Event::Reclaimed { worker, conns } => self.on_reclaimed(worker, conns, now),
-            Event::Exited { worker, how, orphans } => {
-                self.forget_in_gathers(worker);
-                self.on_exit(worker, &how, now);
+            Event::Exited { worker, how, death, orphans } => {
+                self.forget_in_gathers(worker, now);
+                self.on_exit(worker, &how, death, now);
                 self.redispatch(orphans, now);
             }
             Event::HandFailed { worker, conn } => {
@@ -319,6 +344,7 @@ impl Core {
                 self.redispatch(vec![conn], now);
             }
             Event::Accepted(ticket) => {
+                self.counters.accepted += 1;
                 if self.stopping.is_some() {
                     self.effects.push(Effect::Answer503 { conn: ticket.id, why: shutdown::WHY });
                 } else {
@@ -333,7 +359,23 @@ impl Core {
             Event::Timer => self.on_timer(now),
         }
         self.update_stand_in(now);
+        self.count_answers();
         std::mem::take(&mut self.effects)
+    }
+
+    /// Counts the connections this step answers 503, by reason: one place for every path
+    /// that sheds (queue timeout, errored slots, shutdown).
+    fn count_answers(&mut self) {
+        for effect in &self.effects {
+            if let Effect::Answer503 { why, .. } = effect {
+                let reason = match *why {
+                    shutdown::WHY => "stopping",
+                    queue::ERRORED => "errored",
+                    _ => "queue_timeout",
+                };
+                self.counters.shed(reason, 1);
+            }
+        }
     }
 
     /// When the core must next be told [`Event::Timer`]; `None`: only events wake it.
@@ -388,7 +430,7 @@ impl Core {
         if self.rollout.as_ref().and_then(Rollout::deadline).is_some_and(|d| d <= now) {
             self.rollout_timed_out(now);
         }
-        self.finish_gathers(Some(now));
+        self.finish_gathers(now, true);
         self.answer_overdue(now);
     }
 
@@ -432,10 +474,13 @@ impl Core {
                 }
             }
             ToPrimary::Gather { id, payload } => self.start_gather(worker, id, payload, now),
-            ToPrimary::Reply { id, payload } => self.on_reply(worker, id, payload),
-            ToPrimary::Unanswered { id, reason } => self.on_unanswered(worker, id, reason),
-            // The link task handles these itself.
-            ToPrimary::Accepted { .. } | ToPrimary::Refused { .. } | ToPrimary::Shed { .. } => {}
+            ToPrimary::Reply { id, payload } => self.on_reply(worker, id, payload, now),
+            ToPrimary::Unanswered { id, reason } => self.on_unanswered(worker, id, reason, now),
+            // The link task handles these itself; the shell keeps `Final` for the metrics.
+            ToPrimary::Accepted { .. }
+            | ToPrimary::Refused { .. }
+            | ToPrimary::Shed { .. }
+            | ToPrimary::Final { .. } => {}
         }
     }
 

@@ -13,7 +13,7 @@ pub(super) const MAX_QUEUED: usize = 1024;
 
 /// Why a queued connection is answered `503`.
 const OVERDUE: &str = "no worker could take them within --queue-timeout";
-const ERRORED: &str = "every slot is errored";
+pub(super) const ERRORED: &str = "every slot is errored";
 
 /// Accepted connections waiting for a worker, oldest first.
 #[derive(Debug, Default)]

@@ -16,6 +16,7 @@ impl Core {
             return self.effects.push(answer(Response::error(super::shutdown::WHY)));
         }
         let response = match request {
+            Request::Metrics => return self.start_scrape(reply, now),
             Request::Status => Response { status: Some(self.status(now)), ..Response::ok() },
             Request::Reload => {
                 tracing::info!("reload requested over the control socket");
@@ -86,6 +87,8 @@ impl Core {
                     rss_bytes: None,
                     open_connections: w.open_reported.and_then(|open| usize::try_from(open).ok()),
                     assigned: least_conn.then_some(w.open),
+                    requests: w.requests,
+                    cpu_seconds: None,
                 }
             })
             .chain(self.slots.iter().enumerate().filter(|(_, s)| s.errored && s.worker.is_none()).map(|(slot, s)| {
@@ -98,6 +101,8 @@ impl Core {
                     rss_bytes: None,
                     open_connections: None,
                     assigned: None,
+                    requests: 0,
+                    cpu_seconds: None,
                 }
             }))
             .collect();

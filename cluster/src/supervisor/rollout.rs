@@ -91,6 +91,7 @@ impl Core {
         if let Some(rollout) = self.rollout.take() {
             tracing::info!("{} complete: every slot runs a new worker", rollout.what);
             self.last_reload = Some(format!("{} succeeded", rollout.what));
+            self.counters.rollout(rollout.what, true);
             for to in rollout.waiters {
                 self.effects.push(Effect::Reply { to, response: Response::ok() });
             }
@@ -150,6 +151,7 @@ impl Core {
         }
         tracing::error!("{} failed: {reason}; the old workers keep serving", rollout.what);
         let outcome = format!("{} failed: {reason}", rollout.what);
+        self.counters.rollout(rollout.what, false);
         for to in rollout.waiters {
             self.effects.push(Effect::Reply { to, response: Response::error(outcome.clone()) });
         }

@@ -122,6 +122,9 @@ struct Sim {
     stop_at: Option<Instant>,
     /// Deaths that count toward `errored`, per slot, since its backoff was last reset.
     deaths: HashMap<usize, Vec<Instant>>,
+    /// Serving workers that exited while the cluster was not stopping, per slot: what the
+    /// core's restart counters must say.
+    exits: BTreeMap<usize, u64>,
     spawns: HashMap<usize, Vec<Instant>>,
     /// Gathers asked and not yet answered, by asker and its id, with when they were asked.
     gathers: HashMap<(WorkerId, u64), Instant>,
@@ -144,6 +147,7 @@ struct Coverage {
     refused: u64,
     reclaimed: u64,
     gathers: u64,
+    scrapes: u64,
 }
 
 type Failure = String;
@@ -185,6 +189,7 @@ impl Sim {
             next_reply: 0,
             stop_at: None,
             deaths: HashMap::new(),
+            exits: BTreeMap::new(),
             spawns: HashMap::new(),
             gathers: HashMap::new(),
             next_gather: 0,
@@ -238,6 +243,7 @@ impl Sim {
         match event {
             Event::Exited { worker, .. } if !stopping && serving(&self.core, *worker) => {
                 self.deaths.entry(worker.slot).or_default().push(self.now);
+                *self.exits.entry(worker.slot).or_default() += 1;
             }
             Event::SpawnFailed { worker, exhaustion: false, .. } if serving(&self.core, *worker) => {
                 self.deaths.entry(worker.slot).or_default().push(self.now);
@@ -373,6 +379,16 @@ impl Sim {
                 self.seen.rollouts_failed += 1;
             }
             Effect::StandIn(true) => self.seen.stand_ins += 1,
+            Effect::Scraped { scrape, .. } => {
+                self.seen.scrapes += 1;
+                // A scrape reports the counters of its moment: never more than the core has now.
+                let now = &self.core.counters;
+                let behind = scrape.counters.restarts.iter().all(|(k, n)| now.restarts.get(k).is_some_and(|m| n <= m))
+                    && scrape.counters.accepted <= now.accepted;
+                if !behind {
+                    return Err("a scrape reported counters the core never had".to_owned());
+                }
+            }
             Effect::Reply { .. } | Effect::StandIn(false) | Effect::Notify(_) => {}
         }
         Ok(())
@@ -389,6 +405,11 @@ impl Sim {
             return;
         }
         match msg {
+            ToWorker::Scrape { id } => {
+                let after = self.rng.millis(0, 1500);
+                let reply = ToPrimary::Reply { id, payload: serde_json::json!({ "families": [] }) };
+                self.schedule(after, World::Says(worker, reply));
+            }
             ToWorker::Query { id, .. } => {
                 let after = self.rng.millis(0, 1500);
                 let reply = ToPrimary::Reply { id, payload: serde_json::json!(worker.slot) };
@@ -444,7 +465,8 @@ impl Sim {
                 for t in &p.unacked {
                     self.conns.insert(t.id, Owner::Core);
                 }
-                Some(Event::Exited { worker, how: how.to_owned(), orphans: std::mem::take(&mut p.unacked) })
+                let death = if how.starts_with("killed") { super::Death::Signal } else { super::Death::Failed };
+                Some(Event::Exited { worker, how: how.to_owned(), death, orphans: std::mem::take(&mut p.unacked) })
             }
             World::Refuse(worker, ticket) => {
                 let p = self.procs.get_mut(&worker)?;
@@ -534,6 +556,20 @@ impl Sim {
 
     fn check(&mut self, before: &Snapshot, after_timer: bool) -> Result<(), Failure> {
         let core = &self.core;
+        // The metrics' restart counters are the deaths this world caused, slot by slot, and
+        // every 503 the core answered is counted as a shed connection.
+        for (&slot, &exits) in &self.exits {
+            let counted = core.counters.restarts_of(slot);
+            if counted != exits {
+                return Err(format!(
+                    "slot {slot}: {exits} serving workers died but the restart counter says {counted}"
+                ));
+            }
+        }
+        let shed: u64 = core.counters.shed.iter().filter(|(r, _)| **r != "fd_exhausted").map(|(_, n)| n).sum();
+        if shed != self.seen.answered_503 {
+            return Err(format!("{} connections were answered 503 but {shed} counted as shed", self.seen.answered_503));
+        }
         // Every live process is one the core knows, so none outlives the primary unseen.
         for id in self.procs.keys() {
             if core.slots.get(*id).is_none() {
@@ -686,7 +722,7 @@ fn brief_event(event: &Event) -> String {
         Event::Message { worker, msg } => format!("{worker}: {}", brief_message(msg)),
         Event::Refused { worker, conns } => format!("{worker} refused {:?}", ids(conns)),
         Event::Reclaimed { worker, conns } => format!("{worker}: reclaimed {:?}", ids(conns)),
-        Event::Exited { worker, how, orphans } => format!("{worker} {how}, orphans {:?}", ids(orphans)),
+        Event::Exited { worker, how, orphans, .. } => format!("{worker} {how}, orphans {:?}", ids(orphans)),
         Event::HandFailed { worker, conn } => format!("hand-off of {} to {worker} failed", conn.id),
         Event::Accepted(t) => format!("accepted connection {} from {}", t.id, t.client),
         other => format!("{other:?}"),
@@ -727,7 +763,8 @@ fn inputs(seed: u64) -> Vec<(Duration, Input)> {
             67..=72 => Input::Control(Request::Scale { to: Some(rng.below(6) as usize), by: None }),
             73..=76 => Input::Signal(Signal::AddWorker),
             77..=80 => Input::Signal(Signal::RemoveWorker),
-            81..=88 => Input::Control(Request::Status),
+            81..=85 => Input::Control(Request::Status),
+            86..=88 => Input::Control(Request::Metrics),
             89..=92 => Input::Control(Request::Stop),
             93..=96 => Input::Signal(Signal::Terminate),
             _ => Input::Signal(Signal::Interrupt),
@@ -810,6 +847,7 @@ fn simulation_of_random_schedules_keeps_every_invariant() {
             ("refusals", c.refused),
             ("reclaims", c.reclaimed),
             ("answered gathers", c.gathers),
+            ("scrapes", c.scrapes),
         ] {
             assert!(n > 0, "no schedule had {what}: {total:?}");
         }
@@ -828,5 +866,6 @@ impl Coverage {
         self.refused += o.refused;
         self.reclaimed += o.reclaimed;
         self.gathers += o.gathers;
+        self.scrapes += o.scrapes;
     }
 }

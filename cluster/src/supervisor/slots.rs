@@ -279,7 +279,7 @@ impl Core {
         }
     }
 
-    pub(super) fn on_exit(&mut self, id: WorkerId, how: &str, now: Instant) {
+    pub(super) fn on_exit(&mut self, id: WorkerId, how: &str, death: super::Death, now: Instant) {
         if let Some(i) = self.slots.departing.iter().position(|w| w.id == id) {
             let worker = self.slots.departing.swap_remove(i);
             tracing::info!(slot = id.slot, worker_pid = worker.pid, "worker retired ({how})");
@@ -303,6 +303,7 @@ impl Core {
             return;
         }
         s.restarts += 1;
+        self.counters.death(id.slot, death, worker.killed);
         if s.successor.is_some() {
             // A rollout is already starting its replacement.
             tracing::warn!(slot = id.slot, worker_pid = pid, "worker {how}; its successor is starting");

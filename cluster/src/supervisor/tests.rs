@@ -49,7 +49,8 @@ impl Harness {
     }
 
     fn exited(&mut self, worker: WorkerId, how: &str) -> Vec<Effect> {
-        self.on(Event::Exited { worker, how: how.to_owned(), orphans: Vec::new() })
+        let death = if how.starts_with("killed") { super::Death::Signal } else { super::Death::Failed };
+        self.on(Event::Exited { worker, how: how.to_owned(), death, orphans: Vec::new() })
     }
 
     /// Moves the clock on and fires the timer if it is due.

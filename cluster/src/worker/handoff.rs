@@ -106,7 +106,8 @@ impl HandoffSink {
             };
             match stream {
                 Ok(stream) => {
-                    let tracked = TrackedStream { inner: stream, closed: self.closed.clone() };
+                    let tracked =
+                        TrackedStream { inner: stream, closed: self.closed.clone(), accepted_us: handoff.accepted_us };
                     if self.incoming.send((tracked, handoff.peer)).is_ok() {
                         adopted.accepted.push(handoff.id);
                     } else {
@@ -147,6 +148,14 @@ impl axum::serve::Listener for HandoffListener {
 pub(crate) struct TrackedStream {
     inner: TcpStream,
     closed: mpsc::UnboundedSender<()>,
+    /// When the primary accepted it.
+    accepted_us: Option<u64>,
+}
+
+impl crate::conn::AcceptTime for TrackedStream {
+    fn accepted_us(&self) -> Option<u64> {
+        self.accepted_us
+    }
 }
 
 impl TrackedStream {
@@ -219,7 +228,7 @@ mod tests {
         let high = u64::try_from(fds[1].as_raw_fd()).expect("fd");
         let budget = FdBudget::new(2 * high, usize::try_from(high).expect("fd"));
         let peer = local;
-        let conns = (1..=3).map(|id| Handoff { id, peer, sent_at: None }).collect();
+        let conns = (1..=3).map(|id| Handoff { id, peer, sent_at: None, accepted_us: None }).collect();
         // The kernel delivered two of three descriptors (MSG_CTRUNC): the third is missing.
         let adopted = sink.adopt(conns, fds.into(), budget);
         assert_eq!(adopted, Adopted { accepted: vec![1], refused: vec![], shed: vec![2, 3] });
@@ -240,9 +249,9 @@ mod tests {
             fds.push(OwnedFd::from(listener.accept().expect("accept").0));
         }
         let conns = vec![
-            Handoff { id: 1, peer: local, sent_at: Stamp::now() },
-            Handoff { id: 2, peer: local, sent_at: Stamp::ago(HANDOFF_EXPIRY * 2) },
-            Handoff { id: 3, peer: local, sent_at: None },
+            Handoff { id: 1, peer: local, sent_at: Stamp::now(), accepted_us: None },
+            Handoff { id: 2, peer: local, sent_at: Stamp::ago(HANDOFF_EXPIRY * 2), accepted_us: None },
+            Handoff { id: 3, peer: local, sent_at: None, accepted_us: None },
         ];
         let adopted = sink.adopt(conns, fds, FdBudget::new(u64::MAX, 0));
         let (accepted, refused) = (adopted.accepted, adopted.refused);

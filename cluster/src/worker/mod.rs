@@ -24,6 +24,7 @@ use crate::{
     fd::{self, Expect},
     fdlimit::FdBudget,
     messaging::Messenger,
+    metrics::WorkerMetrics,
     proto::{ToPrimary, ToWorker, HEARTBEAT_INTERVAL},
     role::{WorkerIdentity, IPC_FD, LISTEN_FD},
     shutdown,
@@ -46,6 +47,9 @@ pub struct WorkerContext {
     pub balance: crate::Balance,
     /// Messages to and from the other workers and the primary.
     pub messenger: Messenger,
+    /// This worker's metrics, which the primary gathers when it is scraped; register the
+    /// application's series here ([`WorkerMetrics::register`]).
+    pub metrics: WorkerMetrics,
 }
 
 impl WorkerContext {
@@ -63,6 +67,7 @@ impl WorkerContext {
             started: Instant::now(),
             balance: crate::Balance::Shared,
             messenger: Messenger::alone(slot, pid),
+            metrics: WorkerMetrics::default(),
         }
     }
 }
@@ -94,6 +99,7 @@ where
         started: Instant::now(),
         balance: config.balance,
         messenger: messenger.clone(),
+        metrics: WorkerMetrics::default(),
     };
     let source = if config.balance.primary_accepts() {
         let report_closes = config.balance == crate::Balance::LeastConn;
@@ -109,7 +115,8 @@ where
         Source::Shared(_) => None,
     };
     let budget = FdBudget::current(config.fd_reserve);
-    watch_primary(channel.clone(), trigger.clone(), stop.clone(), sink.map(|sink| (sink, budget)), messenger);
+    let watched = Watched { sink: sink.map(|sink| (sink, budget)), messenger, metrics: ctx.metrics.clone() };
+    watch_primary(channel.clone(), trigger.clone(), stop.clone(), watched);
     watch_signals(trigger)?;
 
     let drain = Drain::new();
@@ -119,6 +126,7 @@ where
     heartbeat(channel.clone(), drain.clone(), cap.clone());
     // The app may take a while to build (it waits for its database); a shutdown request in the
     // meantime ends the worker without ever reporting ready.
+    let metrics = ctx.metrics.clone();
     let router = tokio::select! {
         built = make_app(ctx.clone()) => built.map_err(|e| ClusterError::App(e.into()))?,
         _ = stop.wait() => {
@@ -136,19 +144,27 @@ where
         max_connections = config.connections.max_connections(),
         "worker ready"
     );
+    let (last_word, last_counts) = (channel.clone(), metrics.clone());
     match source {
         Source::Shared(listener) => {
             let listener = DrainableListener::new(listener, stop.clone(), budget).tap_io(|tcp| {
                 // Small JSON responses should not wait for Nagle's algorithm.
                 let _ = tcp.set_nodelay(true);
             });
-            serve(listener, router, drain, cap, channel, stop, config).await
+            serve(listener, router, drain, cap, channel, stop, config, metrics).await
         }
         Source::Handoff(listener, _sink) => {
             let listener = listener.tap_io(|conn| {
                 let _ = conn.tcp().set_nodelay(true);
             });
-            serve(listener, router, drain, cap, channel, stop, config).await
+            serve(listener, router, drain, cap, channel, stop, config, metrics).await
+        }
+    }
+    // Drained: nothing more will be counted. The primary keeps this as the worker's last
+    // counts (an oversized snapshot is skipped: the last scrape's counts stand).
+    if let Ok(snapshot) = serde_json::to_value(last_counts.snapshot()) {
+        if crate::messaging::check_size(&snapshot).is_ok() {
+            let _ = last_word.send(&ToPrimary::Final { snapshot }).await;
         }
     }
     Ok(())
@@ -184,6 +200,7 @@ fn inherited_listener() -> Result<tokio::net::TcpListener, ClusterError> {
 }
 
 /// Serves `router` until the worker is asked to stop, then drains (see [`crate::drain`]).
+#[allow(clippy::too_many_arguments)] // each is one of the worker's parts, built in `run`
 async fn serve<L>(
     listener: L,
     router: Router,
@@ -192,11 +209,15 @@ async fn serve<L>(
     channel: Channel,
     stop: shutdown::Signal,
     config: &ClusterConfig,
+    metrics: WorkerMetrics,
 ) where
     L: Listener<Addr = SocketAddr>,
-    L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + conn::AcceptTime + Unpin + Send + 'static,
 {
-    let mut app = router.layer(from_fn_with_state(drain.clone(), drain::guard));
+    // Outside the drain guard, so it times every request, those a draining worker serves too.
+    let mut app = router
+        .layer(from_fn_with_state(drain.clone(), drain::guard))
+        .layer(from_fn_with_state(metrics.clone(), crate::metrics::http::record));
     if !config.trusted_proxies.is_empty() {
         // Outermost, so every layer of the app sees the client, not the proxy.
         let trusted = std::sync::Arc::new(config.trusted_proxies.clone());
@@ -219,7 +240,7 @@ async fn serve<L>(
             }
         }
     };
-    let served = conn::serve(listener, app, &config.connections, cap, graceful);
+    let served = conn::serve(listener, app, &config.connections, cap, Some(metrics), graceful);
     // The primary enforces the deadline by killing us; stopping a little earlier ourselves lets
     // the log say why.
     let mut stop = stop;
@@ -240,13 +261,16 @@ const EXHAUSTED_RETRY: Duration = Duration::from_millis(50);
 /// Reads the primary's messages: connections to adopt (or refuse while draining, or shed when
 /// out of descriptors), a shutdown request, or the primary's death (end of file), which starts
 /// the drain. Running out of descriptors or memory is never a reason to leave.
-fn watch_primary(
-    channel: Channel,
-    trigger: shutdown::Trigger,
-    stop: shutdown::Signal,
+/// What the IPC reader hands messages to.
+struct Watched {
+    /// Primary-accept modes: where handed-off connections go.
     sink: Option<(HandoffSink, FdBudget)>,
     messenger: Messenger,
-) {
+    metrics: WorkerMetrics,
+}
+
+fn watch_primary(channel: Channel, trigger: shutdown::Trigger, stop: shutdown::Signal, watched: Watched) {
+    let Watched { sink, messenger, metrics } = watched;
     tokio::spawn(async move {
         let mut buf = RecvBuf::default();
         loop {
@@ -279,6 +303,10 @@ fn watch_primary(
                     let messenger = messenger.clone();
                     tokio::spawn(async move { messenger.answer(id, payload).await });
                 }
+                ToWorker::Scrape { id } => {
+                    let (channel, metrics) = (channel.clone(), metrics.clone());
+                    tokio::spawn(async move { answer_scrape(&channel, &metrics, id).await });
+                }
                 ToWorker::GatheredPart { id, replies } => messenger.gathered_part(id, replies),
                 ToWorker::Gathered { id, replies, unanswered } => messenger.gathered(id, replies, unanswered),
                 ToWorker::Retire => trigger.fire(DrainMode::Retire),
@@ -302,6 +330,23 @@ fn watch_primary(
             }
         }
     });
+}
+
+/// Answers the primary's scrape with this worker's snapshot (or why it cannot).
+async fn answer_scrape(channel: &Channel, metrics: &WorkerMetrics, id: u64) {
+    let answer = serde_json::to_value(metrics.snapshot())
+        .map_err(crate::messaging::MessagingError::from)
+        .and_then(|payload| crate::messaging::check_size(&payload).map(|()| payload));
+    let msg = match answer {
+        Ok(payload) => ToPrimary::Reply { id, payload },
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot answer a metrics scrape");
+            ToPrimary::Unanswered { id, reason: err.to_string() }
+        }
+    };
+    if let Err(err) = channel.send(&msg).await {
+        tracing::warn!(error = %err, "cannot send a metrics snapshot");
+    }
 }
 
 /// SIGTERM or SIGINT sent to the worker itself (Ctrl-C reaches the whole process group) drains

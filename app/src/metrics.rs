@@ -1,0 +1,144 @@
+//! The app's own series, registered with the worker's metrics (`WorkerContext::metrics`) and
+//! gathered by the primary at scrape time: session store operations (a [`MeteredStore`] around
+//! the store, so that `herd-session-store` needs no hook), Redis reconnects and command
+//! timeouts, and shared-cache lookups.
+//!
+//! The store is measured at the `tower_sessions::SessionStore` boundary: `load`, `save`,
+//! `create`, `delete`. The store's touch (inside a load) and rotation (a login's `cycle_id`,
+//! seen here as a create, with the old session retired at the end of the request) are not
+//! visible from outside it.
+
+use std::{sync::Arc, time::Instant};
+
+use async_trait::async_trait;
+use fred::{clients::Pool, interfaces::EventInterface};
+use herd_cluster::metrics::{CounterVec, HistogramVec, WorkerMetrics, LATENCY_BUCKETS};
+use tower_sessions::{
+    session::{Id, Record},
+    session_store, SessionStore,
+};
+
+/// The app's counters and histograms of one worker.
+#[derive(Debug)]
+pub(crate) struct AppMetrics {
+    store_ops: CounterVec,
+    store_latency: HistogramVec,
+    timeouts: CounterVec,
+    reconnects: CounterVec,
+    pub(crate) cache: CounterVec,
+}
+
+impl AppMetrics {
+    /// Creates them and registers them with the worker's metrics; counts `pool`'s reconnects.
+    pub(crate) fn register(worker: &WorkerMetrics, pool: &Pool) -> Arc<Self> {
+        let metrics = Arc::new(Self {
+            store_ops: CounterVec::new(
+                "herd_session_store_operations",
+                "Session store operations by kind (load, save, create, delete) and outcome (ok, unavailable: answered 503, full: 507, error)",
+                &["op", "outcome"],
+            ),
+            store_latency: HistogramVec::new(
+                "herd_session_store_operation_duration_seconds",
+                "Session store operation latency, by kind",
+                &["op"],
+                LATENCY_BUCKETS,
+            ),
+            timeouts: CounterVec::new(
+                "herd_redis_command_timeouts",
+                "Session store operations that failed because Redis did not answer within the command timeout",
+                &[],
+            ),
+            reconnects: CounterVec::new("herd_redis_reconnects", "Reconnections of this worker's Redis connections", &[]),
+            cache: CounterVec::new(
+                "herd_cache_lookups",
+                "Shared cache lookups by where the value came from (local, redis, computed: a miss) or error",
+                &["result"],
+            ),
+        });
+        // Every series appears from the first scrape, at 0.
+        metrics.timeouts.add(&[], 0);
+        metrics.reconnects.add(&[], 0);
+        struct Registered(Arc<AppMetrics>);
+        impl herd_cluster::metrics::Collect for Registered {
+            fn collect(&self, out: &mut Vec<herd_cluster::metrics::Family>) {
+                let m = &self.0;
+                m.store_ops.collect(out);
+                m.store_latency.collect(out);
+                m.timeouts.collect(out);
+                m.reconnects.collect(out);
+                m.cache.collect(out);
+            }
+        }
+        worker.register(Arc::new(Registered(metrics.clone())));
+        for client in pool.clients() {
+            let mut reconnected = client.reconnect_rx();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                while reconnected.recv().await.is_ok() {
+                    metrics.reconnects.inc(&[]);
+                }
+            });
+        }
+        metrics
+    }
+
+    fn record<T>(&self, op: &'static str, started: Instant, result: &session_store::Result<T>) {
+        self.store_latency.observe_duration(&[op], started.elapsed());
+        let outcome = match result {
+            Ok(_) => "ok",
+            Err(err) if herd_session_store::is_store_full(err) => "full",
+            Err(session_store::Error::Backend(text)) => {
+                if text.to_ascii_lowercase().contains("timeout") || text.contains("timed out") {
+                    self.timeouts.inc(&[]);
+                }
+                "unavailable"
+            }
+            Err(_) => "error",
+        };
+        self.store_ops.inc(&[op, outcome]);
+    }
+}
+
+/// A session store whose operations are counted and timed.
+#[derive(Debug, Clone)]
+pub(crate) struct MeteredStore<S> {
+    inner: S,
+    metrics: Arc<AppMetrics>,
+}
+
+impl<S> MeteredStore<S> {
+    pub(crate) fn new(inner: S, metrics: Arc<AppMetrics>) -> Self {
+        Self { inner, metrics }
+    }
+}
+
+#[async_trait]
+impl<S: SessionStore> SessionStore for MeteredStore<S> {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        let started = Instant::now();
+        let result = self.inner.create(record).await;
+        self.metrics.record("create", started, &result);
+        result
+    }
+
+    async fn save(&self, record: &Record) -> session_store::Result<()> {
+        let started = Instant::now();
+        let result = self.inner.save(record).await;
+        self.metrics.record("save", started, &result);
+        result
+    }
+
+    async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
+        let started = Instant::now();
+        let result = self.inner.load(id).await;
+        self.metrics.record("load", started, &result);
+        result
+    }
+
+    async fn delete(&self, id: &Id) -> session_store::Result<()> {
+        let started = Instant::now();
+        let result = self.inner.delete(id).await;
+        self.metrics.record("delete", started, &result);
+        result
+    }
+}
