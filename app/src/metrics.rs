@@ -3,16 +3,16 @@
 //! the store, so that `herd-session-store` needs no hook), Redis reconnects and command
 //! timeouts, and shared-cache lookups.
 //!
-//! The store is measured at the `tower_sessions::SessionStore` boundary: `load`, `save`,
-//! `create`, `delete`. The store's touch (inside a load) and rotation (a login's `cycle_id`,
-//! seen here as a create, with the old session retired at the end of the request) are not
-//! visible from outside it.
+//! The store is measured at the `tower_sessions::SessionStore` boundary (`load`, `save`,
+//! `create`, `delete`) and, for what happens inside those (the touch within a load, a login's
+//! rotation), through the store's [`StoreObserver`].
 
 use std::{sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use fred::{clients::Pool, interfaces::EventInterface};
 use herd_cluster::metrics::{CounterVec, HistogramVec, WorkerMetrics, LATENCY_BUCKETS};
+use herd_session_store::{StoreEvent, StoreObserver};
 use tower_sessions::{
     session::{Id, Record},
     session_store, SessionStore,
@@ -34,7 +34,7 @@ impl AppMetrics {
         let metrics = Arc::new(Self {
             store_ops: CounterVec::new(
                 "herd_session_store_operations",
-                "Session store operations by kind (load, save, create, delete) and outcome (ok, unavailable: answered 503, full: 507, error)",
+                "Session store operations by kind (load, save, create, delete, touch, rotate) and outcome (ok, unavailable: answered 503, full: 507, error)",
                 &["op", "outcome"],
             ),
             store_latency: HistogramVec::new(
@@ -51,7 +51,7 @@ impl AppMetrics {
             reconnects: CounterVec::new("herd_redis_reconnects", "Reconnections of this worker's Redis connections", &[]),
             cache: CounterVec::new(
                 "herd_cache_lookups",
-                "Shared cache lookups by where the value came from (local, redis, computed: a miss) or error",
+                "Shared cache lookups by where the value came from (local, redis, waited: for another worker's computation, computed: a miss) or error",
                 &["result"],
             ),
         });
@@ -87,8 +87,8 @@ impl AppMetrics {
         let outcome = match result {
             Ok(_) => "ok",
             Err(err) if herd_session_store::is_store_full(err) => "full",
-            Err(session_store::Error::Backend(text)) => {
-                if text.to_ascii_lowercase().contains("timeout") || text.contains("timed out") {
+            Err(err @ session_store::Error::Backend(_)) => {
+                if herd_session_store::is_store_timeout(err) {
                     self.timeouts.inc(&[]);
                 }
                 "unavailable"
@@ -96,6 +96,15 @@ impl AppMetrics {
             Err(_) => "error",
         };
         self.store_ops.inc(&[op, outcome]);
+    }
+
+    /// Counts what the store does inside loads and logins as operations of their own.
+    pub(crate) fn store_observer(self: &Arc<Self>) -> StoreObserver {
+        let metrics = Arc::clone(self);
+        StoreObserver::new(move |event| match event {
+            StoreEvent::Touch { ok } => metrics.store_ops.inc(&["touch", if ok { "ok" } else { "error" }]),
+            StoreEvent::Rotate => metrics.store_ops.inc(&["rotate", "ok"]),
+        })
     }
 }
 

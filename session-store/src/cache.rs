@@ -126,6 +126,9 @@ pub enum Source {
     Local,
     /// The shared entry in Redis.
     Redis,
+    /// The shared entry in Redis, after waiting for another request's computation of it (the
+    /// single flight).
+    Waited,
     /// This request computed it.
     Computed,
 }
@@ -301,7 +304,7 @@ impl Cache {
             loop {
                 tokio::time::sleep(POLL).await;
                 if let Some(value) = self.shared(key, &value_key, generation).await? {
-                    return Ok(Cached { value, from_cache: true, source: Source::Redis });
+                    return Ok(Cached { value, from_cache: true, source: Source::Waited });
                 }
                 let held: i64 = self.pool.exists(&lock_key).await.map_err(StoreError::from)?;
                 if held == 0 {

@@ -59,9 +59,11 @@
 //! - `tls`: the rustls connector for `rediss://`.
 //! - [`cache`]: a cache shared by all workers, computing each missing value once cluster-wide.
 //! - [`operator`]: problems only an operator can fix (a full Redis), logged once per interval.
+//! - [`observe`]: what the store does inside a load or a login, for an app's metrics.
 
 pub mod cache;
 pub mod keys;
+pub mod observe;
 pub mod operator;
 pub mod pool;
 mod record;
@@ -74,6 +76,7 @@ mod tls;
 
 pub use cache::{Cache, Cached};
 pub use keys::Keys;
+pub use observe::{StoreEvent, StoreObserver};
 pub use pool::{connect, redact_url, RedisConfig};
 pub use replication::ReplicaWait;
 pub use scope::SessionScopeLayer;
@@ -90,9 +93,12 @@ pub enum StoreError {
         /// fred's complaint.
         source: fred::error::Error,
     },
-    /// Redis failed, timed out or is unreachable.
+    /// Redis failed or is unreachable.
     #[error("Redis: {0}")]
     Redis(fred::error::Error),
+    /// Redis did not answer within the command timeout (an outage, a failover, a hung server).
+    #[error("{TIMED_OUT}{0}")]
+    Timeout(fred::error::Error),
     /// Redis refused a write because it reached `maxmemory` and may evict nothing (policy
     /// `noeviction`, or no key with a TTL left under `volatile-*`). Not transient: it lasts
     /// until an operator frees memory or raises the limit (see [`operator`]).
@@ -130,6 +136,8 @@ impl From<fred::error::Error> for StoreError {
     fn from(err: fred::error::Error) -> Self {
         if is_out_of_memory(&err) {
             StoreError::OutOfMemory(err)
+        } else if *err.kind() == fred::error::ErrorKind::Timeout {
+            StoreError::Timeout(err)
         } else {
             StoreError::Redis(err)
         }
@@ -148,7 +156,7 @@ impl StoreError {
     /// True when the error means "Redis is unavailable right now" rather than a bug: the caller
     /// should answer 503 and let the client retry.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Redis(_) | StoreError::NotReplicated { .. })
+        matches!(self, StoreError::Redis(_) | StoreError::Timeout(_) | StoreError::NotReplicated { .. })
     }
 
     /// True when Redis is full and refuses writes: the caller should answer 507 (see
@@ -165,6 +173,15 @@ impl From<StoreError> for tower_sessions::session_store::Error {
             other => Self::Backend(other.to_string()),
         }
     }
+}
+
+/// How [`StoreError::Timeout`]'s text begins.
+const TIMED_OUT: &str = "Redis timed out: ";
+
+/// True when a `tower_sessions` store error (which keeps only the text) came from Redis not
+/// answering in time ([`StoreError::Timeout`]), for an app's metrics.
+pub fn is_store_timeout(err: &tower_sessions::session_store::Error) -> bool {
+    matches!(err, tower_sessions::session_store::Error::Backend(text) if text.starts_with(TIMED_OUT))
 }
 
 /// True when a `tower_sessions` store error (which keeps only the text) came from a full
@@ -186,8 +203,12 @@ mod tests {
         let full = StoreError::from(oom);
         assert!(full.is_out_of_memory() && !full.is_unavailable());
         assert!(is_store_full(&full.into()));
-        let down = StoreError::from(fred::error::Error::new(fred::error::ErrorKind::Timeout, "Request timed out."));
-        assert!(down.is_unavailable() && !down.is_out_of_memory());
-        assert!(!is_store_full(&down.into()));
+        let slow = StoreError::from(fred::error::Error::new(fred::error::ErrorKind::Timeout, "Request timed out."));
+        assert!(slow.is_unavailable() && !slow.is_out_of_memory());
+        let slow = slow.into();
+        assert!(!is_store_full(&slow) && is_store_timeout(&slow));
+        let down = StoreError::from(fred::error::Error::new(fred::error::ErrorKind::IO, "Connection refused"));
+        assert!(down.is_unavailable());
+        assert!(!is_store_timeout(&down.into()));
     }
 }

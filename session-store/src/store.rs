@@ -46,6 +46,7 @@ use tower_sessions::{
 
 use crate::{
     keys::Keys,
+    observe::{StoreEvent, StoreObserver},
     record,
     replication::ReplicaWait,
     scope::{self, Failure, SessionScopeLayer},
@@ -137,6 +138,7 @@ pub struct RedisSessionStore {
     limits: SessionLimits,
     read_stock: bool,
     replica_wait: ReplicaWait,
+    observer: Option<StoreObserver>,
 }
 
 /// How a write treats the names it is not given.
@@ -156,7 +158,26 @@ impl RedisSessionStore {
     /// A store on `pool` (build it with [`crate::connect`] to get bounded I/O), with the
     /// default [`SessionLimits`].
     pub fn new(pool: Pool, keys: Keys) -> Self {
-        Self { pool, keys, limits: SessionLimits::default(), read_stock: false, replica_wait: ReplicaWait::default() }
+        Self {
+            pool,
+            keys,
+            limits: SessionLimits::default(),
+            read_stock: false,
+            replica_wait: ReplicaWait::default(),
+            observer: None,
+        }
+    }
+
+    /// Tells `observer` of what the store does inside loads and logins ([`crate::observe`]).
+    pub fn with_observer(mut self, observer: StoreObserver) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    fn notify(&self, event: StoreEvent) {
+        if let Some(observer) = &self.observer {
+            observer.notify(event);
+        }
     }
 
     /// Sets how revocations (logouts, a login's old session) wait for replicas; by default
@@ -341,13 +362,24 @@ impl RedisSessionStore {
             let mut args = self.clock_args();
             args.push((idle / 4).to_string());
             // Losing a touch only shortens the session's idle window; the read still stands.
-            match scripts::run::<i64>(self.pool.next(), Op::Touch, &key, args).await {
-                Ok(_) => seen = now_ms,
-                // A full Redis refuses every touch: one operator line per interval, not a
-                // WARN per request.
-                Err(err) if err.is_out_of_memory() => crate::operator::redis_full(&err),
+            let touched = scripts::run::<i64>(self.pool.next(), Op::Touch, &key, args).await;
+            match touched {
+                // 0: another request touched it first.
+                Ok(touched) => {
+                    seen = now_ms;
+                    if touched == 1 {
+                        self.notify(StoreEvent::Touch { ok: true });
+                    }
+                }
                 Err(err) => {
-                    tracing::warn!(error = %err, "could not extend a session's idle timeout")
+                    self.notify(StoreEvent::Touch { ok: false });
+                    if err.is_out_of_memory() {
+                        // A full Redis refuses every touch: one operator line per interval,
+                        // not a WARN per request.
+                        crate::operator::redis_full(&err);
+                    } else {
+                        tracing::warn!(error = %err, "could not extend a session's idle timeout");
+                    }
                 }
             }
         }
@@ -433,6 +465,7 @@ impl RedisSessionStore {
                 self.link_predecessor(client, &record.id, &old).await?;
                 // The old id is a revocation too: a failover must not extend it again.
                 self.replica_wait.confirm(client).await?;
+                self.notify(StoreEvent::Rotate);
             }
         }
         Ok(())

@@ -157,6 +157,12 @@ fn a_scrape_counts_requests_and_restarts_exactly_and_keeps_a_dead_workers_counts
     assert_eq!(sum(&app, "herd_cache_lookups_total", &[]), 2.0);
     assert_eq!(sum(&app, "herd_redis_reconnects_total", &[]), 0.0);
     assert!(app.keys().any(|k| k.starts_with("herd_redis_reconnects_total")));
+    // A first login replaces no stored session; logging in again over it rotates one.
+    assert_eq!(sum(&app, "herd_session_store_operations_total", &[r#"op="rotate""#]), 0.0);
+    user.login();
+    let rotated = parse(&scrape(admin, &[]).body);
+    assert_eq!(sum(&rotated, "herd_session_store_operations_total", &[r#"op="rotate""#, ok]), 1.0);
+    assert_eq!(sum(&rotated, "herd_session_store_operations_total", &[r#"op="touch""#]), 0.0, "not idle long enough");
 
     // A reload retires every worker without a scrape in between: each one's last words (its
     // final snapshot) keep the requests it served since the last scrape in the totals.
@@ -256,4 +262,22 @@ fn the_admin_listener_needs_a_token_beyond_loopback_and_checks_it() {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).expect("a worker's command line");
         assert!(!String::from_utf8_lossy(&cmdline).contains("s3cret"), "worker {pid}");
     }
+}
+
+/// A load that extends the idle timeout counts as a touch: with `--session-idle 2s` a read half
+/// a second after the login touches the session once.
+#[test]
+fn a_touch_inside_a_load_is_counted() {
+    let redis = RedisServer::start();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("address");
+    let admin_arg = admin.to_string();
+    let herd = Herd::start(&redis, &["--workers", "1", "--session-idle", "2s", "--metrics-bind", &admin_arg]);
+    let mut user = herd.client();
+    user.login();
+    let touch = [r#"op="touch""#, r#"outcome="ok""#];
+    assert_eq!(sum(&parse(&scrape(admin, &[]).body), "herd_session_store_operations_total", &touch), 0.0);
+    // The subject is time passing: a quarter of the idle timeout, and some.
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    assert_eq!(user.get("/me").expect("GET /me").json()["user"], "alice");
+    assert_eq!(sum(&parse(&scrape(admin, &[]).body), "herd_session_store_operations_total", &touch), 1.0);
 }

@@ -50,6 +50,7 @@ fn sessions_users_rate_limits_and_the_cache_work_on_a_redis_cluster() {
         .map(|t| t.join().expect("client thread"))
         .collect();
     assert_eq!(answers.iter().filter(|a| a["cached"] == false).count(), 1, "{answers:?}");
+    assert!(answers.iter().any(|a| a["source"] == "waited"), "some waited for that computation: {answers:?}");
     let pids: HashSet<_> = answers.iter().map(|a| a["pid"].clone()).collect();
     assert_eq!(pids.len(), 2, "both workers answered");
     assert_eq!(herd.client().get("/readyz").expect("readyz").status, 200);

@@ -134,7 +134,8 @@ pub(super) struct HeavyCached {
     pid: u32,
     /// False for the one request in the cluster that computed it.
     cached: bool,
-    /// `local` (this worker's copy), `redis` (the shared entry) or `computed`.
+    /// `local` (this worker's copy), `redis` (the shared entry), `waited` (the shared entry,
+    /// after waiting for another request's computation) or `computed`.
     source: herd_session_store::cache::Source,
 }
 
@@ -160,6 +161,7 @@ pub(super) async fn heavy_cached(
         Ok(cached) => match cached.source {
             herd_session_store::cache::Source::Local => "local",
             herd_session_store::cache::Source::Redis => "redis",
+            herd_session_store::cache::Source::Waited => "waited",
             herd_session_store::cache::Source::Computed => "computed",
         },
         Err(_) => "error",

@@ -160,9 +160,11 @@ impl AppState {
     /// cluster's messaging) and limits. `worker` may be [`WorkerContext::standalone`] in tests.
     pub(crate) async fn build(worker: WorkerContext, pool: Pool, settings: AppSettings) -> Result<Self, StoreError> {
         let AppSettings { keys, session, login, hashing, heavy, cache, demo_users } = settings;
+        let metrics = crate::metrics::AppMetrics::register(&worker.metrics, &pool);
         let store = RedisSessionStore::new(pool.clone(), keys.clone())
             .with_limits(session.limits())
-            .with_replica_wait(session.replica_wait);
+            .with_replica_wait(session.replica_wait)
+            .with_observer(metrics.store_observer());
         // Entries written together expire ±10 % apart; each worker answers repeats from memory
         // for a few seconds, dropped at once by an invalidation from any worker.
         let cache = herd_session_store::Cache::new(pool.clone(), keys.clone())
@@ -171,7 +173,6 @@ impl AppState {
             .with_local_copies(CACHE_LOCAL_TTL)
             .await?;
         let counters = std::sync::Arc::new(stats::Counters::default());
-        let metrics = crate::metrics::AppMetrics::register(&worker.metrics, &pool);
         stats::serve_counters(&worker.messenger, counters.clone());
         // Before the worker reports ready, so the first unknown user costs one hash like any other.
         if let Err(err) = tokio::task::spawn_blocking(crate::users::prepare_dummy_hash).await {
