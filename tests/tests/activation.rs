@@ -97,7 +97,10 @@ fn a_socket_passed_to_another_process_is_left_alone() {
 
 #[test]
 fn what_herd_cannot_take_is_a_clear_error() {
-    let serve = ["serve", "--bind", "127.0.0.1:0", "--workers", "1"];
+    // A Redis of its own: without one, herd would start a private redis-server here.
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let serve = ["serve", "--bind", "127.0.0.1:0", "--workers", "1", "--redis-url", &url];
     assert_herd_fails(&serve, &[("LISTEN_FDS", Some("2"))], 1, &["LISTEN_FDS=2", "one listening socket"]);
     assert_herd_fails(&serve, &[("LISTEN_FDS", Some("many"))], 1, &["is not a number"]);
     // Nothing at fd 3 (Rust's std opens every file close-on-exec, so the test passes none).
