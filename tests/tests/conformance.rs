@@ -35,7 +35,7 @@ use tower_sessions::{
 const SHORT: Duration = Duration::seconds(2);
 /// When a waiting case checks that a session is still there: safely inside even the stock
 /// store's shortest life.
-const NOT_YET: Duration = Duration::milliseconds(800);
+const NOT_YET: Duration = Duration::milliseconds(500);
 
 /// Where a store deliberately behaves otherwise than the reference; each has its own case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
