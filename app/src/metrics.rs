@@ -7,7 +7,7 @@
 //! `create`, `delete`) and, for what happens inside those (the touch within a load, a login's
 //! rotation), through the store's [`StoreObserver`].
 
-use std::{sync::Arc, time::Instant};
+use std::{future::Future, sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use fred::{clients::Pool, interfaces::EventInterface};
@@ -121,33 +121,35 @@ impl<S> MeteredStore<S> {
     }
 }
 
+impl<S> MeteredStore<S> {
+    /// Runs one store operation, counting and timing it as `op`.
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        operation: impl Future<Output = session_store::Result<T>>,
+    ) -> session_store::Result<T> {
+        let started = Instant::now();
+        let result = operation.await;
+        self.metrics.record(op, started, &result);
+        result
+    }
+}
+
 #[async_trait]
 impl<S: SessionStore> SessionStore for MeteredStore<S> {
     async fn create(&self, record: &mut Record) -> session_store::Result<()> {
-        let started = Instant::now();
-        let result = self.inner.create(record).await;
-        self.metrics.record("create", started, &result);
-        result
+        self.timed("create", self.inner.create(record)).await
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let started = Instant::now();
-        let result = self.inner.save(record).await;
-        self.metrics.record("save", started, &result);
-        result
+        self.timed("save", self.inner.save(record)).await
     }
 
     async fn load(&self, id: &Id) -> session_store::Result<Option<Record>> {
-        let started = Instant::now();
-        let result = self.inner.load(id).await;
-        self.metrics.record("load", started, &result);
-        result
+        self.timed("load", self.inner.load(id)).await
     }
 
     async fn delete(&self, id: &Id) -> session_store::Result<()> {
-        let started = Instant::now();
-        let result = self.inner.delete(id).await;
-        self.metrics.record("delete", started, &result);
-        result
+        self.timed("delete", self.inner.delete(id)).await
     }
 }

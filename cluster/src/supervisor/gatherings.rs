@@ -95,8 +95,14 @@ impl Core {
         for &worker in &asked {
             self.tell(worker, ToWorker::Query { id, payload: payload.clone() });
         }
+        self.open_gathering(id, Asker::Worker { worker: asker, id: asker_id }, asked, now);
+    }
+
+    /// Waits for `asked`'s answers for `asker` (each has been told): closed once all answered,
+    /// or at [`GATHER_TIMEOUT`].
+    fn open_gathering(&mut self, id: u64, asker: Asker, asked: Vec<WorkerId>, now: Instant) {
         let gathering = Gathering {
-            asker: Asker::Worker { worker: asker, id: asker_id },
+            asker,
             waiting: asked.into_iter().collect(),
             replies: Vec::new(),
             unanswered: Vec::new(),
@@ -124,15 +130,7 @@ impl Core {
         for &worker in &asked {
             self.tell(worker, ToWorker::Scrape { id });
         }
-        let gathering = Gathering {
-            asker: Asker::Scrape(reply),
-            waiting: asked.into_iter().collect(),
-            replies: Vec::new(),
-            unanswered: Vec::new(),
-            deadline: now + GATHER_TIMEOUT,
-        };
-        self.gatherings.open.insert(id, gathering);
-        self.finish_gathers(now, false);
+        self.open_gathering(id, Asker::Scrape(reply), asked, now);
     }
 
     pub(super) fn on_reply(&mut self, from: WorkerId, id: u64, payload: Value, now: Instant) {
