@@ -105,20 +105,16 @@ pub(crate) async fn run(
         },
         events: events_tx,
     };
-    match origin {
-        ListenerOrigin::Bound => tracing::info!(
-            workers = config.workers,
-            balance = config.balance.as_str(),
-            control = %control_path.display(),
-            "listening on {local}"
-        ),
-        ListenerOrigin::Inherited => tracing::info!(
-            workers = config.workers,
-            balance = config.balance.as_str(),
-            control = %control_path.display(),
-            "listening on {local}, a socket inherited by socket activation (LISTEN_FDS; --bind is not used)"
-        ),
-    }
+    let inherited = match origin {
+        ListenerOrigin::Bound => "",
+        ListenerOrigin::Inherited => ", a socket inherited by socket activation (LISTEN_FDS; --bind is not used)",
+    };
+    tracing::info!(
+        workers = config.workers,
+        balance = config.balance.as_str(),
+        control = %control_path.display(),
+        "listening on {local}{inherited}"
+    );
     let seed = {
         use std::hash::BuildHasher;
         std::collections::hash_map::RandomState::new().hash_one(std::process::id())
