@@ -83,9 +83,14 @@ fn a_full_stop_and_start_under_new_connection_load_refuses_nothing() {
     });
     let report = load.stop();
     assert_eq!((report.failed, report.non_2xx), (0, 0), "nothing refused or failed: {:?}", report.errors);
-    let second_pids = second.worker_pids();
-    for pid in first_pids.iter().chain(&second_pids) {
-        assert!(report.pids.contains(&u64::from(*pid)), "worker {pid} served: {:?}", report.pids);
+    // Each herd served. Not necessarily each worker: in `shared` mode the kernel picks which
+    // waiting worker an accept wakes, and one can take every connection of a short window.
+    for (herd, pids) in [("the first", first_pids), ("the second", second.worker_pids())] {
+        assert!(
+            pids.iter().any(|pid| report.pids.contains(&u64::from(*pid))),
+            "{herd} herd's workers {pids:?} served none of {:?}",
+            report.pids
+        );
     }
     stop(second);
 }
