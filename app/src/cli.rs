@@ -66,7 +66,7 @@ pub struct CtlArgs {
     #[arg(long, env = "HERD_CONTROL_SOCKET")]
     pub socket: Option<PathBuf>,
     /// Give up when the primary does not accept or answer within this long [default: 10s;
-    /// 10m for reload and restart, which wait for every new worker to be ready]
+    /// 10m for reload, restart and upgrade, which wait for every new worker to be ready]
     #[arg(long, env = "HERD_CTL_TIMEOUT", value_parser = parse_duration)]
     pub timeout: Option<Duration>,
     #[command(subcommand)]
@@ -84,6 +84,11 @@ pub enum CtlCommand {
     /// Replace every worker, one at a time, each after its successor is ready; exits non-zero
     /// with the reason if a new worker fails.
     Reload,
+    /// Hand over to a new primary running the binary on disk (like SIGUSR2), without refusing
+    /// a connection: it starts its own workers, and once all are ready this primary stops
+    /// accepting, drains its workers and exits. Exits non-zero with the reason if the new one
+    /// fails or is not ready within --ready-timeout (this primary then keeps serving).
+    Upgrade,
     /// Set the number of workers: N, +K or -K.
     Scale {
         #[arg(allow_hyphen_values = true)]

@@ -9,13 +9,13 @@ use crate::cli::{CtlArgs, CtlCommand, ScaleArg, DEFAULT_BIND};
 
 /// How long `herd ctl` waits for the primary to accept and to answer, unless `--timeout`.
 pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The same for `reload` and `restart`, which answer once every new worker is ready.
+/// The same for `reload`, `restart` and `upgrade`, which answer once every new worker is ready.
 pub(crate) const DEFAULT_ROLLOUT_TIMEOUT: Duration = Duration::from_secs(600);
 
 pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<i32> {
     let socket = args.socket.unwrap_or_else(default_socket);
     let timeout = args.timeout.unwrap_or(match args.command {
-        CtlCommand::Reload | CtlCommand::Restart { .. } => DEFAULT_ROLLOUT_TIMEOUT,
+        CtlCommand::Reload | CtlCommand::Restart { .. } | CtlCommand::Upgrade => DEFAULT_ROLLOUT_TIMEOUT,
         _ => DEFAULT_TIMEOUT,
     });
     let unreachable = || format!("cannot talk to a herd primary at {} (is it running? see --socket)", socket.display());
@@ -28,6 +28,7 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<i32> {
         CtlCommand::Status { json } => (Request::Status, json),
         CtlCommand::Metrics => (Request::Metrics, false),
         CtlCommand::Reload => (Request::Reload, false),
+        CtlCommand::Upgrade => (Request::Upgrade, false),
         CtlCommand::Scale { count: ScaleArg::To(n) } => (Request::Scale { to: Some(n), by: None }, false),
         CtlCommand::Scale { count: ScaleArg::By(k) } => (Request::Scale { to: None, by: Some(k) }, false),
         CtlCommand::Restart { slot } => (Request::Restart { slot }, false),
@@ -51,6 +52,10 @@ pub(crate) async fn run(args: CtlArgs) -> anyhow::Result<i32> {
         (Request::Status, Some(status), _) => print!("{}", table(&status)),
         (Request::Scale { .. }, _, Some(n)) => println!("scaled to {n} workers"),
         (Request::Reload, _, _) => println!("reloaded: every worker was replaced"),
+        (Request::Upgrade, _, _) => println!(
+            "upgraded: the new primary (pid {}) serves; the old one drains its workers and exits",
+            response.pid.map_or_else(|| "?".to_owned(), |pid| pid.to_string())
+        ),
         (Request::Restart { slot }, _, _) => println!("slot {slot} restarted"),
         (Request::Stop, _, _) => println!("stopping"),
         (Request::Send { .. }, _, Some(n)) => println!("sent to {n} worker(s)"),

@@ -76,12 +76,19 @@ pub(crate) fn print_unit(unit_args: &SystemdUnitArgs) -> anyhow::Result<i32> {
     );
     let after = if unit_args.socket_unit { " herd.socket\nRequires=herd.socket" } else { "" };
     let _ = writeln!(unit, "After=network-online.target redis-server.service{after}\nWants=network-online.target\n");
-    let _ = writeln!(unit, "[Service]\nType=notify\nNotifyAccess=main");
+    // `all`: after `herd ctl upgrade` the new primary, started by the old one, tells systemd
+    // `MAINPID=` (itself) and `READY=1`; with `main` systemd would ignore it.
+    let _ = writeln!(unit, "[Service]\nType=notify\nNotifyAccess=all");
     // Relative paths in the flags (--config, the private Redis's ./.herd) mean what they mean here.
     if let Ok(cwd) = std::env::current_dir() {
         let _ = writeln!(unit, "WorkingDirectory={}", quote(&cwd.to_string_lossy()));
     }
     let _ = writeln!(unit, "ExecStart={} serve {}", quote(&exe.to_string_lossy()), flags.join(" "));
+    let _ = writeln!(
+        unit,
+        "# systemctl reload herd: a rolling reload of the workers. A new herd binary without a refused\n\
+         # connection: herd ctl upgrade, or systemctl kill --kill-whom=main --signal=SIGUSR2 herd."
+    );
     let _ = writeln!(unit, "ExecReload=/bin/kill -HUP $MAINPID");
     let _ = writeln!(unit, "KillMode=mixed\nTimeoutStopSec={}", args.shutdown_timeout.as_secs() + 5);
     let _ = writeln!(unit, "Restart=on-failure\nRestartSec=1");

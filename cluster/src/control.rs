@@ -18,6 +18,7 @@
 //! → {"cmd":"send","slot":1,"payload":{…}}
 //! → {"cmd":"metrics"}                ← {"ok":true,"metrics":"# HELP herd_workers …"} (Prometheus text)
 //! → {"cmd":"logs"}                   ← {"ok":true} then every new log line, as plain text lines
+//! → {"cmd":"upgrade"}                ← {"ok":true,"pid":4242} once a new primary serves; this one stops
 //! → {"cmd":"stop"}                   ← {"ok":true} then the cluster shuts down gracefully
 //! ← {"ok":false,"error":"..."}       for anything that failed or could not be read
 //! ```
@@ -84,6 +85,9 @@ pub enum Request {
     /// Every series of the cluster and its workers, in the Prometheus text format (what
     /// `GET /metrics` on the admin listener serves).
     Metrics,
+    /// Hand over to a new primary running the binary on disk (see `crate::upgrade`); answered
+    /// once it serves (with its pid in `status`), or with why not.
+    Upgrade,
 }
 
 /// The primary's answer.
@@ -103,17 +107,20 @@ pub struct Response {
     /// For `metrics`: the Prometheus text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<String>,
+    /// For `upgrade`: the new primary's pid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
 }
 
 impl Response {
     /// Success without details.
     pub fn ok() -> Self {
-        Self { ok: true, error: None, status: None, workers: None, metrics: None }
+        Self { ok: true, error: None, status: None, workers: None, metrics: None, pid: None }
     }
 
     /// A failure with its reason.
     pub fn error(reason: impl Into<String>) -> Self {
-        Self { ok: false, error: Some(reason.into()), status: None, workers: None, metrics: None }
+        Self { ok: false, error: Some(reason.into()), ..Self::ok() }
     }
 }
 
@@ -198,8 +205,36 @@ pub(crate) fn serve(
         }
         std::fs::remove_file(path)?;
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    listen(path, commands, logs)
+}
+
+/// A new primary taking over (`crate::upgrade`): binds beside `path`, then moves the socket
+/// onto it in one `rename(2)`, so from that instant every `herd ctl` reaches this primary, and
+/// none finds no socket at all. The old primary's socket, still open, is reachable by no path.
+pub(crate) fn serve_in_place_of(
+    path: &Path,
+    commands: mpsc::Sender<Command>,
+    logs: Option<crate::logs::LogSink>,
+) -> std::io::Result<ControlSocket> {
+    socket_path::prepare_for_bind(path)?;
+    let staged = crate::upgrade::staging_path(path);
+    let _ = std::fs::remove_file(&staged);
+    let mut socket = listen(&staged, commands, logs)?;
+    std::fs::rename(&staged, path)?;
+    socket.path = path.to_owned();
+    Ok(socket)
+}
+
+/// Binds at `at`, mode 0600, and serves.
+fn listen(
+    at: &Path,
+    commands: mpsc::Sender<Command>,
+    logs: Option<crate::logs::LogSink>,
+) -> std::io::Result<ControlSocket> {
+    use std::os::unix::fs::MetadataExt;
+    let listener = UnixListener::bind(at)?;
+    std::fs::set_permissions(at, std::fs::Permissions::from_mode(0o600))?;
+    let inode = std::fs::symlink_metadata(at)?.ino();
     let task = tokio::spawn(async move {
         loop {
             match listener.accept().await {
@@ -213,19 +248,25 @@ pub(crate) fn serve(
             }
         }
     });
-    Ok(ControlSocket { path: path.to_owned(), task })
+    Ok(ControlSocket { path: at.to_owned(), inode, task })
 }
 
 /// Removes the socket file and stops serving when dropped.
 pub(crate) struct ControlSocket {
     path: PathBuf,
+    /// The socket file's inode: after a hand-over the path is the new primary's socket, which
+    /// the old one must leave alone when it exits.
+    inode: u64,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for ControlSocket {
     fn drop(&mut self) {
+        use std::os::unix::fs::MetadataExt;
         self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
+        if std::fs::symlink_metadata(&self.path).is_ok_and(|meta| meta.ino() == self.inode) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

@@ -194,7 +194,11 @@ impl axum::serve::Listener for DrainableListener {
                         drop(stream);
                         self.shed.shed(1, "this worker is at its open files limit less --fd-reserve");
                     }
-                    Ok(pair) => return pair,
+                    Ok(pair) => {
+                        // Small JSON responses should not wait for Nagle's algorithm.
+                        let _ = pair.0.set_nodelay(true);
+                        return pair;
+                    }
                     Err(err) => self.accept_errors.recover(&err).await,
                 },
             }
@@ -205,6 +209,10 @@ impl axum::serve::Listener for DrainableListener {
         self.inner.local_addr()
     }
 }
+
+/// Once the worker drains, the connections in the kernel's queue are left to the other
+/// workers, or to whatever serves the port next.
+impl crate::conn::Backlog for DrainableListener {}
 
 #[cfg(test)]
 mod tests {

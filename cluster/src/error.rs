@@ -35,6 +35,9 @@ pub enum ClusterError {
     /// `LISTEN_FDS` asks for something herd cannot do (several sockets, a non-number).
     #[error("socket activation: {0}")]
     SocketActivation(String),
+    /// This process was started to take over from a primary and cannot (`crate::upgrade`).
+    #[error("hand-over from the old primary: {0}")]
+    Upgrade(String),
     /// The control socket could not be set up.
     #[error("cannot serve the control socket {path}: {source}")]
     ControlSocket {

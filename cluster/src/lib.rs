@@ -82,6 +82,7 @@ mod shutdown;
 mod socket_path;
 mod supervisor;
 mod tally;
+mod upgrade;
 mod worker;
 
 pub use config::{AdminConfig, Balance, ClusterConfig, ConfigError, ConnectionLimits, Recycling, RestartPolicy};

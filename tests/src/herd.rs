@@ -57,6 +57,8 @@ pub struct Herd {
     /// Every worker pid any status showed, to kill on drop even if the primary is gone.
     seen_workers: Mutex<BTreeSet<u32>>,
     exited: Option<ExitStatus>,
+    /// The primaries `herd ctl upgrade` handed over to, oldest first: the last one serves.
+    successors: Mutex<Vec<u32>>,
     /// The private runtime directory (control socket, notify socket); removed last.
     _dir: TempDir,
 }
@@ -230,6 +232,7 @@ impl Herd {
             control: PathBuf::new(),
             seen_workers: Mutex::new(BTreeSet::new()),
             exited: None,
+            successors: Mutex::new(Vec::new()),
             _dir: dir,
         };
         let deadline = Instant::now() + START_TIMEOUT;
@@ -342,8 +345,25 @@ impl Herd {
         Client::new(self.addr)
     }
 
+    /// The primary serving now: the started one, or the last it handed over to.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.successors.lock().expect("successors lock").last().copied().unwrap_or_else(|| self.child.id())
+    }
+
+    /// `herd ctl upgrade`: its exit code, stdout and stderr. On success the new primary is the
+    /// one [`Herd::pid`] names (and is killed on drop).
+    pub fn upgrade(&self) -> (i32, String, String) {
+        let (code, out, err) = self.ctl(&["upgrade"]);
+        if code == 0 {
+            let pid = out
+                .split("pid ")
+                .nth(1)
+                .and_then(|rest| rest.split(')').next())
+                .and_then(|pid| pid.parse().ok())
+                .unwrap_or_else(|| panic!("no new primary's pid in {out:?}"));
+            self.successors.lock().expect("successors lock").push(pid);
+        }
+        (code, out, err)
     }
 
     /// Every log line so far.
@@ -410,6 +430,10 @@ impl Drop for Herd {
         // dies, plus every worker a status ever showed (one whose primary is already gone).
         let mut doomed = children(self.child.id());
         doomed.extend(self.seen_workers.lock().map(|seen| seen.clone()).unwrap_or_default());
+        for successor in self.successors.lock().map(|s| s.clone()).unwrap_or_default() {
+            doomed.extend(children(successor));
+            doomed.insert(successor);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         for pid in doomed {

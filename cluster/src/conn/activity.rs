@@ -98,6 +98,12 @@ impl Activity {
         state.requests
     }
 
+    /// Whether the connection waits for a request head: just accepted, or bytes of a new
+    /// request arrived after a keep-alive pause.
+    pub(super) fn awaiting_head(&self) -> bool {
+        self.state().phase == Phase::Head
+    }
+
     /// A write could not proceed: the client is not reading.
     pub(super) fn write_blocked(&self) {
         let mut state = self.state();

@@ -63,6 +63,20 @@ pub(crate) trait AcceptTime {
 
 impl AcceptTime for tokio::net::TcpStream {}
 
+/// Connections a listener already holds for this server, taken without waiting. On the
+/// graceful signal [`serve`] serves these before it stops accepting: a hand-off the worker
+/// adopted just before it was told to stop is the worker's to answer, and dropping it would
+/// close a client's connection with its request unanswered.
+pub(crate) trait Backlog: Listener {
+    /// The next connection already waiting, if any.
+    fn take_waiting(&mut self) -> Option<(Self::Io, Self::Addr)> {
+        None
+    }
+}
+
+/// Nothing is taken from the kernel's queue once stopping: whatever serves the port next does.
+impl Backlog for tokio::net::TcpListener {}
+
 /// The request header that carries the accept time.
 pub(crate) const REQUEST_START: &str = "x-request-start";
 
@@ -77,7 +91,7 @@ pub(crate) async fn serve<L>(
     metrics: Option<WorkerMetrics>,
     graceful: impl Future<Output = ()>,
 ) where
-    L: Listener<Addr = SocketAddr>,
+    L: Backlog<Addr = SocketAddr>,
     L::Io: AsyncRead + AsyncWrite + AcceptTime + Unpin + Send + 'static,
 {
     let mut builder = http1::Builder::new();
@@ -88,10 +102,22 @@ pub(crate) async fn serve<L>(
     // Every connection task holds a clone; `closed()` resolves when the last one ends.
     let (done_tx, done_rx) = watch::channel(());
     tokio::pin!(graceful);
+    let mut graceful_done = false;
     loop {
-        let (io, peer) = tokio::select! {
-            accepted = listener.accept() => accepted,
-            _ = &mut graceful => break,
+        let (io, peer) = if graceful_done {
+            match listener.take_waiting() {
+                Some(waiting) => waiting,
+                None => break,
+            }
+        } else {
+            tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = &mut graceful => {
+                    graceful_done = true;
+                    let _ = stop_tx.send(true);
+                    continue;
+                }
+            }
         };
         let Some(slot) = cap.try_acquire() else {
             cap.refuse(io);
@@ -107,6 +133,7 @@ pub(crate) async fn serve<L>(
             limits: limits.clone(),
             accepted_us,
             metrics: metrics.clone(),
+            stopping: stop_rx.clone(),
         };
         let conn = builder.serve_connection(io, service).with_upgrades();
         let (mut stop, done) = (stop_rx.clone(), done_rx.clone());
@@ -124,7 +151,14 @@ pub(crate) async fn serve<L>(
                     }
                     _ = stop.wait_for(|stop| *stop), if !stopping => {
                         stopping = true;
-                        conn.as_mut().graceful_shutdown();
+                        // A connection still waiting for a request head may have one on its way
+                        // (a fresh connection's request sits unread in the socket): closing it
+                        // would drop that request. Its response carries `Connection: close`
+                        // instead (see `ConnService`), and the header timeout bounds a client
+                        // that never sends.
+                        if !activity.awaiting_head() {
+                            conn.as_mut().graceful_shutdown();
+                        }
                     }
                     // No expiry leaves anything to answer: a partial head has no request yet, an
                     // idle connection's last response was handed to the socket, a stalled one
@@ -138,11 +172,10 @@ pub(crate) async fn serve<L>(
             drop(done);
         });
     }
-    // Stop accepting (for handed-off connections this refuses the ones still coming), ask every
-    // connection to finish, and wait for them.
+    // Stop accepting (for handed-off connections this refuses the ones still coming); every
+    // connection was asked to finish: wait for them.
     drop(listener);
     drop(done_rx);
-    let _ = stop_tx.send(true);
     done_tx.closed().await;
 }
 
@@ -156,6 +189,8 @@ struct ConnService {
     /// When the primary accepted the connection (primary-accept modes).
     accepted_us: Option<u64>,
     metrics: Option<WorkerMetrics>,
+    /// Set once the server stops: every response then closes its connection.
+    stopping: watch::Receiver<bool>,
 }
 
 /// Now, in microseconds since the Unix epoch (0 for a clock before it).
@@ -189,18 +224,21 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for ConnServ
             }
         }
         let (router, activity) = (self.router.clone(), self.activity.clone());
+        let stopping = self.stopping.clone();
         Box::pin(async move {
             let http1 = request.version() <= Version::HTTP_11;
             let mut response = match router.oneshot(request).await {
                 Ok(response) => response,
                 Err(never) => match never {},
             };
+            // Read when the response is ready: the stop may have come while the app worked.
+            let stopping = *stopping.borrow();
             if timed_out.load(Ordering::Relaxed) {
                 // Whatever the handler made of the failed read (axum's extractors say 400),
                 // the client was too slow.
                 response = body_timeout_response();
             }
-            if http1 && (last || response.status() == StatusCode::REQUEST_TIMEOUT) {
+            if http1 && (last || stopping || response.status() == StatusCode::REQUEST_TIMEOUT) {
                 // hyper closes an HTTP/1 connection after a response that says so.
                 response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -309,6 +347,8 @@ mod tests {
     }
 
     struct StampingListener(TcpListener, u64);
+
+    impl Backlog for StampingListener {}
 
     impl Listener for StampingListener {
         type Io = Stamped;

@@ -44,6 +44,8 @@ const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// Serves the admin listener until dropped.
 pub(super) struct AdminListener {
     task: tokio::task::JoinHandle<()>,
+    /// The socket, for a new primary taking over (`crate::upgrade`).
+    pub(super) socket: std::net::TcpListener,
 }
 
 impl Drop for AdminListener {
@@ -58,10 +60,19 @@ struct Admin {
     token: Option<Arc<[u8]>>,
 }
 
-/// Binds `config.bind` (an error stops the primary before any worker starts) and serves it.
-pub(super) fn serve(config: &AdminConfig, commands: mpsc::Sender<Command>) -> Result<AdminListener, ClusterError> {
+/// Binds `config.bind` (an error stops the primary before any worker starts), or takes the
+/// socket an old primary passed (`inherited`), and serves it.
+pub(super) fn serve(
+    config: &AdminConfig,
+    inherited: Option<std::net::TcpListener>,
+    commands: mpsc::Sender<Command>,
+) -> Result<AdminListener, ClusterError> {
     let err = |source| ClusterError::AdminBind { addr: config.bind, source };
-    let listener = std::net::TcpListener::bind(config.bind).map_err(err)?;
+    let listener = match inherited {
+        Some(listener) => listener,
+        None => std::net::TcpListener::bind(config.bind).map_err(err)?,
+    };
+    let socket = listener.try_clone().map_err(err)?;
     listener.set_nonblocking(true).map_err(err)?;
     let listener = tokio::net::TcpListener::from_std(listener).map_err(err)?;
     let local = listener.local_addr().map_err(err)?;
@@ -72,7 +83,7 @@ pub(super) fn serve(config: &AdminConfig, commands: mpsc::Sender<Command>) -> Re
         let cap = ConnectionCap::new(MAX_ADMIN_CONNECTIONS);
         conn::serve(listener, app, &ConnectionLimits::default(), cap, None, std::future::pending()).await;
     });
-    Ok(AdminListener { task })
+    Ok(AdminListener { task, socket })
 }
 
 /// The dashboard page.

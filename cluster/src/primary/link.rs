@@ -156,6 +156,9 @@ impl Spawner {
             .env_remove(activation::ENV_LISTEN_FDS)
             .env_remove(activation::ENV_LISTEN_PID)
             .env_remove(activation::ENV_LISTEN_FDNAMES)
+            // Nor are a new primary's hand-over descriptors.
+            .env_remove(crate::upgrade::ENV_UPGRADE_FD)
+            .env_remove(crate::upgrade::ENV_UPGRADE_ADMIN_FD)
             .fd_mappings(fds)?;
         if self.logs.is_some() {
             cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
@@ -240,6 +243,16 @@ impl LinkTask {
                     }
                 },
                 Some(msg) = self.mailbox.recv(), if ipc_open => {
+                    // What the supervisor decided first leaves first: connections it handed
+                    // this worker before telling it to stop arrive before the stop, so the
+                    // worker serves them instead of refusing them.
+                    while ipc_open {
+                        let Ok(first) = self.outbox.try_recv() else { break };
+                        ipc_open = self.hand_off(first).await;
+                    }
+                    if !ipc_open {
+                        continue;
+                    }
                     // A stopped worker stops reading; once its socket is full a send waits
                     // until it reads again, and the kill that ends it must still get through.
                     let sent = tokio::select! {
@@ -260,51 +273,7 @@ impl LinkTask {
                     }
                 }
                 Some(first) = self.outbox.recv(), if ipc_open => {
-                    let batch = self.take_batch(first);
-                    let sent_at = Stamp::now();
-                    let now_us = crate::conn::epoch_us();
-                    let conns: Vec<Handoff> = batch
-                        .iter()
-                        .map(|c| {
-                            // The wall-clock moment of the accept, from how long ago it was.
-                            let waited = u64::try_from(c.accepted_at.elapsed().as_micros()).unwrap_or(u64::MAX);
-                            Handoff { id: c.id, peer: c.peer, sent_at, accepted_us: Some(now_us.saturating_sub(waited)) }
-                        })
-                        .collect();
-                    let fds: Vec<RawFd> = batch.iter().map(|c| c.stream.as_raw_fd()).collect();
-                    let msg = ToWorker::Connections { conns };
-                    let sent = tokio::select! {
-                        sent = self.ipc.send_with_fds(&msg, &fds) => sent,
-                        Some(()) = self.kill_requests.recv() => {
-                            let _ = self.child.start_kill();
-                            Err(crate::channel::ChannelError::Send(io::Error::other("killed while handing off")))
-                        }
-                    };
-                    match sent {
-                        // Cannot happen with a bounded batch of fixed-size entries; if it did, the
-                        // worker never saw these, and closing them beats stopping the link.
-                        Err(err) if err.is_bad_message() => {
-                            tracing::error!(slot = self.worker.slot, worker_pid = self.pid, error = %err, "closing {} connection(s) that could not be handed off", batch.len());
-                        }
-                        // Too many descriptors in flight, or no kernel memory: the worker is fine,
-                        // these connections are what cannot be afforded. Dropping them closes them.
-                        Err(err) if err.is_exhaustion() => {
-                            tracing::debug!(slot = self.worker.slot, worker_pid = self.pid, error = %err, "cannot pass connections");
-                            let (worker, count) = (self.worker, batch.len());
-                            let _ = self.events.send(Event::Shed { worker, count, why: ShedReason::SendExhausted });
-                        }
-                        // Sent or not, they stay ours until acknowledged: a failed send means the
-                        // worker is dying, and its exit returns everything unacknowledged.
-                        sent => {
-                            let now = Instant::now();
-                            self.sent.extend(batch.iter().map(|c| (c.id, now)));
-                            self.unacked.extend(batch.into_iter().map(|c| (c.id, c)));
-                            if let Err(err) = sent {
-                                tracing::debug!(slot = self.worker.slot, worker_pid = self.pid, error = %err, "cannot hand off connections");
-                                ipc_open = false;
-                            }
-                        }
-                    }
+                    ipc_open = self.hand_off(first).await;
                 }
                 _ = super::sleep_until(reclaim_at), if ipc_open => {
                     // An acknowledgement already waiting must count before anything is taken back.
@@ -320,6 +289,57 @@ impl LinkTask {
         }
         orphans.sort_by_key(|c| c.id);
         let _ = self.events.send(Event::Exited { worker: self.worker, status, orphans });
+    }
+
+    /// Hands `first` and what else waits in the outbox (up to one message's worth) to the
+    /// worker in one `sendmsg`. Returns whether the IPC socket is still open.
+    async fn hand_off(&mut self, first: Conn) -> bool {
+        let batch = self.take_batch(first);
+        let sent_at = Stamp::now();
+        let now_us = crate::conn::epoch_us();
+        let conns: Vec<Handoff> = batch
+            .iter()
+            .map(|c| {
+                // The wall-clock moment of the accept, from how long ago it was.
+                let waited = u64::try_from(c.accepted_at.elapsed().as_micros()).unwrap_or(u64::MAX);
+                Handoff { id: c.id, peer: c.peer, sent_at, accepted_us: Some(now_us.saturating_sub(waited)) }
+            })
+            .collect();
+        let fds: Vec<RawFd> = batch.iter().map(|c| c.stream.as_raw_fd()).collect();
+        let msg = ToWorker::Connections { conns };
+        let sent = tokio::select! {
+            sent = self.ipc.send_with_fds(&msg, &fds) => sent,
+            Some(()) = self.kill_requests.recv() => {
+                let _ = self.child.start_kill();
+                Err(crate::channel::ChannelError::Send(io::Error::other("killed while handing off")))
+            }
+        };
+        match sent {
+            // Cannot happen with a bounded batch of fixed-size entries; if it did, the
+            // worker never saw these, and closing them beats stopping the link.
+            Err(err) if err.is_bad_message() => {
+                tracing::error!(slot = self.worker.slot, worker_pid = self.pid, error = %err, "closing {} connection(s) that could not be handed off", batch.len());
+            }
+            // Too many descriptors in flight, or no kernel memory: the worker is fine,
+            // these connections are what cannot be afforded. Dropping them closes them.
+            Err(err) if err.is_exhaustion() => {
+                tracing::debug!(slot = self.worker.slot, worker_pid = self.pid, error = %err, "cannot pass connections");
+                let (worker, count) = (self.worker, batch.len());
+                let _ = self.events.send(Event::Shed { worker, count, why: ShedReason::SendExhausted });
+            }
+            // Sent or not, they stay ours until acknowledged: a failed send means the
+            // worker is dying, and its exit returns everything unacknowledged.
+            sent => {
+                let now = Instant::now();
+                self.sent.extend(batch.iter().map(|c| (c.id, now)));
+                self.unacked.extend(batch.into_iter().map(|c| (c.id, c)));
+                if let Err(err) = sent {
+                    tracing::debug!(slot = self.worker.slot, worker_pid = self.pid, error = %err, "cannot hand off connections");
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     fn on_message(&mut self, msg: ToPrimary) {

@@ -30,6 +30,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+use crate::upgrade::{Hello, Predecessor, Successor, SuccessorEvent};
 use crate::{
     config::ClusterConfig,
     control::{self, Response},
@@ -66,6 +67,14 @@ pub(crate) enum ListenerOrigin {
     Inherited,
 }
 
+/// The rest of a hand-over, for a new primary (see `crate::upgrade`): once every worker is
+/// ready, take the control socket's path and tell the old primary to stop.
+struct TakeOver {
+    predecessor: Predecessor,
+    control_path: PathBuf,
+    commands: mpsc::Sender<control::Command>,
+}
+
 pub(crate) async fn run(
     mut config: ClusterConfig,
     listener: std::net::TcpListener,
@@ -83,10 +92,26 @@ pub(crate) async fn run(
     };
     let control_path = config.control_socket.clone().unwrap_or_else(|| control::default_path(local.port()));
     let (commands_tx, commands) = mpsc::channel(16);
+    let mut predecessor = Predecessor::from_env().await?;
+    if let Some(hello) = predecessor.as_ref().map(|p| &p.hello) {
+        // What the old primary runs now, which `herd ctl scale` may have changed.
+        config.workers = hello.workers;
+    }
     // Bound before the control socket and any worker: a port in use stops the primary at once.
-    let _admin = config.admin.as_ref().map(|admin| admin::serve(admin, commands_tx.clone())).transpose()?;
-    let _control = control::serve(&control_path, commands_tx, config.logs.clone())
-        .map_err(|source| ClusterError::ControlSocket { path: control_path.clone(), source })?;
+    let inherited_admin = predecessor.as_mut().and_then(|p| p.admin.take());
+    let admin =
+        config.admin.as_ref().map(|admin| admin::serve(admin, inherited_admin, commands_tx.clone())).transpose()?;
+    // A new primary takes the control socket's path only once it serves (see `TakeOver`).
+    let (control, take_over) = match predecessor {
+        Some(predecessor) => {
+            (None, Some(TakeOver { predecessor, control_path: control_path.clone(), commands: commands_tx }))
+        }
+        None => {
+            let control = control::serve(&control_path, commands_tx, config.logs.clone())
+                .map_err(|source| ClusterError::ControlSocket { path: control_path.clone(), source })?;
+            (Some(control), None)
+        }
+    };
 
     let (events_tx, events) = mpsc::unbounded_channel();
     let mut argv = std::env::args_os();
@@ -105,9 +130,14 @@ pub(crate) async fn run(
         },
         events: events_tx,
     };
-    let inherited = match origin {
-        ListenerOrigin::Bound => "",
-        ListenerOrigin::Inherited => ", a socket inherited by socket activation (LISTEN_FDS; --bind is not used)",
+    let inherited = match (origin, &take_over) {
+        (_, Some(take_over)) => {
+            format!(", the socket of the old primary (pid {}), which it hands over", take_over.predecessor.hello.from)
+        }
+        (ListenerOrigin::Bound, None) => String::new(),
+        (ListenerOrigin::Inherited, None) => {
+            ", a socket inherited by socket activation (LISTEN_FDS; --bind is not used)".to_owned()
+        }
     };
     tracing::info!(
         workers = config.workers,
@@ -115,12 +145,25 @@ pub(crate) async fn run(
         control = %control_path.display(),
         "listening on {local}{inherited}"
     );
-    let seed = {
-        use std::hash::BuildHasher;
-        std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+    // The old primary's, in a hand-over: a sticky client keeps its slot.
+    let seed = match &take_over {
+        Some(take_over) => take_over.predecessor.hello.seed,
+        None => {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+        }
     };
+    let core = Core::new(config.clone(), std::process::id(), seed);
+    let (successor_events, successor_rx) = mpsc::unbounded_channel();
     let mut shell = Shell {
-        core: Core::new(config.clone(), std::process::id(), seed),
+        core: if take_over.is_some() { core.take_over() } else { core },
+        seed,
+        primary_args: std::env::args_os().skip(1).collect(),
+        admin,
+        control,
+        take_over,
+        successor: None,
+        successor_events,
         metrics: metrics::ShellMetrics::new(config.balance.as_str()),
         config,
         spawner,
@@ -137,7 +180,7 @@ pub(crate) async fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs()),
     };
-    let report = shell.run(events, commands, acceptor.as_ref(), &listener).await;
+    let report = shell.run(events, commands, successor_rx, acceptor.as_ref(), &listener).await;
     drop(listener);
     report
 }
@@ -157,6 +200,17 @@ fn current_exe() -> Result<PathBuf, ClusterError> {
 /// Everything with I/O that the core refers to by id.
 struct Shell {
     core: Core,
+    /// The core's seed (ip-hash's key), passed on in a hand-over.
+    seed: u64,
+    /// This primary's own arguments, for a new primary (workers may get others).
+    primary_args: Vec<OsString>,
+    admin: Option<admin::AdminListener>,
+    /// `None` in a new primary until it takes over.
+    control: Option<control::ControlSocket>,
+    take_over: Option<TakeOver>,
+    /// A new primary this one hands over to, until it is ready or failed.
+    successor: Option<Successor>,
+    successor_events: mpsc::UnboundedSender<SuccessorEvent>,
     config: ClusterConfig,
     /// What only the shell can measure, and the workers' last snapshots.
     metrics: metrics::ShellMetrics,
@@ -188,6 +242,7 @@ struct Signals {
     ttin: UnixSignal,
     ttou: UnixSignal,
     usr1: UnixSignal,
+    usr2: UnixSignal,
 }
 
 impl Signals {
@@ -200,6 +255,7 @@ impl Signals {
             ttin: on(SignalKind::from_raw(nix::libc::SIGTTIN))?,
             ttou: on(SignalKind::from_raw(nix::libc::SIGTTOU))?,
             usr1: on(SignalKind::user_defined1())?,
+            usr2: on(SignalKind::user_defined2())?,
         })
     }
 }
@@ -209,6 +265,7 @@ impl Shell {
         &mut self,
         mut events: mpsc::UnboundedReceiver<link::Event>,
         mut commands: mpsc::Receiver<control::Command>,
+        mut successor: mpsc::UnboundedReceiver<SuccessorEvent>,
         acceptor: Option<&Acceptor>,
         listener: &std::net::TcpListener,
     ) -> Result<ShutdownReport, ClusterError> {
@@ -249,6 +306,14 @@ impl Shell {
                 _ = signals.hup.recv() => Event::Signal(Signal::Hangup),
                 _ = signals.ttin.recv() => Event::Signal(Signal::AddWorker),
                 _ = signals.ttou.recv() => Event::Signal(Signal::RemoveWorker),
+                _ = signals.usr2.recv() => Event::Signal(Signal::Upgrade),
+                Some(event) = successor.recv() => {
+                    self.successor = None;
+                    match event {
+                        SuccessorEvent::Ready { pid } => Event::SuccessorReady { pid },
+                        SuccessorEvent::Failed { reason } => Event::SuccessorFailed { reason },
+                    }
+                }
                 _ = signals.usr1.recv() => {
                     self.reopen_logs();
                     continue;
@@ -375,7 +440,35 @@ impl Shell {
                 }
             },
             Effect::StandIn(false) => self.stand_in = None,
-            Effect::Notify(state) => notify::notify(&state),
+            Effect::Notify(state) => match self.take_over.take() {
+                Some(take_over) if state.starts_with("READY=1") => self.take_over(take_over, &state),
+                not_yet => {
+                    self.take_over = not_yet;
+                    notify::notify(&state);
+                }
+            },
+            Effect::StartSuccessor { workers } => {
+                let launch = crate::upgrade::Launch {
+                    exe: &self.spawner.exe,
+                    arg0: &self.spawner.arg0,
+                    args: &self.primary_args,
+                    listener,
+                    admin: self.admin.as_ref().map(|admin| &admin.socket),
+                    hello: Hello { from: std::process::id(), seed: self.seed, workers },
+                };
+                match Successor::start(launch, self.successor_events.clone()) {
+                    Ok(successor) => {
+                        self.feedback.push_back(Event::SuccessorStarted { pid: successor.pid });
+                        self.successor = Some(successor);
+                    }
+                    Err(err) => self.feedback.push_back(Event::SuccessorFailed { reason: err.to_string() }),
+                }
+            }
+            Effect::KillSuccessor => {
+                if let Some(successor) = &self.successor {
+                    successor.kill();
+                }
+            }
             Effect::Scraped { to, mut scrape } => {
                 for worker in &mut scrape.status.workers {
                     worker.rss_bytes = worker.pid.and_then(rss_bytes);
@@ -385,6 +478,32 @@ impl Shell {
                 if let Some(reply) = self.replies.remove(&to) {
                     let _ = reply.send(Response { metrics: Some(text), ..Response::ok() });
                 }
+            }
+        }
+    }
+
+    /// A new primary's workers are all ready: take the control socket's path, tell systemd
+    /// this is the service's main process now, and tell the old primary to stop.
+    fn take_over(&mut self, take_over: TakeOver, ready: &str) {
+        let TakeOver { predecessor, control_path, commands } = take_over;
+        let from = predecessor.hello.from;
+        match control::serve_in_place_of(&control_path, commands, self.config.logs.clone()) {
+            Ok(control) => {
+                self.control = Some(control);
+                let pid = std::process::id();
+                notify::notify(&format!("MAINPID={pid}\n{ready}"));
+                tracing::info!(old_primary_pid = from, "taking over: the old primary stops now");
+                tokio::spawn(async move {
+                    if let Err(err) = predecessor.ready(pid).await {
+                        tracing::warn!("cannot tell the old primary (pid {from}) to stop: {err}");
+                    }
+                });
+            }
+            Err(err) => {
+                let reason = format!("cannot take the control socket {}: {err}", control_path.display());
+                tracing::error!(old_primary_pid = from, "{reason}; stopping, the old primary keeps serving");
+                tokio::spawn(predecessor.failed(reason));
+                self.feedback.push_back(Event::Signal(Signal::Terminate));
             }
         }
     }

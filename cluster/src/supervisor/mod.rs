@@ -25,6 +25,7 @@
 //! | `shutdown.rs`   | the graceful stop and its deadline                              |
 //! | `requests.rs`   | `herd ctl` requests, and the status report                      |
 //! | `counters.rs`   | what the metrics count of the core's decisions                  |
+//! | `upgrade.rs`    | the primary hand-over, on the old side and on the new           |
 //!
 //! Tests: `tests.rs` tells the main stories step by step; `sim.rs` runs random schedules.
 
@@ -39,6 +40,7 @@ mod scaling;
 mod shutdown;
 mod slots;
 mod stand_in;
+mod upgrade;
 
 #[cfg(test)]
 mod sim;
@@ -63,6 +65,7 @@ use rollout::Rollout;
 use shutdown::Shutdown;
 use slots::Slots;
 use stand_in::StandIn;
+use upgrade::Upgrade;
 
 pub(crate) use counters::{Counters, Death};
 use queue::MAX_QUEUED;
@@ -109,6 +112,8 @@ pub(crate) enum Signal {
     AddWorker,
     /// SIGTTOU: one worker fewer.
     RemoveWorker,
+    /// SIGUSR2: hand over to a new primary (`herd ctl upgrade`).
+    Upgrade,
 }
 
 impl Signal {
@@ -119,6 +124,7 @@ impl Signal {
             Signal::Hangup => "SIGHUP",
             Signal::AddWorker => "SIGTTIN",
             Signal::RemoveWorker => "SIGTTOU",
+            Signal::Upgrade => "SIGUSR2",
         }
     }
 }
@@ -196,6 +202,18 @@ pub(crate) enum Event {
     Signal(Signal),
     /// The shell could not start the shared-mode stand-in acceptor; the core asks again later.
     StandInFailed,
+    /// The new primary an [`Effect::StartSuccessor`] asked for runs.
+    SuccessorStarted {
+        pid: u32,
+    },
+    /// It reports ready: this primary stops.
+    SuccessorReady {
+        pid: u32,
+    },
+    /// It could not be started, exited, or gave up: this primary serves on.
+    SuccessorFailed {
+        reason: String,
+    },
     /// [`Core::next_deadline`] passed.
     Timer,
 }
@@ -243,6 +261,14 @@ pub(crate) enum Effect {
     StandIn(bool),
     /// Tell systemd (`sd_notify`).
     Notify(String),
+    /// Start the binary on disk as a new primary to hand over to, with this many workers
+    /// (answer [`Event::SuccessorStarted`], then [`Event::SuccessorReady`] or
+    /// [`Event::SuccessorFailed`]).
+    StartSuccessor {
+        workers: usize,
+    },
+    /// SIGKILL that new primary (its [`Event::SuccessorFailed`] follows).
+    KillSuccessor,
     /// Answer a metrics request with the core's part: the shell adds its measurements and
     /// encodes the text.
     Scraped {
@@ -275,6 +301,12 @@ pub(crate) struct Core {
     gatherings: Gatherings,
     stand_in: StandIn,
     stopping: Option<Shutdown>,
+    /// A hand-over to a new primary under way.
+    upgrade: Option<Upgrade>,
+    /// This primary stops because a new one took over.
+    handed_over: bool,
+    /// This is a new primary whose workers are not all ready yet (see `upgrade.rs`).
+    taking_over: bool,
     next_check: Option<Instant>,
     all_ready_logged: bool,
     counters: Counters,
@@ -298,6 +330,9 @@ impl Core {
             last_reload: None,
             gatherings: Gatherings::default(),
             stopping: None,
+            upgrade: None,
+            handed_over: false,
+            taking_over: false,
             next_check: None,
             all_ready_logged: false,
             counters: Counters::default(),
@@ -356,6 +391,9 @@ impl Core {
             Event::Control { request, reply } => self.on_request(request, reply, now),
             Event::Signal(signal) => self.on_signal(signal, now),
             Event::StandInFailed => self.stand_in.failed(now),
+            Event::SuccessorStarted { pid } => self.on_successor_started(pid),
+            Event::SuccessorReady { pid } => self.on_successor_ready(pid, now),
+            Event::SuccessorFailed { reason } => self.on_successor_failed(&reason),
             Event::Timer => self.on_timer(now),
         }
         self.update_stand_in(now);
@@ -389,6 +427,7 @@ impl Core {
             self.queue.deadline(self.config.queue_timeout, self.slots.no_worker_coming()),
             self.slots.next_respawn().filter(|_| !stopping),
             self.stand_in_deadline(),
+            self.upgrade.as_ref().and_then(Upgrade::deadline),
         ]
         .into_iter()
         .flatten()
@@ -397,7 +436,10 @@ impl Core {
 
     /// Whether the shell should accept new connections now (primary-accept modes only).
     pub(crate) fn accepting(&self) -> bool {
-        self.config.balance.primary_accepts() && self.stopping.is_none() && self.queue.len() < MAX_QUEUED
+        self.config.balance.primary_accepts()
+            && self.stopping.is_none()
+            && !self.taking_over
+            && self.queue.len() < MAX_QUEUED
     }
 
     /// Once the cluster has stopped: how it ended.
@@ -430,6 +472,7 @@ impl Core {
         if self.rollout.as_ref().and_then(Rollout::deadline).is_some_and(|d| d <= now) {
             self.rollout_timed_out(now);
         }
+        self.upgrade_timed_out(now);
         self.finish_gathers(now, true);
         self.answer_overdue(now);
     }
@@ -438,12 +481,19 @@ impl Core {
         match signal {
             Signal::Terminate | Signal::Interrupt => self.stop(signal.name(), now),
             _ if self.stopping.is_some() => {}
+            Signal::Hangup | Signal::AddWorker | Signal::RemoveWorker if self.upgrade.is_some() => {
+                tracing::warn!("{} ignored: an upgrade is in progress", signal.name());
+            }
             Signal::Hangup => {
                 tracing::info!("SIGHUP received: rolling reload");
                 self.reload(None, now);
             }
             Signal::AddWorker => self.scale_by(1, now),
             Signal::RemoveWorker => self.scale_by(-1, now),
+            Signal::Upgrade => {
+                tracing::info!("SIGUSR2 received: upgrade");
+                self.upgrade(None, now);
+            }
         }
     }
 

@@ -15,7 +15,13 @@ impl Core {
         if self.stopping.is_some() {
             return self.effects.push(answer(Response::error(super::shutdown::WHY)));
         }
+        let reshapes = matches!(request, Request::Reload | Request::Restart { .. } | Request::Scale { .. });
+        if reshapes && self.upgrade.is_some() {
+            let response = Response::error("an upgrade is in progress: try again once it has ended");
+            return self.effects.push(answer(response));
+        }
         let response = match request {
+            Request::Upgrade => return self.upgrade(Some(reply), now),
             Request::Metrics => return self.start_scrape(reply, now),
             Request::Status => Response { status: Some(self.status(now)), ..Response::ok() },
             Request::Reload => {

@@ -63,9 +63,16 @@ impl Core {
         }
         let timeout = self.config.shutdown_timeout;
         tracing::info!("{why} received: shutting down gracefully (timeout {timeout:?})");
+        // Connections that waited for a worker go to one that can take them now, before the
+        // workers are told to stop (and ahead of that message: see `primary::link`).
+        self.flush_queue(now);
         self.stopping = Some(Shutdown { deadline: Some(now + timeout), killed: 0 });
-        self.effects.push(Effect::Notify("STOPPING=1".to_owned()));
+        if !self.handed_over {
+            // After a hand-over the new primary is the service's main process: it still runs.
+            self.effects.push(Effect::Notify("STOPPING=1".to_owned()));
+        }
         self.abort_rollout(WHY, now);
+        self.abort_upgrade();
         for conn in self.queue.ids() {
             self.effects.push(Effect::Answer503 { conn, why: WHY });
         }

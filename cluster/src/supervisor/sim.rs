@@ -93,6 +93,8 @@ enum World {
     /// It asks every worker a question (an application gather).
     Asks(WorkerId),
     Reclaim(WorkerId),
+    /// The new primary of a hand-over reports: ready (`true`) or gone.
+    SuccessorSays(bool),
 }
 
 /// Where each accepted connection is.
@@ -132,6 +134,11 @@ struct Sim {
     trace: Vec<String>,
     verbose: bool,
     seen: Coverage,
+    /// The new primary of a hand-over, until it reports: its pid, and whether the core had it
+    /// killed (then it can no longer report ready).
+    successor: Option<(u32, bool)>,
+    /// It reported ready: this primary hands over and stops.
+    handed_over: bool,
 }
 
 /// What the schedules exercised, summed over a run, so the test can tell that they explore.
@@ -148,6 +155,8 @@ struct Coverage {
     reclaimed: u64,
     gathers: u64,
     scrapes: u64,
+    handovers: u64,
+    upgrades_failed: u64,
 }
 
 type Failure = String;
@@ -196,6 +205,8 @@ impl Sim {
             trace: Vec::new(),
             verbose,
             seen: Coverage::default(),
+            successor: None,
+            handed_over: false,
         }
     }
 
@@ -389,6 +400,41 @@ impl Sim {
                     return Err("a scrape reported counters the core never had".to_owned());
                 }
             }
+            Effect::StartSuccessor { workers } => {
+                if self.successor.is_some() || self.core.stopping.is_some() || self.core.rollout.is_some() {
+                    return Err("a new primary started while another runs, the cluster stops or a reload runs".into());
+                }
+                if workers != self.core.slots.len() {
+                    return Err(format!(
+                        "the new primary gets {workers} workers, the cluster runs {}",
+                        self.core.slots.len()
+                    ));
+                }
+                self.next_pid += 1;
+                self.successor = Some((self.next_pid, false));
+                pending.push_back(Event::SuccessorStarted { pid: self.next_pid });
+                match self.rng.below(10) {
+                    0..=3 => {
+                        let after = self.rng.millis(0, 15_000);
+                        self.schedule(after, World::SuccessorSays(true));
+                    }
+                    4..=6 => {
+                        let after = self.rng.millis(0, 5_000);
+                        self.schedule(after, World::SuccessorSays(false));
+                    }
+                    _ => {} // never ready: the core's deadline must kill it
+                }
+            }
+            Effect::KillSuccessor => {
+                if let Some((_, killed)) = &mut self.successor {
+                    *killed = true;
+                    let after = self.rng.millis(0, 50);
+                    self.schedule(after, World::SuccessorSays(false));
+                }
+            }
+            Effect::Notify(state) if self.handed_over && state.starts_with("STOPPING") => {
+                return Err("told systemd STOPPING after handing over: the new primary is the service now".into());
+            }
             Effect::Reply { .. } | Effect::StandIn(false) | Effect::Notify(_) => {}
         }
         Ok(())
@@ -494,6 +540,20 @@ impl Sim {
             World::Says(worker, msg) => {
                 self.procs.get(&worker)?;
                 Some(Event::Message { worker, msg })
+            }
+            World::SuccessorSays(ready) => {
+                let (pid, killed) = self.successor.take()?;
+                if ready && !killed {
+                    self.seen.handovers += 1;
+                    self.handed_over = true;
+                    if self.stop_at.is_none() {
+                        self.stop_at = Some(self.now);
+                    }
+                    Some(Event::SuccessorReady { pid })
+                } else {
+                    self.seen.upgrades_failed += 1;
+                    Some(Event::SuccessorFailed { reason: "simulated".into() })
+                }
             }
             World::Reclaim(worker) => {
                 let p = self.procs.get_mut(&worker)?;
@@ -764,9 +824,11 @@ fn inputs(seed: u64) -> Vec<(Duration, Input)> {
             73..=76 => Input::Signal(Signal::AddWorker),
             77..=80 => Input::Signal(Signal::RemoveWorker),
             81..=85 => Input::Control(Request::Status),
-            86..=88 => Input::Control(Request::Metrics),
+            86..=87 => Input::Control(Request::Metrics),
+            88 => Input::Control(Request::Upgrade),
             89..=92 => Input::Control(Request::Stop),
-            93..=96 => Input::Signal(Signal::Terminate),
+            93..=95 => Input::Signal(Signal::Terminate),
+            96 => Input::Signal(Signal::Upgrade),
             _ => Input::Signal(Signal::Interrupt),
         };
         inputs.push((at, input));
@@ -848,6 +910,8 @@ fn simulation_of_random_schedules_keeps_every_invariant() {
             ("reclaims", c.reclaimed),
             ("answered gathers", c.gathers),
             ("scrapes", c.scrapes),
+            ("hand-overs", c.handovers),
+            ("failed upgrades", c.upgrades_failed),
         ] {
             assert!(n > 0, "no schedule had {what}: {total:?}");
         }
@@ -867,5 +931,7 @@ impl Coverage {
         self.reclaimed += o.reclaimed;
         self.gathers += o.gathers;
         self.scrapes += o.scrapes;
+        self.handovers += o.handovers;
+        self.upgrades_failed += o.upgrades_failed;
     }
 }

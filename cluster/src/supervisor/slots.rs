@@ -352,6 +352,7 @@ impl Core {
         let ready = self.slots.serving().filter(|w| w.state == State::Ready).count();
         if ready == self.slots.len() && !self.all_ready_logged {
             self.all_ready_logged = true;
+            self.took_over();
             tracing::info!("all {ready} workers ready");
             self.effects.push(super::Effect::Notify(format!("READY=1\nSTATUS={ready} workers ready")));
         }

@@ -36,7 +36,8 @@ impl StandIn {
 impl Core {
     /// Starts or stops the stand-in, after every event.
     pub(super) fn update_stand_in(&mut self, now: Instant) {
-        if !self.stand_in.enabled {
+        // A new primary taking over leaves the listener to the old one until it serves.
+        if !self.stand_in.enabled || self.taking_over {
             return;
         }
         let serving = self.slots.any_responsive(now, self.config.recycling.worker_timeout);
@@ -65,7 +66,7 @@ impl Core {
     /// When the stand-in may be due.
     pub(super) fn stand_in_deadline(&self) -> Option<Instant> {
         let s = &self.stand_in;
-        if !s.enabled || s.active || self.stopping.is_some() {
+        if !s.enabled || s.active || self.stopping.is_some() || self.taking_over {
             return None;
         }
         let due = s.unserved_since? + self.config.queue_timeout;

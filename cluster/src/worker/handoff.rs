@@ -102,6 +102,8 @@ impl HandoffSink {
             };
             let stream = {
                 let std_stream = std::net::TcpStream::from(fd);
+                // Small JSON responses should not wait for Nagle's algorithm.
+                let _ = std_stream.set_nodelay(true);
                 std_stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(std_stream))
             };
             match stream {
@@ -144,6 +146,13 @@ impl axum::serve::Listener for HandoffListener {
     }
 }
 
+/// Hand-offs the worker adopted before it was told to stop are served, not dropped.
+impl crate::conn::Backlog for HandoffListener {
+    fn take_waiting(&mut self) -> Option<(TrackedStream, SocketAddr)> {
+        self.incoming.try_recv().ok()
+    }
+}
+
 /// A handed-off connection that reports its closing to the primary when dropped.
 pub(crate) struct TrackedStream {
     inner: TcpStream,
@@ -158,12 +167,7 @@ impl crate::conn::AcceptTime for TrackedStream {
     }
 }
 
-impl TrackedStream {
-    /// The underlying socket.
-    pub(crate) fn tcp(&self) -> &TcpStream {
-        &self.inner
-    }
-}
+impl TrackedStream {}
 
 impl Drop for TrackedStream {
     fn drop(&mut self) {

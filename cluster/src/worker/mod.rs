@@ -8,11 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use axum::{
-    middleware::from_fn_with_state,
-    serve::{Listener, ListenerExt},
-    Router,
-};
+use axum::{middleware::from_fn_with_state, Router};
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::{
@@ -147,18 +143,11 @@ where
     let (last_word, last_counts) = (channel.clone(), metrics.clone());
     match source {
         Source::Shared(listener) => {
-            let listener = DrainableListener::new(listener, stop.clone(), budget).tap_io(|tcp| {
-                // Small JSON responses should not wait for Nagle's algorithm.
-                let _ = tcp.set_nodelay(true);
-            });
+            let listener = DrainableListener::new(listener, stop.clone(), budget);
             serve(listener, router, drain, cap, channel, stop, config, metrics).await
         }
-        Source::Handoff(listener, _sink) => {
-            let listener = listener.tap_io(|conn| {
-                let _ = conn.tcp().set_nodelay(true);
-            });
-            serve(listener, router, drain, cap, channel, stop, config, metrics).await
-        }
+        // The sink sets TCP_NODELAY on each connection it adopts.
+        Source::Handoff(listener, _sink) => serve(listener, router, drain, cap, channel, stop, config, metrics).await,
     }
     // Drained: nothing more will be counted. The primary keeps this as the worker's last
     // counts (an oversized snapshot is skipped: the last scrape's counts stand).
@@ -211,7 +200,7 @@ async fn serve<L>(
     config: &ClusterConfig,
     metrics: WorkerMetrics,
 ) where
-    L: Listener<Addr = SocketAddr>,
+    L: conn::Backlog<Addr = SocketAddr>,
     L::Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + conn::AcceptTime + Unpin + Send + 'static,
 {
     // Outside the drain guard, so it times every request, those a draining worker serves too.
@@ -312,8 +301,12 @@ fn watch_primary(channel: Channel, trigger: shutdown::Trigger, stop: shutdown::S
                 ToWorker::Retire => trigger.fire(DrainMode::Retire),
                 ToWorker::Connections { conns } => {
                     let adopted = match &sink {
-                        Some((sink, budget)) if stop.fired().is_none() => sink.adopt(conns, fds, *budget),
-                        // Draining (or shared mode): the primary hands them to someone else.
+                        // A retiring worker has a successor in its slot: the primary hands them
+                        // there. A stopping cluster has no one else, and the primary sent these
+                        // before it told this worker to stop: they are served here.
+                        Some((sink, budget)) if stop.fired() != Some(DrainMode::Retire) => {
+                            sink.adopt(conns, fds, *budget)
+                        }
                         _ => handoff::Adopted { refused: conns.iter().map(|c| c.id).collect(), ..Default::default() },
                     };
                     let handoff::Adopted { accepted, refused, shed } = adopted;
