@@ -166,8 +166,11 @@ impl StoreError {
         match self {
             StoreError::Timeout(_) => true,
             StoreError::Redis(err) => {
-                matches!(err.kind(), fred::error::ErrorKind::IO | fred::error::ErrorKind::Timeout)
-                    || err.details().starts_with("LOADING")
+                let details = err.details();
+                // A certificate rustls rejects arrives as an I/O error (`InvalidData`).
+                let tls_refusal = details.contains("InvalidData") || details.contains("Certificate");
+                (matches!(err.kind(), fred::error::ErrorKind::IO | fred::error::ErrorKind::Timeout) && !tls_refusal)
+                    || details.starts_with("LOADING")
             }
             _ => false,
         }
