@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # Build herd from source, then copy the one binary into a small runtime image.
 FROM rust:1-bookworm AS build
 WORKDIR /src

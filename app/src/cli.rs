@@ -238,6 +238,12 @@ pub struct ServeArgs {
     pub bind: SocketAddr,
     #[command(flatten)]
     pub redis: RedisArgs,
+    /// At start, how long to wait for a configured Redis that does not answer yet (containers
+    /// and systemd start services side by side), saying so in the log; then herd exits 1. A
+    /// Redis that refuses herd (a wrong password, an untrusted certificate) stops it at once.
+    /// 0: try once.
+    #[arg(long, env = "HERD_REDIS_START_TIMEOUT", default_value = duration_text(crate::serve::DEFAULT_REDIS_START_TIMEOUT), value_parser = parse_duration)]
+    pub redis_start_timeout: Duration,
     /// How connections reach workers.
     #[arg(long, env = "HERD_BALANCE", value_enum, default_value_t = Balance::default())]
     pub balance: Balance,

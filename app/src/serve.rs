@@ -216,7 +216,7 @@ async fn seed_demo_users(
     args: &ServeArgs,
     demo_users: &[crate::cli::DemoUser],
 ) -> anyhow::Result<()> {
-    let pool = connect_redis(redis).await?;
+    let pool = connect_redis_at_start(redis, args.redis_start_timeout).await?;
     crate::eviction::check(&pool).await;
     let users = Users::new(pool.clone(), Keys::new(args.redis.key_prefix.clone()));
     for demo in demo_users {
@@ -232,13 +232,60 @@ async fn seed_demo_users(
 
 /// Connects to Redis or explains how to get one.
 pub(crate) async fn connect_redis(config: &RedisConfig) -> anyhow::Result<Pool> {
-    herd_session_store::connect(config).await.with_context(|| {
-        format!(
-            "cannot reach Redis at {}. Start one (e.g. `redis-server`) or point herd at one with \
-             --redis-url / REDIS_URL",
-            redact(&config.url)
-        )
-    })
+    herd_session_store::connect(config).await.with_context(|| cannot_reach(config))
+}
+
+fn cannot_reach(config: &RedisConfig) -> String {
+    format!(
+        "cannot reach Redis at {}. Start one (e.g. `redis-server`) or point herd at one with --redis-url / REDIS_URL",
+        redact(&config.url)
+    )
+}
+
+/// How long `herd serve` waits at start for a Redis that does not answer yet.
+pub(crate) const DEFAULT_REDIS_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Between two attempts to reach Redis at start, and how often the wait is logged.
+const START_RETRY_INTERVAL: Duration = Duration::from_secs(1);
+const START_LOG_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Connects to Redis at start. One that does not answer yet is waited for up to `patience`,
+/// logged every few seconds: in a container or under systemd, Redis and herd start side by
+/// side, and the first connection may come before Redis accepts. A refusal (a wrong password,
+/// an untrusted certificate, a bad URL) does not heal by waiting and fails at once.
+async fn connect_redis_at_start(config: &RedisConfig, patience: Duration) -> anyhow::Result<Pool> {
+    let started = tokio::time::Instant::now();
+    let mut last_logged: Option<tokio::time::Instant> = None;
+    loop {
+        let err = match herd_session_store::connect(config).await {
+            Ok(pool) => {
+                if last_logged.is_some() {
+                    tracing::info!("Redis at {} answers after {:.1?}", redact(&config.url), started.elapsed());
+                }
+                return Ok(pool);
+            }
+            Err(err) => err,
+        };
+        let waited = started.elapsed();
+        if !err.is_unreachable() || waited + START_RETRY_INTERVAL > patience {
+            let context = if waited >= START_RETRY_INTERVAL {
+                format!("{} (waited {:.0?}, --redis-start-timeout)", cannot_reach(config), waited)
+            } else {
+                cannot_reach(config)
+            };
+            return Err(anyhow::Error::new(err).context(context));
+        }
+        if last_logged.is_none_or(|at| at.elapsed() >= START_LOG_INTERVAL) {
+            tracing::warn!(
+                "waiting for Redis at {} ({:.0?} of --redis-start-timeout {:.0?} so far): {err}",
+                redact(&config.url),
+                waited,
+                patience
+            );
+            last_logged = Some(tokio::time::Instant::now());
+        }
+        tokio::time::sleep(START_RETRY_INTERVAL).await;
+    }
 }
 
 /// Builds a worker's app once Redis answers; the worker reports ready only after this.

@@ -159,6 +159,23 @@ impl StoreError {
         matches!(self, StoreError::Redis(_) | StoreError::Timeout(_) | StoreError::NotReplicated { .. })
     }
 
+    /// True when Redis did not answer at all (no connection: refused, a name that does not
+    /// resolve yet, a timeout) or is still loading its data set: waiting may help, which it
+    /// does not when Redis answers with a refusal (a wrong password, an untrusted certificate).
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            StoreError::Timeout(_) => true,
+            StoreError::Redis(err) => {
+                let details = err.details();
+                // A certificate rustls rejects arrives as an I/O error (`InvalidData`).
+                let tls_refusal = details.contains("InvalidData") || details.contains("Certificate");
+                (matches!(err.kind(), fred::error::ErrorKind::IO | fred::error::ErrorKind::Timeout) && !tls_refusal)
+                    || details.starts_with("LOADING")
+            }
+            _ => false,
+        }
+    }
+
     /// True when Redis is full and refuses writes: the caller should answer 507 (see
     /// [`operator::redis_full`]), not "retry shortly".
     pub fn is_out_of_memory(&self) -> bool {
@@ -209,6 +226,9 @@ mod tests {
         assert!(!is_store_full(&slow) && is_store_timeout(&slow));
         let down = StoreError::from(fred::error::Error::new(fred::error::ErrorKind::IO, "Connection refused"));
         assert!(down.is_unavailable());
+        assert!(down.is_unreachable(), "waiting may help");
+        let refused = StoreError::from(fred::error::Error::new(fred::error::ErrorKind::Auth, "WRONGPASS"));
+        assert!(!refused.is_unreachable(), "waiting does not help a wrong password");
         assert!(!is_store_timeout(&down.into()));
     }
 }

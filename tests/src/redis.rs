@@ -64,6 +64,14 @@ impl RedisServer {
         server
     }
 
+    /// A plain server on this port (one a test told herd about before anything listened there).
+    pub fn start_on(port: u16) -> Self {
+        let mut server = Self::unstarted(None, None);
+        server.port = port;
+        server.restart();
+        server
+    }
+
     fn unstarted(tls: Option<Tls>, password: Option<&str>) -> Self {
         RedisServer {
             port: crate::free_port(),

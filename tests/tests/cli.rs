@@ -119,11 +119,67 @@ fn debug_routes_are_refused_off_loopback() {
 }
 
 #[test]
-fn unreachable_redis_is_a_clear_startup_error() {
+fn unreachable_redis_is_a_clear_startup_error_after_the_start_timeout() {
     let port = herd_e2e::free_port();
     let url = format!("redis://127.0.0.1:{port}");
-    let args = ["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--workers", "1"];
-    assert_herd_fails(&args, &[], 1, &["cannot reach Redis", "--redis-url"]);
+    let started = std::time::Instant::now();
+    let args = ["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--workers", "1", "--redis-start-timeout", "2s"];
+    let stderr = assert_herd_fails(&args, &[], 1, &["waiting for Redis", "cannot reach Redis", "--redis-url", "waited"]);
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(15), "gave up after {took:?}: {stderr}");
+
+    // 0: one attempt, no wait.
+    let args = ["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--workers", "1", "--redis-start-timeout", "0"];
+    let stderr = assert_herd_fails(&args, &[("HERD_REDIS_START_TIMEOUT", None)], 1, &["cannot reach Redis"]);
+    assert!(!stderr.contains("waiting for Redis"), "{stderr}");
+}
+
+/// Containers and systemd start Redis and herd side by side: a Redis that answers a few
+/// seconds after herd started is waited for, and said so.
+#[test]
+fn herd_waits_at_start_for_a_redis_that_comes_up_late() {
+    let port = herd_e2e::free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let dir = TempDir::new("late-redis");
+    let mut herd = Command::new(herd_bin())
+        .args(["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--workers", "1"])
+        .args(["--demo-user", "alice:wonderland", "--redis-start-timeout", "60s"])
+        .env("HERD_CONTROL_SOCKET", dir.path().join("ctl.sock"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start herd");
+    let (sender, lines) = std::sync::mpsc::channel();
+    let stderr = herd.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_line = |what: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(what) => return line,
+                Ok(line) => seen.push(line),
+                Err(_) => panic!("herd never logged {what:?}; it logged:\n{}", seen.join("\n")),
+            }
+        }
+    };
+    wait_line("waiting for Redis");
+    let redis = RedisServer::start_on(port);
+    wait_line("answers after");
+    wait_line("demo user alice is ready");
+    assert_eq!(redis.keys("herd:user:*"), ["herd:user:alice"], "herd went on with its start");
+    herd_e2e::signal(herd.id(), nix::sys::signal::Signal::SIGTERM);
+    let status = herd_e2e::wait_for("herd to exit", Duration::from_secs(20), || herd.try_wait().ok().flatten());
+    assert_eq!(status.code(), Some(0));
 }
 
 /// The quick start without Redis depends on nothing answering at the default address; a
