@@ -124,7 +124,8 @@ fn unreachable_redis_is_a_clear_startup_error_after_the_start_timeout() {
     let url = format!("redis://127.0.0.1:{port}");
     let started = std::time::Instant::now();
     let args = ["serve", "--bind", "127.0.0.1:0", "--redis-url", &url, "--workers", "1", "--redis-start-timeout", "2s"];
-    let stderr = assert_herd_fails(&args, &[], 1, &["waiting for Redis", "cannot reach Redis", "--redis-url", "waited"]);
+    let stderr =
+        assert_herd_fails(&args, &[], 1, &["waiting for Redis", "cannot reach Redis", "--redis-url", "waited"]);
     let took = started.elapsed();
     assert!(took >= Duration::from_secs(1) && took < Duration::from_secs(15), "gave up after {took:?}: {stderr}");
 
