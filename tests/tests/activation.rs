@@ -59,40 +59,40 @@ fn an_activated_herd_serves_the_inherited_socket_in_every_balance_mode() {
     }
 }
 
-/// In `shared` mode the workers accept from the socket themselves, so a stopping herd leaves
-/// every connection it has not accepted in the socket's queue. (In the primary-accept modes a
-/// connection the primary accepted in the instant of the stop, as its workers begin to drain,
-/// still gets a 503 with `Retry-After`: making a shutting-down worker take such a hand-off is
-/// the next step, for the primary hand-over of issue 17.)
+/// A stopping herd leaves every connection it has not accepted in the socket's queue, for the
+/// next one: in `shared` mode its workers stop accepting, in the primary-accept modes the
+/// primary does, and its workers serve every connection it handed them before the stop.
 #[test]
 fn a_full_stop_and_start_under_new_connection_load_refuses_nothing() {
     let redis = RedisServer::start();
-    let socket = held_socket();
-    let shared = ["--workers", "2", "--balance", "shared"];
-    let first = activated(&socket, Activation::WithPid, &redis, &shared);
-    let first_pids = first.worker_pids();
-    let load = Load::churn(first.addr, 4, "/healthz");
-    herd_e2e::wait_for("the load to flow", Duration::from_secs(10), || (load.ok_so_far() > 100).then_some(()));
+    for balance in ["shared", "round-robin"] {
+        let socket = held_socket();
+        let args = ["--workers", "2", "--balance", balance];
+        let first = activated(&socket, Activation::WithPid, &redis, &args);
+        let first_pids = first.worker_pids();
+        let load = Load::churn(first.addr, 4, "/healthz");
+        herd_e2e::wait_for("the load to flow", Duration::from_secs(10), || (load.ok_so_far() > 100).then_some(()));
 
-    // Stopped for good: until the next herd is up, connections wait in the socket's queue.
-    stop(first);
-    let served_by_first = load.ok_so_far();
-    let second = activated(&socket, Activation::WithPid, &redis, &shared);
-    herd_e2e::wait_for("the new herd to serve", Duration::from_secs(30), || {
-        (load.ok_so_far() > served_by_first + 100).then_some(())
-    });
-    let report = load.stop();
-    assert_eq!((report.failed, report.non_2xx), (0, 0), "nothing refused or failed: {:?}", report.errors);
-    // Each herd served. Not necessarily each worker: in `shared` mode the kernel picks which
-    // waiting worker an accept wakes, and one can take every connection of a short window.
-    for (herd, pids) in [("the first", first_pids), ("the second", second.worker_pids())] {
-        assert!(
-            pids.iter().any(|pid| report.pids.contains(&u64::from(*pid))),
-            "{herd} herd's workers {pids:?} served none of {:?}",
-            report.pids
-        );
+        // Stopped for good: until the next herd is up, connections wait in the socket's queue.
+        stop(first);
+        let served_by_first = load.ok_so_far();
+        let second = activated(&socket, Activation::WithPid, &redis, &args);
+        herd_e2e::wait_for("the new herd to serve", Duration::from_secs(30), || {
+            (load.ok_so_far() > served_by_first + 100).then_some(())
+        });
+        let report = load.stop();
+        assert_eq!((report.failed, report.non_2xx), (0, 0), "{balance}: nothing refused or failed: {:?}", report.errors);
+        // Each herd served. Not necessarily each worker: in `shared` mode the kernel picks which
+        // waiting worker an accept wakes, and one can take every connection of a short window.
+        for (herd, pids) in [("the first", first_pids), ("the second", second.worker_pids())] {
+            assert!(
+                pids.iter().any(|pid| report.pids.contains(&u64::from(*pid))),
+                "{balance}: {herd} herd's workers {pids:?} served none of {:?}",
+                report.pids
+            );
+        }
+        stop(second);
     }
-    stop(second);
 }
 
 #[test]
