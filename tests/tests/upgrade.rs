@@ -46,14 +46,18 @@ fn ten_upgrades_under_churn_and_keep_alive_load_fail_nothing() {
         (churn.ok_so_far() > 50 && keep_alive.ok_so_far() > 50).then_some(())
     });
     let mut primaries = vec![herd.pid()];
+    // Per hand-over: from the request to the old primary's exit, and the requests served then.
+    let mut figures = Vec::new();
     for round in 0..10 {
         let old = herd.pid();
         let served_before = churn.ok_so_far();
+        let (started, ok_before) = (std::time::Instant::now(), churn.ok_so_far() + keep_alive.ok_so_far());
         let (code, out, err) = herd.upgrade();
         assert_eq!(code, 0, "round {round}: upgrade failed: {out}{err}");
         let new = herd.pid();
         assert_ne!(new, old, "round {round}: a new primary serves");
         wait_gone(old);
+        figures.push((started.elapsed(), churn.ok_so_far() + keep_alive.ok_so_far() - ok_before));
         let status = herd.status();
         assert_eq!(
             status["pid"].as_u64(),
@@ -74,6 +78,10 @@ fn ten_upgrades_under_churn_and_keep_alive_load_fail_nothing() {
     assert_eq!(last["version"], first["version"]);
     assert!(last["started_unix_s"].as_u64() >= first["started_unix_s"].as_u64(), "{last}");
     assert_eq!(primaries.len(), 11);
+    figures.sort();
+    let (fastest, median, slowest) = (figures[0], figures[figures.len() / 2], figures[figures.len() - 1]);
+    // For docs/benchmarks.md (`cargo test -p herd-e2e --test upgrade -- --nocapture ten_upgrades`).
+    eprintln!("hand-over (request → old primary exited), requests served meanwhile: fastest {fastest:?}, median {median:?}, slowest {slowest:?}");
 }
 
 #[test]
