@@ -81,7 +81,12 @@ fn a_full_stop_and_start_under_new_connection_load_refuses_nothing() {
             (load.ok_so_far() > served_by_first + 100).then_some(())
         });
         let report = load.stop();
-        assert_eq!((report.failed, report.non_2xx), (0, 0), "{balance}: nothing refused or failed: {:?}", report.errors);
+        assert_eq!(
+            (report.failed, report.non_2xx),
+            (0, 0),
+            "{balance}: nothing refused or failed: {:?}",
+            report.errors
+        );
         // Each herd served. Not necessarily each worker: in `shared` mode the kernel picks which
         // waiting worker an accept wakes, and one can take every connection of a short window.
         for (herd, pids) in [("the first", first_pids), ("the second", second.worker_pids())] {
