@@ -425,6 +425,21 @@ pub struct ServeArgs {
     /// address.
     #[arg(long, env = "HERD_TRUSTED_PROXIES", default_value = "", value_parser = parse_trusted_proxies)]
     pub trusted_proxies: herd_cluster::forwarded::TrustedProxies,
+    /// Every connection starts with a PROXY protocol header (v1 or v2; HAProxy `send-proxy-v2`,
+    /// nginx `proxy_protocol on`) naming the client, for rate limits, logs, pages and ip-hash.
+    /// Requires --trusted-proxies: a connection from anywhere else is closed, as is one whose
+    /// header is malformed, truncated or late.
+    #[arg(long, env = "HERD_PROXY_PROTOCOL", value_parser = BoolishValueParser::new())]
+    pub proxy_protocol: bool,
+    /// With --proxy-protocol: a connection's whole PROXY header must arrive within this long,
+    /// or the connection is closed.
+    #[arg(long, env = "HERD_PROXY_HEADER_TIMEOUT", default_value = duration_text(herd_cluster::proxy_protocol::DEFAULT_HEADER_TIMEOUT), value_parser = parse_timeout)]
+    pub proxy_header_timeout: Duration,
+    /// With --proxy-protocol: PROXY headers read at once per accepting process (the primary,
+    /// or each worker in shared mode); beyond it new connections wait in the kernel's queue.
+    #[arg(long, env = "HERD_PROXY_HEADERS_PENDING", default_value_t = herd_cluster::proxy_protocol::DEFAULT_MAX_PENDING as u32,
+          value_parser = clap::value_parser!(u32).range(1..=1 << 20))]
+    pub proxy_headers_pending: u32,
     /// Origins (scheme://host[:port]) besides herd's own whose pages may send POST/DELETE
     /// requests (comma-separated in the environment variable). Others get 403.
     #[arg(long = "allowed-origins", env = "HERD_ALLOWED_ORIGINS", value_delimiter = ',', value_parser = crate::routes::origin::parse_origin)]

@@ -46,6 +46,10 @@ pub(crate) async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::
     config.control_socket = args.control_socket.clone();
     config.fd_reserve = args.fd_reserve;
     config.trusted_proxies = args.trusted_proxies.clone();
+    config.proxy_protocol = args.proxy_protocol.then_some(herd_cluster::proxy_protocol::ProxyProtocol {
+        header_timeout: args.proxy_header_timeout,
+        max_pending: usize::try_from(args.proxy_headers_pending).unwrap_or(usize::MAX),
+    });
     config.balance = args.balance();
     config.queue_timeout = args.queue_timeout;
     // Before Redis is found or started and users are seeded: a refused config starts nothing.

@@ -161,6 +161,10 @@ pub struct ClusterConfig {
     /// The primary's admin listener (`GET /metrics`); `None`: not served. Only the primary
     /// reads it.
     pub admin: Option<AdminConfig>,
+    /// `Some`: every connection starts with a PROXY protocol header naming the client (see
+    /// [`crate::proxy_protocol`]); requires `trusted_proxies`, the only sources allowed to send
+    /// one. `None` (the default): connections are HTTP from their first byte.
+    pub proxy_protocol: Option<crate::proxy_protocol::ProxyProtocol>,
 }
 
 /// Where the primary serves its admin listener, and the token it requires.
@@ -203,6 +207,7 @@ impl ClusterConfig {
             version: concat!("herd-cluster ", env!("CARGO_PKG_VERSION")).to_owned(),
             trusted_proxies: crate::forwarded::TrustedProxies::default(),
             admin: None,
+            proxy_protocol: None,
         }
     }
 }
@@ -235,6 +240,10 @@ pub enum ConfigError {
     /// An empty admin token would let anyone in.
     #[error("the admin token is empty")]
     EmptyAdminToken,
+    /// PROXY headers without a list of who may send them: every connection would be refused
+    /// (and believing anyone would let every client name its own address).
+    #[error("the PROXY protocol needs the balancers' addresses in the trusted proxies (--trusted-proxies)")]
+    ProxyProtocolUntrusted,
 }
 
 impl ClusterConfig {
@@ -282,6 +291,17 @@ impl ClusterConfig {
         ];
         if let Some((name, _)) = counts.iter().find(|(_, n)| *n == Some(0)) {
             return Err(ConfigError::Zero(name));
+        }
+        if let Some(proxy) = &self.proxy_protocol {
+            if self.trusted_proxies.is_empty() {
+                return Err(ConfigError::ProxyProtocolUntrusted);
+            }
+            if proxy.header_timeout.is_zero() {
+                return Err(ConfigError::ZeroDuration("proxy_protocol.header_timeout"));
+            }
+            if proxy.max_pending == 0 {
+                return Err(ConfigError::Zero("proxy_protocol.max_pending"));
+            }
         }
         if let Some(admin) = &self.admin {
             match &admin.token {
@@ -493,6 +513,27 @@ mod tests {
         assert_eq!(limits(0, None).validate(), Err(ConfigError::Zero("connections.keepalive_requests")));
         assert_eq!(limits(1, Some(0)).validate(), Err(ConfigError::Zero("connections.max_connections")));
         assert_eq!(limits(1, Some(1)).validate(), Ok(()));
+    }
+
+    #[test]
+    fn the_proxy_protocol_needs_trusted_proxies_and_limits_above_zero() {
+        use crate::proxy_protocol::ProxyProtocol;
+        let proxied = |trusted: &str, proxy: ProxyProtocol| ClusterConfig {
+            trusted_proxies: trusted.parse().expect("proxies"),
+            proxy_protocol: Some(proxy),
+            ..config()
+        };
+        let defaults = ProxyProtocol::default();
+        assert_eq!(proxied("", defaults).validate(), Err(ConfigError::ProxyProtocolUntrusted));
+        assert!(ConfigError::ProxyProtocolUntrusted.to_string().contains("--trusted-proxies"));
+        assert_eq!(proxied("127.0.0.1", defaults).validate(), Ok(()));
+        let instant = ProxyProtocol { header_timeout: Duration::ZERO, ..defaults };
+        assert_eq!(
+            proxied("127.0.0.1", instant).validate(),
+            Err(ConfigError::ZeroDuration("proxy_protocol.header_timeout"))
+        );
+        let none = ProxyProtocol { max_pending: 0, ..defaults };
+        assert_eq!(proxied("127.0.0.1", none).validate(), Err(ConfigError::Zero("proxy_protocol.max_pending")));
     }
 
     #[cfg(feature = "clap")]

@@ -56,6 +56,9 @@
 //! - [`messaging`]: application messages between workers and the primary (broadcast, gather).
 //! - [`metrics`]: worker series, the snapshots the primary gathers at scrape time, and the
 //!   Prometheus text of the admin listener (`--metrics-bind`).
+//! - [`proxy_protocol`]: `--proxy-protocol`: reading the PROXY header that names the client
+//!   behind an L4 balancer, before the connection is served (or, in primary-accept modes, even
+//!   dispatched).
 //! - [`logs`]: the merged log of the primary and its workers, its files and followers.
 
 pub mod client_ip;
@@ -66,6 +69,7 @@ pub mod forwarded;
 pub mod logs;
 pub mod messaging;
 pub mod metrics;
+pub mod proxy_protocol;
 pub mod role;
 
 mod activation;

@@ -124,6 +124,11 @@ pub(crate) struct Handoff {
     pub(crate) id: u64,
     /// The client's address, as the primary's `accept` saw it.
     pub(crate) peer: SocketAddr,
+    /// Under `--proxy-protocol`: the client the connection's PROXY header named (the primary
+    /// has read the header; the socket is positioned after it). Absent otherwise, and from
+    /// primaries older than this field: then `peer` is the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) client: Option<SocketAddr>,
     /// When the primary sent it (absent from primaries older than this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) sent_at: Option<Stamp>,

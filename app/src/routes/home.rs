@@ -1,9 +1,11 @@
 use axum::{
-    extract::{rejection::QueryRejection, Query, State},
+    extract::{rejection::QueryRejection, ConnectInfo, Query, State},
     http::{header, HeaderMap, HeaderValue, StatusCode, Version},
     response::{Html, IntoResponse, Response},
-    Json,
+    Extension, Json,
 };
+use std::net::SocketAddr;
+
 use serde::{Deserialize, Serialize};
 use tower_sessions::Session;
 
@@ -104,10 +106,17 @@ pub(super) async fn home(
     response
 }
 
-/// `{pid, worker, balance}` for the page's "hit it 20 times" chart.
-pub(super) async fn whoami(State(state): State<AppState>, version: Version) -> Response {
+/// `{pid, worker, balance, client}` for the page's "hit it 20 times" chart; `client` is the
+/// address herd sees the request come from (behind a balancer: the one its PROXY header or
+/// trusted forwarding header named), `null` when unknown.
+pub(super) async fn whoami(
+    State(state): State<AppState>,
+    version: Version,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+) -> Response {
     let w = &state.worker;
-    let body = serde_json::json!({ "pid": w.pid, "worker": w.slot, "balance": w.balance.as_str() });
+    let client = connect.map(|Extension(ConnectInfo(client))| client.ip().to_string());
+    let body = serde_json::json!({ "pid": w.pid, "worker": w.slot, "balance": w.balance.as_str(), "client": client });
     let mut response = Json(body).into_response();
     fresh_connection_per_page(&state, version, &mut response);
     response

@@ -7,7 +7,7 @@
 //! | `POST /login` | JSON or form `{username, password}`; a fresh session id on success |
 //! | `POST /logout` | ends the session server-side (`?all=true`: every session of the user) |
 //! | `GET /me` | `{user}`: the session's user, read-only |
-//! | `GET /whoami` | `{pid, worker, balance}`, for the page's chart |
+//! | `GET /whoami` | `{pid, worker, balance, client}`, for the page's chart |
 //! | `GET /stats`, `POST /stats/reset` | every worker's counters, gathered over IPC; reset broadcast (`--admin-routes`) |
 //! | `GET /heavy?n=` | sum of 0..n on the blocking pool |
 //! | `GET /heavy/cached?n=` | the same through the shared cache, computed once cluster-wide |

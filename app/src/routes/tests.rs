@@ -173,7 +173,10 @@ async fn health_and_home_say_which_worker_answered() {
     assert!(page.body.contains("alice"), "the demo user is hinted");
     assert_eq!(page.header(header::CONNECTION), Some("close"), "outside ip-hash, each page reconnects");
     let whoami = app.get("/whoami").await;
-    assert_eq!(whoami.json(), json!({ "pid": std::process::id(), "worker": SLOT, "balance": "shared" }));
+    assert_eq!(
+        whoami.json(),
+        json!({ "pid": std::process::id(), "worker": SLOT, "balance": "shared", "client": "127.0.0.1" })
+    );
     assert_eq!(whoami.header(header::CONNECTION), Some("close"));
 }
 

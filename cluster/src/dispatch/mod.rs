@@ -16,6 +16,9 @@ pub(crate) struct Conn {
     pub(crate) id: u64,
     pub(crate) stream: std::net::TcpStream,
     pub(crate) peer: SocketAddr,
+    /// Who the client is: `peer`, or under `--proxy-protocol` the address its PROXY header
+    /// named. What dispatch hashes and the worker sees.
+    pub(crate) client: SocketAddr,
     /// When the primary accepted it: how long the client has been waiting for a worker.
     pub(crate) accepted_at: Instant,
 }

@@ -302,7 +302,13 @@ impl LinkTask {
             .map(|c| {
                 // The wall-clock moment of the accept, from how long ago it was.
                 let waited = u64::try_from(c.accepted_at.elapsed().as_micros()).unwrap_or(u64::MAX);
-                Handoff { id: c.id, peer: c.peer, sent_at, accepted_us: Some(now_us.saturating_sub(waited)) }
+                Handoff {
+                    id: c.id,
+                    peer: c.peer,
+                    client: (c.client != c.peer).then_some(c.client),
+                    sent_at,
+                    accepted_us: Some(now_us.saturating_sub(waited)),
+                }
             })
             .collect();
         let fds: Vec<RawFd> = batch.iter().map(|c| c.stream.as_raw_fd()).collect();

@@ -38,6 +38,7 @@ use crate::{
     error::ClusterError,
     fdlimit::{self, FdBudget, ShedLog},
     proto::ToPrimary,
+    proxy_protocol::{PendingHeaders, Proxied},
     supervisor::{Core, Effect, Event, ReplyTo, Signal, Ticket, WorkerId},
 };
 use acceptor::Acceptor;
@@ -89,6 +90,11 @@ pub(crate) async fn run(
         Some(Acceptor::new(&listener, budget).map_err(|source| ClusterError::Bind { addr: local, source })?)
     } else {
         None
+    };
+    // Under --proxy-protocol the headers are read here, before a worker is chosen.
+    let mut pending = match (&acceptor, config.proxy_protocol) {
+        (Some(_), Some(proxy)) => Some(PendingHeaders::new(proxy, config.trusted_proxies.clone())),
+        _ => None,
     };
     let control_path = config.control_socket.clone().unwrap_or_else(|| control::default_path(local.port()));
     let (commands_tx, commands) = mpsc::channel(16);
@@ -180,7 +186,7 @@ pub(crate) async fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs()),
     };
-    let report = shell.run(events, commands, successor_rx, acceptor.as_ref(), &listener).await;
+    let report = shell.run(events, commands, successor_rx, acceptor.as_ref(), pending.as_mut(), &listener).await;
     drop(listener);
     report
 }
@@ -267,6 +273,7 @@ impl Shell {
         mut commands: mpsc::Receiver<control::Command>,
         mut successor: mpsc::UnboundedReceiver<SuccessorEvent>,
         acceptor: Option<&Acceptor>,
+        mut pending: Option<&mut PendingHeaders>,
         listener: &std::net::TcpListener,
     ) -> Result<ShutdownReport, ClusterError> {
         let mut signals = Signals::install()?;
@@ -286,10 +293,24 @@ impl Shell {
                     Some(event) => event,
                     None => continue,
                 },
-                (stream, peer) = accept(acceptor), if self.core.accepting() => {
-                    let conn = Conn { id: self.next_conn, stream, peer, accepted_at: Instant::now() };
-                    self.next_conn += 1;
-                    Event::Accepted(self.hold(conn))
+                (stream, peer) = accept(acceptor), if self.core.accepting() && pending.as_ref().is_none_or(|p| p.has_room()) => {
+                    match pending.as_deref_mut() {
+                        Some(pending) => {
+                            read_header(pending, stream, peer);
+                            continue;
+                        }
+                        None => Event::Accepted(self.accepted(stream, peer, peer, Instant::now())),
+                    }
+                }
+                Some(proxied) = next_proxied(pending.as_deref_mut()) => {
+                    let Proxied { stream, peer, client, accepted_at } = proxied;
+                    match stream.into_std() {
+                        Ok(stream) => Event::Accepted(self.accepted(stream, peer, client, accepted_at)),
+                        Err(err) => {
+                            tracing::warn!(%peer, "cannot take back a connection after its PROXY header: {err}");
+                            continue;
+                        }
+                    }
                 }
                 (stream, _) = accept(self.stand_in.as_ref()) => {
                     self.unavailable.answer(stream, "no worker is serving");
@@ -324,9 +345,16 @@ impl Shell {
         }
     }
 
+    /// A new connection from `client` (through `peer`), for the core.
+    fn accepted(&mut self, stream: std::net::TcpStream, peer: SocketAddr, client: SocketAddr, at: Instant) -> Ticket {
+        let conn = Conn { id: self.next_conn, stream, peer, client, accepted_at: at };
+        self.next_conn += 1;
+        self.hold(conn)
+    }
+
     /// Keeps the connection's socket; the core gets its ticket.
     fn hold(&mut self, conn: Conn) -> Ticket {
-        let ticket = Ticket { id: conn.id, client: conn.peer.ip(), accepted_at: conn.accepted_at };
+        let ticket = Ticket { id: conn.id, client: conn.client.ip(), accepted_at: conn.accepted_at };
         self.conns.insert(conn.id, conn);
         ticket
     }
@@ -529,6 +557,25 @@ fn rss_bytes(pid: u32) -> Option<u64> {
 async fn accept(acceptor: Option<&Acceptor>) -> (std::net::TcpStream, SocketAddr) {
     match acceptor {
         Some(acceptor) => acceptor.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts reading the PROXY header of a connection the acceptor took (on the runtime, so that
+/// it waits for its bytes without blocking the loop).
+fn read_header(pending: &mut PendingHeaders, stream: std::net::TcpStream, peer: SocketAddr) {
+    let adopted = stream.set_nonblocking(true).and_then(|()| tokio::net::TcpStream::from_std(stream));
+    match adopted {
+        Ok(stream) => pending.start(stream, peer),
+        Err(err) => tracing::warn!(%peer, "cannot read a connection's PROXY header: {err}"),
+    }
+}
+
+/// The next connection whose PROXY header is complete; never without `--proxy-protocol`, and
+/// `None` at once (disabling its `select!` branch for one turn) while no header is pending.
+async fn next_proxied(pending: Option<&mut PendingHeaders>) -> Option<Proxied> {
+    match pending {
+        Some(pending) => pending.next().await,
         None => std::future::pending().await,
     }
 }

@@ -110,7 +110,9 @@ impl HandoffSink {
                 Ok(stream) => {
                     let tracked =
                         TrackedStream { inner: stream, closed: self.closed.clone(), accepted_us: handoff.accepted_us };
-                    if self.incoming.send((tracked, handoff.peer)).is_ok() {
+                    // Under --proxy-protocol the client is who the PROXY header named.
+                    let client = handoff.client.unwrap_or(handoff.peer);
+                    if self.incoming.send((tracked, client)).is_ok() {
                         adopted.accepted.push(handoff.id);
                     } else {
                         adopted.refused.push(handoff.id);
@@ -232,7 +234,7 @@ mod tests {
         let high = u64::try_from(fds[1].as_raw_fd()).expect("fd");
         let budget = FdBudget::new(2 * high, usize::try_from(high).expect("fd"));
         let peer = local;
-        let conns = (1..=3).map(|id| Handoff { id, peer, sent_at: None, accepted_us: None }).collect();
+        let conns = (1..=3).map(|id| Handoff { id, peer, client: None, sent_at: None, accepted_us: None }).collect();
         // The kernel delivered two of three descriptors (MSG_CTRUNC): the third is missing.
         let adopted = sink.adopt(conns, fds.into(), budget);
         assert_eq!(adopted, Adopted { accepted: vec![1], refused: vec![], shed: vec![2, 3] });
@@ -253,9 +255,9 @@ mod tests {
             fds.push(OwnedFd::from(listener.accept().expect("accept").0));
         }
         let conns = vec![
-            Handoff { id: 1, peer: local, sent_at: Stamp::now(), accepted_us: None },
-            Handoff { id: 2, peer: local, sent_at: Stamp::ago(HANDOFF_EXPIRY * 2), accepted_us: None },
-            Handoff { id: 3, peer: local, sent_at: None, accepted_us: None },
+            Handoff { id: 1, peer: local, client: None, sent_at: Stamp::now(), accepted_us: None },
+            Handoff { id: 2, peer: local, client: None, sent_at: Stamp::ago(HANDOFF_EXPIRY * 2), accepted_us: None },
+            Handoff { id: 3, peer: local, client: None, sent_at: None, accepted_us: None },
         ];
         let adopted = sink.adopt(conns, fds, FdBudget::new(u64::MAX, 0));
         let (accepted, refused) = (adopted.accepted, adopted.refused);

@@ -22,6 +22,7 @@ use crate::{
     messaging::Messenger,
     metrics::WorkerMetrics,
     proto::{ToPrimary, ToWorker, HEARTBEAT_INTERVAL},
+    proxy_protocol::{PendingHeaders, ProxiedListener},
     role::{WorkerIdentity, IPC_FD, LISTEN_FD},
     shutdown,
 };
@@ -144,7 +145,15 @@ where
     match source {
         Source::Shared(listener) => {
             let listener = DrainableListener::new(listener, stop.clone(), budget);
-            serve(listener, router, drain, cap, channel, stop, config, metrics).await
+            match config.proxy_protocol {
+                // Shared mode: each worker reads the PROXY headers of what it accepts.
+                Some(proxy) => {
+                    let pending = PendingHeaders::new(proxy, config.trusted_proxies.clone());
+                    let listener = ProxiedListener::new(listener, pending);
+                    serve(listener, router, drain, cap, channel, stop, config, metrics).await
+                }
+                None => serve(listener, router, drain, cap, channel, stop, config, metrics).await,
+            }
         }
         // The sink sets TCP_NODELAY on each connection it adopts.
         Source::Handoff(listener, _sink) => serve(listener, router, drain, cap, channel, stop, config, metrics).await,
