@@ -42,16 +42,24 @@ pub struct Client {
     timeout: Duration,
     /// Sent as `Cookie:` with every request when set.
     pub cookie: Option<String>,
+    /// Bytes written first on every connection (a PROXY protocol header, see [`crate::proxy`]).
+    preamble: Option<Vec<u8>>,
 }
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, source: None, cookie: None, timeout: IO_TIMEOUT }
+        Self { addr, source: None, cookie: None, timeout: IO_TIMEOUT, preamble: None }
     }
 
     /// Give up reading or writing after `timeout` instead of the default 30 s.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Start every connection with these bytes, as a balancer that sends a PROXY header does.
+    pub fn with_preamble(mut self, preamble: Vec<u8>) -> Self {
+        self.preamble = Some(preamble);
         self
     }
 
@@ -102,6 +110,9 @@ impl Client {
         };
         stream.set_read_timeout(Some(self.timeout))?;
         stream.set_write_timeout(Some(self.timeout))?;
+        if let Some(preamble) = &self.preamble {
+            (&stream).write_all(preamble)?;
+        }
         Ok(Conn { reader: BufReader::new(stream) })
     }
 }

@@ -7,6 +7,7 @@
 pub mod herd;
 pub mod http;
 pub mod load;
+pub mod proxy;
 pub mod redis;
 
 pub use herd::Herd;
