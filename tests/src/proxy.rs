@@ -12,12 +12,14 @@ pub fn v1(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
     format!("PROXY {family} {} {} {} {}\r\n", client.ip(), server.ip(), client.port(), server.port()).into_bytes()
 }
 
-/// A v2 `PROXY` command over TCP for `client` → `server` (both of one family).
+/// A v2 `PROXY` command over TCP for `client` → `server`. An IPv6 client with an IPv4 server
+/// names the server IPv4-mapped, as a dual-stack balancer does (v2 has one family per header).
 pub fn v2(client: SocketAddr, server: SocketAddr) -> Vec<u8> {
     let (family, mut addresses) = match (client.ip(), server.ip()) {
         (IpAddr::V4(c), IpAddr::V4(s)) => (0x11, [c.octets(), s.octets()].concat()),
         (IpAddr::V6(c), IpAddr::V6(s)) => (0x21, [c.octets(), s.octets()].concat()),
-        _ => panic!("client and server of one address family"),
+        (IpAddr::V6(c), IpAddr::V4(s)) => (0x21, [c.octets(), s.to_ipv6_mapped().octets()].concat()),
+        (IpAddr::V4(c), IpAddr::V6(s)) => (0x21, [c.to_ipv6_mapped().octets(), s.octets()].concat()),
     };
     addresses.extend_from_slice(&client.port().to_be_bytes());
     addresses.extend_from_slice(&server.port().to_be_bytes());
