@@ -142,10 +142,7 @@ impl Successor {
         tokio::spawn(async move {
             let outcome = async {
                 if let Err(err) = channel.send(&hello).await {
-                    return Err(match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
-                        Ok(status) => exited(status),
-                        Err(_) => format!("cannot greet the new primary: {err}"),
-                    });
+                    return Err(exited_or(&mut child, format!("cannot greet the new primary: {err}")).await);
                 }
                 let mut buf = RecvBuf::default();
                 loop {
@@ -161,12 +158,8 @@ impl Successor {
                             Ok(Some((ToPredecessor::Failed { reason }, _))) => return Err(reason),
                             Ok(None) => return Err(exited(child.wait().await)),
                             Err(err) if err.is_bad_message() => tracing::warn!(error = %err, "a bad message from the new primary"),
-                            // A peer that exits resets the channel: say that it exited.
                             Err(err) => {
-                                return Err(match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
-                                    Ok(status) => exited(status),
-                                    Err(_) => format!("the hand-over channel failed: {err}"),
-                                })
+                                return Err(exited_or(&mut child, format!("the hand-over channel failed: {err}")).await)
                             }
                         },
                     }
@@ -186,6 +179,15 @@ impl Successor {
     /// Kills it (it has not taken over); its `Failed` event follows.
     pub(crate) fn kill(&self) {
         let _ = self.kill.try_send(());
+    }
+}
+
+/// A channel that failed usually means the new primary exited (its end was reset): say so if it
+/// did within [`EXIT_GRACE`], else `otherwise`.
+async fn exited_or(child: &mut tokio::process::Child, otherwise: String) -> String {
+    match tokio::time::timeout(EXIT_GRACE, child.wait()).await {
+        Ok(status) => exited(status),
+        Err(_) => otherwise,
     }
 }
 

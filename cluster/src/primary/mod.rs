@@ -121,11 +121,15 @@ pub(crate) async fn run(
 
     let (events_tx, events) = mpsc::unbounded_channel();
     let mut argv = std::env::args_os();
+    let arg0 = argv.next();
+    // Its own arguments, for a new primary in a hand-over; the workers' too unless the app
+    // chose theirs.
+    let primary_args: Vec<OsString> = argv.collect();
     let exe = current_exe()?;
     let spawner = Spawner {
-        arg0: argv.next().unwrap_or_else(|| exe.clone().into_os_string()),
+        arg0: arg0.unwrap_or_else(|| exe.clone().into_os_string()),
         exe,
-        args: config.worker_args.clone().unwrap_or_else(|| argv.collect::<Vec<OsString>>()),
+        args: config.worker_args.clone().unwrap_or_else(|| primary_args.clone()),
         env: config.worker_env.clone(),
         logs: config.logs.clone(),
         // The primary keeps `listener` itself, open, in every mode (dropped only on return).
@@ -164,7 +168,7 @@ pub(crate) async fn run(
     let mut shell = Shell {
         core: if take_over.is_some() { core.take_over() } else { core },
         seed,
-        primary_args: std::env::args_os().skip(1).collect(),
+        primary_args,
         admin,
         control,
         take_over,
@@ -468,12 +472,10 @@ impl Shell {
                 }
             },
             Effect::StandIn(false) => self.stand_in = None,
-            Effect::Notify(state) => match self.take_over.take() {
-                Some(take_over) if state.starts_with("READY=1") => self.take_over(take_over, &state),
-                not_yet => {
-                    self.take_over = not_yet;
-                    notify::notify(&state);
-                }
+            // A new primary's first `READY=1` is its moment to take over.
+            Effect::Notify(state) => match self.take_over.take_if(|_| state.starts_with("READY=1")) {
+                Some(take_over) => self.take_over(take_over, &state),
+                None => notify::notify(&state),
             },
             Effect::StartSuccessor { workers } => {
                 let launch = crate::upgrade::Launch {
