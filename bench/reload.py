@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Rolling reloads under load, and how fast a dead worker is replaced.
+"""Rolling reloads and primary hand-overs under load, and how fast a dead worker is replaced.
 
     bench/reload.py            # needs wrk and redis-server; builds the release binary
 
@@ -7,7 +7,11 @@
    steady state.
 2. The same load for as long as 10 reloads take (`herd ctl reload`, one after another):
    failed requests (socket errors + non-2xx) and p99 latency, next to the steady state.
-3. 10 times: SIGKILL a worker that has run for at least 5 s (younger ones are restarted with
+3. The same for 10 primary hand-overs (`herd ctl upgrade`, each waited for until the old
+   primary has exited), under keep-alive load and under a new connection per request, each next
+   to a steady run of the same kind; and each hand-over's time from the request to the old
+   primary's exit.
+4. 10 times: SIGKILL a worker that has run for at least 5 s (younger ones are restarted with
    backoff, on purpose) and time until its replacement logs "ready", next to the time it takes
    to start the herd binary at all (`herd --version`, 20 runs).
 
@@ -36,8 +40,8 @@ def wait_for(what, predicate, timeout=30):
     sys.exit(f"timed out waiting for {what}")
 
 
-def wrk(url, seconds):
-    out = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", url], capture_output=True, text=True).stdout
+def wrk(url, seconds, *extra):
+    out = subprocess.run(["wrk", "-t2", "-c16", f"-d{seconds}s", "--latency", *extra, url], capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
@@ -60,6 +64,17 @@ def main():
     herd = subprocess.Popen([HERD, "serve", "--workers", "2", "--bind", f"127.0.0.1:{port}", "--redis-url",
                              f"redis://127.0.0.1:{redis_port}", "--control-socket", sock, "--log-format", "json",
                              "--log-file", log_path], stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": "info"})
+    # After a hand-over the primary serving is no longer our child.
+    primary = {"pid": herd.pid}
+
+    def exited(pid):
+        if pid == herd.pid:
+            return herd.poll() is not None
+        try:  # not our child: gone once init has reaped it
+            return open(f"/proc/{pid}/stat").read().split(") ")[1][0] == "Z"
+        except FileNotFoundError:
+            return True
+
     try:
         def log():
             entries = []
@@ -79,18 +94,48 @@ def main():
 
         steady = wrk(url, 12)
 
-        reloads, reload_times = 10, []
-        result = {}
-        load = threading.Thread(target=lambda: result.update(wrk(url, 4 + reloads * 2)))
-        load.start()
-        time.sleep(2)  # load is flowing before the first reload
-        for _ in range(reloads):
-            started = time.time()
+        def under_load(seconds, action, times, *extra):
+            """wrk for `seconds` while `action` runs `times` times, one after another, once the
+            load flows; → (wrk's result, each action's duration). wrk runs long enough to
+            outlast the actions, so the figures include some steady load on both sides."""
+            result, durations = {}, []
+            load = threading.Thread(target=lambda: result.update(wrk(url, seconds, *extra)))
+            load.start()
+            time.sleep(2)  # load is flowing before the first action
+            for _ in range(times):
+                started = time.time()
+                action()
+                durations.append(time.time() - started)
+            load.join()
+            return result, durations
+
+        def reload():
             done = ctl("reload")
             if done.returncode != 0:
                 sys.exit(f"reload failed: {done.stderr}")
-            reload_times.append(time.time() - started)
-        load.join()
+
+        reloads = 10
+        result, reload_times = under_load(4 + reloads * 2, reload, reloads)
+
+        def upgrade():
+            old = primary["pid"]
+            done = ctl("upgrade")
+            if done.returncode != 0:
+                sys.exit(f"upgrade failed: {done.stderr}")
+            primary["pid"] = int(re.search(r"pid (\d+)", done.stdout).group(1))
+            wait_for("the old primary to exit", lambda: exited(old))
+
+        # Hand-overs against steady load of the same kind, in alternating rounds: this machine
+        # is shared, and a noisy stretch should hit both columns alike.
+        rounds, per_round, close = int(os.environ.get("ROUNDS", "5")), 3, ("-H", "Connection: close")
+        handover = {kind: {"steady": [], "during": []} for kind in ("keep-alive", "close")}
+        upgrade_times = []
+        for _ in range(rounds):
+            for kind, extra in (("keep-alive", ()), ("close", close)):
+                handover[kind]["steady"].append(wrk(url, 3 + per_round, *extra))
+                during, times = under_load(3 + per_round, upgrade, per_round, *extra)
+                handover[kind]["during"].append(during)
+                upgrade_times += times
 
         respawn = []
         for _ in range(10):
@@ -105,8 +150,9 @@ def main():
 
             def replaced():
                 for e in log():
-                    m = e["fields"].get("message", "")
-                    if m.startswith(f"worker {victim['slot']} pid ") and m.endswith(" ready") and str(victim["pid"]) not in m:
+                    f = e["fields"]
+                    if (f.get("message") == "worker reported ready" and f.get("slot") == victim["slot"]
+                            and f.get("worker_pid") != victim["pid"]):
                         ts = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
                         if ts > killed_at:
                             return ts
@@ -118,8 +164,8 @@ def main():
             subprocess.run([HERD, "--version"], stdout=subprocess.DEVNULL, check=True)
             spawn.append(time.time() - t)
     finally:
-        herd.send_signal(signal.SIGTERM)
-        herd.wait(timeout=60)
+        os.kill(primary["pid"], signal.SIGTERM)
+        wait_for("herd to stop", lambda: exited(primary["pid"]), 60)
         redis.terminate()
 
     ms = lambda s: f"{s * 1000:.1f} ms"
@@ -132,6 +178,18 @@ def main():
         f"| during {reloads} rolling reloads | {result['total']:,} | {result['failed']} | {result['rps']:,.0f} | {result['p99_ms']:.2f} ms |",
         "",
         f"Each reload (2 slots, one at a time) took {ms(statistics.median(reload_times))} median, {ms(max(reload_times))} max.",
+        "",
+        f"Primary hand-overs: {rounds} rounds, each a steady wrk run and a run of the same length during which",
+        f"{per_round} hand-overs (`herd ctl upgrade`, waited for until the old primary exited) follow one another;",
+        f"each hand-over took {ms(statistics.median(upgrade_times))} median, {ms(max(upgrade_times))} max.",
+        "",
+        "| load | | requests | failed | req/s, median | p99, median | p99 round by round |",
+        "|---|---|---:|---:|---:|---:|---|",
+        *(f"| {'keep-alive' if kind == 'keep-alive' else 'a new connection per request'} | {column} "
+          f"| {sum(r['total'] for r in runs):,} | {sum(r['failed'] for r in runs)} "
+          f"| {statistics.median(r['rps'] for r in runs):,.0f} | {statistics.median(r['p99_ms'] for r in runs):.2f} ms "
+          f"| {' '.join(format(r['p99_ms'], '.1f') for r in runs)} |"
+          for kind, columns in handover.items() for column, runs in columns.items()),
         "",
         "| | median | max |",
         "|---|---:|---:|",

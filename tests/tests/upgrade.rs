@@ -148,3 +148,28 @@ fn a_broken_new_binary_leaves_the_old_primary_serving() {
     assert_eq!(herd.status()["pid"].as_u64(), Some(u64::from(primary)), "still the old primary");
     assert_eq!(herd.client().get("/healthz").expect("GET /healthz").status, 200);
 }
+
+/// The sticky key moves to the new primary: every client address is sent to the same slot
+/// after a hand-over as before (a new primary with a key of its own would move about 3 in 4
+/// of them with 4 slots).
+#[test]
+fn sticky_clients_keep_their_slot_across_the_hand_over() {
+    let redis = RedisServer::start();
+    let herd = Herd::start(&redis, &["--workers", "4", "--sticky"]);
+    let slot_of = |n: u8| {
+        let res = herd.client().from_ip(std::net::IpAddr::from([127, 0, 0, n])).get("/whoami").expect("GET /whoami");
+        assert_eq!(res.status, 200, "{}", res.body);
+        res.json()["worker"].as_u64().expect("the slot that served")
+    };
+    let clients: Vec<u8> = (10..40).collect();
+    let before: Vec<u64> = clients.iter().map(|&n| slot_of(n)).collect();
+    assert!(before.iter().collect::<std::collections::BTreeSet<_>>().len() > 1, "spread over slots: {before:?}");
+    for _ in 0..2 {
+        let old = herd.pid();
+        let (code, out, err) = herd.upgrade();
+        assert_eq!(code, 0, "{out}{err}");
+        wait_gone(old);
+        let after: Vec<u64> = clients.iter().map(|&n| slot_of(n)).collect();
+        assert_eq!(after, before, "every client keeps its slot");
+    }
+}
