@@ -127,13 +127,18 @@ fn a_planned_failover_answers_every_request_and_counts_exactly() {
         .expect("the session primary's replica");
 
     let (mut served, mut unavailable) = (0u64, 0u64);
+    // When the last 503 was answered: how long the failover cost herd's clients.
+    let mut last_unavailable = None;
     let mut request = |alice: &herd_e2e::Client| {
         let asked = Instant::now();
         let res = alice.get("/").expect("an answer, not a hang or a reset");
         assert!(asked.elapsed() < Duration::from_secs(3), "a request took {:?}", asked.elapsed());
         match res.status {
             200 => served += 1,
-            503 => unavailable += 1,
+            503 => {
+                unavailable += 1;
+                last_unavailable = Some(Instant::now());
+            }
             other => panic!("only 200 or a fast 503: {other} {}", res.body),
         }
     };
@@ -146,12 +151,15 @@ fn a_planned_failover_answers_every_request_and_counts_exactly() {
         assert!(started.elapsed() < Duration::from_secs(20), "the replica never took over");
         request(&alice);
     }
+    let took_over = started.elapsed();
     for _ in 0..50 {
         request(&alice);
     }
     let visits = alice.get("/").expect("GET /").json()["visits"].as_u64().expect("a count");
     eprintln!(
-        "Redis Cluster planned failover: {served} requests served, {unavailable} answered 503 ({} of them counted)",
+        "Redis Cluster planned failover: the replica was primary {took_over:?} after CLUSTER FAILOVER, the last 503 \
+         {:?} after it; {served} requests served, {unavailable} answered 503 ({} of them counted)",
+        last_unavailable.map(|at| at - started),
         visits - (served + 1).min(visits)
     );
     assert!(
