@@ -5,13 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in redis-server redis-cli haproxy; do
+for tool in redis-server redis-cli haproxy nginx; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "scripts/test.sh: ${missing[*]} not found on PATH." >&2
-  echo "  Debian/Ubuntu: sudo apt-get install -y redis-server haproxy" >&2
-  echo "  macOS:         brew install redis haproxy" >&2
+  echo "  Debian/Ubuntu: sudo apt-get install -y redis-server haproxy nginx libnginx-mod-stream" >&2
+  echo "  macOS:         brew install redis haproxy nginx" >&2
   exit 1
 fi
 

@@ -28,14 +28,17 @@
 //! [`RedisSessionStore::new`] sets neither of herd's limits, so the app's expiry alone applies,
 //! as with the stock store; `herd serve` sets both (`--session-idle`, `--session-max-age`).
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
 use fred::{
     bytes_utils::Str,
     clients::{Client, Pool},
-    interfaces::KeysInterface,
-    types::{Expiration, Value as FredValue},
+    interfaces::{ClientLike, KeysInterface},
+    types::{config::Options, Expiration, Value as FredValue},
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -331,9 +334,34 @@ impl RedisSessionStore {
         forget(client, &self.key(new)).await
     }
 
+    /// `GET key`, asked a second time if the first failed other than by the command timeout,
+    /// both together within one command timeout.
+    ///
+    /// herd lets fred write each command once (`pool.rs`): a write whose connection died may have
+    /// been applied. A read changes nothing, so it may be asked again whatever became of the
+    /// first. That matters in a planned Redis Cluster failover: fred fails a command the old
+    /// primary answered `-MOVED`, or that was in flight on a connection fred dropped on
+    /// re-reading the topology, rather than write it twice (docs/deploy.md); by the second read
+    /// it knows the new primary. A timeout is not retried: it has spent the request's budget.
+    async fn get_once_more(&self, key: &str) -> Result<FredValue, fred::error::Error> {
+        let asked = Instant::now();
+        match self.pool.get::<FredValue, _>(key).await {
+            Err(err) if *err.kind() != fred::error::ErrorKind::Timeout && !err.details().starts_with("WRONGTYPE") => {
+                let client = self.pool.next();
+                let left = client.perf_config().default_command_timeout.saturating_sub(asked.elapsed());
+                if left.is_zero() {
+                    return Err(err);
+                }
+                tracing::debug!(error = %err, "reading a session again after an error");
+                client.with_options(&Options { timeout: Some(left), ..Options::default() }).get(key).await
+            }
+            read => read,
+        }
+    }
+
     async fn load_record(&self, id: &Id) -> Result<Option<Record>, StoreError> {
         let key = self.key(id);
-        let text = match self.pool.get::<FredValue, _>(&key).await {
+        let text = match self.get_once_more(&key).await {
             Ok(FredValue::String(text)) => text,
             Ok(FredValue::Null) => return if self.read_stock { self.adopt_stock(id).await } else { Ok(None) },
             Ok(_) => return Ok(unknown_format()),

@@ -4,12 +4,14 @@
 //!
 //! Everything a test starts is killed by pid when its handle drops, even when the test fails.
 
+pub mod balancer;
 pub mod herd;
 pub mod http;
 pub mod load;
 pub mod proxy;
 pub mod redis;
 
+pub use balancer::{Balancer, HaproxyMode};
 pub use herd::Herd;
 pub use http::{Client, Response};
 pub use load::{Load, LoadReport};

@@ -120,6 +120,20 @@ fn sticky_spreads_fifty_clients_behind_one_proxy_and_keeps_each_on_its_worker() 
     }
 }
 
+/// `herd_proxy_headers_rejected_total` from `herd ctl metrics`, summed by `reason` (over the
+/// workers' slots in shared mode).
+fn rejected_headers(herd: &Herd) -> HashMap<String, f64> {
+    let (code, text, err) = herd.ctl(&["metrics"]);
+    assert_eq!(code, 0, "herd ctl metrics: {err}");
+    let mut by_reason = HashMap::new();
+    for line in text.lines().filter(|l| l.starts_with("herd_proxy_headers_rejected_total{")) {
+        let (labels, value) = line.rsplit_once(' ').expect("a sample line");
+        let reason = labels.split("reason=\"").nth(1).and_then(|r| r.split('"').next()).expect("a reason label");
+        *by_reason.entry(reason.to_owned()).or_default() += value.parse::<f64>().expect("a number");
+    }
+    by_reason
+}
+
 #[test]
 fn bad_headers_close_only_their_connection() {
     let redis = RedisServer::start();
@@ -164,6 +178,14 @@ fn bad_headers_close_only_their_connection() {
         herd.wait_log("the rejection line", Duration::from_secs(5), |l| l.contains("without serving them"));
         assert_eq!(seen_client(&good), "203.0.113.8", "{balance}: still accepting");
         assert_eq!(herd.status()["workers"].as_array().map(Vec::len), Some(2), "{balance}");
+
+        // Each closed connection is counted once, by reason: by the primary in round-robin
+        // mode, by the workers (summed over slots) in shared mode.
+        let rejected = rejected_headers(&herd);
+        let expected = [("malformed", 2.0), ("timeout", 21.0), ("truncated", 1.0), ("untrusted", 1.0), ("io", 0.0)];
+        for (reason, n) in expected {
+            assert_eq!(rejected.get(reason).copied(), Some(n), "{balance}: {reason} in {rejected:?}");
+        }
     }
 }
 

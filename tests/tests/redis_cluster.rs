@@ -102,10 +102,11 @@ fn a_killed_primary_is_replaced_by_its_replica_and_sessions_survive() {
 }
 
 /// A planned failover (`CLUSTER FAILOVER` on a replica) under a steady stream of logged-in
-/// requests: every request is answered at once, 200 or a fast 503 (herd never resends a command
-/// that may have been applied, and the old primary drops the connections it had; see
-/// docs/deploy.md), none hangs or fails otherwise, and the visit count stays exact: a 503 was
-/// not counted.
+/// requests: every request is answered at once, 200 or a fast 503, none hangs or fails
+/// otherwise, and no visit is lost or counted twice. A 503 may or may not have been counted:
+/// fred answers an error for a command it would have to write a second time (after a `MOVED`,
+/// or in flight on a connection it drops when it re-reads the topology), and herd never lets it
+/// resend one that may have been applied (docs/deploy.md, "Redis Cluster").
 #[test]
 fn a_planned_failover_answers_every_request_and_counts_exactly() {
     use std::time::{Duration, Instant};
@@ -126,13 +127,18 @@ fn a_planned_failover_answers_every_request_and_counts_exactly() {
         .expect("the session primary's replica");
 
     let (mut served, mut unavailable) = (0u64, 0u64);
+    // When the last 503 was answered: how long the failover cost herd's clients.
+    let mut last_unavailable = None;
     let mut request = |alice: &herd_e2e::Client| {
         let asked = Instant::now();
         let res = alice.get("/").expect("an answer, not a hang or a reset");
         assert!(asked.elapsed() < Duration::from_secs(3), "a request took {:?}", asked.elapsed());
         match res.status {
             200 => served += 1,
-            503 => unavailable += 1,
+            503 => {
+                unavailable += 1;
+                last_unavailable = Some(Instant::now());
+            }
             other => panic!("only 200 or a fast 503: {other} {}", res.body),
         }
     };
@@ -145,10 +151,19 @@ fn a_planned_failover_answers_every_request_and_counts_exactly() {
         assert!(started.elapsed() < Duration::from_secs(20), "the replica never took over");
         request(&alice);
     }
+    let took_over = started.elapsed();
     for _ in 0..50 {
         request(&alice);
     }
-    eprintln!("Redis Cluster planned failover: {served} requests served, {unavailable} answered 503");
     let visits = alice.get("/").expect("GET /").json()["visits"].as_u64().expect("a count");
-    assert_eq!(visits, served + 1, "every served visit counted once, no 503 counted");
+    eprintln!(
+        "Redis Cluster planned failover: the replica was primary {took_over:?} after CLUSTER FAILOVER, the last 503 \
+         {:?} after it; {served} requests served, {unavailable} answered 503 ({} of them counted)",
+        last_unavailable.map(|at| at - started),
+        visits - (served + 1).min(visits)
+    );
+    assert!(
+        (served + 1..=served + 1 + unavailable).contains(&visits),
+        "every served visit counted once, a 503 at most once: {visits} visits for {served} served + {unavailable} 503s + 1"
+    );
 }

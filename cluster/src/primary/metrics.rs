@@ -4,12 +4,13 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    sync::Arc,
     time::Duration,
 };
 
 use crate::{
     control::Status,
-    metrics::{self, merge, Collect, Family, HistogramVec, Kind, Sample, Snapshot, Value, LATENCY_BUCKETS},
+    metrics::{self, merge, Collect, CounterVec, Family, HistogramVec, Kind, Sample, Snapshot, Value, LATENCY_BUCKETS},
     supervisor::{Counters, Scrape, WorkerId},
 };
 
@@ -25,6 +26,9 @@ const USER_HZ: f64 = 100.0;
 pub(super) struct ShellMetrics {
     balance: &'static str,
     handoff: HistogramVec,
+    /// Connections closed for their PROXY header, when the primary reads the headers
+    /// (`--proxy-protocol` in a primary-accept mode; in shared mode the workers count them).
+    proxy_rejections: Option<Arc<CounterVec>>,
     /// Each live worker's last snapshot, and its last CPU reading (seconds).
     last: HashMap<WorkerId, (usize, Vec<Family>)>,
     cpu: HashMap<WorkerId, f64>,
@@ -34,7 +38,7 @@ pub(super) struct ShellMetrics {
 }
 
 impl ShellMetrics {
-    pub(super) fn new(balance: &'static str) -> Self {
+    pub(super) fn new(balance: &'static str, proxy_rejections: Option<Arc<CounterVec>>) -> Self {
         Self {
             balance,
             handoff: HistogramVec::new(
@@ -43,6 +47,7 @@ impl ShellMetrics {
                 &[],
                 LATENCY_BUCKETS,
             ),
+            proxy_rejections,
             last: HashMap::new(),
             cpu: HashMap::new(),
             departed: BTreeMap::new(),
@@ -138,6 +143,9 @@ impl ShellMetrics {
             ),
         ];
         self.handoff.collect(&mut out);
+        if let Some(rejections) = &self.proxy_rejections {
+            rejections.collect(&mut out);
+        }
         let mut rss: BTreeMap<usize, f64> = BTreeMap::new();
         let mut open: BTreeMap<usize, f64> = BTreeMap::new();
         let mut cpu = self.departed_cpu.clone();

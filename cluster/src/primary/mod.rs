@@ -38,7 +38,7 @@ use crate::{
     error::ClusterError,
     fdlimit::{self, FdBudget, ShedLog},
     proto::ToPrimary,
-    proxy_protocol::{PendingHeaders, Proxied},
+    proxy_protocol::{self, PendingHeaders, Proxied},
     supervisor::{Core, Effect, Event, ReplyTo, Signal, Ticket, WorkerId},
 };
 use acceptor::Acceptor;
@@ -91,9 +91,13 @@ pub(crate) async fn run(
     } else {
         None
     };
-    // Under --proxy-protocol the headers are read here, before a worker is chosen.
-    let mut pending = match (&acceptor, config.proxy_protocol) {
-        (Some(_), Some(proxy)) => Some(PendingHeaders::new(proxy, config.trusted_proxies.clone())),
+    // Under --proxy-protocol the headers are read here, before a worker is chosen, and the
+    // rejected ones counted in the primary's series.
+    let proxy_rejections = (acceptor.is_some() && config.proxy_protocol.is_some()).then(proxy_protocol::rejections);
+    let mut pending = match (&proxy_rejections, config.proxy_protocol) {
+        (Some(counted), Some(proxy)) => {
+            Some(PendingHeaders::new(proxy, config.trusted_proxies.clone(), std::sync::Arc::clone(counted)))
+        }
         _ => None,
     };
     let control_path = config.control_socket.clone().unwrap_or_else(|| control::default_path(local.port()));
@@ -174,7 +178,7 @@ pub(crate) async fn run(
         take_over,
         successor: None,
         successor_events,
-        metrics: metrics::ShellMetrics::new(config.balance.as_str()),
+        metrics: metrics::ShellMetrics::new(config.balance.as_str(), proxy_rejections),
         config,
         spawner,
         links: HashMap::new(),

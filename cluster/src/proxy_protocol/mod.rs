@@ -13,7 +13,10 @@
 //! `--proxy-headers-pending` at once and each within `--proxy-header-timeout`, so a slow or
 //! silent proxy connection never holds up the accept loop or the other connections. A header
 //! that is malformed, truncated or too slow, or any connection from a source outside
-//! `--trusted-proxies`, closes that connection only, with a rate-limited log line.
+//! `--trusted-proxies`, closes that connection only, with a rate-limited log line, and is counted
+//! in `herd_proxy_headers_rejected` by [`Rejected::reason`] ([`rejections`]): in the primary's own
+//! series in primary-accept modes, in each worker's (labelled by slot) in shared mode, wherever
+//! the header was read.
 //!
 //! Only the header's own bytes are read, never one more: the rest of the stream is the
 //! client's request, and belongs to whoever serves it (in primary-accept modes another
@@ -26,7 +29,9 @@
 mod pending;
 mod read;
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
+
+use crate::metrics::CounterVec;
 
 pub(crate) use pending::{PendingHeaders, Proxied, ProxiedListener};
 pub(crate) use read::{read_header, Rejected};
@@ -57,4 +62,20 @@ impl Default for ProxyProtocol {
     fn default() -> Self {
         Self { header_timeout: DEFAULT_HEADER_TIMEOUT, max_pending: DEFAULT_MAX_PENDING }
     }
+}
+
+/// The counter of connections closed for their PROXY header, by [`Rejected::reason`], every
+/// reason present from the start (at 0) so a dashboard's series do not appear out of nowhere.
+/// One per header-reading process: the primary's in primary-accept modes, a worker's in shared
+/// mode (never both, so the series has one home in a scrape).
+pub(crate) fn rejections() -> Arc<CounterVec> {
+    let counter = CounterVec::new(
+        "herd_proxy_headers_rejected",
+        "Connections closed unserved for their PROXY header, by reason",
+        &["reason"],
+    );
+    for reason in Rejected::REASONS {
+        counter.add(&[reason], 0);
+    }
+    Arc::new(counter)
 }

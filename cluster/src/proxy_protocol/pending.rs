@@ -5,7 +5,7 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use tokio::{net::TcpStream, task::JoinSet};
 
 use super::{read_header, ProxyProtocol, Rejected};
-use crate::{fdlimit::SHED_LOG_INTERVAL, forwarded::TrustedProxies, tally::Tally};
+use crate::{fdlimit::SHED_LOG_INTERVAL, forwarded::TrustedProxies, metrics::CounterVec, tally::Tally};
 
 /// A connection whose header has been read.
 #[derive(Debug)]
@@ -37,11 +37,14 @@ pub(crate) struct PendingHeaders {
     /// Closed connections, logged at most once per [`SHED_LOG_INTERVAL`]: a flood of bad
     /// headers must not flood the log.
     rejections: Tally,
+    /// Every closed connection, by reason ([`super::rejections`]).
+    counted: Arc<CounterVec>,
 }
 
 impl PendingHeaders {
-    pub(crate) fn new(settings: ProxyProtocol, trusted: TrustedProxies) -> Self {
-        Self { reads: JoinSet::new(), settings, trusted: Arc::new(trusted), rejections: Tally::new(SHED_LOG_INTERVAL) }
+    pub(crate) fn new(settings: ProxyProtocol, trusted: TrustedProxies, counted: Arc<CounterVec>) -> Self {
+        let (trusted, rejections) = (Arc::new(trusted), Tally::new(SHED_LOG_INTERVAL));
+        Self { reads: JoinSet::new(), settings, trusted, rejections, counted }
     }
 
     /// Whether another read may start; while not, the caller leaves new connections in the
@@ -88,6 +91,7 @@ impl PendingHeaders {
     }
 
     fn rejected(&mut self, peer: SocketAddr, why: &Rejected) {
+        self.counted.inc(&[why.reason()]);
         if let Some(count) = self.rejections.due(1, Instant::now()) {
             tracing::warn!(
                 %peer,
@@ -157,7 +161,7 @@ mod tests {
 
     fn pending(trusted: &str, max_pending: usize) -> PendingHeaders {
         let settings = ProxyProtocol { header_timeout: Duration::from_millis(300), max_pending };
-        PendingHeaders::new(settings, trusted.parse().expect("proxies"))
+        PendingHeaders::new(settings, trusted.parse().expect("proxies"), crate::proxy_protocol::rejections())
     }
 
     #[tokio::test]
@@ -179,9 +183,11 @@ mod tests {
         let mut rest = [0u8; 3];
         proxied.stream.read_exact(&mut rest).await.expect("the request's start");
         assert_eq!(&rest, b"GET");
-        // The silent one ends closed, not returned.
+        // The silent one ends closed, not returned, and counted.
         assert!(pending.next().await.is_none());
         assert!(started.elapsed() >= Duration::from_millis(250), "closed before its timeout");
+        assert_eq!(pending.counted.get(&["timeout"]), 1);
+        assert_eq!(pending.counted.get(&["untrusted"]), 0);
     }
 
     #[tokio::test]
@@ -195,6 +201,7 @@ mod tests {
         assert!(untrusting.next().await.is_none(), "nothing to serve");
         let mut buf = [0u8; 1];
         assert!(matches!(client.read(&mut buf).await, Ok(0) | Err(_)), "closed");
+        assert_eq!(untrusting.counted.get(&["untrusted"]), 1);
 
         let mut one = pending("127.0.0.1", 1);
         assert!(one.has_room());

@@ -39,6 +39,9 @@ pub(crate) enum Rejected {
 }
 
 impl Rejected {
+    /// Every [`Rejected::reason`].
+    pub(crate) const REASONS: [&'static str; 5] = ["untrusted", "timeout", "truncated", "malformed", "io"];
+
     /// A short name for metrics and logs.
     pub(crate) fn reason(&self) -> &'static str {
         match self {

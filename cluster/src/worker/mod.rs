@@ -22,7 +22,7 @@ use crate::{
     messaging::Messenger,
     metrics::WorkerMetrics,
     proto::{ToPrimary, ToWorker, HEARTBEAT_INTERVAL},
-    proxy_protocol::{PendingHeaders, ProxiedListener},
+    proxy_protocol::{self, PendingHeaders, ProxiedListener},
     role::{WorkerIdentity, IPC_FD, LISTEN_FD},
     shutdown,
 };
@@ -146,9 +146,12 @@ where
         Source::Shared(listener) => {
             let listener = DrainableListener::new(listener, stop.clone(), budget);
             match config.proxy_protocol {
-                // Shared mode: each worker reads the PROXY headers of what it accepts.
+                // Shared mode: each worker reads the PROXY headers of what it accepts, and
+                // counts the rejected ones in its own series.
                 Some(proxy) => {
-                    let pending = PendingHeaders::new(proxy, config.trusted_proxies.clone());
+                    let counted = proxy_protocol::rejections();
+                    metrics.register(counted.clone());
+                    let pending = PendingHeaders::new(proxy, config.trusted_proxies.clone(), counted);
                     let listener = ProxiedListener::new(listener, pending);
                     serve(listener, router, drain, cap, channel, stop, config, metrics).await
                 }
