@@ -119,7 +119,17 @@ fn toolchain() -> Result<PathBuf, DockerError> {
         .output()
         .map_err(|e| DockerError::io("find the rust toolchain (rustc --print sysroot)", e))?;
     let sysroot = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    std::fs::canonicalize(&sysroot).map_err(|e| DockerError::io(format!("toolchain {}", sysroot.display()), e))
+    let dir =
+        std::fs::canonicalize(&sysroot).map_err(|e| DockerError::io(format!("toolchain {}", sysroot.display()), e))?;
+    // Its bin/ and lib/ are copied whole: that must be a rustup toolchain directory, not a
+    // distribution's rustc living in /usr.
+    if !dir.parent().is_some_and(|p| p.ends_with("toolchains")) {
+        return Err(DockerError::other(
+            "find the rust toolchain",
+            format!("{} is not a rustup toolchain directory (install Rust with rustup)", dir.display()),
+        ));
+    }
+    Ok(dir)
 }
 
 fn rust(engine: &DockerEngine) -> Result<(), DockerError> {
