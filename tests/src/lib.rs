@@ -5,6 +5,8 @@
 //! Everything a test starts is killed by pid when its handle drops, even when the test fails.
 
 pub mod balancer;
+pub mod browser;
+pub mod docker;
 pub mod herd;
 pub mod http;
 pub mod load;

@@ -1,7 +1,7 @@
-//! There is no Docker engine here, so `docker compose up` cannot run in the test suite. This
-//! checks the wiring instead: service names, ports, environment variables that herd really
-//! reads, healthchecks that use commands present in their images, and a Dockerfile that builds
-//! the binary and runs it as a non-root user.
+//! The compose file and the Dockerfile read as text, in every run and on machines without
+//! Docker: service names, ports, environment variables that herd really reads, healthchecks that
+//! use commands present in their images, and a Dockerfile that builds the binary and runs it as
+//! a non-root user. tests/tests/compose.rs runs them for real where a Docker engine can run.
 
 use std::{collections::BTreeSet, process::Command};
 
@@ -45,7 +45,12 @@ fn compose_wires_redis_and_herd_together() {
     assert_eq!(herd["build"].as_str(), Some("."));
     assert_eq!(herd["depends_on"]["redis"]["condition"].as_str(), Some("service_healthy"));
     let ports: Vec<&str> = herd["ports"].as_sequence().expect("ports").iter().filter_map(Value::as_str).collect();
-    assert_eq!(ports, ["3000:3000"]);
+    assert_eq!(ports, ["127.0.0.1:3000:3000"], "published on loopback only: the demo cookies are not Secure");
+    assert_eq!(
+        herd["restart"].as_str(),
+        Some("unless-stopped"),
+        "herd exits when Redis stays away; Docker restarts it"
+    );
 
     let env = herd["environment"].as_mapping().expect("environment");
     let reads = env_vars_herd_reads();
