@@ -8,6 +8,8 @@
 # the primary's and the workers' CPU time per connection (µs, user + system from /proc).
 #
 #   bench/bare.sh         # ROUNDS=3 DURATION=6 CONNS=64 WORKERS=2
+#   OTHER_HERD=/tmp/herd-old SERVERS="herd-round-robin other-round-robin" bench/bare.sh
+#                         # other-<mode>: another herd build in the same rounds (an A/B)
 #
 # Writes bench/results/bare.md and prints it.
 source "$(dirname "$0")/lib.sh"
@@ -37,6 +39,7 @@ for round in $(seq "$ROUNDS"); do
         for _ in $(seq 100); do grep -q ready "$REDIS_DIR/bare.out" && break; sleep 0.05; done
         path=/ ;;
       herd-*) start_herd "$WORKERS" --balance "${server#herd-}"; path=/healthz ;;
+      other-*) HERD=$OTHER_HERD start_herd "$WORKERS" --balance "${server#other-}"; path=/healthz ;;
     esac
     p0=$(cpu_ticks "$HERD_PID"); w0=$(workers_ticks)
     out=$(wrk -t2 -c"$CONNS" -d"${DURATION}s" -H "Connection: close" "http://127.0.0.1:$HERD_PORT$path")
