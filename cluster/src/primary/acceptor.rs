@@ -5,11 +5,6 @@
 //!
 //! A connection that lands in the primary's descriptor reserve is closed at once (shed), so
 //! the primary always has descriptors left to start workers and answer its control socket.
-//!
-//! Under churn the primary takes what the kernel has queued in one go ([`Acceptor::accept_batch`]):
-//! one wake-up and one `EAGAIN` per batch instead of a trip round the primary's `select!` per
-//! connection, and the whole batch reaches the link tasks before they run, so each worker gets
-//! its share in one `sendmsg`.
 
 use std::{io, net::SocketAddr, os::fd::AsRawFd, sync::Mutex};
 
@@ -39,53 +34,6 @@ impl Acceptor {
             shed: Mutex::new(ShedLog::default()),
             errors: AcceptErrorLog::default(),
         })
-    }
-
-    /// Waits for a connection, then accepts until the queue is empty (`EAGAIN`) or `batch`
-    /// holds `max`. Shedding and failed accepts as in [`Acceptor::accept`]; an accept that
-    /// fails after the first success ends the batch, and the next call meets it again.
-    pub(crate) async fn accept_batch(&self, batch: &mut Vec<(std::net::TcpStream, SocketAddr)>, max: usize) {
-        let max = max.max(1);
-        loop {
-            let mut ready = match self.listener.readable().await {
-                Ok(ready) => ready,
-                Err(err) => {
-                    self.errors.recover(&err).await;
-                    continue;
-                }
-            };
-            let mut shed = 0;
-            let failed = loop {
-                if batch.len() >= max {
-                    break None;
-                }
-                match ready.get_inner().accept() {
-                    Ok((stream, _)) if !self.budget.admits(stream.as_raw_fd()) => {
-                        drop(stream);
-                        shed += 1;
-                    }
-                    Ok(accepted) => batch.push(accepted),
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                        // Edge-triggered: only an `EAGAIN` may clear the readiness.
-                        ready.clear_ready();
-                        break None;
-                    }
-                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                    Err(err) => break Some(err),
-                }
-            };
-            drop(ready);
-            if shed > 0 {
-                if let Ok(mut log) = self.shed.lock() {
-                    log.shed(shed, "the primary is at its open files limit less --fd-reserve");
-                }
-            }
-            match failed {
-                _ if !batch.is_empty() => return,
-                Some(err) => self.errors.recover(&err).await,
-                None => {}
-            }
-        }
     }
 
     /// The next connection. Connections shed for want of descriptors are skipped, and failed

@@ -281,7 +281,6 @@ impl Shell {
         listener: &std::net::TcpListener,
     ) -> Result<ShutdownReport, ClusterError> {
         let mut signals = Signals::install()?;
-        let mut batch = Vec::with_capacity(ACCEPT_BATCH);
         self.feedback.push_back(Event::Boot);
         loop {
             while let Some(event) = self.feedback.pop_front() {
@@ -293,26 +292,19 @@ impl Shell {
                 return Ok(report);
             }
             let deadline = self.core.next_deadline().map(tokio::time::Instant::from_std);
-            let room = self.accept_room(pending.as_deref());
             let event = tokio::select! {
                 Some(event) = events.recv() => match self.link_event(event) {
                     Some(event) => event,
                     None => continue,
                 },
-                () = accept_batch(acceptor, &mut batch, room), if room > 0 => {
-                    // The whole batch goes to the core before the link tasks run, so each worker
-                    // gets its share of it in one `sendmsg`.
-                    let at = Instant::now();
-                    for (stream, peer) in batch.drain(..) {
-                        match pending.as_deref_mut() {
-                            Some(pending) => read_header(pending, stream, peer),
-                            None => {
-                                let ticket = self.accepted(stream, peer, peer, at);
-                                self.feedback.push_back(Event::Accepted(ticket));
-                            }
+                (stream, peer) = accept(acceptor), if self.core.accepting() && pending.as_ref().is_none_or(|p| p.has_room()) => {
+                    match pending.as_deref_mut() {
+                        Some(pending) => {
+                            read_header(pending, stream, peer);
+                            continue;
                         }
+                        None => Event::Accepted(self.accepted(stream, peer, peer, Instant::now())),
                     }
-                    continue;
                 }
                 Some(proxied) = next_proxied(pending.as_deref_mut()) => {
                     let Proxied { stream, peer, client, accepted_at } = proxied;
@@ -355,17 +347,6 @@ impl Shell {
             };
             self.feedback.push_back(event);
         }
-    }
-
-    /// How many connections the acceptor may take now: none while the core is not accepting,
-    /// else up to [`ACCEPT_BATCH`], no more than the core's queue and the PROXY header
-    /// readers have room for.
-    fn accept_room(&self, pending: Option<&PendingHeaders>) -> usize {
-        if !self.core.accepting() {
-            return 0;
-        }
-        let room = ACCEPT_BATCH.min(self.core.queue_room());
-        pending.map_or(room, |p| room.min(p.room()))
     }
 
     /// A new connection from `client` (through `peer`), for the core.
@@ -572,19 +553,6 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
-}
-
-/// Connections accepted in one go, at most: one `sendmsg`'s worth of descriptors, so a batch
-/// spread over the workers never needs more than one message per worker.
-const ACCEPT_BATCH: usize = crate::fd::MAX_FDS_PER_MESSAGE;
-
-/// A batch of accepted connections (see [`Acceptor::accept_batch`]), or never without an
-/// acceptor.
-async fn accept_batch(acceptor: Option<&Acceptor>, batch: &mut Vec<(std::net::TcpStream, SocketAddr)>, max: usize) {
-    match acceptor {
-        Some(acceptor) => acceptor.accept_batch(batch, max).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// The next accepted connection, or never without an acceptor.

@@ -47,12 +47,7 @@ impl PendingHeaders {
     /// Whether another read may start; while not, the caller leaves new connections in the
     /// kernel's accept queue.
     pub(crate) fn has_room(&self) -> bool {
-        self.room() > 0
-    }
-
-    /// How many more reads may start now.
-    pub(crate) fn room(&self) -> usize {
-        self.settings.max_pending.saturating_sub(self.reads.len())
+        self.reads.len() < self.settings.max_pending
     }
 
     /// Starts reading the header of a connection just accepted from `peer`; one from outside

@@ -442,11 +442,6 @@ impl Core {
             && self.queue.len() < MAX_QUEUED
     }
 
-    /// How many more connections the dispatch queue can take (see [`Core::accepting`]).
-    pub(crate) fn queue_room(&self) -> usize {
-        MAX_QUEUED.saturating_sub(self.queue.len())
-    }
-
     /// Once the cluster has stopped: how it ended.
     pub(crate) fn finished(&self) -> Option<ShutdownReport> {
         let stop = self.stopping.as_ref()?;
