@@ -3,7 +3,9 @@
 
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-HERD="$ROOT/target/release/herd"
+# HERD=/path/to/herd runs another build (then nothing is built: BUILD=0 is implied).
+HERD="${HERD:-$ROOT/target/release/herd}"
+[ "$HERD" = "$ROOT/target/release/herd" ] || BUILD=0
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -15,7 +17,7 @@ need python3 python3
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-build_release() { (cd "$ROOT" && cargo build --release -p herd --quiet); }
+build_release() { [ "${BUILD:-1}" = 0 ] || (cd "$ROOT" && cargo build --release -p herd --quiet); }
 
 # start_redis → sets REDIS_PORT, REDIS_PID
 start_redis() {
