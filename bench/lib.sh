@@ -3,7 +3,7 @@
 
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-HERD="$ROOT/target/release/herd"
+HERD="${HERD:-$ROOT/target/release/herd}"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT
@@ -15,7 +15,8 @@ need python3 python3
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-build_release() { (cd "$ROOT" && cargo build --release -p herd --quiet); }
+# SKIP_BUILD=1: use the binary as it is (HERD=path picks another one)
+build_release() { [ -n "${SKIP_BUILD:-}" ] || (cd "$ROOT" && cargo build --release -p herd --quiet); }
 
 # start_redis → sets REDIS_PORT, REDIS_PID
 start_redis() {
@@ -131,3 +132,19 @@ ratio_table() {
     echo "| \`GET $path\` | $(MEDIAN_DIGITS=2 median ${RATIOS[$path]}) | ${RATIOS[$path]}|"
   done
 }
+
+# mem_kib <pid> → "<rss> <pss> <private>" in KiB, from /proc/<pid>/smaps_rollup (private =
+# Private_Clean + Private_Dirty: what the process alone holds)
+mem_kib() {
+  awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} /^Private_(Clean|Dirty):/ {v+=$2} END {print r+0, p+0, v+0}' "/proc/$1/smaps_rollup"
+}
+
+# mem_total_kib <pid...> → the same, summed over the processes
+mem_total_kib() {
+  local pid r p v tr=0 tp=0 tv=0
+  for pid in "$@"; do read -r r p v <<<"$(mem_kib "$pid")"; tr=$((tr + r)); tp=$((tp + p)); tv=$((tv + v)); done
+  echo "$tr $tp $tv"
+}
+
+# mib <kib> → MiB, one decimal
+mib() { python3 -c "print(f'{$1/1024:.1f}')"; }
