@@ -133,3 +133,19 @@ ratio_table() {
     echo "| \`GET $path\` | $(MEDIAN_DIGITS=2 median ${RATIOS[$path]}) | ${RATIOS[$path]}|"
   done
 }
+
+# mem_kib <pid> → "<rss> <pss> <private>" in KiB, from /proc/<pid>/smaps_rollup (private =
+# Private_Clean + Private_Dirty: what the process alone holds)
+mem_kib() {
+  awk '/^Rss:/ {r=$2} /^Pss:/ {p=$2} /^Private_(Clean|Dirty):/ {v+=$2} END {print r+0, p+0, v+0}' "/proc/$1/smaps_rollup"
+}
+
+# mem_total_kib <pid...> → the same, summed over the processes
+mem_total_kib() {
+  local pid r p v tr=0 tp=0 tv=0
+  for pid in "$@"; do read -r r p v <<<"$(mem_kib "$pid")"; tr=$((tr + r)); tp=$((tp + p)); tv=$((tv + v)); done
+  echo "$tr $tp $tv"
+}
+
+# mib <kib> → MiB, one decimal
+mib() { python3 -c "print(f'{$1/1024:.1f}')"; }

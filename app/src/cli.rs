@@ -51,6 +51,11 @@ pub enum Command {
     /// Configuration files.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Reads a password on standard input and prints its argon2id PHC string. `herd serve`'s
+    /// primary runs itself with this to hash the demo users' passwords in a short-lived child,
+    /// so the hash's 19 MiB never stay in the long-lived primary ([`crate::users::hasher`]).
+    #[command(hide = true)]
+    HashPassword,
 }
 
 #[derive(Debug, Subcommand)]

@@ -50,6 +50,7 @@ pub async fn run(
         Command::Users(command) => users::cli::run(command).await,
         Command::Ctl(args) => ctl::run(args).await,
         Command::SystemdUnit(args) => systemd::print_unit(&args),
+        Command::HashPassword => users::hasher::run_child(),
         Command::Config(cli::ConfigCommand::Example) => {
             print!("{}", config_file::example());
             Ok(0)

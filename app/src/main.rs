@@ -25,6 +25,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if matches!(cli.command, Command::Serve(_)) && role == herd_cluster::Role::Primary {
+        without_huge_pages();
+    }
     let (format, sink) = match &cli.command {
         Command::Serve(args) => {
             let sink = match role {
@@ -77,4 +80,33 @@ fn main() -> ExitCode {
     // Exit without dropping the runtime: dropping it would wait for blocking tasks (a long
     // `/heavy` computation) that the drain deadline has already given up on.
     std::process::exit(code)
+}
+
+/// mimalloc asks for transparent huge pages on its arena (`MADV_HUGEPAGE`), so every 2 MiB of
+/// heap it touched at all was 2 MiB resident: 10-12 MiB of RSS in each idle process for a heap
+/// of a few hundred KiB (bench/idle_memory.sh, docs/benchmarks.md). `PR_SET_THP_DISABLE` turns
+/// that off, and is inherited through fork and exec, so every worker starts with it; but it
+/// only applies to pages touched from then on, and the runtime has touched two huge pages
+/// before `main`. So the primary sets it and executes itself again, once: the same binary,
+/// arguments, environment, descriptors and pid (systemd, socket activation and a supervisor
+/// see no difference). If anything fails it goes on as it is, only with more memory.
+fn without_huge_pages() {
+    use std::os::unix::process::CommandExt;
+    match nix::sys::prctl::get_thp_disable() {
+        Ok(false) => {}
+        // Set already (this is the second start, or an upgrade's new primary), or unknown to
+        // this kernel.
+        _ => return,
+    }
+    if nix::sys::prctl::set_thp_disable(true).is_err() {
+        return;
+    }
+    let Ok(exe) = std::env::current_exe() else { return };
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(exe);
+    if let Some(argv0) = args.next() {
+        command.arg0(argv0);
+    }
+    let err = command.args(args).exec();
+    eprintln!("herd: could not restart without transparent huge pages ({err}); going on with them");
 }

@@ -225,7 +225,7 @@ async fn seed_demo_users(
     let users = Users::new(pool.clone(), Keys::new(args.redis.key_prefix.clone()));
     for demo in demo_users {
         users
-            .set_password(&demo.name, &demo.password)
+            .set_password_in_child(&demo.name, &demo.password)
             .await
             .with_context(|| format!("cannot create demo user {}", demo.name))?;
         tracing::info!("demo user {} is ready (log in with its password)", demo.name);

@@ -2,10 +2,11 @@
 //!
 //! | key | holds |
 //! |---|---|
-//! | `{prefix}sess:{sha256(session id)}` | one session record |
-//! | `{prefix}sess:{sha256(session id)}:replaced` | the key of the session a login replaced with this one, while its grace runs |
+//! | `{prefix}sess:{digest}` | one session record; the digest is the first 128 bits of SHA-256 of the session id, URL-safe base64 (22 characters) |
+//! | `{prefix}sess:{digest}:replaced` | the key of the session a login replaced with this one, while its grace runs |
 //! | `{prefix}user:{name}` | a user (hash: `password` = argon2 PHC string) |
-//! | `{prefix}user:{name}:sessions` | the session keys of the user's logins (for "log out everywhere") |
+//! | `{prefix}user:{name}:logins` | the user's logins (for "log out everywhere"): a hash from each session key to its visit count |
+//! | `{prefix}user:{name}:sessions` | the same as a set of session keys without counts, as herd wrote it before; only deleted now |
 //! | `{prefix}cache:{key}` | a shared cache entry (`{key}:lock` while one worker computes it) |
 //! | `{prefix}cache-budget` | what the cache wrote in its current window (hash `entries`, `bytes`; a TTL) |
 //! | `{prefix}ratelimit:login:{ip\|user\|user-ip}:{id}` | login attempts in the current window (a counter with a TTL) |
@@ -13,6 +14,9 @@
 use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
 use sha2::{Digest, Sha256};
 use tower_sessions::session::Id;
+
+/// Length of the digest in a session key (128 bits in unpadded base64).
+pub const SESSION_DIGEST_LEN: usize = 22;
 
 /// The default prefix of every key.
 pub const DEFAULT_PREFIX: &str = "herd:";
@@ -36,22 +40,21 @@ impl Keys {
         Self { prefix: prefix.into().into() }
     }
 
-    /// The key of a session. The id itself is never stored: only its SHA-256.
+    /// The key of a session. The id itself is never stored, only a digest: the first 128 bits
+    /// of its SHA-256 (as many bits as the id has, so as hard to invert as guessing the id),
+    /// in URL-safe base64. Every session costs its key twice in Redis (the record's name and
+    /// its entry in the user's login index), so the 22 characters instead of the 64 hex digits
+    /// of the whole hash were a sixth of a session's memory (issue 19). Keys of the old length
+    /// are simply not found: their sessions end, cleanly, at an upgrade.
     pub fn session(&self, session_id: impl AsRef<[u8]>) -> String {
         let digest = Sha256::digest(session_id);
-        // Every session read builds this key: a table into a buffer beats 32 `write!` calls
-        // and 64 `String::push`es.
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut hex = [0u8; 64];
-        for (pair, byte) in hex.chunks_exact_mut(2).zip(digest) {
-            pair[0] = HEX[usize::from(byte >> 4)];
-            pair[1] = HEX[usize::from(byte & 0xf)];
-        }
-        let mut key = String::with_capacity(self.prefix.len() + 5 + 64);
+        let mut text = [0u8; SESSION_DIGEST_LEN];
+        let len = URL_SAFE_NO_PAD.encode_slice(&digest[..16], &mut text).unwrap_or_default();
+        let mut key = String::with_capacity(self.prefix.len() + 5 + SESSION_DIGEST_LEN);
         key.push_str(&self.prefix);
         key.push_str("sess:");
-        // Only table bytes, all ASCII: this never takes the empty default.
-        key.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+        // Only base64 bytes, all ASCII: this never takes the empty default.
+        key.push_str(std::str::from_utf8(&text[..len]).unwrap_or_default());
         key
     }
 
@@ -89,8 +92,16 @@ impl Keys {
         format!("{}cache-budget", self.prefix)
     }
 
-    /// The set of session keys a user logged in with.
-    pub fn user_sessions(&self, name: &str) -> String {
+    /// The user's login index: a hash from the key of each session the user logged in with to
+    /// that session's visit count. A small hash is one compact listpack in Redis, where a set
+    /// of keys and a counter key per session cost a few hundred bytes more (issue 19).
+    pub fn user_logins(&self, name: &str) -> String {
+        format!("{}user:{name}:logins", self.prefix)
+    }
+
+    /// The set of session keys herd kept per user before [`Keys::user_logins`]; sessions an
+    /// older herd listed there are still ended by "log out everywhere".
+    pub fn user_sessions_before_logins(&self, name: &str) -> String {
         format!("{}user:{name}:sessions", self.prefix)
     }
 
@@ -109,16 +120,19 @@ mod tests {
         let keys = Keys::default();
         let key = keys.session("ZP8aewv7YUQt3lcZ98SYPw");
         assert!(key.starts_with("herd:sess:"));
-        assert_eq!(key.len(), "herd:sess:".len() + 64);
+        assert_eq!(key.len(), "herd:sess:".len() + SESSION_DIGEST_LEN);
         assert!(!key.contains("ZP8aewv7YUQt3lcZ98SYPw"));
         assert_eq!(key, keys.session("ZP8aewv7YUQt3lcZ98SYPw"), "stable");
         assert_ne!(key, keys.session("ZP8aewv7YUQt3lcZ98SYPx"));
     }
 
     #[test]
-    fn the_key_is_the_sha256_hex_of_the_id() {
+    fn the_key_is_the_first_half_of_the_ids_sha256_in_base64() {
+        // SHA-256("abc") begins ba7816bf 8f01cfea 414140de 5dae2223.
         let key = Keys::new("p:").session("abc");
-        assert_eq!(key, "p:sess:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(key, "p:sess:ungWv48Bz-pBQUDeXa4iIw");
+        let digest = URL_SAFE_NO_PAD.decode(key.trim_start_matches("p:sess:")).expect("base64");
+        assert_eq!(digest, Sha256::digest("abc")[..16]);
     }
 
     #[test]

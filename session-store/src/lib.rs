@@ -7,7 +7,8 @@
 //!   The stock example has neither, so a Redis restart hangs every request forever. Here a
 //!   command fails with a timeout after [`RedisConfig::command_timeout`] while Redis is away,
 //!   and the pool reconnects by itself when it is back.
-//! - **Namespaced, hashed keys.** Sessions live under `{prefix}sess:{sha256(id)}`, so a leaked
+//! - **Namespaced, hashed keys.** Sessions live under `{prefix}sess:{digest}` (128 bits of the id's
+//!   SHA-256), so a leaked
 //!   `KEYS *` or `MONITOR` output is not a list of live cookies, and a cache flush by prefix
 //!   never logs anyone out (see [`Keys`]).
 //! - **A vanished key is not an error.** Saving a session whose key expired or was deleted by
@@ -36,7 +37,7 @@
 //!   change, in any worker;
 //! - two that change the *same* value: the one saved last wins for that value. Counters and
 //!   anything else that must not lose updates belong beside the record as atomic Redis values
-//!   (herd's `/` visit count is an `INCR` on `{session key}:visits`);
+//!   (herd's `/` visit count is a `HINCRBY` in the user's login index);
 //! - a session deleted elsewhere (a logout, "log out everywhere") is never brought back by a
 //!   late save of a request that loaded it before;
 //! - a login (`Session::cycle_id`) writes the new record before retiring the old one, which

@@ -49,12 +49,17 @@ fn session_keys_are_prefixed_hashes_not_the_cookie() {
     assert!(set_cookie.contains("HttpOnly") && set_cookie.contains("SameSite=Lax"), "{set_cookie}");
     assert!(!set_cookie.contains("Secure"), "--secure-cookies false: {set_cookie}");
     let id = client.cookie.as_deref().and_then(|c| c.split_once('=')).map(|(_, v)| v.to_owned()).expect("id");
-    let mut keys = redis.keys("herd:sess:*");
-    keys.sort();
-    assert_eq!(keys.len(), 2, "the record and its visit counter: {keys:?}");
+    let keys = redis.keys("herd:sess:*");
+    assert_eq!(keys.len(), 1, "the record alone (the visit count is in the login index): {keys:?}");
     assert!(keys.iter().all(|k| !k.contains(&id)), "the raw session id must not be a key");
-    assert_eq!(keys[0].len(), "herd:sess:".len() + 64);
-    assert_eq!(keys[1], format!("{}:visits", keys[0]));
+    assert_eq!(keys[0].len(), "herd:sess:".len() + 22, "128 bits of SHA-256 in base64: {keys:?}");
+    // The user's login index: the session key, with its visit count.
+    let index = "herd:user:alice:logins";
+    assert_eq!(redis.cli(&["TYPE", index]).as_deref().map(str::trim), Some("hash"));
+    assert_eq!(redis.cli(&["HGET", index, &keys[0]]).as_deref().map(str::trim), Some("0"), "no visit yet");
+    assert_eq!(client.get("/").expect("GET /").json()["visits"], 1);
+    assert_eq!(redis.cli(&["HGET", index, &keys[0]]).as_deref().map(str::trim), Some("1"));
+    assert_eq!(redis.keys("herd:sess:*"), keys, "still one key per session");
 }
 
 #[test]
@@ -92,6 +97,8 @@ fn logout_ends_the_session_server_side() {
         "the removal cookie keeps the flags: {removal}"
     );
     assert_eq!(redis.keys("herd:sess:*"), Vec::<String>::new(), "session deleted from Redis");
+    let listed = redis.cli(&["HLEN", "herd:user:alice:logins"]).unwrap_or_default();
+    assert_eq!(listed.trim(), "0", "and from the login index, with its visit count");
 
     // Replaying the old cookie (as a thief would) gets nothing, on every worker.
     for _ in 0..6 {
@@ -266,12 +273,17 @@ fn logout_everywhere_and_a_password_change_end_every_session_of_the_user() {
         device.login();
         assert_eq!(me(device), "alice");
     }
+    // A login an older herd listed in its set of session keys (before the login index) ends too.
+    redis.cli(&["SET", "herd:sess:an-older-herds-key", "h4:..."]).expect("SET");
+    redis.cli(&["SADD", "herd:user:alice:sessions", "herd:sess:an-older-herds-key"]).expect("SADD");
     let out = devices[0].request("POST", "/logout?all=true", &[], b"").expect("logout everywhere");
     assert_eq!(out.status, 200, "{}", out.body);
-    assert_eq!(out.json()["ended_elsewhere"], 2, "the two other devices");
+    assert_eq!(out.json()["ended_elsewhere"], 3, "the two other devices and the older herd's login");
     for device in &devices {
         assert_eq!(me(device), serde_json::Value::Null, "every device is logged out");
     }
+    assert_eq!(redis.keys("herd:sess:*"), Vec::<String>::new(), "every record is gone");
+    assert_eq!(redis.keys("herd:user:alice:*"), Vec::<String>::new(), "and both indexes");
 
     // A password change does the same.
     devices[1].login();

@@ -17,7 +17,8 @@ fn sessions_work_over_tls_with_a_private_ca_and_a_password() {
         let body = client.get("/").expect("GET /").json();
         assert_eq!((body["user"].clone(), body["visits"].clone()), ("alice".into(), visit.into()));
     }
-    assert_eq!(redis.keys("herd:sess:*").len(), 2, "the record and its visit counter, over TLS");
+    assert_eq!(redis.keys("herd:sess:*").len(), 1, "the record, over TLS");
+    assert_eq!(redis.keys("herd:user:alice:logins").len(), 1, "and the login index with its visit count");
     let clients = redis.cli(&["INFO", "clients"]).unwrap_or_default();
     assert!(!clients.contains("connected_clients:0"), "herd is connected: {clients}");
 }

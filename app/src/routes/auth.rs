@@ -96,7 +96,6 @@ pub(super) async fn login(
         if let Some(id) = session.id() {
             let key = state.store.key(&id);
             state.logins.add(&creds.username, &key).await?;
-            state.visits.reset(&key).await?;
         }
         tracing::info!(user = %creds.username, client = %client.ip(), "login");
         Ok(creds.username)
@@ -132,12 +131,10 @@ pub(super) async fn logout(
         let user: Option<String> = session.get(USER_KEY).await?;
         let key = session.id().map(|id| state.store.key(&id));
         session.flush().await?;
-        if let Some(key) = &key {
-            state.visits.forget(key).await?;
-        }
         let mut ended = 0;
         if let (Some(user), Some(key)) = (&user, &key) {
-            // This session ends when the response is sent; count only the others.
+            // This session ends when the response is sent (and its visit count with it);
+            // count only the others.
             state.logins.remove(user, key).await?;
             if all {
                 ended = state.logins.end_all(user).await?;

@@ -41,9 +41,9 @@ async fn visit(state: &AppState, session: &Session) -> Result<Option<(String, u6
     let Some(id) = session.id() else {
         return Ok(None);
     };
-    // Counted atomically beside the record: concurrent requests of one session lose nothing.
+    // Counted atomically in the user's login index: concurrent requests of one session lose nothing.
     // The record itself is not written: loading it extended its idle timeout.
-    let visits = state.visits.count(&state.store.key(&id)).await?;
+    let visits = state.visits.count(&user, &state.store.key(&id)).await?;
     let since = session.get::<i64>(SINCE_KEY).await?.unwrap_or_else(now);
     Ok(Some((user, visits, u64::try_from(now() - since).unwrap_or(0))))
 }

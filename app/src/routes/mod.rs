@@ -174,17 +174,13 @@ impl AppState {
             .await?;
         let counters = std::sync::Arc::new(stats::Counters::default());
         stats::serve_counters(&worker.messenger, counters.clone());
-        // Before the worker reports ready, so the first unknown user costs one hash like any other.
-        if let Err(err) = tokio::task::spawn_blocking(crate::users::prepare_dummy_hash).await {
-            tracing::warn!(error = %err, "could not prepare the unknown-user hash");
-        }
         Ok(Self(std::sync::Arc::new(Shared {
             users: Users::with_hash_limit(pool.clone(), keys.clone(), hashing),
             limiter: LoginLimiter::new(pool.clone(), keys.clone(), login),
-            logins: UserSessions::new(pool.clone(), keys, session.replica_wait),
+            logins: UserSessions::new(pool.clone(), keys.clone(), session.replica_wait),
             store,
             cache,
-            visits: Visits::new(pool.clone(), session.idle),
+            visits: Visits::new(pool.clone(), keys),
             pool,
             worker,
             demo_users,

@@ -1,17 +1,22 @@
 //! Every login of a user, so that all of them can be ended at once ("log out everywhere", and
-//! after a password change). Each login adds its session key to `{prefix}user:{name}:sessions`;
-//! ending them all deletes every listed session and the set. The set's TTL slides with each
-//! login, so a user who stops logging in leaves nothing behind; listed sessions that already
-//! expired cost a no-op `DEL`.
+//! after a password change): the hash `{prefix}user:{name}:logins`, one field per login, named
+//! by its session key, holding that session's visit count ([`super::visits`]). Ending them all
+//! deletes every listed session and the hash. Its TTL slides with each login and visit, so a
+//! user who stops coming leaves nothing behind; listed sessions that already expired cost a
+//! no-op `DEL`.
+//!
+//! Why one hash for both: a set of session keys plus a counter key per session cost ~1.2 KB
+//! of Redis per logged-in session; a hash of up to 128 fields is one listpack, a few dozen
+//! bytes per login (issue 19, bench/session_bytes.sh).
 
 use fred::{
     clients::Pool,
-    interfaces::{KeysInterface, SetsInterface},
+    interfaces::{HashesInterface, KeysInterface, SetsInterface},
 };
 use herd_session_store::{Keys, ReplicaWait, StoreError};
 
-/// How long the index outlives the last login (longer than any session lives).
-const INDEX_TTL_SECS: i64 = 14 * 24 * 3600;
+/// How long the index outlives the last login or visit (longer than any session lives).
+pub(crate) const INDEX_TTL_SECS: i64 = 14 * 24 * 3600;
 
 #[derive(Clone)]
 pub(crate) struct UserSessions {
@@ -26,38 +31,39 @@ impl UserSessions {
         Self { pool, keys, replica_wait }
     }
 
-    /// Records that `session_key` belongs to `user`: `SADD` and `EXPIRE` sent together in one
-    /// pipeline, so the set is never left without its TTL by a worker stopping between two
-    /// round trips.
+    /// Records that `session_key` belongs to `user`, with no visits yet: `HSET` and `EXPIRE`
+    /// sent together in one pipeline, so the hash is never left without its TTL by a worker
+    /// stopping between two round trips.
     pub(crate) async fn add(&self, user: &str, session_key: &str) -> Result<(), StoreError> {
-        let index = self.keys.user_sessions(user);
+        let index = self.keys.user_logins(user);
         let pipeline = self.pool.next().pipeline();
-        let _: () = pipeline.sadd(&index, session_key).await?;
+        let _: () = pipeline.hset(&index, (session_key, 0)).await?;
         let _: () = pipeline.expire(&index, INDEX_TTL_SECS, None).await?;
         let _: (i64, bool) = pipeline.all().await?;
         Ok(())
     }
 
-    /// Forgets one session (a plain logout).
+    /// Forgets one session and its visit count (a plain logout).
     pub(crate) async fn remove(&self, user: &str, session_key: &str) -> Result<(), StoreError> {
-        let _: i64 = self.pool.srem(self.keys.user_sessions(user), session_key).await?;
+        let _: i64 = self.pool.hdel(self.keys.user_logins(user), session_key).await?;
         Ok(())
     }
 
     /// Deletes every session of `user`; returns how many were still alive, once a replica has
-    /// the deletions (see [`ReplicaWait`]).
+    /// the deletions (see [`ReplicaWait`]). Also those an older herd listed in its set.
     pub(crate) async fn end_all(&self, user: &str) -> Result<u64, StoreError> {
         // One connection for the deletes and the `WAIT` that asks about them.
         let client = self.pool.next();
-        let index = self.keys.user_sessions(user);
-        let members: Vec<String> = client.smembers(&index).await?;
+        let index = self.keys.user_logins(user);
+        let before = self.keys.user_sessions_before_logins(user);
+        let mut members: Vec<String> = client.hkeys(&index).await?;
+        members.extend(client.smembers::<Vec<String>, _>(&before).await?);
         let mut ended = 0;
         for key in members {
             let deleted: i64 = client.del(&key).await?;
             ended += u64::try_from(deleted).unwrap_or(0);
-            let _: i64 = client.del(format!("{key}:visits")).await?;
         }
-        let _: i64 = client.del(&index).await?;
+        let _: i64 = client.del((index, before)).await?;
         self.replica_wait.confirm(client).await?;
         Ok(ended)
     }
