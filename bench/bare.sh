@@ -25,10 +25,7 @@ cc -O2 -Wall -o "$BARE" "$ROOT/bench/bare_handoff.c"
 
 declare -A RPS PRIMARY_US WORKER_US
 for round in $(seq "$ROUNDS"); do
-  order=("${SERVERS[@]}")
-  if [ $((round % 2)) = 0 ]; then
-    order=(); for ((i = ${#SERVERS[@]} - 1; i >= 0; i--)); do order+=("${SERVERS[$i]}"); done
-  fi
+  read -r -a order <<<"$(alternate "$round" "${SERVERS[@]}")"
   for server in "${order[@]}"; do
     case $server in
       bare-*)

@@ -22,10 +22,7 @@ OUT="$ROOT/bench/results/churn.md"
 declare -A RPS RATIO SHARE
 for workers in "${COUNTS[@]}"; do
   for round in $(seq "$ROUNDS"); do
-    order=("${MODES[@]}")
-    if [ $((round % 2)) = 0 ]; then
-      order=(); for ((i = ${#MODES[@]} - 1; i >= 0; i--)); do order+=("${MODES[$i]}"); done
-    fi
+    read -r -a order <<<"$(alternate "$round" "${MODES[@]}")"
     for mode in "${order[@]}"; do
       start_herd "$workers" --balance "$mode"
       for scenario in "${SCENARIOS[@]}"; do

@@ -21,10 +21,7 @@ OUT="$ROOT/bench/results/growth.md"
 
 declare -A RPS PRIMARY_US
 for round in $(seq "$ROUNDS"); do
-  order=("${COUNTS[@]}")
-  if [ $((round % 2)) = 0 ]; then
-    order=(); for ((i = ${#COUNTS[@]} - 1; i >= 0; i--)); do order+=("${COUNTS[$i]}"); done
-  fi
+  read -r -a order <<<"$(alternate "$round" "${COUNTS[@]}")"
   for workers in "${order[@]}"; do
     for mode in "${MODES[@]}"; do
       start_herd "$workers" --balance "$mode"

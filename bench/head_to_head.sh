@@ -21,7 +21,7 @@ OUT="$ROOT/bench/results/head_to_head.md"
 
 declare -A PORT PRIMARY COOKIE RATIOS RPS
 for round in $(seq "$ROUNDS"); do
-  order=(herd stock); [ $((round % 2)) = 0 ] && order=(stock herd)
+  read -r -a order <<<"$(alternate "$round" herd stock)"
   for store in "${order[@]}"; do
     start_herd "$WORKERS" --session-store "$store"
     PORT[$store]=$HERD_PORT; PRIMARY[$store]=$HERD_PID

@@ -19,6 +19,14 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 build_release() { [ "${BUILD:-1}" = 0 ] || (cd "$ROOT" && cargo build --release -p herd --quiet); }
 
+# alternate <round> <items...> → the items, reversed in even rounds (so that neither end of
+# the order always runs first, when the machine is freshest)
+alternate() {
+  local round=$1; shift
+  if [ $((round % 2)) = 0 ]; then local r=(); for ((i = $#; i >= 1; i--)); do r+=("${!i}"); done; set -- "${r[@]}"; fi
+  echo "$@"
+}
+
 # start_redis → sets REDIS_PORT, REDIS_PID
 start_redis() {
   REDIS_PORT=$(free_port)

@@ -29,7 +29,7 @@ start_redis
 
 declare -A PORT PRIMARY COOKIE RATIOS RPS
 for round in $(seq "$ROUNDS"); do
-  order=(new old); [ $((round % 2)) = 0 ] && order=(old new)
+  read -r -a order <<<"$(alternate "$round" new old)"
   for version in "${order[@]}"; do
     HERD=${BIN[$version]} start_herd "$WORKERS"
     PORT[$version]=$HERD_PORT; PRIMARY[$version]=$HERD_PID
