@@ -63,7 +63,10 @@ impl UserSessions {
             let deleted: i64 = client.del(&key).await?;
             ended += u64::try_from(deleted).unwrap_or(0);
         }
-        let _: i64 = client.del((index, before)).await?;
+        // One key per command: on a Redis Cluster the two may sit in different slots.
+        for key in [index, before] {
+            let _: i64 = client.del(key).await?;
+        }
         self.replica_wait.confirm(client).await?;
         Ok(ended)
     }
