@@ -138,10 +138,8 @@ impl Drop for Balancer {
         // stop them (`SIGTERM`, a fast shutdown), and kill whatever is left after a deadline.
         let children = crate::herd::children(self.child.id());
         crate::signal(self.child.id(), nix::sys::signal::Signal::SIGTERM);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::time::Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let _ =
+            crate::poll_every(Duration::from_millis(20), Duration::from_secs(5), || self.child.try_wait().transpose());
         let _ = self.child.kill();
         let _ = self.child.wait();
         for pid in children {

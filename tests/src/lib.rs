@@ -22,14 +22,23 @@ pub use redis::{RedisCluster, RedisSentinels, RedisServer, Tls};
 use std::time::{Duration, Instant};
 
 /// Polls `f` every 20 ms until it returns `Some`, or panics with `what` after `timeout`.
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    poll_every(Duration::from_millis(20), timeout, f)
+        .unwrap_or_else(|| panic!("timed out after {timeout:?} waiting for {what}"))
+}
+
+/// Polls `f` every `interval` until it returns `Some`; `None` once `timeout` has passed. For
+/// callers that must not panic (a `Drop`) or that say more than [`wait_for`] when time is up.
+pub fn poll_every<T>(interval: Duration, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(value) = f() {
-            return value;
+            return Some(value);
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(interval);
     }
 }
 

@@ -83,22 +83,12 @@ fn client() -> Client {
 
 /// Polls `f` every 200 ms until it returns `Some`; on timeout panics naming the step, with
 /// herd's log tail.
-fn poll<T>(compose: &Compose, step: &str, what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = f() {
-            return value;
-        }
-        if Instant::now() >= deadline {
-            let logs = compose.logs("herd").unwrap_or_else(|e| e.to_string());
-            let tail: Vec<&str> = logs.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
-            panic!(
-                "step {step}: timed out after {timeout:?} waiting for {what}; herd's log tail:\n{}",
-                tail.join("\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn poll<T>(compose: &Compose, step: &str, what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    herd_e2e::poll_every(Duration::from_millis(200), timeout, f).unwrap_or_else(|| {
+        let logs = compose.logs("herd").unwrap_or_else(|e| e.to_string());
+        let tail: Vec<&str> = logs.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect();
+        panic!("step {step}: timed out after {timeout:?} waiting for {what}; herd's log tail:\n{}", tail.join("\n"))
+    })
 }
 
 /// Waits until `/healthz` answers and then until `workers` workers are ready: `/healthz`

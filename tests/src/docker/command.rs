@@ -6,7 +6,7 @@ use std::{
     fs::File,
     path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 /// How many lines of output a failure shows.
@@ -95,17 +95,13 @@ impl Run {
             command: command.clone(),
             source,
         })?;
-        let deadline = Instant::now() + self.timeout;
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break Some(status),
-                Ok(None) if Instant::now() >= deadline => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    break None;
-                }
-                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
-                Err(source) => return Err(DockerError::io(format!("{what}: wait for `{command}`"), source)),
+        let status = match crate::poll_every(Duration::from_millis(50), self.timeout, || child.try_wait().transpose()) {
+            Some(Ok(status)) => Some(status),
+            Some(Err(source)) => return Err(DockerError::io(format!("{what}: wait for `{command}`"), source)),
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                None
             }
         };
         let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();

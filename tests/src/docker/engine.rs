@@ -156,10 +156,9 @@ impl Drop for DockerEngine {
         let Some(owned) = &mut self.owned else { return };
         // SIGTERM: dockerd stops its containers and its containerd, then exits.
         crate::signal(owned.child.id(), nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + super::dockerd_timeout();
-        while matches!(owned.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let _ = crate::poll_every(Duration::from_millis(100), super::dockerd_timeout(), || {
+            owned.child.try_wait().transpose()
+        });
         if matches!(owned.child.try_wait(), Ok(None)) {
             eprintln!("dockerd did not stop within {:?} of SIGTERM: killing it", super::dockerd_timeout());
             let _ = owned.child.kill();
