@@ -6,17 +6,27 @@
 # req/s over shared's in that round, and the primary's CPU ticks over the average worker's.
 # The table gives the medians over the rounds, and the rounds themselves.
 #
-#   bench/churn.sh        # ROUNDS=3 DURATION=6 CONNS=64 WORKER_COUNTS="2 4" MODES="shared round-robin ip-hash"
+#   bench/churn.sh        # ROUNDS=3 DURATION=6 CONNS=64 WORKER_COUNTS="2 4" SPREAD_SOURCES=1
+#                         # MODES="shared round-robin ip-hash round-robin:primary ip-hash:primary"
+#
+# A mode is a --balance value, optionally with :STEERING (--steering; default kernel). With
+# SPREAD_SOURCES=1 (the default) wrk runs under bench/spread_sources.c, so its connections come
+# from 250 loopback addresses: ip-hash then spreads as it would over real clients.
 #
 # Writes bench/results/churn.md and prints it.
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-3}
 export DURATION=${DURATION:-6} CONNS=${CONNS:-64}
 read -r -a COUNTS <<<"${WORKER_COUNTS:-2 4}"
-read -r -a MODES <<<"${MODES:-shared round-robin ip-hash}"
+read -r -a MODES <<<"${MODES:-shared round-robin ip-hash round-robin:primary ip-hash:primary}"
 read -r -a SCENARIOS <<<"${SCENARIOS:-close keepalive}"
 build_release
 start_redis
+if [ "${SPREAD_SOURCES:-1}" = 1 ]; then
+  SHIM="$REDIS_DIR/spread_sources.so"
+  cc -O2 -Wall -shared -fPIC -o "$SHIM" "$ROOT/bench/spread_sources.c" -ldl
+  export WRK_PRELOAD="$SHIM"
+fi
 OUT="$ROOT/bench/results/churn.md"
 
 declare -A RPS RATIO SHARE
@@ -24,7 +34,8 @@ for workers in "${COUNTS[@]}"; do
   for round in $(seq "$ROUNDS"); do
     read -r -a order <<<"$(alternate "$round" "${MODES[@]}")"
     for mode in "${order[@]}"; do
-      start_herd "$workers" --balance "$mode"
+      mode_args "$mode"
+      start_herd "$workers" "${MODE_ARGS[@]}"
       for scenario in "${SCENARIOS[@]}"; do
         hdr=(); [ "$scenario" = close ] && hdr=(-H "Connection: close")
         p0=$(cpu_ticks "$HERD_PID"); w0=$(workers_ticks)

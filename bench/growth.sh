@@ -6,14 +6,16 @@
 # rise with N: the point is that the primary's cost per request stays flat. Rounds alternate
 # the order of the worker counts; the table gives medians and the rounds.
 #
-#   bench/growth.sh       # ROUNDS=2 DURATION=5 CONNS=64 WORKER_COUNTS="1 2 4 8 16" MODES="round-robin shared"
+#   bench/growth.sh       # ROUNDS=2 DURATION=5 CONNS=64 WORKER_COUNTS="1 2 4 8 16" MODES="round-robin round-robin:primary shared"
+#
+# A mode is a --balance value, optionally with :STEERING (--steering; default kernel).
 #
 # Writes bench/results/growth.md and prints it.
 source "$(dirname "$0")/lib.sh"
 ROUNDS=${ROUNDS:-2}
 export DURATION=${DURATION:-5} CONNS=${CONNS:-64}
 read -r -a COUNTS <<<"${WORKER_COUNTS:-1 2 4 8 16}"
-read -r -a MODES <<<"${MODES:-round-robin shared}"
+read -r -a MODES <<<"${MODES:-round-robin round-robin:primary shared}"
 read -r -a SCENARIOS <<<"${SCENARIOS:-close keepalive}"
 build_release
 start_redis
@@ -24,7 +26,8 @@ for round in $(seq "$ROUNDS"); do
   read -r -a order <<<"$(alternate "$round" "${COUNTS[@]}")"
   for workers in "${order[@]}"; do
     for mode in "${MODES[@]}"; do
-      start_herd "$workers" --balance "$mode"
+      mode_args "$mode"
+      start_herd "$workers" "${MODE_ARGS[@]}"
       for scenario in "${SCENARIOS[@]}"; do
         hdr=(); [ "$scenario" = close ] && hdr=(-H "Connection: close")
         p0=$(cpu_ticks "$HERD_PID")

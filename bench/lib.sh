@@ -27,6 +27,13 @@ alternate() {
   echo "$@"
 }
 
+# mode_args <mode> → sets MODE_ARGS, herd's flags for a bench mode: a --balance value, with
+# :STEERING for --steering (`round-robin:primary`); without it, herd's default (kernel)
+mode_args() {
+  MODE_ARGS=(--balance "${1%%:*}")
+  if [[ $1 == *:* ]]; then MODE_ARGS+=(--steering "${1##*:}"); fi
+}
+
 # start_redis → sets REDIS_PORT, REDIS_PID
 start_redis() {
   REDIS_PORT=$(free_port)
@@ -84,10 +91,10 @@ hz, n = $(getconf CLK_TCK), $requests
 print(f'$rps {($(workers_ticks)-$w0)/hz/n*1e6:.1f} {($(cpu_ticks "$REDIS_PID")-$r0)/hz/n*1e6:.1f}')"
 }
 
-# wrk_rps <url> <extra wrk args...> → requests/s
+# wrk_rps <url> <extra wrk args...> → requests/s (under $WRK_PRELOAD, when set)
 wrk_rps() {
   local url=$1; shift
-  wrk -t2 -c"${CONNS:-32}" -d"${DURATION:-8}s" "$@" "$url" | awk '/Requests\/sec/ {print $2}'
+  env ${WRK_PRELOAD:+LD_PRELOAD="$WRK_PRELOAD"} wrk -t2 -c"${CONNS:-32}" -d"${DURATION:-8}s" "$@" "$url" | awk '/Requests\/sec/ {print $2}'
 }
 
 # ratio <a> <b> → a ÷ b, two decimals

@@ -3,7 +3,7 @@
 use std::{net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
 
 use clap::{builder::BoolishValueParser, ArgAction, Args, Parser, Subcommand, ValueEnum};
-use herd_cluster::Balance;
+use herd_cluster::{Balance, Steering};
 
 fn parse_trusted_proxies(list: &str) -> Result<herd_cluster::forwarded::TrustedProxies, String> {
     list.parse().map_err(|err: herd_cluster::forwarded::BadProxy| err.to_string())
@@ -252,6 +252,12 @@ pub struct ServeArgs {
     /// How connections reach workers.
     #[arg(long, env = "HERD_BALANCE", value_enum, default_value_t = Balance::default())]
     pub balance: Balance,
+    /// Who puts each connection on a worker in round-robin and ip-hash: the kernel (one
+    /// listener per slot, chosen by a BPF program: the primary does no work per connection) or
+    /// the primary (it accepts and passes each one over a Unix socket). ip-hash under
+    /// --proxy-protocol, least-conn, and a kernel that refuses the listeners use the primary.
+    #[arg(long, env = "HERD_STEERING", value_enum, default_value_t = Steering::default())]
+    pub steering: Steering,
     /// Sticky sessions: the same client IP always reaches the same worker (same as
     /// `--balance ip-hash`; `STICKY=1` in the environment).
     #[arg(long, env = "STICKY", value_parser = BoolishValueParser::new())]

@@ -97,6 +97,9 @@ fn default_socket() -> PathBuf {
 /// A `pm2 ls`-style table.
 pub(crate) fn table(status: &Status) -> String {
     let mut out = format!("{} · primary pid {} · balance {}", status.version, status.pid, status.balance);
+    if !status.steering.is_empty() {
+        out.push_str(&format!(" ({} steering)", status.steering));
+    }
     if let Some(reload) = &status.last_reload {
         out.push_str(&format!(" · last reload: {reload}"));
     }

@@ -51,6 +51,7 @@ pub(crate) async fn run(args: ServeArgs, role: Role, logs: Option<herd_cluster::
         max_pending: usize::try_from(args.proxy_headers_pending).unwrap_or(usize::MAX),
     });
     config.balance = args.balance();
+    config.steering = args.steering;
     config.queue_timeout = args.queue_timeout;
     // Before Redis is found or started and users are seeded: a refused config starts nothing.
     config.validate().context("refusing to start")?;

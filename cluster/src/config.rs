@@ -66,6 +66,31 @@ impl Balance {
     }
 }
 
+/// Who puts each new connection on a worker in the primary-accept modes (`round-robin`,
+/// `ip-hash`; `least-conn` is always the primary's). With the `clap` feature, also the values of
+/// a `--steering` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum Steering {
+    /// The primary accepts every connection and hands it over (`SCM_RIGHTS`).
+    Primary,
+    /// One listener per slot and a kernel program that picks one (see `crate::steering`): the
+    /// primary does no work per connection. `ip-hash` under `--proxy-protocol` falls back to
+    /// the primary, which alone can read the client from the header.
+    #[default]
+    Kernel,
+}
+
+impl Steering {
+    /// The name used on the command line and in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Steering::Primary => "primary",
+            Steering::Kernel => "kernel",
+        }
+    }
+}
+
 /// When to restart workers that die, and when to stop trying.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartPolicy {
@@ -122,6 +147,9 @@ pub struct ClusterConfig {
     pub shutdown_timeout: Duration,
     /// Dispatch mode.
     pub balance: Balance,
+    /// Who steers connections in `balance`'s mode: read it through
+    /// [`ClusterConfig::kernel_steers`], which says whether the kernel can.
+    pub steering: Steering,
     /// How long a reload waits for each new worker to report ready.
     pub ready_timeout: Duration,
     /// Restarting workers that die.
@@ -187,6 +215,17 @@ impl std::fmt::Debug for AdminConfig {
 }
 
 impl ClusterConfig {
+    /// Whether the kernel steers connections ([`Steering::Kernel`] in a mode it can serve: the
+    /// primary may still fall back at start, when it cannot make the listeners).
+    pub fn kernel_steers(&self) -> bool {
+        self.steering == Steering::Kernel
+            && match self.balance {
+                Balance::RoundRobin => true,
+                Balance::IpHash => self.proxy_protocol.is_none(),
+                Balance::Shared | Balance::LeastConn => false,
+            }
+    }
+
     /// A config with one worker per CPU and the default deadlines.
     pub fn new(bind: SocketAddr) -> Self {
         Self {
@@ -194,6 +233,7 @@ impl ClusterConfig {
             bind,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             balance: Balance::default(),
+            steering: Steering::default(),
             ready_timeout: DEFAULT_READY_TIMEOUT,
             restart: RestartPolicy::default(),
             recycling: Recycling::default(),

@@ -129,6 +129,13 @@ impl Response {
 pub struct Status {
     /// Dispatch mode.
     pub balance: String,
+    /// Who puts connections on workers: `kernel` or `primary` (see `crate::Steering`).
+    #[serde(default)]
+    pub steering: String,
+    /// Connections the primary accepted itself since it started: all of them when it steers,
+    /// few under kernel steering (those for slots that were not ready).
+    #[serde(default)]
+    pub accepted: u64,
     /// The primary's pid.
     pub pid: u32,
     /// What the program runs (`ClusterConfig::version`: herd's binary gives its version and

@@ -172,11 +172,32 @@ pub struct DrainableListener {
     budget: FdBudget,
     shed: ShedLog,
     accept_errors: AcceptErrorLog,
+    /// The listener is this worker's slot's alone (kernel steering): once stopping, what is
+    /// queued on it is this worker's to serve (see [`crate::conn::Backlog`]).
+    own_queue: bool,
 }
 
 impl DrainableListener {
     pub(crate) fn new(inner: tokio::net::TcpListener, stop: shutdown::Signal, budget: FdBudget) -> Self {
-        Self { inner, stop, budget, shed: ShedLog::default(), accept_errors: AcceptErrorLog::default() }
+        let (shed, accept_errors) = (ShedLog::default(), AcceptErrorLog::default());
+        Self { inner, stop, budget, shed, accept_errors, own_queue: false }
+    }
+
+    /// A listener only this worker's slot accepts on (kernel steering).
+    pub(crate) fn own_queue(mut self) -> Self {
+        self.own_queue = true;
+        self
+    }
+
+    /// A connection taken by this worker is small JSON's: no Nagle delay.
+    fn admit(&mut self, stream: TcpStream) -> Option<TcpStream> {
+        if !self.budget.admits(stream.as_raw_fd()) {
+            drop(stream);
+            self.shed.shed(1, "this worker is at its open files limit less --fd-reserve");
+            return None;
+        }
+        let _ = stream.set_nodelay(true);
+        Some(stream)
     }
 }
 
@@ -190,14 +211,10 @@ impl axum::serve::Listener for DrainableListener {
                 biased;
                 _ = self.stop.wait() => std::future::pending::<()>().await,
                 accepted = self.inner.accept() => match accepted {
-                    Ok((stream, _)) if !self.budget.admits(stream.as_raw_fd()) => {
-                        drop(stream);
-                        self.shed.shed(1, "this worker is at its open files limit less --fd-reserve");
-                    }
-                    Ok(pair) => {
-                        // Small JSON responses should not wait for Nagle's algorithm.
-                        let _ = pair.0.set_nodelay(true);
-                        return pair;
+                    Ok((stream, peer)) => {
+                        if let Some(stream) = self.admit(stream) {
+                            return (stream, peer);
+                        }
                     }
                     Err(err) => self.accept_errors.recover(&err).await,
                 },
@@ -210,9 +227,29 @@ impl axum::serve::Listener for DrainableListener {
     }
 }
 
-/// Once the worker drains, the connections in the kernel's queue are left to the other
-/// workers, or to whatever serves the port next.
-impl crate::conn::Backlog for DrainableListener {}
+/// Once the worker drains, the connections in a shared listener's queue are left to the other
+/// workers, or to whatever serves the port next. A slot's own listener has no one else while
+/// the cluster stops or the slot is removed (the kernel sends nothing new there by then): its
+/// queue is taken, without waiting, and served.
+impl crate::conn::Backlog for DrainableListener {
+    fn take_waiting(&mut self) -> Option<(TcpStream, std::net::SocketAddr)> {
+        if !self.own_queue {
+            return None;
+        }
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        loop {
+            match self.inner.poll_accept(&mut cx) {
+                std::task::Poll::Ready(Ok((stream, peer))) => {
+                    if let Some(stream) = self.admit(stream) {
+                        return Some((stream, peer));
+                    }
+                }
+                // Empty (or failing): nothing more to take now.
+                std::task::Poll::Ready(Err(_)) | std::task::Poll::Pending => return None,
+            }
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -84,12 +84,15 @@ mod primary;
 mod proto;
 mod shutdown;
 mod socket_path;
+mod steering;
 mod supervisor;
 mod tally;
 mod upgrade;
 mod worker;
 
-pub use config::{AdminConfig, Balance, ClusterConfig, ConfigError, ConnectionLimits, Recycling, RestartPolicy};
+pub use config::{
+    AdminConfig, Balance, ClusterConfig, ConfigError, ConnectionLimits, Recycling, RestartPolicy, Steering,
+};
 pub use error::ClusterError;
 pub use messaging::{Message, Messenger, Reply};
 pub use primary::ShutdownReport;

@@ -53,10 +53,14 @@ use crate::{
 pub(crate) const ENV_UPGRADE_FD: &str = "HERD_UPGRADE_FD";
 /// Names the fd of the admin listener (`--metrics-bind`), when there is one.
 pub(crate) const ENV_UPGRADE_ADMIN_FD: &str = "HERD_UPGRADE_ADMIN_FD";
+/// How many slot listeners (kernel steering, `crate::steering`) the new primary finds from
+/// [`SLOT_FDS`] on, in slot order.
+pub(crate) const ENV_UPGRADE_SLOT_FDS: &str = "HERD_UPGRADE_SLOT_FDS";
 /// Where the new primary finds the listening socket (socket activation's first fd).
 const LISTEN_FD: i32 = 3;
 const UPGRADE_FD: i32 = 4;
 const ADMIN_FD: i32 = 5;
+const SLOT_FDS: i32 = 6;
 /// How long the old primary waits for a new one whose channel failed to show it exited.
 const EXIT_GRACE: Duration = Duration::from_secs(1);
 /// How long a new primary waits for the old one's `Hello` (sent right after the spawn).
@@ -99,6 +103,8 @@ pub(crate) struct Launch<'a> {
     pub(crate) args: &'a [OsString],
     pub(crate) listener: &'a std::net::TcpListener,
     pub(crate) admin: Option<&'a std::net::TcpListener>,
+    /// Kernel steering's slot listeners: the new primary's workers accept on the same ones.
+    pub(crate) slot_listeners: &'a [std::net::TcpListener],
     pub(crate) hello: Hello,
 }
 
@@ -124,6 +130,15 @@ impl Successor {
         if let Some(admin) = launch.admin {
             fds.push(FdMapping { parent_fd: dup(admin)?, child_fd: ADMIN_FD });
             cmd.env(ENV_UPGRADE_ADMIN_FD, ADMIN_FD.to_string());
+        }
+        if !launch.slot_listeners.is_empty() {
+            for (child_fd, listener) in (SLOT_FDS..).zip(launch.slot_listeners) {
+                fds.push(FdMapping { parent_fd: dup(listener)?, child_fd });
+            }
+            cmd.env(ENV_UPGRADE_SLOT_FDS, launch.slot_listeners.len().to_string());
+        } else {
+            // This primary may have been started by a hand-over itself.
+            cmd.env_remove(ENV_UPGRADE_SLOT_FDS);
         }
         cmd.arg0(launch.arg0)
             .args(launch.args)
@@ -204,6 +219,8 @@ pub(crate) struct Predecessor {
     pub(crate) hello: Hello,
     /// The admin listener it passed, if it has one.
     pub(crate) admin: Option<std::net::TcpListener>,
+    /// Its slot listeners (kernel steering), in slot order.
+    pub(crate) slot_listeners: Vec<std::net::TcpListener>,
 }
 
 impl Predecessor {
@@ -228,6 +245,15 @@ impl Predecessor {
             }
             None => None,
         };
+        let slot_listeners = match std::env::var_os(ENV_UPGRADE_SLOT_FDS) {
+            Some(raw) => {
+                let count = parse(raw, ENV_UPGRADE_SLOT_FDS)?;
+                (SLOT_FDS..SLOT_FDS.saturating_add(count))
+                    .map(|raw| fd::adopt(raw, Expect::TcpListener).map(std::net::TcpListener::from))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            None => Vec::new(),
+        };
         let mut buf = RecvBuf::default();
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, channel.recv::<Hello>(&mut buf)).await {
             Ok(Ok(Some((hello, _)))) => hello,
@@ -237,7 +263,7 @@ impl Predecessor {
                 return Err(ClusterError::Upgrade(format!("no greeting from the old primary within {HELLO_TIMEOUT:?}")))
             }
         };
-        Ok(Some(Predecessor { channel, hello, admin }))
+        Ok(Some(Predecessor { channel, hello, admin, slot_listeners }))
     }
 
     /// Tells the old primary to stop: this one serves now.

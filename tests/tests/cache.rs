@@ -14,7 +14,10 @@ use herd_session_store::{cache::Source, Cache, Keys, RedisConfig};
 fn an_invalidation_reaches_every_workers_local_copy() {
     let redis = RedisServer::start();
     let debug_cache = [("RUST_LOG", "info,herd_session_store::cache=debug")];
-    let herd = Herd::start_with_env(&redis, &["--workers", "3", "--admin-routes"], &debug_cache);
+    // The primary's strict turns (the kernel's choice is random): six fresh connections reach
+    // each of the three workers twice.
+    let herd =
+        Herd::start_with_env(&redis, &["--workers", "3", "--admin-routes", "--steering", "primary"], &debug_cache);
     let get = || herd.client().get("/heavy/cached?n=123456").expect("GET /heavy/cached").json();
 
     // Round-robin over fresh connections: every worker reads it once, then has a local copy.

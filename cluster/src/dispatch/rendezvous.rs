@@ -32,6 +32,13 @@ impl Rendezvous {
         slots.into_iter().max_by_key(|&slot| (self.score(client, slot), slot))
     }
 
+    /// The highest-scoring slot for one of kernel steering's address buckets
+    /// (`crate::steering::program`), or `None` without slots.
+    pub(crate) fn pick_bucket(&self, bucket: usize, slots: impl IntoIterator<Item = usize>) -> Option<usize> {
+        let bucket = u128::try_from(bucket).unwrap_or(u128::MAX);
+        slots.into_iter().max_by_key(|&slot| (self.score(bucket, slot), slot))
+    }
+
     fn score(&self, client: u128, slot: usize) -> u64 {
         let mut hasher = DefaultHasher::new();
         self.key.hash(&mut hasher);

@@ -132,12 +132,18 @@ impl SpawnError {
 }
 
 impl Spawner {
-    pub(crate) fn spawn(&self, worker: WorkerId) -> Result<Link, SpawnError> {
+    /// Starts `worker`, giving it `slot_listener` to accept on (kernel steering), else the
+    /// shared listener in shared mode, else none: connections then come over its channel only.
+    pub(crate) fn spawn(
+        &self,
+        worker: WorkerId,
+        slot_listener: Option<&std::net::TcpListener>,
+    ) -> Result<Link, SpawnError> {
         let (slot, generation) = (worker.slot, worker.generation);
         let (channel, worker_end) = Channel::pair()?;
         let mut fds = vec![FdMapping { parent_fd: worker_end, child_fd: IPC_FD }];
         let mut cmd = tokio::process::Command::new(&self.exe);
-        if let Some(listener) = &self.shared_listener {
+        if let Some(listener) = slot_listener.or(self.shared_listener.as_ref()) {
             let dup: OwnedFd = listener.as_fd().try_clone_to_owned().map_err(SpawnError::DupListener)?;
             fds.push(FdMapping { parent_fd: dup, child_fd: LISTEN_FD });
             cmd.env(ENV_LISTEN_FD, LISTEN_FD.to_string());
@@ -159,6 +165,7 @@ impl Spawner {
             // Nor are a new primary's hand-over descriptors.
             .env_remove(crate::upgrade::ENV_UPGRADE_FD)
             .env_remove(crate::upgrade::ENV_UPGRADE_ADMIN_FD)
+            .env_remove(crate::upgrade::ENV_UPGRADE_SLOT_FDS)
             .fd_mappings(fds)?;
         if self.logs.is_some() {
             cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());

@@ -30,6 +30,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
+use crate::steering::Steering;
 use crate::upgrade::{Hello, Predecessor, Successor, SuccessorEvent};
 use crate::{
     config::ClusterConfig,
@@ -107,6 +108,28 @@ pub(crate) async fn run(
         // What the old primary runs now, which `herd ctl scale` may have changed.
         config.workers = hello.workers;
     }
+    // The old primary's, in a hand-over: a sticky client keeps its slot.
+    let seed = match &predecessor {
+        Some(predecessor) => predecessor.hello.seed,
+        None => {
+            use std::hash::BuildHasher;
+            std::collections::hash_map::RandomState::new().hash_one(std::process::id())
+        }
+    };
+    let steering = match config.kernel_steers() {
+        true => {
+            let inherited = predecessor.as_mut().map(|p| std::mem::take(&mut p.slot_listeners)).unwrap_or_default();
+            match Steering::new(&listener, config.balance, seed, config.workers, inherited) {
+                Ok(steering) => Some(steering),
+                Err(err) => {
+                    tracing::warn!("the kernel cannot steer connections here ({err}): the primary hands each one over");
+                    config.steering = crate::config::Steering::Primary;
+                    None
+                }
+            }
+        }
+        false => None,
+    };
     // Bound before the control socket and any worker: a port in use stops the primary at once.
     let inherited_admin = predecessor.as_mut().and_then(|p| p.admin.take());
     let admin =
@@ -156,19 +179,13 @@ pub(crate) async fn run(
     tracing::info!(
         workers = config.workers,
         balance = config.balance.as_str(),
+        steering = if steering.is_some() { "kernel" } else { "primary" },
         control = %control_path.display(),
         "listening on {local}{inherited}"
     );
-    // The old primary's, in a hand-over: a sticky client keeps its slot.
-    let seed = match &take_over {
-        Some(take_over) => take_over.predecessor.hello.seed,
-        None => {
-            use std::hash::BuildHasher;
-            std::collections::hash_map::RandomState::new().hash_one(std::process::id())
-        }
-    };
     let core = Core::new(config.clone(), std::process::id(), seed);
     let (successor_events, successor_rx) = mpsc::unbounded_channel();
+    let (orphans_tx, orphans_rx) = mpsc::unbounded_channel();
     let mut shell = Shell {
         core: if take_over.is_some() { core.take_over() } else { core },
         seed,
@@ -187,6 +204,9 @@ pub(crate) async fn run(
         replies: HashMap::new(),
         next_reply: 0,
         stand_in: None,
+        steering,
+        orphans: HashMap::new(),
+        orphans_tx,
         unavailable: Unavailable::default(),
         shed_log: ShedLog::default(),
         feedback: VecDeque::new(),
@@ -194,7 +214,8 @@ pub(crate) async fn run(
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs()),
     };
-    let report = shell.run(events, commands, successor_rx, acceptor.as_ref(), pending.as_mut(), &listener).await;
+    let channels = Channels { events, commands, successor: successor_rx, orphans: orphans_rx };
+    let report = shell.run(channels, acceptor.as_ref(), pending.as_mut(), &listener).await;
     drop(listener);
     report
 }
@@ -239,6 +260,13 @@ struct Shell {
     next_reply: ReplyTo,
     /// Shared mode: the primary's own acceptor while no worker serves (to answer 503).
     stand_in: Option<Acceptor>,
+    /// Kernel steering's listeners and program (`crate::steering`); `None` when the primary
+    /// steers.
+    steering: Option<Steering>,
+    /// Kernel steering: the tasks accepting on the listeners of slots the kernel does not send
+    /// connections to (see `Shell::refresh_orphans`), by slot.
+    orphans: HashMap<usize, tokio::task::AbortHandle>,
+    orphans_tx: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
     unavailable: Unavailable,
     /// Connections closed because a worker, or passing to it, ran out of descriptors.
     shed_log: ShedLog,
@@ -277,13 +305,12 @@ impl Signals {
 impl Shell {
     async fn run(
         &mut self,
-        mut events: mpsc::UnboundedReceiver<link::Event>,
-        mut commands: mpsc::Receiver<control::Command>,
-        mut successor: mpsc::UnboundedReceiver<SuccessorEvent>,
+        channels: Channels,
         acceptor: Option<&Acceptor>,
         mut pending: Option<&mut PendingHeaders>,
         listener: &std::net::TcpListener,
     ) -> Result<ShutdownReport, ClusterError> {
+        let Channels { mut events, mut commands, mut successor, mut orphans } = channels;
         let mut signals = Signals::install()?;
         self.feedback.push_back(Event::Boot);
         loop {
@@ -292,6 +319,7 @@ impl Shell {
                     self.execute(effect, listener);
                 }
             }
+            self.refresh_orphans();
             if let Some(report) = self.core.finished() {
                 return Ok(report);
             }
@@ -301,7 +329,7 @@ impl Shell {
                     Some(event) => event,
                     None => continue,
                 },
-                (stream, peer) = accept(acceptor), if self.core.accepting() && pending.as_ref().is_none_or(|p| p.has_room()) => {
+                Some((stream, peer)) = accept_either(acceptor, &mut orphans, self.core.accepting()), if pending.as_ref().is_none_or(|p| p.has_room()) => {
                     match pending.as_deref_mut() {
                         Some(pending) => {
                             read_header(pending, stream, peer);
@@ -400,7 +428,9 @@ impl Shell {
 
     fn execute(&mut self, effect: Effect, listener: &std::net::TcpListener) {
         match effect {
-            Effect::Spawn { worker } => match self.spawner.spawn(worker) {
+            Effect::Spawn { worker } => match slot_listener(&mut self.steering, worker.slot)
+                .and_then(|listener| self.spawner.spawn(worker, listener))
+            {
                 Ok(link) => {
                     self.feedback.push_back(Event::Spawned { worker, pid: link.pid });
                     self.links.insert(worker, link);
@@ -476,6 +506,15 @@ impl Shell {
                 }
             },
             Effect::StandIn(false) => self.stand_in = None,
+            Effect::Steer { slots } => {
+                if let Some(steering) = &self.steering {
+                    if let Err(err) = steering.steer(&slots) {
+                        // The program before stays; the primary accepts on every slot that
+                        // is not ready, so nothing waits for a worker that is gone.
+                        tracing::error!("cannot steer connections to slots {slots:?}: {err}");
+                    }
+                }
+            }
             // A new primary's first `READY=1` is its moment to take over.
             Effect::Notify(state) => match self.take_over.take_if(|_| state.starts_with("READY=1")) {
                 Some(take_over) => self.take_over(take_over, &state),
@@ -488,6 +527,7 @@ impl Shell {
                     args: &self.primary_args,
                     listener,
                     admin: self.admin.as_ref().map(|admin| &admin.socket),
+                    slot_listeners: self.steering.as_ref().map_or(&[], |s| s.listeners()),
                     hello: Hello { from: std::process::id(), seed: self.seed, workers },
                 };
                 match Successor::start(launch, self.successor_events.clone()) {
@@ -512,6 +552,39 @@ impl Shell {
                 if let Some(reply) = self.replies.remove(&to) {
                     let _ = reply.send(Response { metrics: Some(text), ..Response::ok() });
                 }
+            }
+        }
+    }
+
+    /// Kernel steering: accepts on the listener of every slot the kernel does not send new
+    /// connections to, so that what is queued there (a dead worker's backlog, a removed slot's,
+    /// a connection that raced a new program) is handed to a worker that serves. Not while the
+    /// cluster stops (the draining workers take their own queues then), nor in a new primary
+    /// before it takes over (the old primary's workers serve those listeners meanwhile).
+    fn refresh_orphans(&mut self) {
+        let Some(steering) = &self.steering else { return };
+        let steered = self.core.steered().unwrap_or(&[]);
+        let idle = self.core.stopping() || self.core.taking_over();
+        for (slot, listener) in steering.listeners().iter().enumerate() {
+            let orphan = !idle && !steered.contains(&slot);
+            if !orphan {
+                if let Some(task) = self.orphans.remove(&slot) {
+                    task.abort();
+                }
+                continue;
+            }
+            if self.orphans.contains_key(&slot) {
+                continue;
+            }
+            match Acceptor::new(listener, FdBudget::current(self.config.fd_reserve)) {
+                Ok(acceptor) => {
+                    let accepted = self.orphans_tx.clone();
+                    // Unbounded, so the task's only wait is in `accept`: aborting it never
+                    // drops a connection it took.
+                    let task = tokio::spawn(async move { while accepted.send(acceptor.accept().await).is_ok() {} });
+                    self.orphans.insert(slot, task.abort_handle());
+                }
+                Err(err) => tracing::error!(slot, "cannot accept on the slot's listener: {err}"),
             }
         }
     }
@@ -557,6 +630,46 @@ fn rss_bytes(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// Kernel steering: the listener for a worker of `slot` (opened on first use).
+fn slot_listener(
+    steering: &mut Option<Steering>,
+    slot: usize,
+) -> Result<Option<&std::net::TcpListener>, link::SpawnError> {
+    match steering {
+        Some(steering) => steering.listener(slot).map(Some).map_err(link::SpawnError::DupListener),
+        None => Ok(None),
+    }
+}
+
+/// What the shell's loop receives from its tasks.
+struct Channels {
+    events: mpsc::UnboundedReceiver<link::Event>,
+    commands: mpsc::Receiver<control::Command>,
+    successor: mpsc::UnboundedReceiver<SuccessorEvent>,
+    /// Kernel steering: connections the primary took from slots that are not ready.
+    orphans: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+}
+
+/// The next connection the primary accepted: on its own listener while the core takes them
+/// (`accepting`), or on a slot's that is not ready (kernel steering) at any time: those were
+/// accepted already, and the core answers them even while it stops.
+async fn accept_either(
+    acceptor: Option<&Acceptor>,
+    orphans: &mut mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+    accepting: bool,
+) -> Option<(std::net::TcpStream, SocketAddr)> {
+    let own = async {
+        match acceptor {
+            Some(acceptor) if accepting => acceptor.accept().await,
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        accepted = own => Some(accepted),
+        orphan = orphans.recv() => orphan,
+    }
 }
 
 /// The next accepted connection, or never without an acceptor.

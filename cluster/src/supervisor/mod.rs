@@ -21,6 +21,7 @@
 //! | `scaling.rs`    | adding and removing slots                                       |
 //! | `queue.rs`      | connections waiting for a worker, and choosing one              |
 //! | `stand_in.rs`   | shared mode: when the primary answers 503 on the listener itself|
+//! | `steering.rs`   | kernel steering: which slots the kernel may send connections to |
 //! | `gatherings.rs` | relayed application messages and gathers                        |
 //! | `shutdown.rs`   | the graceful stop and its deadline                              |
 //! | `requests.rs`   | `herd ctl` requests, and the status report                      |
@@ -40,6 +41,7 @@ mod scaling;
 mod shutdown;
 mod slots;
 mod stand_in;
+mod steering;
 mod upgrade;
 
 #[cfg(test)]
@@ -259,6 +261,11 @@ pub(crate) enum Effect {
     },
     /// Shared mode: accept on the listener to answer 503 (true) or stop (false).
     StandIn(bool),
+    /// Kernel steering: send new connections to these slots' listeners (sorted), or to the
+    /// primary's own when empty; the primary accepts on the listeners of all other slots.
+    Steer {
+        slots: Vec<usize>,
+    },
     /// Tell systemd (`sd_notify`).
     Notify(String),
     /// Start the binary on disk as a new primary to hand over to, with this many workers
@@ -300,6 +307,9 @@ pub(crate) struct Core {
     last_reload: Option<String>,
     gatherings: Gatherings,
     stand_in: StandIn,
+    /// Kernel steering: the slots the kernel was last told to send connections to; `None`
+    /// when the primary steers.
+    steered: Option<Vec<usize>>,
     stopping: Option<Shutdown>,
     /// A hand-over to a new primary under way.
     upgrade: Option<Upgrade>,
@@ -323,6 +333,7 @@ impl Core {
         Self {
             chooser: Chooser::new(config.balance, seed),
             stand_in: StandIn::new(!config.balance.primary_accepts()),
+            steered: config.kernel_steers().then(Vec::new),
             primary_pid,
             slots,
             queue: Queue::default(),
@@ -397,6 +408,7 @@ impl Core {
             Event::Timer => self.on_timer(now),
         }
         self.update_stand_in(now);
+        self.update_steering(now);
         self.count_answers();
         std::mem::take(&mut self.effects)
     }

@@ -114,6 +114,8 @@ impl Core {
             .collect();
         Status {
             balance: self.config.balance.as_str().to_owned(),
+            steering: if self.steered.is_some() { "kernel" } else { "primary" }.to_owned(),
+            accepted: self.counters.accepted,
             listen: self.config.bind,
             pid: self.primary_pid,
             version: self.config.version.clone(),

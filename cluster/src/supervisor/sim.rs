@@ -19,7 +19,7 @@ use std::{
 
 use super::{slots::State, Core, Effect, Event, Signal, Ticket, WorkerId};
 use crate::{
-    config::{Balance, ClusterConfig, RestartPolicy},
+    config::{Balance, ClusterConfig, RestartPolicy, Steering},
     control::Request,
     proto::{ToPrimary, ToWorker, HEARTBEAT_INTERVAL, RECLAIM_AFTER},
 };
@@ -169,6 +169,7 @@ impl Sim {
         config.workers = 1 + rng.below(4) as usize;
         config.balance =
             [Balance::RoundRobin, Balance::LeastConn, Balance::IpHash, Balance::Shared][rng.below(4) as usize];
+        config.steering = if rng.chance(50) { Steering::Kernel } else { Steering::Primary };
         config.restart = RestartPolicy {
             max_restarts: rng.below(6) as u32,
             window: Duration::from_secs(5 + rng.below(60)),
@@ -434,6 +435,23 @@ impl Sim {
             }
             Effect::Notify(state) if self.handed_over && state.starts_with("STOPPING") => {
                 return Err("told systemd STOPPING after handing over: the new primary is the service now".into());
+            }
+            Effect::Steer { slots } => {
+                if !self.config.kernel_steers() {
+                    return Err(format!("steered to {slots:?}, but the primary steers"));
+                }
+                if !slots.is_empty() && (self.core.stopping.is_some() || self.core.handed_over) {
+                    return Err(format!("steered to {slots:?} while stopping or handed over"));
+                }
+                if self.core.upgrade.is_some() || self.core.handed_over {
+                    return Err(format!("steered to {slots:?} while a new primary owns the program"));
+                }
+                let timeout = self.config.recycling.worker_timeout;
+                for &slot in &slots {
+                    if !self.core.slots.serving().any(|w| w.id.slot == slot && w.is_responsive(self.now, timeout)) {
+                        return Err(format!("steered to slot {slot}, whose worker is not ready"));
+                    }
+                }
             }
             Effect::Reply { .. } | Effect::StandIn(false) | Effect::Notify(_) => {}
         }

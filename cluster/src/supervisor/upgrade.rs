@@ -95,6 +95,7 @@ impl Core {
     /// The new primary will not take over: this one serves on.
     pub(super) fn on_successor_failed(&mut self, reason: &str) {
         let Some(upgrade) = self.upgrade.take() else { return };
+        self.steer_again();
         if upgrade.deadline.is_none() {
             return; // killed for missing its deadline, already reported
         }

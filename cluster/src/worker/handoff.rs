@@ -155,6 +155,60 @@ impl crate::conn::Backlog for HandoffListener {
     }
 }
 
+/// Kernel steering's listener: what the kernel queued on this slot's listener (`own`) and what
+/// the primary took from slots that were not ready and handed here.
+pub(crate) struct SteeredListener<L> {
+    own: L,
+    handed: HandoffListener,
+    closed: mpsc::UnboundedSender<()>,
+}
+
+impl HandoffSink {
+    /// Serves `own`'s connections too, alongside `handed`'s.
+    pub(crate) fn steered<L>(&self, own: L, handed: HandoffListener) -> SteeredListener<L> {
+        SteeredListener { own, handed, closed: self.closed.clone() }
+    }
+}
+
+impl<L> SteeredListener<L> {
+    fn track(&self, inner: TcpStream) -> TrackedStream {
+        TrackedStream { inner, closed: self.closed.clone(), accepted_us: None }
+    }
+}
+
+impl<L> axum::serve::Listener for SteeredListener<L>
+where
+    L: crate::conn::Backlog<Io = TcpStream, Addr = SocketAddr>,
+{
+    type Io = TrackedStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (TrackedStream, SocketAddr) {
+        // Both are cancel-safe: the one that loses the race keeps its connection.
+        tokio::select! {
+            handed = self.handed.accept() => handed,
+            (own, peer) = self.own.accept() => (self.track(own), peer),
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.own.local_addr()
+    }
+}
+
+impl<L> crate::conn::Backlog for SteeredListener<L>
+where
+    L: crate::conn::Backlog<Io = TcpStream, Addr = SocketAddr>,
+{
+    fn take_waiting(&mut self) -> Option<(TrackedStream, SocketAddr)> {
+        if let Some(handed) = self.handed.take_waiting() {
+            return Some(handed);
+        }
+        let (own, peer) = self.own.take_waiting()?;
+        Some((self.track(own), peer))
+    }
+}
+
 /// A handed-off connection that reports its closing to the primary when dropped.
 pub(crate) struct TrackedStream {
     inner: TcpStream,

@@ -23,7 +23,7 @@ use crate::{
     metrics::WorkerMetrics,
     proto::{ToPrimary, ToWorker, HEARTBEAT_INTERVAL},
     proxy_protocol::{self, PendingHeaders, ProxiedListener},
-    role::{WorkerIdentity, IPC_FD, LISTEN_FD},
+    role::{WorkerIdentity, ENV_LISTEN_FD, IPC_FD, LISTEN_FD},
     shutdown,
 };
 use handoff::{HandoffListener, HandoffSink};
@@ -75,6 +75,9 @@ enum Source {
     Shared(tokio::net::TcpListener),
     /// Primary-accept modes: connections arrive over IPC.
     Handoff(HandoffListener, HandoffSink),
+    /// Kernel steering: this slot's own listener, and over IPC what the primary took from
+    /// slots that were not ready.
+    Steered(tokio::net::TcpListener, HandoffListener, HandoffSink),
 }
 
 pub(crate) async fn run<F, Fut, E>(
@@ -101,14 +104,18 @@ where
     let source = if config.balance.primary_accepts() {
         let report_closes = config.balance == crate::Balance::LeastConn;
         let (listener, sink) = handoff::handoff(channel.clone(), config.bind, report_closes);
-        Source::Handoff(listener, sink)
+        // The primary passes a listener only when the kernel steers (it may have fallen back).
+        match std::env::var_os(ENV_LISTEN_FD) {
+            Some(_) => Source::Steered(inherited_listener()?, listener, sink),
+            None => Source::Handoff(listener, sink),
+        }
     } else {
         Source::Shared(inherited_listener()?)
     };
 
     let (trigger, mut stop) = shutdown::channel();
     let sink = match &source {
-        Source::Handoff(_, sink) => Some(sink.clone()),
+        Source::Handoff(_, sink) | Source::Steered(_, _, sink) => Some(sink.clone()),
         Source::Shared(_) => None,
     };
     let budget = FdBudget::current(config.fd_reserve);
@@ -145,17 +152,22 @@ where
     match source {
         Source::Shared(listener) => {
             let listener = DrainableListener::new(listener, stop.clone(), budget);
-            match config.proxy_protocol {
-                // Shared mode: each worker reads the PROXY headers of what it accepts, and
-                // counts the rejected ones in its own series.
-                Some(proxy) => {
-                    let counted = proxy_protocol::rejections();
-                    metrics.register(counted.clone());
-                    let pending = PendingHeaders::new(proxy, config.trusted_proxies.clone(), counted);
+            match proxied(config, &metrics) {
+                Some(pending) => {
                     let listener = ProxiedListener::new(listener, pending);
                     serve(listener, router, drain, cap, channel, stop, config, metrics).await
                 }
                 None => serve(listener, router, drain, cap, channel, stop, config, metrics).await,
+            }
+        }
+        Source::Steered(own, handed, sink) => {
+            let own = DrainableListener::new(own, stop.clone(), budget).own_queue();
+            match proxied(config, &metrics) {
+                Some(pending) => {
+                    let listener = sink.steered(ProxiedListener::new(own, pending), handed);
+                    serve(listener, router, drain, cap, channel, stop, config, metrics).await
+                }
+                None => serve(sink.steered(own, handed), router, drain, cap, channel, stop, config, metrics).await,
             }
         }
         // The sink sets TCP_NODELAY on each connection it adopts.
@@ -169,6 +181,15 @@ where
         }
     }
     Ok(())
+}
+
+/// Under `--proxy-protocol`, where a worker that accepts itself (shared mode, kernel steering)
+/// reads the PROXY headers of what it accepts, counting the rejected ones in its own series.
+fn proxied(config: &ClusterConfig, metrics: &WorkerMetrics) -> Option<PendingHeaders> {
+    let proxy = config.proxy_protocol?;
+    let counted = proxy_protocol::rejections();
+    metrics.register(counted.clone());
+    Some(PendingHeaders::new(proxy, config.trusted_proxies.clone(), counted))
 }
 
 /// Tells the primary, every second, that this worker's runtime still makes progress (the task
