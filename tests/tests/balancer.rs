@@ -166,8 +166,13 @@ fn three_hosts_behind_haproxy_in_tcp_mode_with_proxy_protocol_on_a_redis_cluster
         killed_at.elapsed()
     );
     assert_eq!(report.non_2xx, 0, "{:?}", report.errors);
+    // What was in flight on the host: each client's request, and, for a client whose request
+    // failed first, its retry if that reached the host before the last of its processes died.
+    // The kill is one signal per process, and a listener closes only when the last process
+    // holding it is gone: the primary alone with `--steering primary`, the primary and the
+    // slot's workers under kernel steering (docs/deploy.md, "Several hosts").
     assert!(
-        report.failed <= CLIENTS as u64,
+        report.failed <= 2 * CLIENTS as u64,
         "at most the requests in flight on the dead host fail: {:?}",
         report.errors
     );
