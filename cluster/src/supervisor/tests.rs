@@ -202,3 +202,41 @@ fn a_starting_worker_that_beats_is_left_to_wait_and_a_silent_one_is_killed() {
     assert_eq!(killed, [Effect::Kill { worker: workers[1] }], "only the silent one, once");
     assert_eq!(h.states()[0], (0, "starting".into()));
 }
+
+fn steered(effects: &[Effect]) -> Vec<Vec<usize>> {
+    effects.iter().filter_map(|e| if let Effect::Steer { slots } = e { Some(slots.clone()) } else { None }).collect()
+}
+
+#[test]
+fn the_kernel_is_steered_to_ready_slots_first_and_away_before_a_worker_is_told_to_stop() {
+    let (mut h, workers) = Harness::new(2, |_| {});
+    assert_eq!(h.core.steered(), Some(&[][..]), "nothing is ready: everything to the primary");
+    assert_eq!(steered(&h.ready(workers[0])), [vec![0]]);
+    assert_eq!(steered(&h.ready(workers[1])), [vec![0, 1]]);
+    // A death: away from its slot at once; back when the replacement is ready.
+    let effects = h.exited(workers[0], "killed by SIGKILL");
+    assert_eq!(steered(&effects), [vec![1]]);
+    let due = h.core.next_deadline().expect("a respawn");
+    h.now = due;
+    let replacement = spawned(&h.on(Event::Timer))[0];
+    assert_eq!(steered(&h.ready(replacement)), [vec![0, 1]]);
+    // Scaling down: the program changes before the worker hears it must go.
+    let effects = h.request(Request::Scale { to: Some(1), by: None });
+    assert!(matches!(effects.first(), Some(Effect::Steer { slots }) if slots == &[0]), "{effects:?}");
+    assert_eq!(told(&effects, &ToWorker::Retire).len() + told(&effects, &ToWorker::Shutdown).len(), 1);
+    // Stopping: everything to the primary's own listener, first.
+    let effects = h.on(Event::Signal(Signal::Terminate));
+    assert!(matches!(effects.first(), Some(Effect::Steer { slots }) if slots.is_empty()), "{effects:?}");
+}
+
+#[test]
+fn the_primary_steers_in_least_conn_and_when_told_to() {
+    for configure in [
+        (|c: &mut ClusterConfig| c.balance = crate::config::Balance::LeastConn) as fn(&mut ClusterConfig),
+        |c| c.steering = crate::config::Steering::Primary,
+    ] {
+        let (mut h, workers) = Harness::new(1, configure);
+        assert_eq!(h.core.steered(), None);
+        assert!(steered(&h.ready(workers[0])).is_empty());
+    }
+}
