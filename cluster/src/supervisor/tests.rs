@@ -231,10 +231,11 @@ fn the_kernel_is_steered_to_ready_slots_first_and_away_before_a_worker_is_told_t
 
 #[test]
 fn the_primary_steers_in_least_conn_and_when_told_to() {
-    for configure in [
-        (|c: &mut ClusterConfig| c.balance = crate::config::Balance::LeastConn) as fn(&mut ClusterConfig),
-        |c| c.steering = crate::config::Steering::Primary,
-    ] {
+    for configure in
+        [(|c: &mut ClusterConfig| c.balance = crate::config::Balance::LeastConn) as fn(&mut ClusterConfig), |c| {
+            c.steering = crate::config::Steering::Primary
+        }]
+    {
         let (mut h, workers) = Harness::new(1, configure);
         assert_eq!(h.core.steered(), None);
         assert!(steered(&h.ready(workers[0])).is_empty());
