@@ -37,7 +37,8 @@
 //!   change, in any worker;
 //! - two that change the *same* value: the one saved last wins for that value. Counters and
 //!   anything else that must not lose updates belong beside the record as atomic Redis values
-//!   (herd's `/` visit count is a `HINCRBY` in the user's login index);
+//!   (herd's `/` visit count is a `HINCRBY` in the user's login index, in a script that
+//!   makes it idempotent for [`retry`]);
 //! - a session deleted elsewhere (a logout, "log out everywhere") is never brought back by a
 //!   late save of a request that loaded it before;
 //! - a login (`Session::cycle_id`) writes the new record before retiring the old one, which

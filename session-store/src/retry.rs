@@ -80,7 +80,7 @@ pub fn may_heal(err: &Error) -> bool {
         || (*err.kind() == ErrorKind::Unknown && err.details() == "Too many failed write attempts.")
 }
 
-/// Runs `command` on `client`, and again (after each pause of [`BACKOFF`] in turn) while it
+/// Runs `command` on `client`, and again (after each pause of `BACKOFF` in turn) while it
 /// fails with an error `replay` allows to retry and the command timeout is not spent. Each
 /// attempt gets what is left of the timeout, so all of them end within it.
 pub async fn retry<T, F, Fut>(client: &Client, replay: Replay, mut command: F) -> Result<T, Error>

@@ -1,7 +1,7 @@
 //! The Lua scripts that change a session record, each in one round trip. (Reading is a plain
 //! `GET`: the cheapest thing Redis can do for the request that happens most.)
 //!
-//! A record is one string in format 4 (see [`crate::record`]). Every script touches exactly one
+//! A record is one string in format 4 (see `record.rs`). Every script touches exactly one
 //! key, so they run unchanged on a Redis Cluster. Timestamps cross into Lua as the header's
 //! zero-padded strings and are written back as received: Lua 5.1 numbers are doubles, and
 //! `tostring` would turn a millisecond timestamp into `1.7e+12`.

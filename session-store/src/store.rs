@@ -345,16 +345,16 @@ impl RedisSessionStore {
     /// A read changes nothing, so it may be asked again whatever became of the first attempt
     /// ([`crate::retry`]). That matters in a planned Redis Cluster failover: fred fails a
     /// command the old primary answered `-MOVED`, or that was in flight on a connection fred
-    /// dropped on re-reading the topology (docs/deploy.md); by the next attempt it knows the new
+    /// dropped on re-reading the topology (docs/deploy.md); a later attempt reaches the new
     /// primary. `WRONGTYPE` is not retried (it would only come again), nor is a timeout (it has
     /// spent the request's budget).
-    async fn get_once_more(&self, key: &str) -> Result<FredValue, fred::error::Error> {
+    async fn get_retrying(&self, key: &str) -> Result<FredValue, fred::error::Error> {
         retry::retry(self.pool.next(), Replay::Idempotent, |client| async move { client.get(key).await }).await
     }
 
     async fn load_record(&self, id: &Id) -> Result<Option<Record>, StoreError> {
         let key = self.key(id);
-        let text = match self.get_once_more(&key).await {
+        let text = match self.get_retrying(&key).await {
             Ok(FredValue::String(text)) => text,
             Ok(FredValue::Null) => return if self.read_stock { self.adopt_stock(id).await } else { Ok(None) },
             Ok(_) => return Ok(unknown_format()),
