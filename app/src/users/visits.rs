@@ -57,10 +57,14 @@ impl Visits {
     /// Counts one visit of `user`'s session and returns the new total, in one round trip
     /// (this runs on every `/` request of a logged-in session).
     pub(crate) async fn count(&self, user: &str, session_key: &str) -> Result<u64, StoreError> {
+        self.count_under(user, session_key, &format!("{:016x}", rand::random::<u64>())).await
+    }
+
+    /// [`Visits::count`] under `nonce`: counted once however often it is asked.
+    async fn count_under(&self, user: &str, session_key: &str, nonce: &str) -> Result<u64, StoreError> {
         let index = self.keys.user_logins(user);
         let client = self.pool.next();
-        let nonce = format!("{:016x}", rand::random::<u64>());
-        let marker = self.keys.visit_counted(&index, &nonce);
+        let marker = self.keys.visit_counted(&index, nonce);
         // The marker must outlive every attempt, and they all end within one command timeout.
         let timeout = client.perf_config().default_command_timeout;
         let marker_ttl =
@@ -78,5 +82,33 @@ impl Visits {
         })
         .await?;
         Ok(u64::try_from(visits).unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use herd_e2e::RedisServer;
+    use herd_session_store::{Keys, RedisConfig};
+
+    use super::Visits;
+
+    #[tokio::test]
+    async fn a_visit_asked_again_under_its_nonce_counts_once() {
+        let redis = RedisServer::start();
+        let pool = herd_session_store::connect(&RedisConfig::new(redis.url())).await.expect("Redis answers");
+        let visits = Visits::new(pool.clone(), Keys::default());
+        let count = |nonce: &'static str| visits.count_under("alice", "herd:sess:s", nonce);
+        assert_eq!(count("n1").await.expect("counted"), 1);
+        assert_eq!(count("n1").await.expect("read"), 1, "the same request asked again");
+        assert_eq!(count("n2").await.expect("counted"), 2);
+        assert_eq!(visits.count("alice", "herd:sess:s").await.expect("counted"), 3);
+        let ttl = redis.cli(&["PTTL", "herd:visit:{herd:user:alice:logins}:n1"]).expect("PTTL");
+        assert!(ttl.parse::<i64>().is_ok_and(|ms| (1..=2000).contains(&ms)), "two command timeouts: {ttl}");
+        assert!(redis.cli(&["TTL", "herd:user:alice:logins"]).is_some_and(|s| s.parse::<i64>().is_ok_and(|s| s > 0)));
+
+        // A prefix with a brace leaves no key for a marker: counted, without one.
+        let braced = Visits::new(pool, Keys::new("a{"));
+        assert_eq!(braced.count_under("bob", "k", "n1").await.expect("counted"), 1);
+        assert_eq!(braced.count_under("bob", "k", "n1").await.expect("counted"), 2);
     }
 }
