@@ -69,6 +69,36 @@ fn wait_replicated(node: &herd_e2e::RedisServer) {
     });
 }
 
+/// Waits until `node`'s replica is past its first sync and streaming (`state=online`): under
+/// a stream of writes its offset is rarely the primary's at the moment it is asked.
+fn wait_online(node: &herd_e2e::RedisServer) {
+    herd_e2e::wait_for("the replica to be online", std::time::Duration::from_secs(10), || {
+        let info = node.cli(&["INFO", "replication"])?;
+        info.lines().any(|l| l.starts_with("slave0:") && l.split(',').any(|kv| kv == "state=online")).then_some(())
+    });
+}
+
+/// The replica of `cluster.nodes[primary]`.
+fn replica_of(cluster: &RedisCluster, primary: usize) -> &herd_e2e::RedisServer {
+    let primary_id = cluster.nodes[primary].cli(&["CLUSTER", "MYID"]).expect("CLUSTER MYID");
+    let follows = format!("slave {}", primary_id.trim());
+    cluster
+        .nodes
+        .iter()
+        .find(|n| {
+            n.cli(&["CLUSTER", "NODES"])
+                .is_some_and(|nodes| nodes.lines().any(|l| l.contains("myself") && l.contains(&follows)))
+        })
+        .expect("the primary's replica")
+}
+
+/// Waits until `replica` reports itself a primary; how long that took since `started`.
+fn wait_promoted(replica: &herd_e2e::RedisServer, started: std::time::Instant) -> std::time::Duration {
+    herd_e2e::wait_for("the replica to take over", std::time::Duration::from_secs(20), || {
+        replica.cli(&["ROLE"]).is_some_and(|role| role.starts_with("master")).then(|| started.elapsed())
+    })
+}
+
 /// The record key of the only session (not its `:visits` or `:replaced` side keys).
 fn session_key(cluster: &RedisCluster) -> String {
     // A replica lists its primary's keys too.
@@ -140,16 +170,7 @@ fn a_planned_failover_answers_every_request_and_counts_exactly() {
         request(&alice, Instant::now());
     }
     for primary in primaries {
-        let primary_id = cluster.nodes[primary].cli(&["CLUSTER", "MYID"]).expect("CLUSTER MYID");
-        let replica = cluster
-            .nodes
-            .iter()
-            .find(|n| {
-                n.cli(&["CLUSTER", "NODES"]).is_some_and(|nodes| {
-                    nodes.lines().any(|l| l.contains("myself") && l.contains(&format!("slave {}", primary_id.trim())))
-                })
-            })
-            .expect("the primary's replica");
+        let replica = replica_of(&cluster, primary);
         // As an operator would: onto a replica that has the data (one still in its first sync
         // makes the primary hold writes for seconds, until the sync is done).
         wait_replicated(&cluster.nodes[primary]);
@@ -176,5 +197,84 @@ fn a_planned_failover_answers_every_request_and_counts_exactly() {
         unavailable.len()
     );
     assert!(unavailable.is_empty(), "a planned failover is no outage: {unavailable:?}");
+    assert_eq!(visits, served + 1, "every visit counted once");
+}
+
+/// The same planned failovers under eight clients sending `/` requests of one session at once:
+/// on the connection fred drops when it re-reads the topology, some commands are still in
+/// flight ("Too many failed write attempts."); herd sends them again too, as the visit count
+/// is idempotent, so still no request is answered 503 and every visit counts exactly once.
+#[test]
+fn concurrent_requests_ride_out_planned_failovers_and_count_exactly() {
+    use std::{
+        sync::{
+            atomic::{AtomicBool, AtomicU64, Ordering},
+            Arc,
+        },
+        time::{Duration, Instant},
+    };
+    let cluster = RedisCluster::start_with_replicas();
+    let herd = Herd::start_at(&cluster.url(), &["--workers", "2"], &[]);
+    let mut alice = herd.client();
+    alice.login();
+    let mut primaries = vec![cluster.primary_of(&session_key(&cluster)), cluster.primary_of("herd:user:alice:logins")];
+    primaries.dedup();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (served, unavailable, slowest_ms) =
+        (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (alice, stop, served, unavailable, slowest_ms) = (
+                alice.clone(),
+                Arc::clone(&stop),
+                Arc::clone(&served),
+                Arc::clone(&unavailable),
+                Arc::clone(&slowest_ms),
+            );
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let asked = Instant::now();
+                    let res = alice.get("/").expect("an answer, not a hang or a reset");
+                    let took = asked.elapsed();
+                    assert!(took < Duration::from_secs(3), "a request took {took:?}");
+                    slowest_ms.fetch_max(u64::try_from(took.as_millis()).unwrap_or(u64::MAX), Ordering::Relaxed);
+                    match res.status {
+                        200 => served.fetch_add(1, Ordering::Relaxed),
+                        503 => unavailable.fetch_add(1, Ordering::Relaxed),
+                        other => panic!("only 200 or a fast 503: {other} {}", res.body),
+                    };
+                }
+            })
+        })
+        .collect();
+    // Some hundreds of requests before, between and after the failovers.
+    let served_at_least = |n: u64| {
+        let from = served.load(Ordering::Relaxed);
+        herd_e2e::wait_for("requests to be served", Duration::from_secs(30), || {
+            (served.load(Ordering::Relaxed) >= from + n).then_some(())
+        })
+    };
+    served_at_least(200);
+    for primary in primaries {
+        let replica = replica_of(&cluster, primary);
+        wait_online(&cluster.nodes[primary]);
+        assert_eq!(replica.cli(&["CLUSTER", "FAILOVER"]).as_deref(), Some("OK"));
+        let took_over = wait_promoted(replica, Instant::now());
+        served_at_least(500);
+        eprintln!("Redis Cluster planned failover of node {primary} under load: the replica was primary {took_over:?} after CLUSTER FAILOVER");
+    }
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        client.join().expect("a client thread");
+    }
+    let visits = alice.get("/").expect("GET /").json()["visits"].as_u64().expect("a count");
+    let (served, unavailable) = (served.load(Ordering::Relaxed), unavailable.load(Ordering::Relaxed));
+    eprintln!(
+        "Redis Cluster planned failovers under load: {served} requests served, {unavailable} answered 503, the slowest \
+         in {} ms; {visits} visits",
+        slowest_ms.load(Ordering::Relaxed)
+    );
+    assert_eq!(unavailable, 0, "a planned failover is no outage");
     assert_eq!(visits, served + 1, "every visit counted once");
 }
