@@ -6,6 +6,7 @@
 //! | `{prefix}sess:{digest}:replaced` | the key of the session a login replaced with this one, while its grace runs |
 //! | `{prefix}user:{name}` | a user (hash: `password` = argon2 PHC string) |
 //! | `{prefix}user:{name}:logins` | the user's logins (for "log out everywhere"): a hash from each session key to its visit count |
+//! | `{prefix}visit:{{prefix}user:{name}:logins}:{nonce}` | one `/` request's visit was counted, so that asking again does not count it twice; in the login index's hash slot (the braces are a hash tag); lives two command timeouts |
 //! | `{prefix}user:{name}:sessions` | the same as a set of session keys without counts, as herd wrote it before; only deleted now |
 //! | `{prefix}cache:{key}` | a shared cache entry (`{key}:lock` while one worker computes it) |
 //! | `{prefix}cache-budget` | what the cache wrote in its current window (hash `entries`, `bytes`; a TTL) |
@@ -109,6 +110,32 @@ impl Keys {
     pub fn login_failures(&self, by: &str, id: &str) -> String {
         format!("{}ratelimit:login:{by}:{id}", self.prefix)
     }
+
+    /// The marker that one request's visit to a session of `user_logins` (that index's key)
+    /// was counted: under the prefix, and in the index's Redis Cluster hash slot so that one
+    /// script can check it and count; `None` if no such key can be built ([`same_slot`]).
+    pub fn visit_counted(&self, user_logins: &str, nonce: &str) -> Option<String> {
+        same_slot(&format!("{}visit:", self.prefix), user_logins, &format!(":{nonce}"))
+    }
+}
+
+/// A key that lies in `key`'s Redis Cluster hash slot, so that one command or script may use
+/// both: `{head}{{key}}{tail}`, the whole of `key` as the hash tag.
+///
+/// Redis hashes only the text between the first `{` and the next `}` if that is not empty
+/// (the hash tag), otherwise the whole key. A key that has a tag keeps it with `tail`
+/// appended; one without becomes the tag, unless it holds a `}` (which would end the tag
+/// early) or `head` a `{` (which would start another): `None` (herd's default prefix and user
+/// names have no braces).
+pub fn same_slot(head: &str, key: &str, tail: &str) -> Option<String> {
+    let tagged = key.find('{').is_some_and(|open| key[open + 1..].find('}').is_some_and(|len| len > 0));
+    if tagged {
+        Some(format!("{key}{tail}"))
+    } else if key.contains('}') || head.contains('{') {
+        None
+    } else {
+        Some(format!("{head}{{{key}}}{tail}"))
+    }
 }
 
 #[cfg(test)]
@@ -142,6 +169,23 @@ mod tests {
         for id in [0, -1, 1, i128::MIN, i128::MAX].into_iter().chain(random).map(Id) {
             assert_eq!(keys.session_of(&id), keys.session(id.to_string()), "{id}");
         }
+    }
+
+    #[test]
+    fn a_key_beside_another_shares_its_hash_slot() {
+        let slot = |key: &str| fred::util::redis_keyslot(key.as_bytes());
+        for key in ["herd:user:alice:logins", "a{tag}b", "x{b", "{a{b}c"] {
+            let beside = same_slot("p:visit:", key, ":n0nce").expect("a key beside it");
+            assert!(beside.ends_with(":n0nce"), "{beside}");
+            assert_eq!(slot(&beside), slot(key), "{key} -> {beside}");
+        }
+        let keys = Keys::default();
+        let marker = keys.visit_counted(&keys.user_logins("alice"), "n0nce");
+        assert_eq!(marker.as_deref(), Some("herd:visit:{herd:user:alice:logins}:n0nce"), "under the prefix");
+        assert_eq!(same_slot("", "a}b", ":n"), None, "a brace that would close the tag early");
+        assert_eq!(same_slot("", "{}y", ":n"), None, "an empty tag: the whole key is hashed, braces and all");
+        assert_eq!(same_slot("", "p{}q{r}", ":n"), None);
+        assert_eq!(same_slot("a{", "plain", ":n"), None, "a brace in the head would start the tag");
     }
 
     #[test]

@@ -37,7 +37,8 @@
 //!   change, in any worker;
 //! - two that change the *same* value: the one saved last wins for that value. Counters and
 //!   anything else that must not lose updates belong beside the record as atomic Redis values
-//!   (herd's `/` visit count is a `HINCRBY` in the user's login index);
+//!   (herd's `/` visit count is a `HINCRBY` in the user's login index, in a script that
+//!   makes it idempotent for [`retry`]);
 //! - a session deleted elsewhere (a logout, "log out everywhere") is never brought back by a
 //!   late save of a request that loaded it before;
 //! - a login (`Session::cycle_id`) writes the new record before retiring the old one, which
@@ -51,11 +52,13 @@
 //!
 //! - [`pool`]: building the fred pool with the timeouts that make failure fast.
 //! - [`replication`]: revocations confirmed only once a replica has them (`WAIT`).
+//! - [`retry`]: asking Redis again within one command timeout, when that cannot count twice.
 //! - [`keys`]: the Redis key layout shared by sessions, users and the cache.
 //! - [`store`]: the `SessionStore` implementation and expiry.
 //! - `record`: how a session is stored (one string: a fixed header, then the values).
 //! - [`scope`]: the per-request layer behind merged saves, gap-free logins and typed failures.
-//! - `scripts`: the Lua scripts, one round trip and one key each (so Redis Cluster works).
+//! - [`scripts`]: the Lua scripts, one round trip and one key each (so Redis Cluster works),
+//!   and [`scripts::evalsha`] for the app's own.
 //! - [`stock`]: reading sessions the stock `tower-sessions-redis-store` wrote.
 //! - `tls`: the rustls connector for `rediss://`.
 //! - [`cache`]: a cache shared by all workers, computing each missing value once cluster-wide.
@@ -69,8 +72,9 @@ pub mod operator;
 pub mod pool;
 mod record;
 pub mod replication;
+pub mod retry;
 pub mod scope;
-mod scripts;
+pub mod scripts;
 pub mod stock;
 pub mod store;
 mod tls;

@@ -95,7 +95,8 @@ pub fn redact_url(url: &str) -> String {
 /// for good) and no command timeout (a Redis outage hangs requests forever). Here:
 /// reconnect forever with exponential backoff capped at 1 s, fail every command that has not
 /// completed within `command_timeout`, treat a connection that has not answered for twice
-/// that as dead, and never resend a command that may already have been applied.
+/// that as dead, and never resend a command (herd resends only what cannot count twice:
+/// [`crate::retry`]).
 pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
     let mut parsed =
         Config::from_url(&config.url).map_err(|source| StoreError::Url { url: redact_url(&config.url), source })?;
@@ -113,8 +114,16 @@ pub async fn connect(config: &RedisConfig) -> Result<Pool, StoreError> {
             conn.unresponsive = UnresponsiveConfig { max_timeout: Some(timeout * 2), interval: timeout / 4 };
             // fred resends a command whose connection died in flight (3 attempts by default).
             // Redis may already have applied it, so an `INCR` would count twice while the
-            // client was told 503: send every command once; the caller answers 503.
+            // client was told 503: send every command once. fred 10 counts a resend after
+            // `-MOVED` with the same counter, so this fails those too, though Redis refused
+            // them.
             conn.max_command_attempts = 1;
+            // ... and with no redirection to follow, a `-MOVED` (or `-ASK`) fails its command
+            // with `ErrorKind::Routing` ("Too many redirections.") once fred has re-read the
+            // topology, rather than with the "Too many failed write attempts." a dropped
+            // command gets: proof that it was not applied, so the caller may send it again
+            // (`crate::retry`), to the new primary.
+            conn.max_redirections = 0;
         })
         .set_policy(ReconnectPolicy::new_exponential(0, 50, reconnect_cap_ms(), 2))
         .build_pool(config.pool_size.max(1))?;

@@ -1,16 +1,24 @@
 //! The Lua scripts that change a session record, each in one round trip. (Reading is a plain
 //! `GET`: the cheapest thing Redis can do for the request that happens most.)
 //!
-//! A record is one string in format 4 (see [`crate::record`]). Every script touches exactly one
+//! A record is one string in format 4 (see `record.rs`). Every script touches exactly one
 //! key, so they run unchanged on a Redis Cluster. Timestamps cross into Lua as the header's
 //! zero-padded strings and are written back as received: Lua 5.1 numbers are doubles, and
 //! `tostring` would turn a millisecond timestamp into `1.7e+12`.
 
 use std::sync::LazyLock;
 
-use fred::{clients::Client, prelude::FromValue, types::scripts::Script};
+use fred::{
+    clients::{Client, WithOptions},
+    interfaces::ClientLike,
+    prelude::FromValue,
+    types::{scripts::Script, CustomCommand, Value as FredValue},
+};
 
-use crate::StoreError;
+use crate::{
+    retry::{self, Replay},
+    StoreError,
+};
 
 /// What every script shares: reading the header of a record (see [`crate::record`]; format 4,
 /// or format 3 which has no expiry field) and setting a record's lifetime.
@@ -191,18 +199,56 @@ return 1
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Op {
     Touch,
+    /// `create` mode: applying it twice would find the key taken by the first, so it is asked
+    /// again only when the error proves it was not applied ([`Replay::Once`]).
+    Create,
+    /// `patch`, `replace`, `expiry`: a second application writes the same record again.
     Write,
     Retire,
 }
 
 /// Runs a script on `key`, loading it first if this Redis has not seen it (a fresh server,
-/// or one that restarted).
+/// or one that restarted), and again within the command timeout if Redis did not take it
+/// ([`crate::retry`]). Every script but a create gives the same record when applied twice
+/// (a touch after a touch does nothing, a retirement stays one), so those are asked again
+/// after any error that may heal.
 /// On `client`: the connection a revocation's `WAIT` then asks about.
 pub(crate) async fn run<R: FromValue>(client: &Client, op: Op, key: &str, args: Vec<String>) -> Result<R, StoreError> {
-    let script = match op {
-        Op::Touch => &*TOUCH,
-        Op::Write => &*WRITE,
-        Op::Retire => &*RETIRE,
+    let (script, replay) = match op {
+        Op::Touch => (&*TOUCH, Replay::Idempotent),
+        Op::Create => (&*WRITE, Replay::Once),
+        Op::Write => (&*WRITE, Replay::Idempotent),
+        Op::Retire => (&*RETIRE, Replay::Idempotent),
     };
-    Ok(script.evalsha_with_reload(client, key, args).await?)
+    let keys = [key];
+    Ok(retry::retry(client, replay, |client| {
+        let args = &args;
+        async move { evalsha(&client, script, &keys, args).await }
+    })
+    .await?)
+}
+
+/// `EVALSHA` of `script` on `keys` (all in one hash slot) with `args`, under `client`'s options
+/// (the time left of a command timeout); `SCRIPT LOAD` first if this Redis does not know it, as
+/// a promoted replica may not. fred's own `evalsha` takes no per-command options.
+pub async fn evalsha<R: FromValue>(
+    client: &WithOptions<Client>,
+    script: &Script,
+    keys: &[&str],
+    args: &[String],
+) -> Result<R, fred::error::Error> {
+    let slot = keys.first().map(|key| fred::util::redis_keyslot(key.as_bytes()));
+    let mut argv: Vec<FredValue> = Vec::with_capacity(2 + keys.len() + args.len());
+    argv.push(script.sha1().clone().into());
+    argv.push(FredValue::Integer(i64::try_from(keys.len()).unwrap_or(i64::MAX)));
+    argv.extend(keys.iter().map(|key| FredValue::from(*key)));
+    argv.extend(args.iter().map(|arg| FredValue::from(arg.as_str())));
+    let command = CustomCommand::new_static("EVALSHA", slot, false);
+    match client.custom(command.clone(), argv.clone()).await {
+        Err(err) if err.details().starts_with("NOSCRIPT") => {
+            script.load(client).await?;
+            client.custom(command, argv).await
+        }
+        result => result,
+    }
 }

@@ -28,17 +28,14 @@
 //! [`RedisSessionStore::new`] sets neither of herd's limits, so the app's expiry alone applies,
 //! as with the stock store; `herd serve` sets both (`--session-idle`, `--session-max-age`).
 
-use std::{
-    collections::HashMap,
-    time::{Duration, Instant},
-};
+use std::{collections::HashMap, time::Duration};
 
 use async_trait::async_trait;
 use fred::{
     bytes_utils::Str,
     clients::{Client, Pool},
-    interfaces::{ClientLike, KeysInterface},
-    types::{config::Options, Expiration, Value as FredValue},
+    interfaces::KeysInterface,
+    types::{Expiration, Value as FredValue},
 };
 use serde_json::Value;
 use time::OffsetDateTime;
@@ -52,6 +49,7 @@ use crate::{
     observe::{StoreEvent, StoreObserver},
     record,
     replication::ReplicaWait,
+    retry::{self, Replay},
     scope::{self, Failure, SessionScopeLayer},
     scripts::{self, Op},
     StoreError,
@@ -257,7 +255,8 @@ impl RedisSessionStore {
             args.push((*json).to_owned());
         }
         args.extend(removed.iter().map(|name| (*name).to_owned()));
-        let written: i64 = scripts::run(self.pool.next(), Op::Write, &self.key(id), args).await?;
+        let op = if matches!(mode, Mode::Create) { Op::Create } else { Op::Write };
+        let written: i64 = scripts::run(self.pool.next(), op, &self.key(id), args).await?;
         Ok(written == 1)
     }
 
@@ -297,7 +296,9 @@ impl RedisSessionStore {
         // A chain grows by one per login within the grace period of the previous one, and each
         // link expires with its grace; the bound only guards against a cycle.
         for _ in 0..MAX_PREDECESSORS {
-            let predecessor: Option<String> = client.get(Keys::replaced(&ending)).await?;
+            let link = &Keys::replaced(&ending);
+            let predecessor: Option<String> =
+                retry::retry(client, Replay::Idempotent, |client| async move { client.get(link).await }).await?;
             forget(client, &ending).await?;
             match predecessor {
                 Some(key) => ending = key,
@@ -310,9 +311,14 @@ impl RedisSessionStore {
     /// Notes, beside the new session of a login, which session it replaced, for as long as
     /// that one's grace lasts.
     async fn link_predecessor(&self, client: &Client, new: &Id, old: &Id) -> Result<(), StoreError> {
-        let grace = Expiration::PX(millis(self.limits.grace));
-        let _: Option<String> =
-            client.set(Keys::replaced(&self.key(new)), self.key(old), Some(grace), None, false).await?;
+        let (link, old) = (Keys::replaced(&self.key(new)), self.key(old));
+        let grace = millis(self.limits.grace);
+        // Setting it twice sets the same value and TTL.
+        let _: Option<String> = retry::retry(client, Replay::Idempotent, |client| {
+            let (link, old) = (&link, &old);
+            async move { client.set(link, old, Some(Expiration::PX(grace)), None, false).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -334,34 +340,21 @@ impl RedisSessionStore {
         forget(client, &self.key(new)).await
     }
 
-    /// `GET key`, asked a second time if the first failed other than by the command timeout,
-    /// both together within one command timeout.
+    /// `GET key`, asked again (within one command timeout) after an error that may heal.
     ///
-    /// herd lets fred write each command once (`pool.rs`): a write whose connection died may have
-    /// been applied. A read changes nothing, so it may be asked again whatever became of the
-    /// first. That matters in a planned Redis Cluster failover: fred fails a command the old
-    /// primary answered `-MOVED`, or that was in flight on a connection fred dropped on
-    /// re-reading the topology, rather than write it twice (docs/deploy.md); by the second read
-    /// it knows the new primary. A timeout is not retried: it has spent the request's budget.
-    async fn get_once_more(&self, key: &str) -> Result<FredValue, fred::error::Error> {
-        let asked = Instant::now();
-        match self.pool.get::<FredValue, _>(key).await {
-            Err(err) if *err.kind() != fred::error::ErrorKind::Timeout && !err.details().starts_with("WRONGTYPE") => {
-                let client = self.pool.next();
-                let left = client.perf_config().default_command_timeout.saturating_sub(asked.elapsed());
-                if left.is_zero() {
-                    return Err(err);
-                }
-                tracing::debug!(error = %err, "reading a session again after an error");
-                client.with_options(&Options { timeout: Some(left), ..Options::default() }).get(key).await
-            }
-            read => read,
-        }
+    /// A read changes nothing, so it may be asked again whatever became of the first attempt
+    /// ([`crate::retry`]). That matters in a planned Redis Cluster failover: fred fails a
+    /// command the old primary answered `-MOVED`, or that was in flight on a connection fred
+    /// dropped on re-reading the topology (docs/deploy.md); a later attempt reaches the new
+    /// primary. `WRONGTYPE` is not retried (it would only come again), nor is a timeout (it has
+    /// spent the request's budget).
+    async fn get_retrying(&self, key: &str) -> Result<FredValue, fred::error::Error> {
+        retry::retry(self.pool.next(), Replay::Idempotent, |client| async move { client.get(key).await }).await
     }
 
     async fn load_record(&self, id: &Id) -> Result<Option<Record>, StoreError> {
         let key = self.key(id);
-        let text = match self.get_once_more(&key).await {
+        let text = match self.get_retrying(&key).await {
             Ok(FredValue::String(text)) => text,
             Ok(FredValue::Null) => return if self.read_stock { self.adopt_stock(id).await } else { Ok(None) },
             Ok(_) => return Ok(unknown_format()),
@@ -500,10 +493,16 @@ impl RedisSessionStore {
     }
 }
 
-/// Deletes one record and its link to the session it replaced.
+/// Deletes one record and its link to the session it replaced (each asked again after an
+/// error that may heal: a second `DEL` deletes nothing more).
 async fn forget(client: &Client, key: &str) -> Result<(), StoreError> {
-    let _: i64 = client.del(key).await?;
-    let _: i64 = client.del(Keys::replaced(key)).await?;
+    for key in [key.to_owned(), Keys::replaced(key)] {
+        let _: i64 = retry::retry(client, Replay::Idempotent, |client| {
+            let key = &key;
+            async move { client.del(key).await }
+        })
+        .await?;
+    }
     Ok(())
 }
 

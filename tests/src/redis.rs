@@ -206,7 +206,11 @@ impl RedisCluster {
                     tls: None,
                     password: None,
                     cluster_node: true,
-                    extra_args: vec!["--cluster-node-timeout".to_owned(), "1000".to_owned()],
+                    // A replica's first sync starts at once, not after Redis's default 5 s wait
+                    // for more replicas to share one diskless transfer.
+                    extra_args: ["--cluster-node-timeout", "1000", "--repl-diskless-sync-delay", "0"]
+                        .map(str::to_owned)
+                        .to_vec(),
                 };
                 node.restart();
                 node

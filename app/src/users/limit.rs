@@ -27,7 +27,10 @@
 use std::{net::IpAddr, sync::LazyLock, time::Duration};
 
 use fred::{clients::Pool, interfaces::KeysInterface, types::scripts::Script};
-use herd_session_store::{Keys, StoreError};
+use herd_session_store::{
+    retry::{self, Replay},
+    scripts, Keys, StoreError,
+};
 
 /// Attempts allowed per user name from one client per window.
 pub(crate) const DEFAULT_PER_USER_ADDRESS: u32 = 5;
@@ -129,8 +132,7 @@ impl LoginLimiter {
         let window = millis(self.limits.window);
         for (taken, (key, limit)) in budgets.iter().enumerate() {
             let args = vec!["take".to_owned(), limit.to_string(), window.to_string()];
-            let (counted, ttl_ms): (i64, i64) =
-                COUNTER.evalsha_with_reload(self.pool.next(), (*key).clone(), args).await?;
+            let (counted, ttl_ms) = self.counter(key, args).await?;
             if counted == 0 {
                 // Refusals use up nobody's budget.
                 for (key, _) in &budgets[..taken] {
@@ -168,9 +170,20 @@ impl LoginLimiter {
     }
 
     async fn give_back(&self, key: &str) -> Result<(), StoreError> {
-        let _: (i64, i64) =
-            COUNTER.evalsha_with_reload(self.pool.next(), key.to_owned(), vec!["give".to_owned()]).await?;
-        Ok(())
+        self.counter(key, vec!["give".to_owned()]).await.map(drop)
+    }
+
+    /// Runs [`COUNTER`] on `key`, asked again within the command timeout only when Redis
+    /// provably did not run it (a `-MOVED` in a Redis Cluster failover): a second `take` would
+    /// count one attempt twice.
+    async fn counter(&self, key: &str, args: Vec<String>) -> Result<(i64, i64), StoreError> {
+        let keys = [key];
+        let counted = retry::retry(self.pool.next(), Replay::Once, |client| {
+            let args = &args;
+            async move { scripts::evalsha(&client, &COUNTER, &keys, args).await }
+        })
+        .await?;
+        Ok(counted)
     }
 }
 

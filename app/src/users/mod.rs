@@ -21,7 +21,10 @@ use argon2::{
     Argon2,
 };
 use fred::{clients::Pool, interfaces::HashesInterface};
-use herd_session_store::{Keys, StoreError};
+use herd_session_store::{
+    retry::{self, Replay},
+    Keys, StoreError,
+};
 use tokio::sync::Semaphore;
 
 /// Longest password accepted; argon2 does not need more and a huge one is a cheap DoS.
@@ -110,7 +113,12 @@ impl Users {
     }
 
     async fn store_hash(&self, name: &str, hash: String) -> Result<(), UserError> {
-        let _: i64 = self.pool.hset(self.keys.user(name), ("password", hash)).await?;
+        // Asked again after an error that may heal: setting the same hash twice changes nothing.
+        let (key, hash) = (&self.keys.user(name), &hash);
+        let _: i64 = retry::retry(self.pool.next(), Replay::Idempotent, |client| async move {
+            client.hset(key, ("password", hash.as_str())).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -118,7 +126,14 @@ impl Users {
     /// wrong password, so response times do not reveal which names exist.
     pub(crate) async fn verify(&self, name: &str, password: &str) -> Result<bool, UserError> {
         validate(name, password)?;
-        let stored: Option<String> = self.pool.hget(self.keys.user(name), "password").await?;
+        let key = &self.keys.user(name);
+        let stored: Option<String> =
+            retry::retry(
+                self.pool.next(),
+                Replay::Idempotent,
+                |client| async move { client.hget(key, "password").await },
+            )
+            .await?;
         let known = stored.is_some();
         let password = password.to_owned();
         let matches = self

@@ -11,9 +11,12 @@
 
 use fred::{
     clients::Pool,
-    interfaces::{HashesInterface, KeysInterface, SetsInterface},
+    interfaces::{ClientLike, HashesInterface, KeysInterface, SetsInterface},
 };
-use herd_session_store::{Keys, ReplicaWait, StoreError};
+use herd_session_store::{
+    retry::{self, Replay},
+    Keys, ReplicaWait, StoreError,
+};
 
 /// How long the index outlives the last login or visit (longer than any session lives).
 pub(crate) const INDEX_TTL_SECS: i64 = 14 * 24 * 3600;
@@ -34,18 +37,28 @@ impl UserSessions {
     /// Records that `session_key` belongs to `user`, with no visits yet: `HSET` and `EXPIRE`
     /// sent together in one pipeline, so the hash is never left without its TTL by a worker
     /// stopping between two round trips.
+    ///
+    /// Both are asked again after an error that may heal ([`retry`]): applied twice they give
+    /// the same hash, as no visit can be counted before the login's cookie reaches its client.
     pub(crate) async fn add(&self, user: &str, session_key: &str) -> Result<(), StoreError> {
-        let index = self.keys.user_logins(user);
-        let pipeline = self.pool.next().pipeline();
-        let _: () = pipeline.hset(&index, (session_key, 0)).await?;
-        let _: () = pipeline.expire(&index, INDEX_TTL_SECS, None).await?;
-        let _: (i64, bool) = pipeline.all().await?;
+        let index = &self.keys.user_logins(user);
+        let _: (i64, bool) = retry::retry(self.pool.next(), Replay::Idempotent, |client| async move {
+            let pipeline = client.pipeline().with_options(client.options());
+            let _: () = pipeline.hset(index, (session_key, 0)).await?;
+            let _: () = pipeline.expire(index, INDEX_TTL_SECS, None).await?;
+            pipeline.all().await
+        })
+        .await?;
         Ok(())
     }
 
     /// Forgets one session and its visit count (a plain logout).
     pub(crate) async fn remove(&self, user: &str, session_key: &str) -> Result<(), StoreError> {
-        let _: i64 = self.pool.hdel(self.keys.user_logins(user), session_key).await?;
+        let index = &self.keys.user_logins(user);
+        let _: i64 = retry::retry(self.pool.next(), Replay::Idempotent, |client| async move {
+            client.hdel(index, session_key).await
+        })
+        .await?;
         Ok(())
     }
 
@@ -56,16 +69,32 @@ impl UserSessions {
         let client = self.pool.next();
         let index = self.keys.user_logins(user);
         let before = self.keys.user_sessions_before_logins(user);
-        let mut members: Vec<String> = client.hkeys(&index).await?;
-        members.extend(client.smembers::<Vec<String>, _>(&before).await?);
+        // Reads and `DEL`s, each asked again after an error that may heal ([`retry`]); a `DEL`
+        // whose first answer was lost answers 0 the second time, so `ended` may then be short
+        // by one: it is only reported.
+        let (index, before) = (&index, &before);
+        let mut members: Vec<String> =
+            retry::retry(client, Replay::Idempotent, |client| async move { client.hkeys(index).await }).await?;
+        members.extend(
+            retry::retry(client, Replay::Idempotent, |client| async move {
+                client.smembers::<Vec<String>, _>(before).await
+            })
+            .await?,
+        );
+        let del = |key: &str| {
+            let key = key.to_owned();
+            async move {
+                let key = &key;
+                retry::retry(client, Replay::Idempotent, |client| async move { client.del::<i64, _>(key).await }).await
+            }
+        };
         let mut ended = 0;
-        for key in members {
-            let deleted: i64 = client.del(&key).await?;
-            ended += u64::try_from(deleted).unwrap_or(0);
+        for key in &members {
+            ended += u64::try_from(del(key).await?).unwrap_or(0);
         }
         // One key per command: on a Redis Cluster the two may sit in different slots.
         for key in [index, before] {
-            let _: i64 = client.del(key).await?;
+            del(key).await?;
         }
         self.replica_wait.confirm(client).await?;
         Ok(ended)
