@@ -59,14 +59,21 @@ impl Host {
         self.herd().worker_pids().into_iter().map(u64::from).collect()
     }
 
-    /// `SIGKILL` to the primary and every worker, as when the machine dies. Returns the
-    /// workers' pids.
+    /// `SIGKILL` to the primary and every worker, as when the machine dies; returns once none
+    /// of them runs (their sockets are closed by then: the kernel does that before a process
+    /// becomes a zombie). Returns the workers' pids.
     fn kill(&mut self) -> BTreeSet<u64> {
         let pids = self.pids();
+        let primary = self.herd().pid();
         self.herd().signal(Signal::SIGKILL);
-        for pid in &pids {
-            herd_e2e::signal(u32::try_from(*pid).expect("a pid"), Signal::SIGKILL);
+        let all: Vec<u32> =
+            pids.iter().map(|pid| u32::try_from(*pid).expect("a pid")).chain(std::iter::once(primary)).collect();
+        for &pid in &all {
+            herd_e2e::signal(pid, Signal::SIGKILL);
         }
+        herd_e2e::wait_for("the host's processes to be gone", Duration::from_secs(10), || {
+            all.iter().all(|&pid| !herd_e2e::process_alive(pid)).then_some(())
+        });
         self.herd = None;
         pids
     }

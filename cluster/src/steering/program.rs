@@ -51,8 +51,8 @@ const ETH_P_IPV6: u32 = 0x86dd;
 pub(crate) const MAX_INSNS: usize = 4096;
 /// Sticky buckets: enough that each of many slots gets a fair share, few enough that the search
 /// tree stays within [`MAX_INSNS`].
-pub(crate) const BUCKET_BITS: u32 = 10;
-pub(crate) const BUCKETS: usize = 1 << BUCKET_BITS;
+const BUCKET_BITS: u32 = 10;
+const BUCKETS: usize = 1 << BUCKET_BITS;
 
 const M1: u32 = 0x9e37_79b1;
 const M2: u32 = 0x85eb_ca6b;
@@ -66,7 +66,7 @@ fn net(offset: i32) -> u32 {
 }
 
 /// The group index of a slot's listener.
-pub(crate) fn index_of(slot: usize) -> u32 {
+fn index_of(slot: usize) -> u32 {
     u32::try_from(slot + 1).unwrap_or(0)
 }
 
@@ -122,7 +122,7 @@ pub(crate) fn sticky(ready: &[usize], key: u64) -> Vec<Insn> {
 }
 
 /// Which slot each bucket goes to, by rendezvous hashing over `ready`.
-pub(crate) fn buckets(ready: &[usize], key: u64) -> Vec<usize> {
+fn buckets(ready: &[usize], key: u64) -> Vec<usize> {
     let (_, rendezvous_key) = bucket_keys(key);
     let rendezvous = Rendezvous::with_key(rendezvous_key);
     (0..BUCKETS).map(|bucket| rendezvous.pick_bucket(bucket, ready.iter().copied()).unwrap_or(0)).collect()
