@@ -6,6 +6,7 @@
 # what a connection holds, not the first-use cost of the runtimes and allocators.
 #
 #   bench/idle_connections.sh      # WORKERS=2 CONNS=10000 WARMUP=500; BEFORE=/path/to/old/herd
+#                                  # BARE=1: also bench/bare_axum (one process, one thread), the floor
 #
 # The open-files limit is raised to the hard limit for this script's processes only (the
 # client holds CONNS descriptors, each worker about CONNS / WORKERS).
@@ -52,6 +53,27 @@ print(f'| $label | {$r0/1024:.1f} → {$r1/1024:.1f} | {($r1-$r0)/n:.2f} | {($p1
   stop_herd
 }
 
+# measure_bare: the same row for bench/bare_axum, one process
+measure_bare() {
+  local r0 p0 v0 r1 p1 v1 target="$ROOT/target/bench-bare-axum"
+  CARGO_TARGET_DIR="$target" cargo build --release --quiet --manifest-path "$ROOT/bench/bare_axum/Cargo.toml"
+  HERD_PORT=$(free_port)
+  "$target/release/bare-axum" "127.0.0.1:$HERD_PORT" >"$REDIS_DIR/bare-axum.out" &
+  BARE_PID=$!
+  PIDS+=("$BARE_PID")
+  for _ in $(seq 600); do grep -q ready "$REDIS_DIR/bare-axum.out" && break; sleep 0.05; done
+  grep -q ready "$REDIS_DIR/bare-axum.out" || { echo "bench: bare-axum did not start" >&2; exit 1; }
+  herd_pids() { echo "$BARE_PID"; }
+  hold "$WARMUP" true
+  read -r r0 p0 v0 <<<"$(mem_total_kib $(herd_pids))"
+  hold "$CONNS" measure_now
+  read -r r1 p1 v1 <<<"$MEASURED"
+  python3 -c "
+n = $CONNS
+print(f'| bare axum (1 process, 1 thread, system allocator) | {$r0/1024:.1f} → {$r1/1024:.1f} | {($r1-$r0)/n:.2f} | {($p1-$p0)/n:.2f} | {($v1-$v0)/n:.2f} |')"
+  kill "$BARE_PID"; wait "$BARE_PID" 2>/dev/null || true
+}
+
 {
   echo "$CONNS idle keep-alive connections over $WORKERS workers ($(date -u +%Y-%m-%d)); growth of all herd processes, KiB per connection"
   echo
@@ -59,4 +81,5 @@ print(f'| $label | {$r0/1024:.1f} → {$r1/1024:.1f} | {($r1-$r0)/n:.2f} | {($p1
   echo "|---|---|---:|---:|---:|"
   if [ -n "${BEFORE:-}" ]; then measure "herd (before)" "$BEFORE"; fi
   measure herd "$HERD"
+  if [ "${BARE:-0}" = 1 ]; then measure_bare; fi
 } | tee "$OUT"

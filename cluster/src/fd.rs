@@ -1,7 +1,7 @@
 //! File descriptors crossing process boundaries: adopting the ones inherited across `exec`,
-//! and passing accepted connections over a Unix socket with `SCM_RIGHTS`. One of the two modules
-//! allowed `unsafe` (with `steering::kernel`), because turning a number the kernel hands us into
-//! an owned descriptor is a promise the compiler cannot check.
+//! and passing accepted connections over a Unix socket with `SCM_RIGHTS`. One of the three
+//! modules allowed `unsafe` (with `steering::kernel` and `code_pages`), because turning a
+//! number the kernel hands us into an owned descriptor is a promise the compiler cannot check.
 #![allow(unsafe_code)]
 
 use std::{

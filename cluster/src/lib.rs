@@ -75,6 +75,7 @@ pub mod role;
 mod activation;
 mod canned;
 mod channel;
+mod code_pages;
 mod conn;
 mod dispatch;
 mod error;

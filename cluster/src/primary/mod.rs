@@ -213,6 +213,7 @@ pub(crate) async fn run(
         started_unix_s: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |since| since.as_secs()),
+        started: false,
     };
     let channels = Channels { events, commands, successor: successor_rx, orphans: orphans_rx };
     let report = shell.run(channels, acceptor.as_ref(), pending.as_mut(), &listener).await;
@@ -274,6 +275,8 @@ struct Shell {
     feedback: VecDeque<Event>,
     /// When this primary started (seconds since the Unix epoch), for the status.
     started_unix_s: u64,
+    /// Every worker was ready once (`READY=1`): start-up is over.
+    started: bool,
 }
 
 /// The Unix signals the primary acts on.
@@ -516,10 +519,18 @@ impl Shell {
                 }
             }
             // A new primary's first `READY=1` is its moment to take over.
-            Effect::Notify(state) => match self.take_over.take_if(|_| state.starts_with("READY=1")) {
-                Some(take_over) => self.take_over(take_over, &state),
-                None => notify::notify(&state),
-            },
+            Effect::Notify(state) => {
+                let ready = state.starts_with("READY=1");
+                match self.take_over.take_if(|_| ready) {
+                    Some(take_over) => self.take_over(take_over, &state),
+                    None => notify::notify(&state),
+                }
+                // Started: the code that did it is not needed again.
+                if ready && !std::mem::replace(&mut self.started, true) {
+                    let released = crate::code_pages::release();
+                    tracing::debug!("released the page-table entries of {} KiB of start-up code", released / 1024);
+                }
+            }
             Effect::StartSuccessor { workers } => {
                 let launch = crate::upgrade::Launch {
                     exe: &self.spawner.exe,

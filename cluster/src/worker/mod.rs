@@ -148,6 +148,8 @@ where
         max_connections = config.connections.max_connections(),
         "worker ready"
     );
+    // Built and serving: the code that got it here is not needed again (see `code_pages`).
+    crate::code_pages::release();
     let (last_word, last_counts) = (channel.clone(), metrics.clone());
     match source {
         Source::Shared(listener) => {
