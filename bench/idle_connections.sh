@@ -21,7 +21,8 @@ build_release
 start_redis
 OUT="$ROOT/bench/results/idle_connections.md"
 
-herd_pids() { echo "$HERD_PID $(worker_pids "$HERD_PID")"; }
+# the processes whose memory is measured: herd's primary and workers, or the bare server
+SERVER_PIDS=()
 
 # hold <n> <action>: n idle connections held while <action> runs, then closed; fails unless
 # every one was still open
@@ -37,41 +38,41 @@ hold() {
   wait "$CLIENTS_PID" 2>/dev/null || true
 }
 
-measure_now() { MEASURED=$(mem_total_kib $(herd_pids)); }
+measure_now() { MEASURED=$(mem_total_kib "${SERVER_PIDS[@]}"); }
 
-# measure <label> <binary>: a table row of the growth per connection
-measure() {
-  local label=$1 r0 p0 v0 r1 p1 v1
-  HERD=$2 start_herd "$WORKERS" --keepalive-timeout 300s --max-connections $((CONNS + 100))
+# grow <label>: the table row of SERVER_PIDS' growth per idle connection
+grow() {
+  local r0 p0 v0 r1 p1 v1
   hold "$WARMUP" true
-  read -r r0 p0 v0 <<<"$(mem_total_kib $(herd_pids))"
+  read -r r0 p0 v0 <<<"$(mem_total_kib "${SERVER_PIDS[@]}")"
   hold "$CONNS" measure_now
   read -r r1 p1 v1 <<<"$MEASURED"
   python3 -c "
 n = $CONNS
-print(f'| $label | {$r0/1024:.1f} → {$r1/1024:.1f} | {($r1-$r0)/n:.2f} | {($p1-$p0)/n:.2f} | {($v1-$v0)/n:.2f} |')"
+print(f'| $1 | {$r0/1024:.1f} → {$r1/1024:.1f} | {($r1-$r0)/n:.2f} | {($p1-$p0)/n:.2f} | {($v1-$v0)/n:.2f} |')"
+}
+
+# measure <label> <binary>: herd's row
+measure() {
+  HERD=$2 start_herd "$WORKERS" --keepalive-timeout 300s --max-connections $((CONNS + 100))
+  read -r -a SERVER_PIDS <<<"$HERD_PID $(worker_pids "$HERD_PID")"
+  grow "$1"
   stop_herd
 }
 
 # measure_bare: the same row for bench/bare_axum, one process
 measure_bare() {
-  local r0 p0 v0 r1 p1 v1 target="$ROOT/target/bench-bare-axum"
+  local target="$ROOT/target/bench-bare-axum"
   CARGO_TARGET_DIR="$target" cargo build --release --quiet --manifest-path "$ROOT/bench/bare_axum/Cargo.toml"
   HERD_PORT=$(free_port)
   "$target/release/bare-axum" "127.0.0.1:$HERD_PORT" >"$REDIS_DIR/bare-axum.out" &
-  BARE_PID=$!
-  PIDS+=("$BARE_PID")
+  local pid=$!
+  PIDS+=("$pid")
   for _ in $(seq 600); do grep -q ready "$REDIS_DIR/bare-axum.out" && break; sleep 0.05; done
   grep -q ready "$REDIS_DIR/bare-axum.out" || { echo "bench: bare-axum did not start" >&2; exit 1; }
-  herd_pids() { echo "$BARE_PID"; }
-  hold "$WARMUP" true
-  read -r r0 p0 v0 <<<"$(mem_total_kib $(herd_pids))"
-  hold "$CONNS" measure_now
-  read -r r1 p1 v1 <<<"$MEASURED"
-  python3 -c "
-n = $CONNS
-print(f'| bare axum (1 process, 1 thread, system allocator) | {$r0/1024:.1f} → {$r1/1024:.1f} | {($r1-$r0)/n:.2f} | {($p1-$p0)/n:.2f} | {($v1-$v0)/n:.2f} |')"
-  kill "$BARE_PID"; wait "$BARE_PID" 2>/dev/null || true
+  SERVER_PIDS=("$pid")
+  grow "bare axum (1 process, 1 thread, system allocator)"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
 {

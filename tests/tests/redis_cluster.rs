@@ -111,6 +111,18 @@ fn session_key(cluster: &RedisCluster) -> String {
 /// 3 primaries + 3 replicas: the primary holding the session is killed; its replica takes
 /// over; herd follows the new topology without a restart, with fast 503s meanwhile and the
 /// session intact after.
+/// A Redis Cluster with replicas, herd on it with alice logged in, and the primaries that hold
+/// her session and her login index (one node or two): those a planned failover must move.
+fn logged_in_on_replicated_cluster() -> (RedisCluster, Herd, herd_e2e::Client, Vec<usize>) {
+    let cluster = RedisCluster::start_with_replicas();
+    let herd = Herd::start_at(&cluster.url(), &["--workers", "2"], &[]);
+    let mut alice = herd.client();
+    alice.login();
+    let mut primaries = vec![cluster.primary_of(&session_key(&cluster)), cluster.primary_of("herd:user:alice:logins")];
+    primaries.dedup();
+    (cluster, herd, alice, primaries)
+}
+
 #[test]
 fn a_killed_primary_is_replaced_by_its_replica_and_sessions_survive() {
     use std::time::Instant;
@@ -145,12 +157,8 @@ fn a_killed_primary_is_replaced_by_its_replica_and_sessions_survive() {
 #[test]
 fn a_planned_failover_answers_every_request_and_counts_exactly() {
     use std::time::{Duration, Instant};
-    let cluster = RedisCluster::start_with_replicas();
-    let herd = Herd::start_at(&cluster.url(), &["--workers", "2"], &[]);
-    let mut alice = herd.client();
-    alice.login();
-    let mut primaries = vec![cluster.primary_of(&session_key(&cluster)), cluster.primary_of("herd:user:alice:logins")];
-    primaries.dedup();
+    // `_herd` lives to the end: dropping it stops herd.
+    let (cluster, _herd, alice, primaries) = logged_in_on_replicated_cluster();
 
     let (mut served, mut unavailable) = (0u64, Vec::new());
     // Asks once; how long that took.
@@ -213,12 +221,8 @@ fn concurrent_requests_ride_out_planned_failovers_and_count_exactly() {
         },
         time::{Duration, Instant},
     };
-    let cluster = RedisCluster::start_with_replicas();
-    let herd = Herd::start_at(&cluster.url(), &["--workers", "2"], &[]);
-    let mut alice = herd.client();
-    alice.login();
-    let mut primaries = vec![cluster.primary_of(&session_key(&cluster)), cluster.primary_of("herd:user:alice:logins")];
-    primaries.dedup();
+    // `_herd` lives to the end: dropping it stops herd.
+    let (cluster, _herd, alice, primaries) = logged_in_on_replicated_cluster();
 
     let stop = Arc::new(AtomicBool::new(false));
     let (served, unavailable, slowest_ms) =
