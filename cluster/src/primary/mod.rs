@@ -116,19 +116,18 @@ pub(crate) async fn run(
             std::collections::hash_map::RandomState::new().hash_one(std::process::id())
         }
     };
-    let steering = match config.kernel_steers() {
-        true => {
-            let inherited = predecessor.as_mut().map(|p| std::mem::take(&mut p.slot_listeners)).unwrap_or_default();
-            match Steering::new(&listener, config.balance, seed, config.workers, inherited) {
-                Ok(steering) => Some(steering),
-                Err(err) => {
-                    tracing::warn!("the kernel cannot steer connections here ({err}): the primary hands each one over");
-                    config.steering = crate::config::Steering::Primary;
-                    None
-                }
+    let steering = if config.kernel_steers() {
+        let inherited = predecessor.as_mut().map(|p| std::mem::take(&mut p.slot_listeners)).unwrap_or_default();
+        match Steering::new(&listener, config.balance, seed, config.workers, inherited) {
+            Ok(steering) => Some(steering),
+            Err(err) => {
+                tracing::warn!("the kernel cannot steer connections here ({err}): the primary hands each one over");
+                config.steering = crate::config::Steering::Primary;
+                None
             }
         }
-        false => None,
+    } else {
+        None
     };
     // Bound before the control socket and any worker: a port in use stops the primary at once.
     let inherited_admin = predecessor.as_mut().and_then(|p| p.admin.take());
