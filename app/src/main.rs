@@ -14,7 +14,7 @@ fn main() -> ExitCode {
     let cli = match herd::parse_command_line() {
         Ok(cli) => cli,
         Err(err) => {
-            eprintln!("herd: {err:#}");
+            eprintln!("herd: {}", causes(&err));
             return ExitCode::from(2);
         }
     };
@@ -73,13 +73,31 @@ fn main() -> ExitCode {
     let code = match result {
         Ok(code) => code,
         Err(err) => {
-            tracing::error!("{err:#}");
+            tracing::error!("{}", causes(&err));
             1
         }
     };
     // Exit without dropping the runtime: dropping it would wait for blocking tasks (a long
     // `/heavy` computation) that the drain deadline has already given up on.
     std::process::exit(code)
+}
+
+/// The error and its causes, `: `-joined, as `{:#}` writes them, but leaving out a cause whose
+/// text the message already holds: the library errors name their source in their own message
+/// (`cannot listen on 127.0.0.1:3000: Address already in use`), and it must not come twice.
+fn causes(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 /// mimalloc asks for transparent huge pages on its arena (`MADV_HUGEPAGE`), so every 2 MiB of
