@@ -189,7 +189,8 @@ impl DrainableListener {
         self
     }
 
-    /// A connection taken by this worker is small JSON's: no Nagle delay.
+    /// A connection this worker accepted: closed at once if it would eat into the descriptor
+    /// reserve, else set `TCP_NODELAY` (small JSON responses should not wait for Nagle).
     fn admit(&mut self, stream: TcpStream) -> Option<TcpStream> {
         if !self.budget.admits(stream.as_raw_fd()) {
             drop(stream);

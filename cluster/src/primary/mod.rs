@@ -205,6 +205,7 @@ pub(crate) async fn run(
         stand_in: None,
         steering,
         orphans: HashMap::new(),
+        orphans_for: None,
         orphans_tx,
         unavailable: Unavailable::default(),
         shed_log: ShedLog::default(),
@@ -266,6 +267,9 @@ struct Shell {
     /// Kernel steering: the tasks accepting on the listeners of slots the kernel does not send
     /// connections to (see `Shell::refresh_orphans`), by slot.
     orphans: HashMap<usize, tokio::task::AbortHandle>,
+    /// What `orphans` was last made for: the listeners, whether the primary was idle, the
+    /// steered slots.
+    orphans_for: Option<(usize, bool, Vec<usize>)>,
     orphans_tx: mpsc::UnboundedSender<(std::net::TcpStream, SocketAddr)>,
     unavailable: Unavailable,
     /// Connections closed because a worker, or passing to it, ran out of descriptors.
@@ -571,12 +575,20 @@ impl Shell {
     /// a connection that raced a new program) is handed to a worker that serves. Not while the
     /// cluster stops (the draining workers take their own queues then), nor in a new primary
     /// before it takes over (the old primary's workers serve those listeners meanwhile).
+    ///
+    /// Called on every turn of the loop; it does its work only when what it depends on changed.
     fn refresh_orphans(&mut self) {
         let Some(steering) = &self.steering else { return };
         let steered = self.core.steered().unwrap_or(&[]);
         let idle = self.core.stopping() || self.core.taking_over();
+        let inputs = (steering.listeners().len(), idle, steered);
+        if self.orphans_for.as_ref().is_some_and(|(n, i, s)| (*n, *i, s.as_slice()) == inputs) {
+            return;
+        }
+        self.orphans_for = Some((inputs.0, idle, steered.to_vec()));
         for (slot, listener) in steering.listeners().iter().enumerate() {
-            let orphan = !idle && !steered.contains(&slot);
+            // `steered` is sorted (see `Effect::Steer`).
+            let orphan = !idle && steered.binary_search(&slot).is_err();
             if !orphan {
                 if let Some(task) = self.orphans.remove(&slot) {
                     task.abort();
